@@ -1,0 +1,1048 @@
+#!/usr/bin/env python3
+"""chat.py - a console chat client for the OpenAI Chat Completions API.
+
+One file, standard library only, Python 3.8+.  Works with api.openai.com and
+any OpenAI-compatible server (Ollama, vLLM, llama.cpp, LM Studio, OpenRouter,
+Groq, Azure-style gateways).
+
+Usage:
+  chat.py [options]                 chat in the terminal
+  chat.py [options] PROMPT...       one-shot: stream the reply to stdout, exit
+  echo TEXT | chat.py [options]     one-shot with piped input (after PROMPT)
+  chat.py -i [options] [PROMPT...]  keep chatting after the first reply; with
+                                    stdin piped, each line is one turn
+
+Only the assistant's text (or, with --output json, one JSON document) goes to
+stdout.  Prompts, notices and errors go to stderr.
+
+Options:
+  -m, --model NAME      model to use (env OPENAI_MODEL, default gpt-4o-mini)
+  -s, --system TEXT     system message that starts the conversation
+  -i, --interactive     keep chatting after the PROMPT / piped reply
+  --base-url URL        API base URL (env OPENAI_BASE_URL, default
+                        https://api.openai.com/v1); a trailing slash or
+                        /chat/completions is fine, and a URL without a scheme
+                        means http:// for local hosts, https:// otherwise
+  --api-key KEY         API key (env OPENAI_API_KEY); not needed for a local
+                        server (localhost, a private address, a bare hostname)
+  --organization ID     OpenAI-Organization header (env OPENAI_ORG_ID)
+  --project ID          OpenAI-Project header (env OPENAI_PROJECT_ID)
+  -H, --header 'NAME: VALUE'
+                        extra HTTP header; repeatable; overrides the defaults
+  --no-stream           ask for the whole reply at once instead of streaming
+  -o, --output FORMAT   text (default) or json: the complete chat.completion
+                        object, streamed or not, as the only thing on stdout
+  --timeout SECONDS     limit for connecting and for each wait for the next
+                        byte, not for the whole reply (default 60)
+  -h, --help            show this help and exit
+  --version             show the version and exit
+
+Environment:
+  OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL, OPENAI_ORG_ID,
+  OPENAI_PROJECT_ID are used when the matching flag is not given.
+  XDG_STATE_HOME holds the console's input history
+  (default ~/.local/state/chat.py/history).
+
+In the chat:
+  /help                 list the commands
+  /exit, /quit          leave (so does Ctrl-D)
+  //TEXT                send TEXT starting with a single slash
+  Ctrl-C                abandon the line being typed, or stop the reply being
+                        written; the chat goes on
+
+Exit status:
+  0 success, 1 API or network failure, 2 usage error (bad flag, missing key),
+  130 interrupted.
+
+Examples:
+  OPENAI_API_KEY=sk-... chat.py "Explain SSE in one sentence"
+  git diff | chat.py -s "You review code." "Review this change:"
+  chat.py --base-url localhost:11434/v1 -m llama3.2      # Ollama
+  chat.py --base-url localhost:8080/v1                   # llama.cpp server
+"""
+
+import json
+import os
+import sys
+from collections import namedtuple
+
+__version__ = "0.1.0"
+__all__ = [
+    "ChatError", "UsageError", "APIError", "AuthenticationError",
+    "RateLimitError", "APIConnectionError", "APITimeoutError", "StreamError",
+    "LineDecoder", "SSEDecoder", "ServerSentEvent", "ChatAccumulator",
+    "Client", "Chat", "main",
+]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_TIMEOUT = 60.0
+READ_SIZE = 65536               # bytes asked of the socket per read
+MAX_LINE_BYTES = 16 * 2**20     # one SSE line longer than this is an error
+MAX_ERROR_BODY = 2**20          # bytes of an error response worth reading
+
+
+# ---------------------------------------------------------------------------
+# Errors: one class per failure the user can act on.
+# ---------------------------------------------------------------------------
+
+class ChatError(Exception):
+    """Base class of every error chat.py reports; str() is the one line shown."""
+    exit_code = 1
+
+
+class UsageError(ChatError):
+    """The command line or the settings are wrong; nothing was sent."""
+    exit_code = 2
+
+
+class APIError(ChatError):
+    """The server answered with an error (an HTTP status or an error event)."""
+
+    def __init__(self, message, status=None, type=None, code=None):
+        super().__init__(message)
+        self.status, self.type, self.code = status, type, code
+
+
+class AuthenticationError(APIError):
+    """The server refused the API key (401) or its permissions (403)."""
+
+
+class RateLimitError(APIError):
+    """The server said too many requests or no quota left (429)."""
+
+
+class APIConnectionError(ChatError):
+    """No HTTP answer: refused, unresolvable, TLS failure, reset."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The server did not send anything for --timeout seconds."""
+
+
+class StreamError(ChatError):
+    """The response stream was malformed or ended too early."""
+
+
+class IncompleteStreamError(StreamError):
+    """The stream closed before [DONE]; fine if every choice had finished."""
+
+
+# ---------------------------------------------------------------------------
+# Server-Sent Events: bytes -> lines -> events.  Pure, no I/O.
+# https://html.spec.whatwg.org/multipage/server-sent-events.html
+# ---------------------------------------------------------------------------
+
+class LineDecoder:
+    """Split a byte stream into text lines at CRLF, LF or a lone CR.
+
+    Bytes become text one complete line at a time, so a UTF-8 character split
+    across network reads survives.  A leading byte order mark is dropped.
+    """
+
+    def __init__(self, max_line=MAX_LINE_BYTES):
+        self.max_line = max_line
+        self._pieces = []        # bytes of the unfinished last line
+        self._size = 0
+        self._skip_lf = False    # the previous read ended in CR: CRLF may be split
+        self._at_start = True
+
+    def feed(self, data):
+        """Return the lines completed by data, without their line endings."""
+        if self._skip_lf:
+            self._skip_lf = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        if not data:
+            return []
+        if b"\n" not in data and b"\r" not in data:
+            self._pieces.append(data)
+            self._size += len(data)
+            if self._size > self.max_line:
+                raise StreamError(
+                    "the server sent a line longer than %d MiB; giving up"
+                    % (self.max_line >> 20))
+            return []
+        if self._pieces:
+            self._pieces.append(data)
+            data = b"".join(self._pieces)
+            self._pieces, self._size = [], 0
+        lines = data.splitlines()   # bytes.splitlines() knows only \r\n, \n, \r
+        last = data[-1:]
+        if last == b"\r":
+            self._skip_lf = True
+        elif last != b"\n":
+            rest = lines.pop()
+            self._pieces, self._size = [rest], len(rest)
+        try:
+            text = [line.decode("utf-8") for line in lines]
+        except UnicodeDecodeError:
+            raise StreamError("the server sent text that is not UTF-8") from None
+        if self._at_start and text:
+            self._at_start = False
+            if text[0][:1] == "\ufeff":
+                text[0] = text[0][1:]
+        return text
+
+
+ServerSentEvent = namedtuple("ServerSentEvent", "event data id retry")
+ServerSentEvent.__doc__ = "One dispatched event: type, data, last event ID, retry (ms or None)."
+
+
+class SSEDecoder:
+    """Turn lines into ServerSentEvents by the WHATWG "interpreting an event
+    stream" rules.  Feed every line, empty ones included, to decode()."""
+
+    def __init__(self):
+        self._event = ""
+        self._data = []
+        self._last_id = ""       # persists across events, as the spec says
+        self._retry = None
+
+    def decode(self, line):
+        """Take one line; return the event it completes, or None."""
+        if not line:
+            return self._dispatch()
+        if line[0] == ":":                       # a comment, e.g. a keep-alive
+            return None
+        field, _, value = line.partition(":")    # no colon: value is ""
+        if value[:1] == " ":
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+        elif field == "event":
+            self._event = value
+        elif field == "id":
+            if "\0" not in value:
+                self._last_id = value
+        elif field == "retry":
+            if value.isascii() and value.isdigit():
+                self._retry = int(value)
+        return None                              # unknown fields are ignored
+
+    def _dispatch(self):
+        # An event with an empty data buffer is dropped, type and all.
+        data, event = self._data, self._event or "message"
+        self._data, self._event = [], ""
+        if not data:
+            return None
+        return ServerSentEvent(event, "\n".join(data), self._last_id, self._retry)
+
+
+# ---------------------------------------------------------------------------
+# The Chat Completions protocol: payloads and chunk accumulation.  Pure.
+# ---------------------------------------------------------------------------
+
+def build_payload(model, messages, stream=True, params=None):
+    """Return the request body for POST /chat/completions."""
+    payload = {"model": model, "messages": messages}
+    payload.update(params or {})
+    payload["stream"] = stream
+    return payload
+
+
+def completion_to_chunk(completion):
+    """Recast a whole chat.completion as one chunk, so one path shows both."""
+    chunk = {k: v for k, v in completion.items() if k != "choices"}
+    chunk["choices"] = [
+        {"index": c.get("index", 0), "delta": c.get("message") or {},
+         "finish_reason": c.get("finish_reason"), "logprobs": c.get("logprobs")}
+        for c in completion.get("choices") or ()]
+    return chunk
+
+
+def _merge_name(old, new):
+    # OpenAI sends a tool's name once; some servers repeat it in every piece.
+    return new if not old or new == old else old + new
+
+
+class ChatAccumulator:
+    """Build the finished chat.completion from streamed chunk dicts.
+
+    Handles every choice (n > 1), content, refusal, tool_calls merged by index,
+    the legacy function_call, logprobs, finish_reason, and usage from a final
+    chunk whose choices are empty.  Any other string field of a delta (such as
+    reasoning_content) is concatenated too.
+    """
+
+    TOP_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
+
+    def __init__(self):
+        self.top = {}
+        self.usage = None
+        self.choices = {}       # index -> the choice being built
+
+    def add(self, chunk):
+        """Merge one chunk."""
+        top = self.top
+        for key in self.TOP_FIELDS:
+            if key not in top and chunk.get(key):
+                top[key] = chunk[key]
+        if chunk.get("usage"):
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            c = self.choices.get(index)
+            if c is None:
+                c = self.choices[index] = {
+                    "role": None, "content": [], "refusal": [], "tool_calls": {},
+                    "function_call": None, "other": {}, "logprobs": None,
+                    "finish_reason": None}
+            delta = choice.get("delta") or {}
+            for key, value in delta.items():
+                if value is None:
+                    continue
+                if key == "content":
+                    c["content"].append(value)
+                elif key == "role":
+                    c["role"] = value
+                elif key == "tool_calls":
+                    self._merge_tool_calls(c["tool_calls"], value)
+                elif key == "refusal":
+                    c["refusal"].append(value)
+                elif key == "function_call":
+                    fc = c["function_call"] = c["function_call"] or {"name": "", "arguments": ""}
+                    fc["name"] = _merge_name(fc["name"], value.get("name") or "")
+                    fc["arguments"] += value.get("arguments") or ""
+                elif isinstance(value, str) and isinstance(c["other"].get(key, ""), str):
+                    c["other"][key] = c["other"].get(key, "") + value
+                else:
+                    c["other"][key] = value
+            logprobs = choice.get("logprobs")
+            if logprobs:
+                merged = c["logprobs"] = c["logprobs"] or {}
+                for key, items in logprobs.items():
+                    if isinstance(items, list):
+                        merged.setdefault(key, []).extend(items)
+                    else:
+                        merged[key] = items
+            if choice.get("finish_reason"):
+                c["finish_reason"] = choice["finish_reason"]
+
+    @staticmethod
+    def _merge_tool_calls(calls, fragments):
+        for fragment in fragments:
+            index = fragment.get("index")
+            if index is None:   # some servers leave it out: a new id is a new call
+                ids = [call["id"] for call in calls.values()]
+                new = fragment.get("id") and fragment["id"] not in ids
+                index = len(calls) if new or not calls else max(calls)
+            call = calls.get(index)
+            if call is None:
+                call = calls[index] = {"id": None, "type": "function",
+                                       "function": {"name": "", "arguments": ""}}
+            if fragment.get("id"):
+                call["id"] = fragment["id"]
+            if fragment.get("type"):
+                call["type"] = fragment["type"]
+            function = fragment.get("function") or {}
+            call["function"]["name"] = _merge_name(call["function"]["name"],
+                                                   function.get("name") or "")
+            call["function"]["arguments"] += function.get("arguments") or ""
+
+    @property
+    def finished(self):
+        """True when at least one choice arrived and every choice has finished."""
+        return bool(self.choices) and all(
+            c["finish_reason"] for c in self.choices.values())
+
+    def text(self, index=0):
+        """The content received so far for one choice."""
+        c = self.choices.get(index)
+        return "".join(c["content"]) if c else ""
+
+    def result(self):
+        """Return the reply in the shape of a non-streamed chat.completion."""
+        choices = []
+        for index in sorted(self.choices):
+            c = self.choices[index]
+            message = {"role": c["role"] or "assistant",
+                       "content": "".join(c["content"]) if c["content"] else None}
+            if c["refusal"]:
+                message["refusal"] = "".join(c["refusal"])
+            if c["tool_calls"]:
+                message["tool_calls"] = [c["tool_calls"][i] for i in sorted(c["tool_calls"])]
+            if c["function_call"]:
+                message["function_call"] = c["function_call"]
+            message.update(c["other"])
+            choices.append({"index": index, "message": message,
+                            "logprobs": c["logprobs"], "finish_reason": c["finish_reason"]})
+        completion = {"id": self.top.get("id"), "object": "chat.completion",
+                      "created": self.top.get("created"), "model": self.top.get("model")}
+        for key in ("system_fingerprint", "service_tier"):
+            if key in self.top:
+                completion[key] = self.top[key]
+        completion["choices"] = choices
+        completion["usage"] = self.usage
+        return completion
+
+
+def history_message(message):
+    """The assistant message to keep in history: only fields the API accepts back."""
+    kept = {"role": "assistant", "content": message.get("content")}
+    for key in ("tool_calls", "function_call", "refusal"):
+        if message.get(key):
+            kept[key] = message[key]
+    if kept["content"] is None and not ("tool_calls" in kept or "function_call" in kept):
+        kept["content"] = ""
+    return kept
+
+
+def error_message(body, status=None):
+    """Return (message, type, code) from an error body: the API's JSON or not."""
+    data = body
+    if isinstance(body, (bytes, str)):
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return _first_line(text) or "(empty body)", None, None
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("detail") or error.get("msg")
+            if isinstance(message, list):      # FastAPI's validation errors
+                message = "; ".join(str(m.get("msg", m)) if isinstance(m, dict)
+                                    else str(m) for m in message)
+            if message:
+                return _one_line(str(message)), error.get("type"), error.get("code")
+        elif isinstance(error, str) and error:
+            return _one_line(error), None, None
+    return _one_line(json.dumps(data))[:300], None, None
+
+
+def _one_line(text):
+    return " ".join(text.split())
+
+
+def _first_line(text):
+    """The most telling line of a non-JSON body: an HTML title, else the first."""
+    lower = text.lower()
+    start = lower.find("<title>")
+    if start >= 0:
+        end = lower.find("</title>", start)
+        title = _one_line(text[start + 7:end if end > 0 else None])
+        if title:
+            return title[:200]
+    for line in text.splitlines():
+        if line.strip():
+            return _one_line(line)[:200]
+    return ""
+
+
+# ---------------------------------------------------------------------------
+# HTTP: the one place that touches the network.
+# ---------------------------------------------------------------------------
+
+def normalize_base_url(url):
+    """Accept a base URL as people paste it; return scheme://host[:port]/path[?query]."""
+    from urllib.parse import urlsplit, urlunsplit
+    url = url.strip()
+    if "://" not in url:
+        host = urlsplit("//" + url).hostname or ""
+        url = ("http://" if is_local_host(host) else "https://") + url
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError("--base-url %r is not an http(s) URL, e.g. "
+                         "https://api.openai.com/v1 or localhost:11434/v1" % url)
+    path = parts.path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        path = path[:-len("/chat/completions")]
+    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+
+
+def endpoint_url(base_url, path):
+    """base_url + path, keeping a query string (Azure's api-version) at the end."""
+    base, sep, query = base_url.partition("?")
+    return base + path + sep + query
+
+
+def is_local_host(host):
+    """True for hosts that serve without a key: loopback, private, bare names."""
+    import ipaddress
+    host = (host or "").strip("[]").lower()
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "." not in host or host.endswith(
+            (".localhost", ".local", ".internal", ".lan", ".home.arpa"))
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
+class Client:
+    """Sends Chat Completions requests to one server.
+
+    base_url: normalized base URL.  api_key: sent as a Bearer token if given.
+    organization, project: the OpenAI-Organization / OpenAI-Project headers.
+    headers: extra (name, value) pairs, overriding the defaults by name.
+    timeout: seconds for connecting and for each wait for the next byte.
+    """
+
+    def __init__(self, base_url, api_key=None, organization=None, project=None,
+                 headers=(), timeout=DEFAULT_TIMEOUT):
+        self.base_url = base_url
+        self.api_key = api_key
+        self.timeout = timeout
+        self.headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "chat.py/%s (Python %d.%d)" % ((__version__,) + sys.version_info[:2]),
+        }
+        if api_key:
+            self.headers["Authorization"] = "Bearer " + api_key
+        if organization:
+            self.headers["OpenAI-Organization"] = organization
+        if project:
+            self.headers["OpenAI-Project"] = project
+        for name, value in headers:
+            for existing in [k for k in self.headers if k.lower() == name.lower()]:
+                del self.headers[existing]
+            self.headers[name] = value
+
+    def _open(self, payload):
+        """POST the payload; return the open response or raise a ChatError."""
+        import urllib.request
+        import urllib.error
+        url = endpoint_url(self.base_url, "/chat/completions")
+        headers = dict(self.headers)
+        if payload.get("stream"):
+            headers.setdefault("Accept", "text/event-stream")
+        request = urllib.request.Request(
+            url, data=json.dumps(payload).encode("utf-8"), headers=headers, method="POST")
+        import http.client
+        opener = urllib.request.build_opener(_no_redirect_handler())
+        try:
+            return opener.open(request, timeout=self.timeout)
+        except urllib.error.HTTPError as exc:
+            try:
+                body = exc.read(MAX_ERROR_BODY)
+            except (OSError, http.client.HTTPException, AttributeError):
+                body = b""
+            finally:
+                exc.close()
+            raise self._status_error(exc.code, exc.headers, body) from exc
+        except (urllib.error.URLError, OSError) as exc:
+            raise self._connection_error(getattr(exc, "reason", exc)) from exc
+        except http.client.HTTPException as exc:   # the answer was not HTTP at all
+            raise APIConnectionError("%s did not answer with valid HTTP (%s)"
+                                     % (self.base_url, _one_line(str(exc)) or type(exc).__name__)) from exc
+
+    def _status_error(self, status, headers, body):
+        message, type_, code = error_message(body)
+        message = self._redact(message)
+        label = "HTTP %d" % status
+        if type_ or code:
+            label += " (%s)" % ", ".join(str(x) for x in (type_, code) if x)
+        hint = ""
+        if status in (301, 302, 303, 307, 308):
+            hint = "the server redirects to %s; use that as --base-url" % headers.get("Location")
+        elif status == 401:
+            hint = "check OPENAI_API_KEY (or --api-key)"
+        elif status == 403:
+            hint = "the key is not allowed to use this model or endpoint"
+        elif status == 404:
+            hint = "check --base-url (usually ends in /v1) and --model"
+        elif status == 429:
+            hint = "rate limited or out of quota; wait, then try again"
+        elif status >= 500:
+            hint = "the server failed; try again later"
+        text = "%s: %s" % (label, message)
+        if hint:
+            text += " - " + hint
+        cls = {401: AuthenticationError, 403: AuthenticationError, 429: RateLimitError}
+        return cls.get(status, APIError)(text, status, type_, code)
+
+    def _connection_error(self, reason):
+        import socket
+        import ssl
+        where = self.base_url
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            return APITimeoutError("no answer from %s within %gs - is the server up? "
+                                   "(--timeout sets the limit)" % (where, self.timeout))
+        if isinstance(reason, ConnectionRefusedError):
+            return APIConnectionError("cannot connect to %s: connection refused - is the "
+                                      "server running there?" % where)
+        if isinstance(reason, socket.gaierror):
+            return APIConnectionError("cannot find the host of %s - check --base-url and "
+                                      "your network" % where)
+        if isinstance(reason, ssl.SSLCertVerificationError):
+            return APIConnectionError("the TLS certificate of %s is not trusted (%s); for a "
+                                      "private CA set SSL_CERT_FILE" % (where, reason.verify_message))
+        if isinstance(reason, ssl.SSLError):
+            return APIConnectionError("TLS failed with %s: %s - is it an https server?"
+                                      % (where, _one_line(str(reason))))
+        return APIConnectionError("cannot connect to %s: %s"
+                                  % (where, _one_line(str(reason)) or type(reason).__name__))
+
+    def _redact(self, text):
+        return text.replace(self.api_key, "***") if self.api_key else text
+
+    def complete(self, payload):
+        """Send a non-streamed request; return the chat.completion dict."""
+        with self._open(payload) as response:
+            return self._read_json(response)
+
+    def _read_json(self, response):
+        import http.client
+        try:
+            body = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._read_error(exc) from exc
+        content_type = response.headers.get("Content-Type", "")
+        try:
+            data = json.loads(body.decode("utf-8"))
+        except ValueError:
+            raise StreamError("HTTP %d %s answered with %s, not JSON: %s" % (
+                response.status, self.base_url, content_type or "no content type",
+                _first_line(body.decode("utf-8", "replace")) or "(empty body)")) from None
+        if not isinstance(data, dict):
+            raise StreamError("the server answered with JSON that is not an object")
+        if data.get("error"):
+            message, type_, code = error_message(data)
+            raise APIError(self._redact(message), response.status, type_, code)
+        if not isinstance(data.get("choices"), list):
+            raise StreamError("the server's answer has no choices: %s"
+                              % _one_line(json.dumps(data))[:200])
+        return data
+
+    def stream(self, payload):
+        """Send a streamed request; yield each chunk dict until [DONE].
+
+        An error inside the stream is raised, never yielded.  A stream that
+        closes before [DONE] raises IncompleteStreamError after its last chunk.
+        A server that answers a stream request with plain JSON is accepted.
+        """
+        with self._open(payload) as response:
+            content_type = response.headers.get("Content-Type", "").lower()
+            if "json" in content_type:
+                yield completion_to_chunk(self._read_json(response))
+                return
+            if "html" in content_type:
+                self._read_json(response)   # raises with the page's title
+            import http.client
+            lines, events = LineDecoder(), SSEDecoder()
+            read1 = response.read1
+            while True:
+                try:
+                    data = read1(READ_SIZE)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise self._read_error(exc) from exc
+                if not data:
+                    break
+                for line in lines.feed(data):
+                    event = events.decode(line)
+                    if event is None:
+                        continue
+                    if event.data == "[DONE]":
+                        return
+                    yield self._parse_event(event)
+        raise IncompleteStreamError("the server closed the stream before the reply was complete")
+
+    def _parse_event(self, event):
+        try:
+            chunk = json.loads(event.data)
+        except ValueError:
+            chunk = None
+        if event.event == "error" or isinstance(chunk, dict) and chunk.get("error"):
+            message, type_, code = error_message(event.data if chunk is None else chunk)
+            raise APIError("the server reported an error: " + self._redact(message),
+                           None, type_, code)
+        if not isinstance(chunk, dict):
+            raise StreamError("the server sent data that is not a JSON object: %r"
+                              % event.data[:200])
+        return chunk
+
+    def _read_error(self, exc):
+        import socket
+        if isinstance(exc, (socket.timeout, TimeoutError)):
+            return APITimeoutError("the server sent nothing for %gs and the reply was "
+                                   "abandoned (--timeout sets the limit)" % self.timeout)
+        return StreamError("the connection broke during the reply (%s)"
+                           % (_one_line(str(exc)) or type(exc).__name__))
+
+
+def _no_redirect_handler():
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None   # the 3xx then arrives as an HTTPError we explain
+    return NoRedirect()
+
+
+# ---------------------------------------------------------------------------
+# The conversation and its display.
+# ---------------------------------------------------------------------------
+
+class ReplyPrinter:
+    """Write a reply's text to out as it arrives; notices go to err.
+
+    With n > 1, the first unfinished choice streams live and the others are
+    held until it finishes, each under its own label on err.
+    """
+
+    def __init__(self, out, err, n=1, show_text=True):
+        self.out, self.err, self.n, self.show_text = out, err, n, show_text
+        self._current = None     # the choice being written
+        self._held = {}          # index -> text waiting its turn
+        self._finished = set()
+        self._ends_line = True   # no text, or text ending in a newline
+
+    def chunk(self, chunk):
+        """Show one chunk's text."""
+        if not self.show_text:
+            return
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            text = (choice.get("delta") or {}).get("content")
+            if self._current is None:
+                self._switch_to(index)
+            if text:
+                if index == self._current:
+                    self._write(text)
+                else:
+                    self._held.setdefault(index, []).append(text)
+            if choice.get("finish_reason"):
+                self._finished.add(index)
+                if index == self._current and self._held:
+                    self._switch_to(min(self._held))
+                    while self._current in self._finished and self._held:
+                        self._switch_to(min(self._held))
+
+    def _switch_to(self, index):
+        self.end_line()
+        self._current = index
+        if self.n > 1:
+            _note(self.err, "choice %d:" % (index + 1))
+        held = self._held.pop(index, None)
+        if held:
+            self._write("".join(held))
+
+    def _write(self, text):
+        self.out.write(text)
+        self.out.flush()
+        self._ends_line = text[-1] == "\n"
+
+    def end_line(self):
+        """End the text with a newline, if it has none, so notices start afresh."""
+        if not self._ends_line:
+            self._write("\n")
+
+    def finish(self, completion):
+        """Show what was held back, then notices: refusals, cut-offs, tool calls."""
+        if self.show_text:
+            for index in sorted(self._held):
+                self._switch_to(index)
+            self.end_line()
+        for choice in completion.get("choices") or ():
+            message = choice.get("message") or {}
+            label = "choice %d: " % (choice.get("index", 0) + 1) if self.n > 1 else ""
+            if message.get("refusal"):
+                _note(self.err, "%sthe model refused: %s" % (label, message["refusal"]))
+            reason = choice.get("finish_reason")
+            if reason == "length":
+                _note(self.err, "%sthe reply was cut off at the token limit "
+                      "(finish_reason: length)" % label)
+            elif reason == "content_filter":
+                _note(self.err, "%sthe reply was stopped by the content filter "
+                      "(finish_reason: content_filter)" % label)
+            for call in message.get("tool_calls") or ():
+                function = call.get("function") or {}
+                _note(self.err, "%sthe model called the tool %s(%s)"
+                      % (label, function.get("name"), function.get("arguments")))
+            if message.get("function_call"):
+                function = message["function_call"]
+                _note(self.err, "%sthe model called the function %s(%s)"
+                      % (label, function.get("name"), function.get("arguments")))
+
+
+def _note(err, text):
+    err.write("chat.py: %s\n" % text)
+    err.flush()
+
+
+class Chat:
+    """A conversation: the API's own messages list plus how to extend it.
+
+    client: the Client to send with.  model: the model name.  system: the
+    system message, if any.  params: extra body fields.  stream: ask for SSE.
+    """
+
+    def __init__(self, client, model, system=None, params=None, stream=True):
+        self.client, self.model, self.params, self.stream = client, model, params or {}, stream
+        self.messages = [{"role": "system", "content": system}] if system else []
+
+    def send(self, text, printer):
+        """Send one user turn; show and return the chat.completion.
+
+        On success the user message and the reply join the history; on any
+        error the history is as it was.  Ctrl-C keeps the text already shown.
+        """
+        messages = self.messages + [{"role": "user", "content": text}]
+        payload = build_payload(self.model, messages, self.stream, self.params)
+        accumulator = ChatAccumulator()
+        try:
+            if self.stream:
+                self._receive(payload, printer, accumulator)
+                completion = accumulator.result()
+            else:
+                completion = self.client.complete(payload)
+                printer.chunk(completion_to_chunk(completion))
+        except KeyboardInterrupt:
+            printer.end_line()
+            shown = accumulator.text()
+            if shown:
+                self.messages = messages + [{"role": "assistant", "content": shown}]
+            raise
+        except ChatError:
+            printer.end_line()
+            raise
+        printer.finish(completion)
+        choices = completion.get("choices") or [{}]
+        self.messages = messages + [history_message(choices[0].get("message") or {})]
+        return completion
+
+    def _receive(self, payload, printer, accumulator):
+        chunks = self.client.stream(payload)
+        try:
+            for chunk in chunks:
+                printer.chunk(chunk)
+                accumulator.add(chunk)
+        except IncompleteStreamError:
+            if not accumulator.finished:   # some servers never send [DONE]
+                raise
+        finally:
+            chunks.close()   # on Ctrl-C this closes the connection at once
+
+
+# ---------------------------------------------------------------------------
+# The console.
+# ---------------------------------------------------------------------------
+
+COMMANDS = {
+    "/help": "list the commands",
+    "/exit": "leave (so does Ctrl-D)",
+    "/quit": "leave",
+}
+
+
+def console(chat, read_line, out, err, prompt="> ", stop_on_error=False):
+    """Read turns with read_line(prompt) until EOF or /exit; return the exit status.
+
+    read_line raises EOFError at the end of input and KeyboardInterrupt on
+    Ctrl-C.  With stop_on_error (piped input), the first failed turn ends the
+    run with its exit status; otherwise the chat goes on.
+    """
+    while True:
+        try:
+            line = read_line(prompt)
+        except EOFError:
+            return 0
+        except KeyboardInterrupt:
+            err.write("\n")        # abandon the line, keep chatting
+            continue
+        text = line.strip()
+        if not text:
+            continue
+        if text.startswith("/") and not text.startswith("//"):
+            command = text.split()[0].lower()
+            if command in ("/exit", "/quit"):
+                return 0
+            if command == "/help":
+                for name, what in COMMANDS.items():
+                    err.write("  %-10s %s\n" % (name, what))
+                err.write("  %-10s %s\n" % ("//TEXT", "send TEXT starting with one slash"))
+            else:
+                _note(err, "unknown command %s - /help lists the commands "
+                      "(start a message with // to send a slash)" % command)
+            continue
+        if text.startswith("//"):
+            text = text[1:]
+        try:
+            chat.send(text, ReplyPrinter(out, err, chat.params.get("n", 1)))
+        except KeyboardInterrupt:
+            err.write("[interrupted]\n")
+        except ChatError as exc:
+            _note(err, "error: %s" % exc)
+            if stop_on_error:
+                return exc.exit_code
+
+
+def _piped_reader(stream):
+    """A read_line for piped input: no prompt, EOFError at the end."""
+    def read_line(prompt):
+        line = stream.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\r\n")
+    return read_line
+
+
+def _terminal_reader(out, err, environ):
+    """A read_line for a terminal: readline editing and a history file if possible."""
+    try:
+        import readline
+    except ImportError:
+        readline = None
+    if readline is not None:
+        state = environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        path = os.path.join(state, "chat.py", "history")
+        try:
+            readline.read_history_file(path)
+        except OSError:
+            pass
+        readline.set_history_length(1000)
+        import atexit
+        atexit.register(_save_history, readline, path)
+
+    def read_line(prompt):
+        if out.isatty():
+            return input(prompt)   # readline draws the prompt on the terminal
+        err.write(prompt)          # stdout is redirected: keep it for the reply
+        err.flush()
+        return input()
+    return read_line
+
+
+def _save_history(readline, path):
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        readline.write_history_file(path)
+        os.chmod(path, 0o600)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# The command line.
+# ---------------------------------------------------------------------------
+
+def _parser():
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):   # one line, exit 2, as for every usage error
+            raise UsageError("%s (see chat.py --help)" % message)
+
+    parser = Parser(prog="chat.py", add_help=False)
+    add = parser.add_argument
+    add("prompt", nargs="*")
+    add("-m", "--model")
+    add("-s", "--system")
+    add("-i", "--interactive", action="store_true")
+    add("--base-url")
+    add("--api-key")
+    add("--organization")
+    add("--project")
+    add("-H", "--header", action="append", default=[])
+    add("--no-stream", action="store_true")
+    add("-o", "--output", choices=("text", "json"), default="text")
+    add("--timeout", type=float, default=DEFAULT_TIMEOUT)
+    add("-h", "--help", action="store_true")
+    add("--version", action="store_true")
+    return parser
+
+
+def _parse_header(text):
+    name, colon, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not colon or not name or " " in name or any(c in text for c in "\r\n"):
+        raise UsageError("-H %r is not a header; write it as 'Name: value'" % text)
+    return name, value
+
+
+def _settings(args, environ):
+    """Resolve flags, then environment, then defaults; raise UsageError if unusable."""
+    def pick(flag, name, default=None):
+        value = flag if flag is not None else environ.get(name)
+        return value.strip() if value and value.strip() else default
+
+    base_url = normalize_base_url(pick(args.base_url, "OPENAI_BASE_URL", DEFAULT_BASE_URL))
+    api_key = pick(args.api_key, "OPENAI_API_KEY")
+    from urllib.parse import urlsplit
+    if not api_key and not is_local_host(urlsplit(base_url).hostname):
+        raise UsageError(
+            "no API key: set OPENAI_API_KEY (or pass --api-key), or point --base-url "
+            "at a local server such as localhost:11434/v1")
+    if api_key and not all(" " < c < "\x7f" for c in api_key):
+        raise UsageError("the API key has spaces or characters that cannot be sent "
+                         "in a header (a stray quote?); check OPENAI_API_KEY")
+    if not args.timeout > 0:
+        raise UsageError("--timeout must be a number of seconds above 0")
+    client = Client(base_url, api_key,
+                    organization=pick(args.organization, "OPENAI_ORG_ID"),
+                    project=pick(args.project, "OPENAI_PROJECT_ID"),
+                    headers=[_parse_header(h) for h in args.header],
+                    timeout=args.timeout)
+    model = pick(args.model, "OPENAI_MODEL", DEFAULT_MODEL)
+    return Chat(client, model, system=args.system, stream=not args.no_stream)
+
+
+def _run(argv, stdin, out, err, environ):
+    args = _parser().parse_args(argv)
+    if args.help:
+        out.write(__doc__)
+        return 0
+    if args.version:
+        out.write("chat.py %s\n" % __version__)
+        return 0
+    if args.interactive and args.output == "json":
+        raise UsageError("--output json prints one document, so it works with one-shot "
+                         "prompts, not with -i")
+    piped = stdin is not None and not stdin.isatty()
+    prompt = " ".join(args.prompt)
+    if piped and not args.interactive:
+        piped_text = stdin.read()
+        prompt = "\n\n".join(t for t in (prompt, piped_text.strip("\n")) if t.strip())
+        if not prompt:
+            raise UsageError("nothing to send: give a PROMPT or pipe some text in")
+    chat = _settings(args, environ)
+
+    if prompt:   # the one-shot turn, or the first turn of -i
+        printer = ReplyPrinter(out, err, chat.params.get("n", 1),
+                               show_text=args.output == "text")
+        completion = chat.send(prompt, printer)
+        if args.output == "json":
+            out.write(json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
+            out.flush()
+        if not args.interactive:
+            return 0
+
+    if piped:
+        return console(chat, _piped_reader(stdin), out, err, stop_on_error=True)
+    if stdin is None:
+        raise UsageError("no input to chat with: give a PROMPT")
+    err.write("chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
+              % (__version__, chat.model, chat.client.base_url))
+    return console(chat, _terminal_reader(out, err, environ), out, err)
+
+
+def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
+    """Run chat.py; return the exit status.  Every argument defaults to the process's own."""
+    argv = sys.argv[1:] if argv is None else argv
+    stdin = sys.stdin if stdin is None else stdin
+    out = sys.stdout if stdout is None else stdout
+    err = sys.stderr if stderr is None else stderr
+    environ = os.environ if environ is None else environ
+    for stream in (out, err):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")   # an odd character never kills a reply
+    try:
+        return _run(argv, stdin, out, err, environ)
+    except ChatError as exc:
+        err.write("chat.py: error: %s\n" % exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.write("\n[interrupted]\n")
+        return 130
+    except BrokenPipeError:
+        # The reader went away (e.g. `| head`); say nothing more on a dead pipe.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, out.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
