@@ -1,0 +1,887 @@
+"""Tests for chat.py: the SSE decoder and accumulator, the protocol, and
+end-to-end runs of main() and of `python chat.py` against a loopback server.
+
+No test patches urllib: the client talks real HTTP to a stdlib http.server on
+127.0.0.1 that replays scripted responses and records every request.
+"""
+
+import glob
+import io
+import json
+import os
+import pty
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import chat
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHAT_PY = os.path.join(HERE, "chat.py")
+
+
+# ---------------------------------------------------------------------------
+# The loopback server.
+# ---------------------------------------------------------------------------
+
+class Reply:
+    """One scripted response.  body is bytes, or a list of pieces sent one at a
+    time: bytes are written and flushed, a number is a pause in seconds, a
+    threading.Event is waited for (10 s at most)."""
+
+    def __init__(self, body=b"", status=200, headers=None, chunked=None):
+        self.body, self.status = body, status
+        self.headers = {"Content-Type": "application/json"} if headers is None else headers
+        self.chunked = isinstance(body, list) if chunked is None else chunked
+        self.finished = threading.Event()   # set once the whole body was written
+
+
+class LoopbackServer:
+    """A real HTTP server on 127.0.0.1:0 in a thread, replaying Replies in order."""
+
+    def __init__(self):
+        self.replies, self.requests = [], []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                self._handle()
+
+            def do_GET(self):
+                self._handle()
+
+            def _handle(self):
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = raw
+                server.requests.append({"method": self.command, "path": self.path,
+                                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                                        "body": body})
+                reply = server.replies.pop(0) if server.replies else Reply(
+                    b'{"error": {"message": "no scripted reply"}}', status=500)
+                try:
+                    self._send(reply)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                finally:
+                    reply.finished.set()
+
+            def _send(self, reply):
+                self.send_response(reply.status)
+                for name, value in reply.headers.items():
+                    self.send_header(name, value)
+                if reply.chunked:
+                    self.send_header("Transfer-Encoding", "chunked")
+                elif isinstance(reply.body, bytes):
+                    self.send_header("Content-Length", str(len(reply.body)))
+                else:
+                    self.send_header("Connection", "close")   # body ends when we close
+                    self.close_connection = True
+                self.end_headers()
+                pieces = reply.body if isinstance(reply.body, list) else [reply.body]
+                for piece in pieces:
+                    if isinstance(piece, (int, float)):
+                        time.sleep(piece)
+                    elif isinstance(piece, threading.Event):
+                        piece.wait(10)
+                    elif piece:
+                        if reply.chunked:
+                            piece = b"%x\r\n%s\r\n" % (len(piece), piece)
+                        self.wfile.write(piece)
+                        self.wfile.flush()
+                if reply.chunked:
+                    self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d/v1" % self.httpd.server_address[1]
+
+    def add(self, *replies):
+        self.replies.extend(replies)
+        return replies[0] if len(replies) == 1 else replies
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    s = LoopbackServer()
+    yield s
+    s.close()
+
+
+def chunk(content=None, index=0, finish=None, choices=True, **extra):
+    """One chat.completion.chunk with a content delta for one choice."""
+    delta = {} if content is None else {"content": content}
+    delta.update(extra.pop("delta", {}))
+    c = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1700000000,
+         "model": "gpt-test", "system_fingerprint": "fp_1"}
+    c["choices"] = [{"index": index, "delta": delta, "logprobs": None,
+                     "finish_reason": finish}] if choices else []
+    c.update(extra)
+    return c
+
+
+def sse(*chunks, done=True):
+    """The body pieces of an event stream: one data event per chunk."""
+    pieces = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks]
+    if done:
+        pieces.append(b"data: [DONE]\n\n")
+    return pieces
+
+
+def stream_reply(*texts, finish="stop", done=True):
+    """A streamed reply of the given content pieces."""
+    chunks = [chunk(delta={"role": "assistant", "content": ""})]
+    chunks += [chunk(t) for t in texts] + [chunk(finish=finish)]
+    return Reply(sse(*chunks, done=done), headers={"Content-Type": "text/event-stream"})
+
+
+def completion(text, finish="stop", **extra):
+    """A non-streamed chat.completion."""
+    body = {"id": "chatcmpl-2", "object": "chat.completion", "created": 1700000000,
+            "model": "gpt-test", "choices": [{"index": 0, "message": {
+                "role": "assistant", "content": text}, "logprobs": None,
+                "finish_reason": finish}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}
+    body.update(extra)
+    return body
+
+
+def run_main(server, *args, stdin="", env=None):
+    """Run chat.main() in this process; return (status, stdout, stderr)."""
+    environ = {"OPENAI_BASE_URL": server.url} if server else {}
+    environ.update(env or {})
+    out, err = io.StringIO(), io.StringIO()
+    status = chat.main(list(args), stdin=io.StringIO(stdin), stdout=out, stderr=err,
+                       environ=environ)
+    return status, out.getvalue(), err.getvalue()
+
+
+def clean_env(**extra):
+    """The environment for a chat.py subprocess: no real keys or settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["PYTHONUNBUFFERED"] = ""   # the client must flush by itself
+    env.pop("PYTHONUNBUFFERED")
+    env.update(extra)
+    return env
+
+
+# ---------------------------------------------------------------------------
+# Layer 1: the pure parts.
+# ---------------------------------------------------------------------------
+
+def decode(reads):
+    """Feed byte reads through LineDecoder and SSEDecoder; return the events."""
+    lines, decoder, events = chat.LineDecoder(), chat.SSEDecoder(), []
+    for data in reads:
+        for line in lines.feed(data):
+            event = decoder.decode(line)
+            if event is not None:
+                events.append(event)
+    return events
+
+
+def ev(data, event="message", id="", retry=None):
+    return chat.ServerSentEvent(event, data, id, retry)
+
+
+DECODER_CASES = [
+    ("LF endings", [b"data: a\n\ndata: b\n\n"], [ev("a"), ev("b")]),
+    ("CRLF endings", [b"data: a\r\n\r\ndata: b\r\n\r\n"], [ev("a"), ev("b")]),
+    ("lone CR endings", [b"data: a\r\rdata: b\r\r"], [ev("a"), ev("b")]),
+    ("mixed endings", [b"data: a\r\n\rdata: b\n\r\n"], [ev("a"), ev("b")]),
+    ("CRLF split across reads", [b"data: a\r", b"\n\r", b"\n"], [ev("a")]),
+    ("CR then a new line in the next read", [b"data: a\r", b"\r"], [ev("a")]),
+    ("data without the space", [b"data:a\n\n"], [ev("a")]),
+    ("only one space is dropped", [b"data:  a \n\n"], [ev(" a ")]),
+    ("several data lines joined", [b"data: a\ndata:\ndata: b\n\n"], [ev("a\n\nb")]),
+    ("comment lines ignored", [b": keep-alive\ndata: a\n:\n\n"], [ev("a")]),
+    ("field without a colon", [b"data\n\n"], [ev("")]),
+    ("unknown fields ignored", [b"foo: bar\ndata: a\n\n"], [ev("a")]),
+    ("event type", [b"event: error\ndata: x\n\ndata: y\n\n"], [ev("x", "error"), ev("y")]),
+    ("id persists", [b"id: 7\ndata: a\n\ndata: b\n\n"], [ev("a", id="7"), ev("b", id="7")]),
+    ("id with NUL ignored", [b"id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n"],
+     [ev("a", id="1"), ev("b", id="1")]),
+    ("retry digits only", [b"retry: 5000\ndata: a\n\nretry: 5x\ndata: b\n\n"],
+     [ev("a", retry=5000), ev("b", retry=5000)]),
+    ("no data: nothing dispatched, type reset", [b"event: x\n\ndata: a\n\n"], [ev("a")]),
+    ("blank lines alone", [b"\n\n\r\n"], []),
+    ("partial event at EOF dropped", [b"data: a\n\ndata: b\n"], [ev("a")]),
+    ("unterminated line at EOF dropped", [b"data: a\n\ndata: b"], [ev("a")]),
+    ("BOM dropped at the start", [b"\xef\xbb\xbfdata: a\n\n"], [ev("a")]),
+    ("BOM split across reads", [b"\xef", b"\xbb", b"\xbfdata: a\n\n"], [ev("a")]),
+    ("a later BOM is not dropped", [b"data: a\n\n\xef\xbb\xbfdata: b\n\n"], [ev("a")]),
+    ("UTF-8 split across reads", [b"data: caf\xc3", b"\xa9 \xe2\x82", b"\xac\n\n"],
+     [ev("caf\u00e9 \u20ac")]),
+    ("emoji split byte by byte", [bytes([b]) for b in "data: \U0001f600\n\n".encode()],
+     [ev("\U0001f600")]),
+    ("[DONE] is an ordinary event here", [b"data: [DONE]\n\n"], [ev("[DONE]")]),
+]
+
+
+@pytest.mark.parametrize("name,reads,expected", DECODER_CASES, ids=[c[0] for c in DECODER_CASES])
+def test_decoder(name, reads, expected):
+    assert decode(reads) == expected
+    stream = b"".join(reads)   # any way of splitting the bytes gives the same events
+    assert decode([stream[i:i + 1] for i in range(len(stream))]) == expected
+    assert decode([stream]) == expected
+
+
+def test_decoder_rejects_text_that_is_not_utf8():
+    with pytest.raises(chat.StreamError, match="not UTF-8"):
+        decode([b"data: \xff\xfe\n\n"])
+
+
+def test_decoder_bounds_an_endless_line():
+    lines = chat.LineDecoder(max_line=1024)
+    with pytest.raises(chat.StreamError, match="longer than"):
+        for _ in range(100):
+            lines.feed(b"x" * 100)
+
+
+ROLE = chunk(delta={"role": "assistant", "content": ""})
+
+
+def accumulate(*chunks):
+    acc = chat.ChatAccumulator()
+    for c in chunks:
+        acc.add(c)
+    return acc
+
+
+def test_accumulator_content_and_metadata():
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    result = accumulate(ROLE, chunk("Hel"), chunk("lo"), chunk(finish="stop"),
+                        chunk(choices=False, usage=usage)).result()
+    assert result == {
+        "id": "chatcmpl-1", "object": "chat.completion", "created": 1700000000,
+        "model": "gpt-test", "system_fingerprint": "fp_1",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"},
+                     "logprobs": None, "finish_reason": "stop"}],
+        "usage": usage}
+
+
+def test_accumulator_tool_call_fragments():
+    def tc(index, id=None, name=None, args=None):
+        f = {"index": index, "function": {}}
+        if id:
+            f.update(id=id, type="function")
+        if name:
+            f["function"]["name"] = name
+        if args is not None:
+            f["function"]["arguments"] = args
+        return chunk(delta={"tool_calls": [f]})
+    acc = accumulate(chunk(delta={"role": "assistant", "content": None}),
+                     tc(0, "call_a", "get_weather", ""), tc(0, args='{"city":'),
+                     tc(1, "call_b", "get_time", ""), tc(0, args=' "Paris"}'),
+                     tc(1, args='{"tz": "CET"}'), chunk(finish="tool_calls"))
+    message = acc.result()["choices"][0]["message"]
+    assert message == {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_a", "type": "function",
+         "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "call_b", "type": "function",
+         "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}}]}
+    assert acc.result()["choices"][0]["finish_reason"] == "tool_calls"
+
+
+def test_accumulator_tool_calls_without_index():
+    frag = [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{"}},
+            {"function": {"arguments": "}"}},
+            {"id": "c2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]
+    message = accumulate(*[chunk(delta={"tool_calls": [f]}) for f in frag]).result()
+    calls = message["choices"][0]["message"]["tool_calls"]
+    assert [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
+        ("c1", "f", "{}"), ("c2", "g", "{}")]
+
+
+def test_accumulator_legacy_function_call():
+    acc = accumulate(chunk(delta={"function_call": {"name": "add", "arguments": ""}}),
+                     chunk(delta={"function_call": {"arguments": '{"a": 1}'}}),
+                     chunk(finish="function_call"))
+    assert acc.result()["choices"][0]["message"]["function_call"] == {
+        "name": "add", "arguments": '{"a": 1}'}
+
+
+def test_accumulator_two_choices_interleaved():
+    acc = accumulate(chunk("A", 0), chunk("B", 1), chunk("C", 0), chunk("D", 1),
+                     chunk(index=1, finish="stop"), chunk(index=0, finish="length"))
+    result = acc.result()
+    assert [(c["index"], c["message"]["content"], c["finish_reason"])
+            for c in result["choices"]] == [(0, "AC", "length"), (1, "BD", "stop")]
+    assert acc.finished
+
+
+def test_accumulator_usage_only_and_azure_filter_chunks():
+    azure = {"id": "", "object": "", "created": 0, "model": "", "choices": [],
+             "prompt_filter_results": [{"prompt_index": 0, "content_filter_results": {}}]}
+    usage = {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    result = accumulate(azure, chunk("x"), chunk(finish="stop"),
+                        {"id": "chatcmpl-1", "choices": [], "usage": usage}).result()
+    assert result["id"] == "chatcmpl-1" and result["model"] == "gpt-test"
+    assert result["usage"] == usage
+    assert result["choices"][0]["message"]["content"] == "x"
+
+
+def test_accumulator_refusal():
+    result = accumulate(chunk(delta={"role": "assistant", "refusal": "I can't"}),
+                        chunk(delta={"refusal": " help."}), chunk(finish="stop")).result()
+    assert result["choices"][0]["message"] == {
+        "role": "assistant", "content": None, "refusal": "I can't help."}
+
+
+def test_accumulator_logprobs_and_other_fields():
+    lp = lambda tok: {"content": [{"token": tok, "logprob": -0.1, "top_logprobs": []}]}
+    acc = accumulate(chunk(delta={"reasoning_content": "hm"}),
+                     chunk(delta={"reasoning_content": "m"}),
+                     dict(chunk("a"), choices=[{"index": 0, "delta": {"content": "a"},
+                                                "logprobs": lp("a")}]),
+                     dict(chunk("b"), choices=[{"index": 0, "delta": {"content": "b"},
+                                                "logprobs": lp("b")}]))
+    choice = acc.result()["choices"][0]
+    assert choice["message"]["reasoning_content"] == "hmm"
+    assert [t["token"] for t in choice["logprobs"]["content"]] == ["a", "b"]
+    assert not acc.finished
+
+
+@pytest.mark.parametrize("body,expected", [
+    ({"error": {"message": "Bad key", "type": "invalid_request_error", "code": "invalid_api_key"}},
+     ("Bad key", "invalid_request_error", "invalid_api_key")),
+    ({"error": "model not found"}, ("model not found", None, None)),
+    ({"object": "error", "message": "vLLM says no", "type": "BadRequestError", "code": 400},
+     ("vLLM says no", "BadRequestError", 400)),
+    ({"detail": [{"loc": ["body", "n"], "msg": "must be positive"}]},
+     ("must be positive", None, None)),
+    (b"<html><head><title>502 Bad Gateway</title></head></html>", ("502 Bad Gateway", None, None)),
+    (b"\n  upstream connect error\nmore", ("upstream connect error", None, None)),
+])
+def test_error_message(body, expected):
+    if isinstance(body, dict):
+        body = json.dumps(body).encode()
+    assert chat.error_message(body) == expected
+
+
+@pytest.mark.parametrize("given,expected", [
+    ("https://api.openai.com/v1", "https://api.openai.com/v1"),
+    ("https://api.openai.com/v1/", "https://api.openai.com/v1"),
+    ("https://api.openai.com/v1/chat/completions", "https://api.openai.com/v1"),
+    ("localhost:11434/v1", "http://localhost:11434/v1"),
+    ("127.0.0.1:8080/v1/", "http://127.0.0.1:8080/v1"),
+    ("api.groq.com/openai/v1", "https://api.groq.com/openai/v1"),
+    ("https://x.example/openai/deployments/d?api-version=2024-06-01",
+     "https://x.example/openai/deployments/d?api-version=2024-06-01"),
+])
+def test_normalize_base_url(given, expected):
+    assert chat.normalize_base_url(given) == expected
+
+
+def test_endpoint_keeps_the_query_last():
+    assert chat.endpoint_url("https://h/d?api-version=1", "/chat/completions") == \
+        "https://h/d/chat/completions?api-version=1"
+
+
+@pytest.mark.parametrize("host,local", [
+    ("localhost", True), ("127.0.0.1", True), ("::1", True), ("192.168.1.5", True),
+    ("ollama", True), ("box.local", True), ("api.openai.com", False), ("8.8.8.8", False)])
+def test_is_local_host(host, local):
+    assert chat.is_local_host(host) is local
+
+
+# ---------------------------------------------------------------------------
+# Layer 2: the protocol over real HTTP.
+# ---------------------------------------------------------------------------
+
+def test_request_body_and_headers(server):
+    server.add(stream_reply("Hi"))
+    status, out, err = run_main(
+        server, "-s", "Be brief.", "-m", "gpt-x", "-H", "X-Trace: 42",
+        "-H", "user-agent: custom/1", "Hello", env={
+            "OPENAI_API_KEY": "sk-test", "OPENAI_ORG_ID": "org-1",
+            "OPENAI_PROJECT_ID": "proj-1"})
+    assert (status, out, err) == (0, "Hi\n", "")
+    request, = server.requests
+    assert request["method"] == "POST" and request["path"] == "/v1/chat/completions"
+    assert request["body"] == {"model": "gpt-x", "stream": True, "messages": [
+        {"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]}
+    headers = request["headers"]
+    assert headers["authorization"] == "Bearer sk-test"
+    assert headers["content-type"] == "application/json"
+    assert headers["accept"] == "text/event-stream"
+    assert headers["openai-organization"] == "org-1"
+    assert headers["openai-project"] == "proj-1"
+    assert headers["x-trace"] == "42"
+    assert headers["user-agent"] == "custom/1"
+
+
+def test_default_user_agent_and_no_key_for_loopback(server):
+    server.add(stream_reply("ok"))
+    assert run_main(server, "hi")[0] == 0
+    headers = server.requests[0]["headers"]
+    assert re.match(r"chat\.py/\d+\.\d+\.\d+ \(Python 3\.\d+\)$", headers["user-agent"])
+    assert "authorization" not in headers
+
+
+def test_flags_override_environment(server):
+    server.add(stream_reply("ok"))
+    status, _, _ = run_main(None, "--base-url", server.url + "/", "--model", "flag-model",
+                            "--api-key", "sk-flag", "hi", env={
+                                "OPENAI_BASE_URL": "http://127.0.0.1:9/v1",
+                                "OPENAI_MODEL": "env-model", "OPENAI_API_KEY": "sk-env"})
+    assert status == 0
+    assert server.requests[0]["body"]["model"] == "flag-model"
+    assert server.requests[0]["headers"]["authorization"] == "Bearer sk-flag"
+
+
+@pytest.mark.parametrize("suffix", ["/", "/chat/completions", "/chat/completions/"])
+def test_forgiving_base_url(server, suffix):
+    server.add(stream_reply("ok"))
+    url = server.url.replace("http://", "") + suffix   # no scheme either
+    assert run_main(None, "--base-url", url, "hi")[:2] == (0, "ok\n")
+    assert server.requests[0]["path"] == "/v1/chat/completions"
+
+
+def test_base_url_query_string_is_kept(server):
+    server.add(stream_reply("ok"))
+    assert run_main(None, "--base-url", server.url + "?api-version=2024-06-01", "hi")[0] == 0
+    assert server.requests[0]["path"] == "/v1/chat/completions?api-version=2024-06-01"
+
+
+def test_no_stream(server):
+    server.add(Reply(json.dumps(completion("Whole answer")).encode()))
+    status, out, err = run_main(server, "--no-stream", "hi")
+    assert (status, out, err) == (0, "Whole answer\n", "")
+    assert server.requests[0]["body"]["stream"] is False
+    assert "accept" not in server.requests[0]["headers"] or \
+        server.requests[0]["headers"]["accept"] != "text/event-stream"
+
+
+def test_output_json_streamed(server):
+    server.add(stream_reply("Hel", "lo"))
+    status, out, err = run_main(server, "-o", "json", "hi")
+    assert status == 0 and err == ""
+    document = json.loads(out)   # the only thing on stdout
+    assert document["object"] == "chat.completion"
+    assert document["choices"][0]["message"] == {"role": "assistant", "content": "Hello"}
+    assert document["choices"][0]["finish_reason"] == "stop"
+
+
+def test_output_json_not_streamed_is_the_server_document(server):
+    body = completion("Hi", usage={"prompt_tokens": 1, "completion_tokens": 1,
+                                   "total_tokens": 2}, extra_field=[1])
+    server.add(Reply(json.dumps(body).encode()))
+    status, out, _ = run_main(server, "--no-stream", "--output", "json", "hi")
+    assert status == 0 and json.loads(out) == body
+
+
+def test_json_answer_to_a_stream_request(server):
+    server.add(Reply(json.dumps(completion("Not streamed")).encode()))
+    status, out, err = run_main(server, "hi")
+    assert (status, out, err) == (0, "Not streamed\n", "")
+
+
+def test_two_choices_each_under_a_label(server):
+    chunks = [chunk("A", 0), chunk("B", 1), chunk("C", 0), chunk("D", 1),
+              chunk(index=0, finish="stop"), chunk(index=1, finish="stop")]
+    server.add(Reply(sse(*chunks), headers={"Content-Type": "text/event-stream"}))
+    chat_ = chat.Chat(chat.Client(server.url), "m", params={"n": 2})
+    out, err = io.StringIO(), io.StringIO()
+    result = chat_.send("hi", chat.ReplyPrinter(out, err, n=2))
+    assert out.getvalue() == "AC\nBD\n"
+    assert err.getvalue() == "chat.py: choice 1:\nchat.py: choice 2:\n"
+    assert server.requests[0]["body"]["n"] == 2
+    assert [c["message"]["content"] for c in result["choices"]] == ["AC", "BD"]
+    assert chat_.messages[-1] == {"role": "assistant", "content": "AC"}
+
+
+def test_refusal_is_shown_as_such(server):
+    server.add(Reply(sse(chunk(delta={"role": "assistant", "refusal": "I can't help"}),
+                         chunk(finish="stop")), headers={"Content-Type": "text/event-stream"}))
+    status, out, err = run_main(server, "hi")
+    assert (status, out) == (0, "")
+    assert err == "chat.py: the model refused: I can't help\n"
+
+
+@pytest.mark.parametrize("reason,words", [("length", "token limit"),
+                                          ("content_filter", "content filter")])
+def test_cut_off_replies_get_a_notice(server, reason, words):
+    server.add(stream_reply("partial", finish=reason))
+    status, out, err = run_main(server, "hi")
+    assert (status, out) == (0, "partial\n")
+    assert words in err and err.count("\n") == 1
+
+
+def test_tool_calls_are_shown_not_garbled(server):
+    call = {"index": 0, "id": "c1", "type": "function",
+            "function": {"name": "now", "arguments": "{}"}}
+    server.add(Reply(sse(chunk(delta={"tool_calls": [call]}), chunk(finish="tool_calls")),
+                     headers={"Content-Type": "text/event-stream"}))
+    status, out, err = run_main(server, "hi")
+    assert (status, out) == (0, "")
+    assert err == "chat.py: the model called the tool now({})\n"
+
+
+def test_stream_without_done_but_finished_is_complete(server):
+    server.add(stream_reply("fine", done=False))
+    assert run_main(server, "hi")[:2] == (0, "fine\n")
+
+
+def test_stream_closed_early_is_an_error(server):
+    server.add(Reply(sse(chunk("half"), done=False), headers={"Content-Type": "text/event-stream"}))
+    status, out, err = run_main(server, "hi")
+    assert (status, out) == (1, "half\n")
+    assert err == "chat.py: error: the server closed the stream before the reply was complete\n"
+
+
+def test_error_inside_the_stream_is_raised(server):
+    server.add(Reply(sse(chunk("a"), {"error": {"message": "overloaded", "type": "server_error"}},
+                         done=False), headers={"Content-Type": "text/event-stream"}))
+    status, out, err = run_main(server, "hi")
+    assert (status, out) == (1, "a\n")
+    assert err == "chat.py: error: the server reported an error: overloaded\n"
+
+
+def test_data_that_is_not_json(server):
+    server.add(Reply([b"data: {not json\n\n"], headers={"Content-Type": "text/event-stream"}))
+    status, _, err = run_main(server, "hi")
+    assert status == 1 and "not a JSON object: '{not json'" in err
+
+
+ERROR_CASES = [
+    (401, {"Content-Type": "application/json"},
+     b'{"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",'
+     b' "code": "invalid_api_key"}}',
+     "HTTP 401 (invalid_request_error, invalid_api_key): Incorrect API key provided. - "
+     "check OPENAI_API_KEY (or --api-key)"),
+    (404, {"Content-Type": "application/json"},
+     b'{"error": {"message": "The model `nope` does not exist", "type": "invalid_request_error",'
+     b' "code": "model_not_found"}}',
+     "HTTP 404 (invalid_request_error, model_not_found): The model `nope` does not exist - "
+     "check --base-url (usually ends in /v1) and --model"),
+    (500, {"Content-Type": "application/json"},
+     b'{"error": {"message": "The server had an error", "type": "server_error"}}',
+     "HTTP 500 (server_error): The server had an error - the server failed; try again later"),
+    (502, {"Content-Type": "text/html"},
+     b"<html>\n<head><title>502 Bad Gateway</title></head>\n<body>nginx</body></html>",
+     "HTTP 502: 502 Bad Gateway - the server failed; try again later"),
+    (429, {"Content-Type": "application/json"},
+     b'{"error": {"message": "Rate limit reached", "type": "requests"}}',
+     "HTTP 429 (requests): Rate limit reached - rate limited or out of quota; wait, then try again"),
+]
+
+
+@pytest.mark.parametrize("status,headers,body,line", ERROR_CASES, ids=[str(c[0]) for c in ERROR_CASES])
+def test_http_errors_are_one_line(server, status, headers, body, line):
+    server.add(Reply(body, status=status, headers=headers))
+    code, out, err = run_main(server, "hi")
+    assert (code, out, err) == (1, "", "chat.py: error: " + line + "\n")
+
+
+def test_error_types_let_callers_act(server):
+    server.add(Reply(b'{"error": {"message": "no"}}', status=401),
+               Reply(b'{"error": {"message": "slow down"}}', status=429))
+    client = chat.Client(server.url)
+    payload = chat.build_payload("m", [{"role": "user", "content": "x"}], stream=False)
+    with pytest.raises(chat.AuthenticationError) as info:
+        client.complete(payload)
+    assert info.value.status == 401
+    with pytest.raises(chat.RateLimitError):
+        client.complete(payload)
+
+
+def test_key_is_never_echoed_in_an_error(server):
+    server.add(Reply(b'{"error": {"message": "key sk-secret-123 is revoked"}}', status=401))
+    code, out, err = run_main(server, "hi", env={"OPENAI_API_KEY": "sk-secret-123"})
+    assert code == 1 and "sk-secret-123" not in out + err and "***" in err
+
+
+def test_redirect_is_explained_not_followed(server):
+    server.add(Reply(b"", status=301, headers={"Location": "https://elsewhere.example/v1"}))
+    code, _, err = run_main(server, "hi")
+    assert code == 1 and "redirects to https://elsewhere.example/v1" in err
+    assert len(server.requests) == 1
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_connection_refused():
+    url = "http://127.0.0.1:%d/v1" % free_port()
+    code, out, err = run_main(None, "--base-url", url, "hi")
+    assert (code, out) == (1, "")
+    assert err == ("chat.py: error: cannot connect to %s: connection refused - "
+                   "is the server running there?\n" % url)
+
+
+def test_silent_server_times_out(server):
+    release = threading.Event()
+    server.add(Reply([release], headers={"Content-Type": "text/event-stream"}))
+    code, _, err = run_main(server, "--timeout", "0.3", "hi")
+    release.set()
+    assert code == 1
+    assert err == ("chat.py: error: the server sent nothing for 0.3s and the reply was "
+                   "abandoned (--timeout sets the limit)\n")
+
+
+# ---------------------------------------------------------------------------
+# History and the console, driven through main().
+# ---------------------------------------------------------------------------
+
+def test_scripted_conversation_sends_the_history(server):
+    server.add(stream_reply("One."), stream_reply("Two."), stream_reply("Three."))
+    status, out, err = run_main(server, "-i", "-s", "sys", stdin="first\nsecond\n\nthird\n")
+    assert (status, out, err) == (0, "One.\nTwo.\nThree.\n", "")
+    assert [r["body"]["messages"] for r in server.requests][2] == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "first"}, {"role": "assistant", "content": "One."},
+        {"role": "user", "content": "second"}, {"role": "assistant", "content": "Two."},
+        {"role": "user", "content": "third"}]
+
+
+def test_prompt_then_piped_turns(server):
+    server.add(stream_reply("A"), stream_reply("B"))
+    status, out, _ = run_main(server, "-i", "opening", stdin="next\n")
+    assert (status, out) == (0, "A\nB\n")
+    assert server.requests[1]["body"]["messages"][0] == {"role": "user", "content": "opening"}
+
+
+def test_prompt_and_piped_text_are_one_message(server):
+    server.add(stream_reply("ok"))
+    assert run_main(server, "Summarize:", stdin="line 1\nline 2\n")[0] == 0
+    assert server.requests[0]["body"]["messages"] == [
+        {"role": "user", "content": "Summarize:\n\nline 1\nline 2"}]
+
+
+def test_failed_turn_leaves_history_as_it_was(server):
+    server.add(stream_reply("One."), Reply(b'{"error": {"message": "boom"}}', status=500),
+               stream_reply("Two."))
+    c = chat.Chat(chat.Client(server.url), "m", system="sys")
+    printer = lambda: chat.ReplyPrinter(io.StringIO(), io.StringIO())
+    c.send("first", printer())
+    before = [dict(m) for m in c.messages]
+    with pytest.raises(chat.APIError):
+        c.send("lost", printer())
+    assert c.messages == before
+    c.send("second", printer())
+    assert server.requests[2]["body"]["messages"] == before + [{"role": "user", "content": "second"}]
+
+
+def test_broken_stream_leaves_history_as_it_was(server):
+    server.add(Reply(sse(chunk("half"), done=False), headers={"Content-Type": "text/event-stream"}))
+    c = chat.Chat(chat.Client(server.url), "m")
+    with pytest.raises(chat.StreamError):
+        c.send("hi", chat.ReplyPrinter(io.StringIO(), io.StringIO()))
+    assert c.messages == []
+
+
+def test_piped_conversation_stops_at_the_first_failure(server):
+    server.add(stream_reply("One."), Reply(b'{"error": {"message": "boom"}}', status=400))
+    status, out, err = run_main(server, "-i", stdin="a\nb\nc\n")
+    assert (status, out) == (1, "One.\n")
+    assert err == "chat.py: error: HTTP 400: boom\n"
+    assert len(server.requests) == 2
+
+
+def test_console_commands(server):
+    server.add(stream_reply("sent"))
+    status, out, err = run_main(server, "-i", stdin="/help\n/nope\n//slash\n/exit\nnever\n")
+    assert (status, out) == (0, "sent\n")
+    assert "/exit" in err and "unknown command /nope" in err
+    assert server.requests[0]["body"]["messages"] == [{"role": "user", "content": "/slash"}]
+    assert len(server.requests) == 1
+
+
+# ---------------------------------------------------------------------------
+# Usage errors: exit 2, one line, nothing sent.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,env,words", [
+    (["--bogus"], {}, "unrecognized arguments: --bogus"),
+    (["-H", "NoColon", "hi"], {}, "is not a header"),
+    (["--timeout", "0", "hi"], {}, "--timeout"),
+    (["-i", "-o", "json"], {}, "one-shot"),
+    (["--base-url", "ftp://x/v1", "hi"], {}, "not an http(s) URL"),
+    ([], {}, "nothing to send"),
+])
+def test_usage_errors(server, args, env, words):
+    status, out, err = run_main(server, *args, env=env)
+    assert (status, out) == (2, "")
+    assert words in err and err.count("\n") == 1 and err.startswith("chat.py: error: ")
+    assert server.requests == []
+
+
+def test_missing_key_for_the_default_server():
+    status, out, err = run_main(None, "hi", env={})
+    assert (status, out) == (2, "")
+    assert err == ("chat.py: error: no API key: set OPENAI_API_KEY (or pass --api-key), or "
+                   "point --base-url at a local server such as localhost:11434/v1\n")
+
+
+def test_help_is_the_manual():
+    status, out, _ = run_main(None, "--help")
+    assert status == 0 and out == chat.__doc__
+
+
+def test_every_flag_is_documented():
+    readme = open(os.path.join(HERE, "README.md")).read()
+    for action in chat._parser()._actions:
+        for flag in action.option_strings:
+            assert re.search(r"(^|[\s,`])%s\b" % re.escape(flag), chat.__doc__), flag
+            assert re.search(r"(^|[\s,`])%s\b" % re.escape(flag), readme), flag
+
+
+# ---------------------------------------------------------------------------
+# Layer 3: `python chat.py` as a user runs it.
+# ---------------------------------------------------------------------------
+
+def read_until(fd, pattern, timeout=10):
+    """Read from fd until pattern (bytes regex) matches; return all that was read."""
+    data, deadline = b"", time.monotonic() + timeout
+    while not re.search(pattern, data):
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([fd], [], [], left)[0]:
+            raise AssertionError("timed out waiting for %r; got %r" % (pattern, data))
+        try:
+            more = os.read(fd, 4096)
+        except OSError:   # a pty reports EIO once the child has gone
+            more = b""
+        if not more:
+            raise AssertionError("EOF waiting for %r; got %r" % (pattern, data))
+        data += more
+    return data
+
+
+def test_first_token_reaches_a_pipe_before_the_stream_ends(server):
+    release = threading.Event()
+    pieces = sse(chunk("first"))
+    reply = server.add(Reply(pieces[:1] + [release] + sse(chunk(" rest"), chunk(finish="stop")),
+                             headers={"Content-Type": "text/event-stream"}))
+    proc = subprocess.Popen([sys.executable, CHAT_PY, "hi"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=clean_env(OPENAI_BASE_URL=server.url))
+    try:
+        assert read_until(proc.stdout.fileno(), b"first") == b"first"
+        assert not reply.finished.is_set()    # the server is still holding the stream
+        release.set()
+        out, err = proc.communicate(timeout=10)
+    finally:
+        release.set()
+        proc.kill()
+    assert (proc.returncode, out, err) == (0, b" rest\n", b"")
+
+
+def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(server):
+    release = threading.Event()
+    server.add(Reply(sse(chunk("Partial"))[:1] + [release],
+                     headers={"Content-Type": "text/event-stream"}),
+               stream_reply("Next."))
+    proc = subprocess.Popen([sys.executable, CHAT_PY, "-i"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=clean_env(OPENAI_BASE_URL=server.url))
+    try:
+        proc.stdin.write(b"one\n")
+        proc.stdin.flush()
+        read_until(proc.stdout.fileno(), b"Partial")
+        proc.send_signal(signal.SIGINT)
+        read_until(proc.stderr.fileno(), rb"\[interrupted\]")
+        out, err = proc.communicate(b"two\n", timeout=10)
+    finally:
+        release.set()
+        proc.kill()
+    assert proc.returncode == 0 and out == b"\nNext.\n" and b"Traceback" not in err
+    assert server.requests[1]["body"]["messages"] == [
+        {"role": "user", "content": "one"}, {"role": "assistant", "content": "Partial"},
+        {"role": "user", "content": "two"}]
+
+
+def test_ctrl_c_in_one_shot_exits_130(server):
+    release = threading.Event()
+    server.add(Reply(sse(chunk("Partial"))[:1] + [release],
+                     headers={"Content-Type": "text/event-stream"}))
+    proc = subprocess.Popen([sys.executable, CHAT_PY, "hi"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=clean_env(OPENAI_BASE_URL=server.url))
+    try:
+        read_until(proc.stdout.fileno(), b"Partial")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        release.set()
+        proc.kill()
+    assert proc.returncode == 130 and b"[interrupted]" in err and b"Traceback" not in err
+
+
+def test_terminal_chat_with_history_file(server, tmp_path):
+    server.add(stream_reply("Hello there."))
+    pid, fd = pty.fork()
+    if pid == 0:   # the child: chat.py on a terminal
+        os.execve(sys.executable, [sys.executable, CHAT_PY],
+                  clean_env(OPENAI_BASE_URL=server.url, XDG_STATE_HOME=str(tmp_path),
+                            TERM="dumb"))
+    try:
+        read_until(fd, rb"> ")
+        os.write(fd, b"hi there\r")
+        read_until(fd, rb"Hello there\.\r?\n.*> ")
+        os.write(fd, b"\x04")   # Ctrl-D at the prompt
+        _, wait_status = os.waitpid(pid, 0)
+    finally:
+        os.close(fd)
+    assert os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == 0
+    assert server.requests[0]["body"]["messages"] == [{"role": "user", "content": "hi there"}]
+    history = tmp_path / "chat.py" / "history"
+    assert "hi there" in history.read_text()
+    assert history.stat().st_mode & 0o777 == 0o600
+
+
+def find_python(version):
+    """A working interpreter for version ('3.8'), or None."""
+    roots = [os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")]
+    candidates = sorted(glob.glob(os.path.join(roots[0], "versions", version + ".*", "bin", "python3")))
+    candidates.append(shutil.which("python" + version))
+    for path in filter(None, candidates):
+        try:
+            found = subprocess.run([path, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+                                   capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if found == version:
+            return path
+    return None
+
+
+@pytest.mark.parametrize("version", ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "3.14"])
+def test_runs_on_every_python(server, version):
+    python = find_python(version)
+    if python is None:
+        pytest.skip("no Python %s on this machine" % version)
+    server.add(stream_reply("caf\u00e9 ", "ok"))
+    proc = subprocess.run([python, CHAT_PY, "hi"], stdin=subprocess.DEVNULL, capture_output=True,
+                          env=clean_env(OPENAI_BASE_URL=server.url), timeout=60)
+    assert (proc.returncode, proc.stdout.decode(), proc.stderr) == (0, "caf\u00e9 ok\n", b"")
