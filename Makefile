@@ -1,0 +1,35 @@
+# make test   run the test suite (installs a pinned pytest into .venv if needed)
+# make check  byte-compile, and prove with vermin that chat.py runs on Python 3.8+
+# make run    start a chat
+PYTHON ?= python3
+VENV   := .venv
+PYTEST := pytest==8.3.5
+VERMIN := vermin==1.9.2
+
+.PHONY: test check run clean
+
+test:
+	@if $(PYTHON) -c 'import pytest' 2>/dev/null; then py='$(PYTHON)'; \
+	else $(MAKE) --no-print-directory $(VENV)/.pytest && py='$(VENV)/bin/python'; fi; \
+	$$py -m pytest -q test_chat.py
+
+check: $(VENV)/.vermin
+	$(PYTHON) -m py_compile chat.py test_chat.py
+	$(VENV)/bin/vermin -t=3.8- --no-tips --violations chat.py
+
+run:
+	$(PYTHON) chat.py
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.pytest: $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -q '$(PYTEST)'
+	touch $@
+
+$(VENV)/.vermin: $(VENV)/bin/python
+	$(VENV)/bin/python -m pip install -q '$(VERMIN)'
+	touch $@
+
+clean:
+	rm -rf $(VENV) .pytest_cache __pycache__
