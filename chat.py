@@ -895,11 +895,15 @@ def _terminal_reader(out, err, environ):
         atexit.register(_save_history, readline, path)
 
     def read_line(prompt):
-        if out.isatty():
-            return input(prompt)   # readline draws the prompt on the terminal
-        err.write(prompt)          # stdout is redirected: keep it for the reply
-        err.flush()
-        return input()
+        try:
+            if out.isatty():
+                return input(prompt)   # readline draws the prompt on the terminal
+            err.write(prompt)          # stdout is redirected: keep it for the reply
+            err.flush()
+            return input()
+        except EOFError:
+            err.write("\n")            # Ctrl-D: leave the terminal on a fresh line
+            raise
     return read_line
 
 

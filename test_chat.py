@@ -42,7 +42,8 @@ class Reply:
         self.body, self.status = body, status
         self.headers = {"Content-Type": "application/json"} if headers is None else headers
         self.chunked = isinstance(body, list) if chunked is None else chunked
-        self.finished = threading.Event()   # set once the whole body was written
+        self.finished = threading.Event()   # set once the body was written or refused
+        self.disconnected = False           # the client went away mid-body
 
 
 class LoopbackServer:
@@ -79,7 +80,7 @@ class LoopbackServer:
                 try:
                     self._send(reply)
                 except (BrokenPipeError, ConnectionResetError):
-                    pass
+                    reply.disconnected = True
                 finally:
                     reply.finished.set()
 
@@ -218,6 +219,7 @@ DECODER_CASES = [
     ("mixed endings", [b"data: a\r\n\rdata: b\n\r\n"], [ev("a"), ev("b")]),
     ("CRLF split across reads", [b"data: a\r", b"\n\r", b"\n"], [ev("a")]),
     ("CR then a new line in the next read", [b"data: a\r", b"\r"], [ev("a")]),
+    ("CRLF split inside an event", [b"data: a\r", b"\ndata: b\r\n\r\n"], [ev("a\nb")]),
     ("data without the space", [b"data:a\n\n"], [ev("a")]),
     ("only one space is dropped", [b"data:  a \n\n"], [ev(" a ")]),
     ("several data lines joined", [b"data: a\ndata:\ndata: b\n\n"], [ev("a\n\nb")]),
@@ -251,6 +253,13 @@ def test_decoder(name, reads, expected):
     stream = b"".join(reads)   # any way of splitting the bytes gives the same events
     assert decode([stream[i:i + 1] for i in range(len(stream))]) == expected
     assert decode([stream]) == expected
+
+
+def test_line_decoder_gives_each_line_once():
+    lines = chat.LineDecoder()
+    assert lines.feed(b"a\r") == ["a"]
+    assert lines.feed(b"\nb\r\n\rc") == ["b", ""]
+    assert lines.feed(b"\n") == ["c"]
 
 
 def test_decoder_rejects_text_that_is_not_utf8():
@@ -819,6 +828,27 @@ def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(server):
     assert server.requests[1]["body"]["messages"] == [
         {"role": "user", "content": "one"}, {"role": "assistant", "content": "Partial"},
         {"role": "user", "content": "two"}]
+
+
+def test_ctrl_c_drops_the_connection_at_once(server):
+    # The server keeps writing; after Ctrl-C its next writes must fail.
+    reply = server.add(Reply(sse(chunk("Partial"))[:1] + [0.05, b": tick\n"] * 200,
+                             headers={"Content-Type": "text/event-stream"}))
+    proc = subprocess.Popen([sys.executable, CHAT_PY, "-i"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=clean_env(OPENAI_BASE_URL=server.url))
+    try:
+        proc.stdin.write(b"one\n")
+        proc.stdin.flush()
+        read_until(proc.stdout.fileno(), b"Partial")
+        proc.send_signal(signal.SIGINT)
+        read_until(proc.stderr.fileno(), rb"\[interrupted\]")
+        assert reply.finished.wait(5) and reply.disconnected   # while chat.py still runs
+        assert proc.poll() is None
+        proc.communicate(b"", timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
 
 
 def test_ctrl_c_in_one_shot_exits_130(server):
