@@ -388,7 +388,7 @@ def history_message(message):
     return kept
 
 
-def error_message(body, status=None):
+def error_message(body):
     """Return (message, type, code) from an error body: the API's JSON or not."""
     data = body
     if isinstance(body, (bytes, str)):
@@ -523,8 +523,9 @@ class Client:
         except (urllib.error.URLError, OSError) as exc:
             raise self._connection_error(getattr(exc, "reason", exc)) from exc
         except http.client.HTTPException as exc:   # the answer was not HTTP at all
+            reason = _one_line(str(exc)) or type(exc).__name__
             raise APIConnectionError("%s did not answer with valid HTTP (%s)"
-                                     % (self.base_url, _one_line(str(exc)) or type(exc).__name__)) from exc
+                                     % (self.base_url, reason)) from exc
 
     def _status_error(self, status, headers, body):
         message, type_, code = error_message(body)
@@ -566,7 +567,8 @@ class Client:
                                       "your network" % where)
         if isinstance(reason, ssl.SSLCertVerificationError):
             return APIConnectionError("the TLS certificate of %s is not trusted (%s); for a "
-                                      "private CA set SSL_CERT_FILE" % (where, reason.verify_message))
+                                      "private CA set SSL_CERT_FILE"
+                                      % (where, reason.verify_message))
         if isinstance(reason, ssl.SSLError):
             return APIConnectionError("TLS failed with %s: %s - is it an https server?"
                                       % (where, _one_line(str(reason))))
@@ -718,9 +720,9 @@ class ReplyPrinter:
             self._write("".join(held))
 
     def _write(self, text):
+        self._ends_line = text[-1] == "\n"   # first, in case Ctrl-C lands mid-write
         self.out.write(text)
         self.out.flush()
-        self._ends_line = text[-1] == "\n"
 
     def end_line(self):
         """End the text with a newline, if it has none, so notices start afresh."""
@@ -805,8 +807,8 @@ class Chat:
         chunks = self.client.stream(payload)
         try:
             for chunk in chunks:
+                accumulator.add(chunk)   # first: what Ctrl-C finds shown is in here
                 printer.chunk(chunk)
-                accumulator.add(chunk)
         except IncompleteStreamError:
             if not accumulator.finished:   # some servers never send [DONE]
                 raise

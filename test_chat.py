@@ -187,8 +187,7 @@ def run_main(server, *args, stdin="", env=None):
 def clean_env(**extra):
     """The environment for a chat.py subprocess: no real keys or settings."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    env["PYTHONUNBUFFERED"] = ""   # the client must flush by itself
-    env.pop("PYTHONUNBUFFERED")
+    env.pop("PYTHONUNBUFFERED", None)   # the client must flush by itself
     env.update(extra)
     return env
 
@@ -787,14 +786,35 @@ def read_until(fd, pattern, timeout=10):
     return data
 
 
+def start_chat(server, *args, stdin=subprocess.DEVNULL):
+    """Start `python chat.py ARGS` against the server, with pipes for stdout and stderr."""
+    return subprocess.Popen([sys.executable, CHAT_PY] + list(args), stdin=stdin,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=clean_env(OPENAI_BASE_URL=server.url))
+
+
+def interrupt_after(proc, text):
+    """Wait until text is on the child's stdout, then press Ctrl-C."""
+    read_until(proc.stdout.fileno(), text)
+    proc.send_signal(signal.SIGINT)
+
+
+def interrupted_chat(server):
+    """`chat.py -i` with a first turn that was Ctrl-C'd once "Partial" showed."""
+    proc = start_chat(server, "-i", stdin=subprocess.PIPE)
+    proc.stdin.write(b"one\n")
+    proc.stdin.flush()
+    interrupt_after(proc, b"Partial")
+    read_until(proc.stderr.fileno(), rb"\[interrupted\]")
+    return proc
+
+
 def test_first_token_reaches_a_pipe_before_the_stream_ends(server):
     release = threading.Event()
     pieces = sse(chunk("first"))
     reply = server.add(Reply(pieces[:1] + [release] + sse(chunk(" rest"), chunk(finish="stop")),
                              headers={"Content-Type": "text/event-stream"}))
-    proc = subprocess.Popen([sys.executable, CHAT_PY, "hi"], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=clean_env(OPENAI_BASE_URL=server.url))
+    proc = start_chat(server, "hi")
     try:
         assert read_until(proc.stdout.fileno(), b"first") == b"first"
         assert not reply.finished.is_set()    # the server is still holding the stream
@@ -811,15 +831,8 @@ def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(server):
     server.add(Reply(sse(chunk("Partial"))[:1] + [release],
                      headers={"Content-Type": "text/event-stream"}),
                stream_reply("Next."))
-    proc = subprocess.Popen([sys.executable, CHAT_PY, "-i"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=clean_env(OPENAI_BASE_URL=server.url))
+    proc = interrupted_chat(server)
     try:
-        proc.stdin.write(b"one\n")
-        proc.stdin.flush()
-        read_until(proc.stdout.fileno(), b"Partial")
-        proc.send_signal(signal.SIGINT)
-        read_until(proc.stderr.fileno(), rb"\[interrupted\]")
         out, err = proc.communicate(b"two\n", timeout=10)
     finally:
         release.set()
@@ -834,15 +847,8 @@ def test_ctrl_c_drops_the_connection_at_once(server):
     # The server keeps writing; after Ctrl-C its next writes must fail.
     reply = server.add(Reply(sse(chunk("Partial"))[:1] + [0.05, b": tick\n"] * 200,
                              headers={"Content-Type": "text/event-stream"}))
-    proc = subprocess.Popen([sys.executable, CHAT_PY, "-i"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=clean_env(OPENAI_BASE_URL=server.url))
+    proc = interrupted_chat(server)
     try:
-        proc.stdin.write(b"one\n")
-        proc.stdin.flush()
-        read_until(proc.stdout.fileno(), b"Partial")
-        proc.send_signal(signal.SIGINT)
-        read_until(proc.stderr.fileno(), rb"\[interrupted\]")
         assert reply.finished.wait(5) and reply.disconnected   # while chat.py still runs
         assert proc.poll() is None
         proc.communicate(b"", timeout=10)
@@ -855,12 +861,9 @@ def test_ctrl_c_in_one_shot_exits_130(server):
     release = threading.Event()
     server.add(Reply(sse(chunk("Partial"))[:1] + [release],
                      headers={"Content-Type": "text/event-stream"}))
-    proc = subprocess.Popen([sys.executable, CHAT_PY, "hi"], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=clean_env(OPENAI_BASE_URL=server.url))
+    proc = start_chat(server, "hi")
     try:
-        read_until(proc.stdout.fileno(), b"Partial")
-        proc.send_signal(signal.SIGINT)
+        interrupt_after(proc, b"Partial")
         out, err = proc.communicate(timeout=10)
     finally:
         release.set()
