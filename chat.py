@@ -757,9 +757,14 @@ class ReplyPrinter:
                       % (label, function.get("name"), function.get("arguments")))
 
 
-def _note(err, text):
-    err.write("chat.py: %s\n" % text)
+def _say(err, text):
+    # Flush every time: before Python 3.9 a piped stderr is block-buffered.
+    err.write(text)
     err.flush()
+
+
+def _note(err, text):
+    _say(err, "chat.py: %s\n" % text)
 
 
 class Chat:
@@ -824,6 +829,7 @@ COMMANDS = {
     "/help": "list the commands",
     "/exit": "leave (so does Ctrl-D)",
     "/quit": "leave",
+    "//TEXT": "send TEXT starting with one slash",
 }
 
 
@@ -840,7 +846,7 @@ def console(chat, read_line, out, err, prompt="> ", stop_on_error=False):
         except EOFError:
             return 0
         except KeyboardInterrupt:
-            err.write("\n")        # abandon the line, keep chatting
+            _say(err, "\n")        # abandon the line, keep chatting
             continue
         text = line.strip()
         if not text:
@@ -850,9 +856,7 @@ def console(chat, read_line, out, err, prompt="> ", stop_on_error=False):
             if command in ("/exit", "/quit"):
                 return 0
             if command == "/help":
-                for name, what in COMMANDS.items():
-                    err.write("  %-10s %s\n" % (name, what))
-                err.write("  %-10s %s\n" % ("//TEXT", "send TEXT starting with one slash"))
+                _say(err, "".join("  %-10s %s\n" % item for item in COMMANDS.items()))
             else:
                 _note(err, "unknown command %s - /help lists the commands "
                       "(start a message with // to send a slash)" % command)
@@ -862,7 +866,7 @@ def console(chat, read_line, out, err, prompt="> ", stop_on_error=False):
         try:
             chat.send(text, ReplyPrinter(out, err, chat.params.get("n", 1)))
         except KeyboardInterrupt:
-            err.write("[interrupted]\n")
+            _say(err, "[interrupted]\n")
         except ChatError as exc:
             _note(err, "error: %s" % exc)
             if stop_on_error:
@@ -900,11 +904,10 @@ def _terminal_reader(out, err, environ):
         try:
             if out.isatty():
                 return input(prompt)   # readline draws the prompt on the terminal
-            err.write(prompt)          # stdout is redirected: keep it for the reply
-            err.flush()
+            _say(err, prompt)          # stdout is redirected: keep it for the reply
             return input()
         except EOFError:
-            err.write("\n")            # Ctrl-D: leave the terminal on a fresh line
+            _say(err, "\n")            # Ctrl-D: leave the terminal on a fresh line
             raise
     return read_line
 
@@ -1017,8 +1020,8 @@ def _run(argv, stdin, out, err, environ):
         return console(chat, _piped_reader(stdin), out, err, stop_on_error=True)
     if stdin is None:
         raise UsageError("no input to chat with: give a PROMPT")
-    err.write("chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
-              % (__version__, chat.model, chat.client.base_url))
+    _say(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
+         % (__version__, chat.model, chat.client.base_url))
     return console(chat, _terminal_reader(out, err, environ), out, err)
 
 
@@ -1035,10 +1038,10 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     try:
         return _run(argv, stdin, out, err, environ)
     except ChatError as exc:
-        err.write("chat.py: error: %s\n" % exc)
+        _note(err, "error: %s" % exc)
         return exc.exit_code
     except KeyboardInterrupt:
-        err.write("\n[interrupted]\n")
+        _say(err, "\n[interrupted]\n")
         return 130
     except BrokenPipeError:
         # The reader went away (e.g. `| head`); say nothing more on a dead pipe.

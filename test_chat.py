@@ -918,3 +918,15 @@ def test_runs_on_every_python(server, version):
     proc = subprocess.run([python, CHAT_PY, "hi"], stdin=subprocess.DEVNULL, capture_output=True,
                           env=clean_env(OPENAI_BASE_URL=server.url), timeout=60)
     assert (proc.returncode, proc.stdout.decode(), proc.stderr) == (0, "caf\u00e9 ok\n", b"")
+    # Notices must reach a piped stderr at once (before 3.9 it is block-buffered).
+    proc = subprocess.Popen([python, CHAT_PY, "-i"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=clean_env(OPENAI_BASE_URL=server.url))
+    try:
+        proc.stdin.write(b"/nope\n")
+        proc.stdin.flush()
+        assert b"unknown command /nope" in read_until(proc.stderr.fileno(), b"\n")
+        proc.communicate(b"", timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
