@@ -25,6 +25,9 @@ Options:
                         means http:// for local hosts, https:// otherwise
   --api-key KEY         API key (env OPENAI_API_KEY); not needed for a local
                         server (localhost, a private address, a bare hostname)
+  --api-key-file FILE   read the API key from the first line of FILE
+  --allow-insecure-key  send the key over plain http to another machine
+                        (refused otherwise: anyone on the path could read it)
   --organization ID     OpenAI-Organization header (env OPENAI_ORG_ID)
   --project ID          OpenAI-Project header (env OPENAI_PROJECT_ID)
   -H, --header 'NAME: VALUE'
@@ -34,6 +37,11 @@ Options:
                         object, streamed or not, as the only thing on stdout
   --timeout SECONDS     limit for connecting and for each wait for the next
                         byte, not for the whole reply (default 60)
+  --retries N           retry 408, 409, 429, 5xx answers and refused or reset
+                        connections N times (default 2), with backoff that
+                        honours Retry-After; never once text has been shown
+  --check               diagnose the connection: server, API path, key, model,
+                        a one-token streamed request; exit 0 if all works
   -h, --help            show this help and exit
   --version             show the version and exit
 
@@ -42,6 +50,8 @@ Environment:
   OPENAI_PROJECT_ID are used when the matching flag is not given.
   XDG_STATE_HOME holds the console's input history
   (default ~/.local/state/chat.py/history).
+  HTTPS_PROXY, HTTP_PROXY and NO_PROXY are honoured; TLS certificates are
+  always verified (SSL_CERT_FILE names a private CA bundle).
 
 In the chat:
   /help                 list the commands
@@ -56,6 +66,7 @@ Exit status:
 
 Examples:
   OPENAI_API_KEY=sk-... chat.py "Explain SSE in one sentence"
+  chat.py --check --base-url localhost:11434/v1          # why won't it connect?
   git diff | chat.py -s "You review code." "Review this change:"
   chat.py --base-url localhost:11434/v1 -m llama3.2      # Ollama
   chat.py --base-url localhost:8080/v1                   # llama.cpp server
@@ -64,13 +75,14 @@ Examples:
 import json
 import os
 import sys
+import time
 from collections import namedtuple
 
 __version__ = "0.1.0"
 __all__ = [
     "ChatError", "UsageError", "APIError", "AuthenticationError",
     "RateLimitError", "APIConnectionError", "APITimeoutError", "StreamError",
-    "LineDecoder", "SSEDecoder", "ServerSentEvent", "ChatAccumulator",
+    "LineDecoder", "SSEDecoder", "ServerSentEvent", "iter_chunks", "ChatAccumulator",
     "Client", "Chat", "main",
 ]
 
@@ -80,6 +92,10 @@ DEFAULT_TIMEOUT = 60.0
 READ_SIZE = 65536               # bytes asked of the socket per read
 MAX_LINE_BYTES = 16 * 2**20     # one SSE line longer than this is an error
 MAX_ERROR_BODY = 2**20          # bytes of an error response worth reading
+MAX_BODY = 64 * 2**20           # a whole JSON answer larger than this is an error
+DEFAULT_RETRIES = 2
+RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}   # worth asking again later
+MAX_RETRY_WAIT = 60.0           # seconds, whatever Retry-After asks for
 
 
 # ---------------------------------------------------------------------------
@@ -145,7 +161,7 @@ class LineDecoder:
         self._pieces = []        # bytes of the unfinished last line
         self._size = 0
         self._skip_lf = False    # the previous read ended in CR: CRLF may be split
-        self._at_start = True
+        self.first_line = None   # kept to tell a proxy's error page from a stream
 
     def feed(self, data):
         """Return the lines completed by data, without their line endings."""
@@ -178,10 +194,10 @@ class LineDecoder:
             text = [line.decode("utf-8") for line in lines]
         except UnicodeDecodeError:
             raise StreamError("the server sent text that is not UTF-8") from None
-        if self._at_start and text:
-            self._at_start = False
+        if self.first_line is None and text:
             if text[0][:1] == "\ufeff":
                 text[0] = text[0][1:]
+            self.first_line = text[0]
         return text
 
 
@@ -198,6 +214,7 @@ class SSEDecoder:
         self._data = []
         self._last_id = ""       # persists across events, as the spec says
         self._retry = None
+        self.ignored = None      # the last (field, value) the rules ignore
 
     def decode(self, line):
         """Take one line; return the event it completes, or None."""
@@ -218,7 +235,9 @@ class SSEDecoder:
         elif field == "retry":
             if value.isascii() and value.isdigit():
                 self._retry = int(value)
-        return None                              # unknown fields are ignored
+        else:
+            self.ignored = (field, value)        # unknown fields are ignored
+        return None
 
     def _dispatch(self):
         # An event with an empty data buffer is dropped, type and all.
@@ -244,15 +263,70 @@ def build_payload(model, messages, stream=True, params=None):
 def completion_to_chunk(completion):
     """Recast a whole chat.completion as one chunk, so one path shows both."""
     chunk = {k: v for k, v in completion.items() if k != "choices"}
-    chunk["choices"] = [
-        {"index": c.get("index", 0), "delta": c.get("message") or {},
-         "finish_reason": c.get("finish_reason"), "logprobs": c.get("logprobs")}
-        for c in completion.get("choices") or ()]
+    try:
+        chunk["choices"] = [
+            {"index": c.get("index", 0), "delta": c.get("message") or {},
+             "finish_reason": c.get("finish_reason"), "logprobs": c.get("logprobs")}
+            for c in completion.get("choices") or ()]
+    except (AttributeError, TypeError):
+        raise StreamError("the server's answer has choices this client cannot read: %s"
+                          % _one_line(json.dumps(completion))[:200]) from None
     return chunk
+
+
+def iter_chunks(reads, redact=None):
+    """Yield the chunk dicts of an event stream given as byte strings, until [DONE].
+
+    Raises APIError for an error the server sends inside the stream,
+    StreamError for a stream that is not one, and IncompleteStreamError
+    (after the last chunk) when the bytes end before [DONE].  redact(text)
+    cleans the server's own words before they go into an error.
+    """
+    lines, events = LineDecoder(), SSEDecoder()
+    for data in reads:
+        for line in lines.feed(data):
+            event = events.decode(line)
+            if event is None:
+                continue
+            if event.data == "[DONE]":
+                return
+            yield parse_event(event, redact)
+    if events.ignored and events.ignored[0] == "error":
+        # llama.cpp's server reports a failure as an "error:" field, which the
+        # SSE rules ignore; it is the best explanation of the ending.
+        parse_event(ServerSentEvent("error", events.ignored[1], "", None), redact)
+    first = lines.first_line
+    if first and first.partition(":")[0] not in ("", "data", "event", "id", "retry"):
+        raise StreamError("the answer is not an event stream: %s" % _first_line(first))
+    raise IncompleteStreamError("the server closed the stream before the reply was complete")
+
+
+def parse_event(event, redact=None):
+    """Return the chunk dict an event carries; raise APIError if it carries an error."""
+    try:
+        chunk = json.loads(event.data)
+    except ValueError:
+        chunk = None
+    if event.event == "error" or isinstance(chunk, dict) and chunk.get("error"):
+        message, type_, code = error_message(event.data if chunk is None else chunk)
+        raise APIError("the server reported an error: " + (redact or str)(message),
+                       None, type_, code)
+    if not isinstance(chunk, dict):
+        raise StreamError("the server sent data that is not a JSON object: %r"
+                          % event.data[:200])
+    return chunk
+
+
+def _expect(value, types, what):
+    # bool is an int to isinstance, never to the API
+    if not isinstance(value, types) or isinstance(value, bool):
+        raise TypeError("%s is %s" % (what, type(value).__name__))
+    return value
 
 
 def _merge_name(old, new):
     # OpenAI sends a tool's name once; some servers repeat it in every piece.
+    _expect(new, str, "name")
     return new if not old or new == old else old + new
 
 
@@ -273,15 +347,22 @@ class ChatAccumulator:
         self.choices = {}       # index -> the choice being built
 
     def add(self, chunk):
-        """Merge one chunk."""
+        """Merge one chunk; raise StreamError if it is not shaped like one."""
+        try:
+            self._add(chunk)
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise StreamError("the server sent a chunk this client cannot read (%s): %s"
+                              % (exc, _one_line(repr(chunk))[:200])) from None
+
+    def _add(self, chunk):
         top = self.top
         for key in self.TOP_FIELDS:
             if key not in top and chunk.get(key):
                 top[key] = chunk[key]
         if chunk.get("usage"):
-            self.usage = chunk["usage"]
+            self.usage = _expect(chunk["usage"], dict, "usage")
         for choice in chunk.get("choices") or ():
-            index = choice.get("index", 0)
+            index = _expect(choice.get("index", 0), int, "index")
             c = self.choices.get(index)
             if c is None:
                 c = self.choices[index] = {
@@ -293,13 +374,13 @@ class ChatAccumulator:
                 if value is None:
                     continue
                 if key == "content":
-                    c["content"].append(value)
+                    c["content"].append(_expect(value, str, "content"))
                 elif key == "role":
                     c["role"] = value
                 elif key == "tool_calls":
                     self._merge_tool_calls(c["tool_calls"], value)
                 elif key == "refusal":
-                    c["refusal"].append(value)
+                    c["refusal"].append(_expect(value, str, "refusal"))
                 elif key == "function_call":
                     fc = c["function_call"] = c["function_call"] or {"name": "", "arguments": ""}
                     fc["name"] = _merge_name(fc["name"], value.get("name") or "")
@@ -322,7 +403,7 @@ class ChatAccumulator:
     @staticmethod
     def _merge_tool_calls(calls, fragments):
         for fragment in fragments:
-            index = fragment.get("index")
+            index = _expect(fragment.get("index"), (int, type(None)), "tool call index")
             if index is None:   # some servers leave it out: a new id is a new call
                 ids = [call["id"] for call in calls.values()]
                 new = fragment.get("id") and fragment["id"] not in ids
@@ -457,32 +538,77 @@ def endpoint_url(base_url, path):
     return base + path + sep + query
 
 
-def is_local_host(host):
-    """True for hosts that serve without a key: loopback, private, bare names."""
+def _ip_address(host):
     import ipaddress
-    host = (host or "").strip("[]").lower()
     try:
-        address = ipaddress.ip_address(host)
+        return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
+        return None
+
+
+def is_loopback_host(host):
+    """True for this machine: localhost, 127.0.0.0/8, ::1."""
+    host = (host or "").lower()
+    address = _ip_address(host)
+    if address is None:
+        return host == "localhost" or host.endswith(".localhost")
+    return address.is_loopback
+
+
+def is_local_host(host):
+    """True for hosts that may serve without a key: loopback, private, bare names."""
+    host = (host or "").lower()
+    address = _ip_address(host)
+    if address is None:
         return "." not in host or host.endswith(
             (".localhost", ".local", ".internal", ".lan", ".home.arpa"))
     return address.is_loopback or address.is_private or address.is_link_local
 
 
+def retry_delay(attempt, headers, now=None, jitter=None):
+    """Seconds to wait before retry number attempt+1: the server's
+    retry-after-ms or Retry-After (seconds or an HTTP date) if it sent one,
+    else exponential backoff with jitter; never over MAX_RETRY_WAIT."""
+    headers = headers or {}
+    milliseconds, after = headers.get("retry-after-ms"), headers.get("Retry-After")
+    try:
+        if milliseconds:
+            return min(max(float(milliseconds) / 1000, 0.0), MAX_RETRY_WAIT)
+        if after:
+            try:
+                seconds = float(after)
+            except ValueError:
+                from email.utils import parsedate_to_datetime
+                seconds = parsedate_to_datetime(after).timestamp() - (now or time.time())
+            return min(max(seconds, 0.0), MAX_RETRY_WAIT)
+    except (TypeError, ValueError, OverflowError):
+        pass   # an unreadable header: fall back to backoff
+    if jitter is None:
+        import random
+        jitter = random.random()
+    return min(0.5 * 2 ** attempt, MAX_RETRY_WAIT) * (1 - 0.25 * jitter)
+
+
 class Client:
-    """Sends Chat Completions requests to one server.
+    """Sends requests to one OpenAI-compatible server.
 
     base_url: normalized base URL.  api_key: sent as a Bearer token if given.
     organization, project: the OpenAI-Organization / OpenAI-Project headers.
     headers: extra (name, value) pairs, overriding the defaults by name.
     timeout: seconds for connecting and for each wait for the next byte.
+    retries: how often to retry a request the server may take later (see
+    RETRY_STATUSES); on_retry(text) hears of each; sleep waits between them.
     """
 
     def __init__(self, base_url, api_key=None, organization=None, project=None,
-                 headers=(), timeout=DEFAULT_TIMEOUT):
+                 headers=(), timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES,
+                 on_retry=None, sleep=None):
         self.base_url = base_url
         self.api_key = api_key
         self.timeout = timeout
+        self.retries = retries
+        self.on_retry = on_retry or (lambda text: None)
+        self.sleep = sleep or time.sleep
         self.headers = {
             "Content-Type": "application/json",
             "User-Agent": "chat.py/%s (Python %d.%d)" % ((__version__,) + sys.version_info[:2]),
@@ -498,38 +624,63 @@ class Client:
                 del self.headers[existing]
             self.headers[name] = value
 
-    def _open(self, payload):
-        """POST the payload; return the open response or raise a ChatError."""
+    def redact(self, text):
+        """text with the API key, should a server echo it, blanked out."""
+        return text.replace(self.api_key, "***") if self.api_key else text
+
+    def request(self, method, path, payload=None):
+        """Send one request, retrying what may work later; return the open response.
+
+        Only failures before any response byte are retried, so no text is ever
+        shown twice.  Raises the ChatError that says what went wrong.
+        """
         import urllib.request
         import urllib.error
-        url = endpoint_url(self.base_url, "/chat/completions")
-        headers = dict(self.headers)
-        if payload.get("stream"):
-            headers.setdefault("Accept", "text/event-stream")
-        request = urllib.request.Request(
-            url, data=json.dumps(payload).encode("utf-8"), headers=headers, method="POST")
         import http.client
+        headers = dict(self.headers)
+        data = None
+        if payload is not None:
+            data = json.dumps(payload).encode("utf-8")
+            if payload.get("stream"):
+                headers.setdefault("Accept", "text/event-stream")
+        else:
+            del headers["Content-Type"]
+        request = urllib.request.Request(endpoint_url(self.base_url, path), data=data,
+                                         headers=headers, method=method)
         opener = urllib.request.build_opener(_no_redirect_handler())
-        try:
-            return opener.open(request, timeout=self.timeout)
-        except urllib.error.HTTPError as exc:
+        for attempt in range(self.retries + 1):
+            retry_headers = {}
             try:
-                body = exc.read(MAX_ERROR_BODY)
-            except (OSError, http.client.HTTPException, AttributeError):
-                body = b""
-            finally:
-                exc.close()
-            raise self._status_error(exc.code, exc.headers, body) from exc
-        except (urllib.error.URLError, OSError) as exc:
-            raise self._connection_error(getattr(exc, "reason", exc)) from exc
-        except http.client.HTTPException as exc:   # the answer was not HTTP at all
-            reason = _one_line(str(exc)) or type(exc).__name__
-            raise APIConnectionError("%s did not answer with valid HTTP (%s)"
-                                     % (self.base_url, reason)) from exc
+                return opener.open(request, timeout=self.timeout)
+            except urllib.error.HTTPError as exc:
+                try:
+                    body = exc.read(MAX_ERROR_BODY)
+                except (OSError, http.client.HTTPException, AttributeError):
+                    body = b""
+                finally:
+                    exc.close()
+                error, cause = self._status_error(exc.code, exc.headers, body), exc
+                retry_headers = exc.headers
+                why = "HTTP %d" % exc.code if exc.code in RETRY_STATUSES else None
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                error, cause = self._connection_error(reason), exc
+                why = ("connection refused" if isinstance(reason, ConnectionRefusedError) else
+                       "connection reset" if isinstance(reason, ConnectionResetError) else None)
+            except http.client.HTTPException as exc:   # the answer was not HTTP at all
+                reason = _one_line(str(exc)) or type(exc).__name__
+                error, cause = APIConnectionError("%s did not answer with valid HTTP (%s)"
+                                                  % (self.base_url, reason)), exc
+                why = None
+            if why is None or attempt == self.retries:
+                raise error from cause
+            delay = retry_delay(attempt, retry_headers)
+            self.on_retry("%s; retry %d of %d in %.1fs" % (why, attempt + 1, self.retries, delay))
+            self.sleep(delay)
 
     def _status_error(self, status, headers, body):
         message, type_, code = error_message(body)
-        message = self._redact(message)
+        message = self.redact(message)
         label = "HTTP %d" % status
         if type_ or code:
             label += " (%s)" % ", ".join(str(x) for x in (type_, code) if x)
@@ -575,83 +726,72 @@ class Client:
         return APIConnectionError("cannot connect to %s: %s"
                                   % (where, _one_line(str(reason)) or type(reason).__name__))
 
-    def _redact(self, text):
-        return text.replace(self.api_key, "***") if self.api_key else text
-
-    def complete(self, payload):
-        """Send a non-streamed request; return the chat.completion dict."""
-        with self._open(payload) as response:
-            return self._read_json(response)
-
-    def _read_json(self, response):
+    def read_json(self, response):
+        """Read a whole JSON answer (bounded); raise a ChatError if it is not one."""
         import http.client
         try:
-            body = response.read()
+            body = response.read(MAX_BODY + 1)
         except (OSError, http.client.HTTPException) as exc:
             raise self._read_error(exc) from exc
-        content_type = response.headers.get("Content-Type", "")
+        if len(body) > MAX_BODY:
+            raise StreamError("the server's answer is over %d MiB; giving up" % (MAX_BODY >> 20))
+        content_type = response.headers.get("Content-Type") or "no content type"
         try:
             data = json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise StreamError("the server's answer is not UTF-8 text") from None
         except ValueError:
-            raise StreamError("HTTP %d %s answered with %s, not JSON: %s" % (
-                response.status, self.base_url, content_type or "no content type",
-                _first_line(body.decode("utf-8", "replace")) or "(empty body)")) from None
+            raise StreamError("HTTP %d with %s from %s is not JSON: %s" % (
+                response.status, content_type, self.base_url,
+                _first_line(body.decode("utf-8")) or "(empty body)")) from None
         if not isinstance(data, dict):
             raise StreamError("the server answered with JSON that is not an object")
         if data.get("error"):
             message, type_, code = error_message(data)
-            raise APIError(self._redact(message), response.status, type_, code)
-        if not isinstance(data.get("choices"), list):
-            raise StreamError("the server's answer has no choices: %s"
-                              % _one_line(json.dumps(data))[:200])
+            raise APIError("the server reported an error: " + self.redact(message),
+                           response.status, type_, code)
         return data
 
+    def complete(self, payload):
+        """Send a non-streamed chat request; return the chat.completion dict."""
+        with self.request("POST", "/chat/completions", payload) as response:
+            return self.complete_from(response)
+
     def stream(self, payload):
-        """Send a streamed request; yield each chunk dict until [DONE].
+        """Send a streamed chat request; yield each chunk dict until [DONE].
 
         An error inside the stream is raised, never yielded.  A stream that
         closes before [DONE] raises IncompleteStreamError after its last chunk.
         A server that answers a stream request with plain JSON is accepted.
         """
-        with self._open(payload) as response:
-            content_type = response.headers.get("Content-Type", "").lower()
+        with self.request("POST", "/chat/completions", payload) as response:
+            content_type = (response.headers.get("Content-Type") or "").lower()
             if "json" in content_type:
-                yield completion_to_chunk(self._read_json(response))
+                yield completion_to_chunk(self.complete_from(response))
                 return
             if "html" in content_type:
-                self._read_json(response)   # raises with the page's title
-            import http.client
-            lines, events = LineDecoder(), SSEDecoder()
-            read1 = response.read1
-            while True:
-                try:
-                    data = read1(READ_SIZE)
-                except (OSError, http.client.HTTPException) as exc:
-                    raise self._read_error(exc) from exc
-                if not data:
-                    break
-                for line in lines.feed(data):
-                    event = events.decode(line)
-                    if event is None:
-                        continue
-                    if event.data == "[DONE]":
-                        return
-                    yield self._parse_event(event)
-        raise IncompleteStreamError("the server closed the stream before the reply was complete")
+                self.read_json(response)   # raises, naming the page's title
+            yield from iter_chunks(self._reads(response), self.redact)
 
-    def _parse_event(self, event):
-        try:
-            chunk = json.loads(event.data)
-        except ValueError:
-            chunk = None
-        if event.event == "error" or isinstance(chunk, dict) and chunk.get("error"):
-            message, type_, code = error_message(event.data if chunk is None else chunk)
-            raise APIError("the server reported an error: " + self._redact(message),
-                           None, type_, code)
-        if not isinstance(chunk, dict):
-            raise StreamError("the server sent data that is not a JSON object: %r"
-                              % event.data[:200])
-        return chunk
+    def _reads(self, response):
+        import http.client
+        read1 = response.read1   # returns what has arrived, without waiting for more
+        while True:
+            try:
+                data = read1(READ_SIZE)
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._read_error(exc) from exc
+            if not data:
+                return
+            yield data
+
+    def complete_from(self, response):
+        """The chat.completion in a JSON answer that is already open."""
+        data = self.read_json(response)
+        if not isinstance(data.get("choices"), list):
+            raise StreamError("the server's answer has no choices: %s"
+                              % _one_line(json.dumps(data))[:200])
+        return data
 
     def _read_error(self, exc):
         import socket
@@ -793,15 +933,14 @@ class Chat:
                 completion = accumulator.result()
             else:
                 completion = self.client.complete(payload)
-                printer.chunk(completion_to_chunk(completion))
-        except KeyboardInterrupt:
+                chunk = completion_to_chunk(completion)
+                ChatAccumulator().add(chunk)   # checks its shape before it is shown
+                printer.chunk(chunk)
+        except (ChatError, KeyboardInterrupt):
             printer.end_line()
             shown = accumulator.text()
-            if shown:
+            if shown:   # the user read it: keep it, so /continue and the next turn see it
                 self.messages = messages + [{"role": "assistant", "content": shown}]
-            raise
-        except ChatError:
-            printer.end_line()
             raise
         printer.finish(completion)
         choices = completion.get("choices") or [{}]
@@ -922,6 +1061,112 @@ def _save_history(readline, path):
 
 
 # ---------------------------------------------------------------------------
+# The connection doctor (--check).
+# ---------------------------------------------------------------------------
+
+def check_connection(chat, out):
+    """Answer, in a few lines, whether chat can talk to its server; return 0 if so.
+
+    Is the base URL reachable; is it an OpenAI-compatible API (GET /models);
+    is the key accepted; is the model there; does a one-token streamed
+    request work.  Each failure names the likely fix.
+    """
+    client, failed = chat.client, []
+    client.retries = 0   # diagnose now rather than wait and retry
+
+    def say(status, text):
+        if status == "FAIL":
+            failed.append(text)
+        out.write("%-5s %s\n" % (status, text))
+        out.flush()
+
+    key = "a key" if client.api_key else "no key"
+    out.write("Checking %s with model %s and %s.\n" % (client.base_url, chat.model, key))
+    models, problem, started = None, None, time.monotonic()
+    try:
+        response = client.request("GET", "/models")
+    except APIConnectionError as exc:
+        say("FAIL", "reachable: %s" % exc)
+        return 1
+    except APIError as exc:
+        say("ok", "reachable: the server answered HTTP %s" % exc.status)
+        if isinstance(exc, AuthenticationError):
+            say("FAIL", "key: %s" % exc)
+            return 1
+        problem = exc
+    else:
+        with response:
+            say("ok", "reachable: HTTP %d in %d ms" % (
+                response.status, (time.monotonic() - started) * 1000))
+            try:
+                models = client.read_json(response).get("data")
+                if not isinstance(models, list):
+                    raise StreamError("its JSON has no \"data\" list of models")
+            except ChatError as exc:
+                models, problem = None, exc
+    if problem is not None:
+        hint = _wrong_path_hint(client)
+        say("FAIL" if hint else "warn", "OpenAI-compatible: GET /models failed: %s%s"
+            % (problem, hint))
+        if hint:
+            return 1
+    else:
+        say("ok", "OpenAI-compatible: GET /models lists %d model%s"
+            % (len(models), "" if len(models) == 1 else "s"))
+    if models is not None:
+        say("ok", "key: accepted" if client.api_key else "key: none sent, none asked for")
+        ids = [m.get("id") for m in models if isinstance(m, dict)]
+        if chat.model in ids:
+            say("ok", "model: %s is listed" % chat.model)
+        elif ids:
+            say("warn", "model: %s is not listed; the server lists %s"
+                % (chat.model, ", ".join(map(str, ids[:8])) + (", ..." if len(ids) > 8 else "")))
+    started = time.monotonic()
+    params = {"max_tokens": 1}
+    for _ in range(2):
+        try:
+            payload = build_payload(chat.model, [{"role": "user", "content": "Say OK."}],
+                                    True, params)
+            chunks = sum(1 for _ in client.stream(payload))
+        except IncompleteStreamError:
+            chunks = -1
+        except APIError as exc:
+            if "max_tokens" in str(exc) and "max_tokens" in params:   # newer OpenAI models
+                params = {"max_completion_tokens": 1}
+                continue
+            say("FAIL", "chat: %s" % exc)
+            break
+        except ChatError as exc:
+            say("FAIL", "chat: %s" % exc)
+            break
+        say("ok", "chat: a streamed one-token request answered in %d ms (%s)" % (
+            (time.monotonic() - started) * 1000,
+            "%d chunks" % chunks if chunks >= 0 else "no [DONE] at the end"))
+        break
+    return 1 if failed else 0
+
+
+def _wrong_path_hint(client):
+    """If the base URL looks like a common mistake, how to fix it; else ""."""
+    from urllib.parse import urlsplit
+    parts = urlsplit(client.base_url)
+    path = parts.path.rstrip("/")
+    root = "%s://%s" % (parts.scheme, parts.netloc)
+    if path.endswith(("/api", "/api/chat", "/api/generate")):
+        return " - that is Ollama's own API; its OpenAI API is at --base-url %s/v1" % root
+    if parts.port == 11434 and not path.endswith("/v1"):
+        return " - Ollama's OpenAI API is at --base-url %s/v1" % root
+    if not path.endswith("/v1") and "/openai/" not in path + "/":
+        try:
+            with client.request("GET", "/v1/models") as response:
+                client.read_json(response)
+            return " - the API answers at --base-url %s/v1" % client.base_url
+        except ChatError:
+            pass
+    return ""
+
+
+# ---------------------------------------------------------------------------
 # The command line.
 # ---------------------------------------------------------------------------
 
@@ -940,48 +1185,79 @@ def _parser():
     add("-i", "--interactive", action="store_true")
     add("--base-url")
     add("--api-key")
+    add("--api-key-file")
+    add("--allow-insecure-key", action="store_true")
     add("--organization")
     add("--project")
     add("-H", "--header", action="append", default=[])
     add("--no-stream", action="store_true")
     add("-o", "--output", choices=("text", "json"), default="text")
     add("--timeout", type=float, default=DEFAULT_TIMEOUT)
+    add("--retries", type=int, default=DEFAULT_RETRIES)
+    add("--check", action="store_true")
     add("-h", "--help", action="store_true")
     add("--version", action="store_true")
     return parser
 
 
-def _parse_header(text):
+def _parse_header(text, number):
     name, colon, value = text.partition(":")
     name, value = name.strip(), value.strip()
     if not colon or not name or " " in name or any(c in text for c in "\r\n"):
-        raise UsageError("-H %r is not a header; write it as 'Name: value'" % text)
+        # Not echoed: a mistyped header may well hold a key.
+        raise UsageError("-H number %d is not a header; write it as 'Name: value'" % number)
     return name, value
 
 
-def _settings(args, environ):
+def _read_key_file(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            key = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError("cannot read --api-key-file %s: %s"
+                         % (path, getattr(exc, "strerror", None) or "not UTF-8 text")) from None
+    if not key:
+        raise UsageError("--api-key-file %s has no key on its first line" % path)
+    return key
+
+
+def _settings(args, environ, err):
     """Resolve flags, then environment, then defaults; raise UsageError if unusable."""
     def pick(flag, name, default=None):
         value = flag if flag is not None else environ.get(name)
         return value.strip() if value and value.strip() else default
 
     base_url = normalize_base_url(pick(args.base_url, "OPENAI_BASE_URL", DEFAULT_BASE_URL))
-    api_key = pick(args.api_key, "OPENAI_API_KEY")
+    if args.api_key is not None and args.api_key_file:
+        raise UsageError("give --api-key or --api-key-file, not both")
+    if args.api_key_file:
+        api_key = _read_key_file(args.api_key_file)
+    else:
+        api_key = pick(args.api_key, "OPENAI_API_KEY")
     from urllib.parse import urlsplit
-    if not api_key and not is_local_host(urlsplit(base_url).hostname):
+    scheme, host = urlsplit(base_url).scheme, urlsplit(base_url).hostname
+    if not api_key and not is_local_host(host):
         raise UsageError(
             "no API key: set OPENAI_API_KEY (or pass --api-key), or point --base-url "
             "at a local server such as localhost:11434/v1")
     if api_key and not all(" " < c < "\x7f" for c in api_key):
         raise UsageError("the API key has spaces or characters that cannot be sent "
                          "in a header (a stray quote?); check OPENAI_API_KEY")
+    if api_key and scheme == "http" and not is_loopback_host(host) and not args.allow_insecure_key:
+        raise UsageError(
+            "refusing to send the API key in clear text to %s over plain http: use https, "
+            "pass --allow-insecure-key on a network you trust, or unset OPENAI_API_KEY "
+            "if that server needs no key" % host)
     if not args.timeout > 0:
         raise UsageError("--timeout must be a number of seconds above 0")
+    if args.retries < 0:
+        raise UsageError("--retries must be 0 or more")
     client = Client(base_url, api_key,
                     organization=pick(args.organization, "OPENAI_ORG_ID"),
                     project=pick(args.project, "OPENAI_PROJECT_ID"),
-                    headers=[_parse_header(h) for h in args.header],
-                    timeout=args.timeout)
+                    headers=[_parse_header(h, i + 1) for i, h in enumerate(args.header)],
+                    timeout=args.timeout, retries=args.retries,
+                    on_retry=lambda text: _note(err, text))
     model = pick(args.model, "OPENAI_MODEL", DEFAULT_MODEL)
     return Chat(client, model, system=args.system, stream=not args.no_stream)
 
@@ -994,6 +1270,8 @@ def _run(argv, stdin, out, err, environ):
     if args.version:
         out.write("chat.py %s\n" % __version__)
         return 0
+    if args.check:
+        return check_connection(_settings(args, environ, err), out)
     if args.interactive and args.output == "json":
         raise UsageError("--output json prints one document, so it works with one-shot "
                          "prompts, not with -i")
@@ -1004,7 +1282,7 @@ def _run(argv, stdin, out, err, environ):
         prompt = "\n\n".join(t for t in (prompt, piped_text.strip("\n")) if t.strip())
         if not prompt:
             raise UsageError("nothing to send: give a PROMPT or pipe some text in")
-    chat = _settings(args, environ)
+    chat = _settings(args, environ, err)
 
     if prompt:   # the one-shot turn, or the first turn of -i
         printer = ReplyPrinter(out, err, chat.params.get("n", 1),

@@ -605,14 +605,14 @@ ERROR_CASES = [
 @pytest.mark.parametrize("status,headers,body,line", ERROR_CASES, ids=[str(c[0]) for c in ERROR_CASES])
 def test_http_errors_are_one_line(server, status, headers, body, line):
     server.add(Reply(body, status=status, headers=headers))
-    code, out, err = run_main(server, "hi")
+    code, out, err = run_main(server, "--retries", "0", "hi")
     assert (code, out, err) == (1, "", "chat.py: error: " + line + "\n")
 
 
 def test_error_types_let_callers_act(server):
     server.add(Reply(b'{"error": {"message": "no"}}', status=401),
                Reply(b'{"error": {"message": "slow down"}}', status=429))
-    client = chat.Client(server.url)
+    client = chat.Client(server.url, retries=0)
     payload = chat.build_payload("m", [{"role": "user", "content": "x"}], stream=False)
     with pytest.raises(chat.AuthenticationError) as info:
         client.complete(payload)
@@ -642,7 +642,7 @@ def free_port():
 
 def test_connection_refused():
     url = "http://127.0.0.1:%d/v1" % free_port()
-    code, out, err = run_main(None, "--base-url", url, "hi")
+    code, out, err = run_main(None, "--base-url", url, "--retries", "0", "hi")
     assert (code, out) == (1, "")
     assert err == ("chat.py: error: cannot connect to %s: connection refused - "
                    "is the server running there?\n" % url)
@@ -688,7 +688,7 @@ def test_prompt_and_piped_text_are_one_message(server):
 
 
 def test_failed_turn_leaves_history_as_it_was(server):
-    server.add(stream_reply("One."), Reply(b'{"error": {"message": "boom"}}', status=500),
+    server.add(stream_reply("One."), Reply(b'{"error": {"message": "boom"}}', status=400),
                stream_reply("Two."))
     c = chat.Chat(chat.Client(server.url), "m", system="sys")
     printer = lambda: chat.ReplyPrinter(io.StringIO(), io.StringIO())
@@ -701,12 +701,18 @@ def test_failed_turn_leaves_history_as_it_was(server):
     assert server.requests[2]["body"]["messages"] == before + [{"role": "user", "content": "second"}]
 
 
-def test_broken_stream_leaves_history_as_it_was(server):
-    server.add(Reply(sse(chunk("half"), done=False), headers={"Content-Type": "text/event-stream"}))
+def test_broken_stream_keeps_only_what_was_shown(server):
+    server.add(Reply(sse(chunk("half"), done=False), headers={"Content-Type": "text/event-stream"}),
+               Reply(sse(chunk(delta={"role": "assistant"}), done=False),
+                     headers={"Content-Type": "text/event-stream"}))
     c = chat.Chat(chat.Client(server.url), "m")
     with pytest.raises(chat.StreamError):
         c.send("hi", chat.ReplyPrinter(io.StringIO(), io.StringIO()))
-    assert c.messages == []
+    kept = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "half"}]
+    assert c.messages == kept   # the user read "half", as after Ctrl-C
+    with pytest.raises(chat.StreamError):
+        c.send("again", chat.ReplyPrinter(io.StringIO(), io.StringIO()))
+    assert c.messages == kept   # nothing shown: nothing kept
 
 
 def test_piped_conversation_stops_at_the_first_failure(server):
