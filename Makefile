@@ -1,15 +1,15 @@
-# make test   run the test suite (installs a pinned pytest into .venv if needed)
+# make test   run the test suite (installs pinned pytest and hypothesis into .venv if needed)
 # make check  byte-compile, and prove with vermin that chat.py runs on Python 3.8+
 # make run    start a chat
 PYTHON ?= python3
 VENV   := .venv
-PYTEST := pytest==8.3.5
+PYTEST := pytest==8.3.5 hypothesis==6.113.0
 VERMIN := vermin==1.9.2
 
 .PHONY: test check run clean
 
 test:
-	@if $(PYTHON) -c 'import pytest' 2>/dev/null; then py='$(PYTHON)'; \
+	@if $(PYTHON) -c 'import pytest, hypothesis' 2>/dev/null; then py='$(PYTHON)'; \
 	else $(MAKE) --no-print-directory $(VENV)/.pytest && py='$(VENV)/bin/python'; fi; \
 	$$py -m pytest -q test_chat.py
 
@@ -24,7 +24,7 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.pytest: $(VENV)/bin/python
-	$(VENV)/bin/python -m pip install -q '$(PYTEST)'
+	$(VENV)/bin/python -m pip install -q $(PYTEST)
 	touch $@
 
 $(VENV)/.vermin: $(VENV)/bin/python
@@ -32,4 +32,4 @@ $(VENV)/.vermin: $(VENV)/bin/python
 	touch $@
 
 clean:
-	rm -rf $(VENV) .pytest_cache __pycache__
+	rm -rf $(VENV) .pytest_cache .hypothesis __pycache__

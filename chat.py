@@ -274,13 +274,12 @@ def completion_to_chunk(completion):
     return chunk
 
 
-def iter_chunks(reads, redact=None):
+def iter_chunks(reads):
     """Yield the chunk dicts of an event stream given as byte strings, until [DONE].
 
     Raises APIError for an error the server sends inside the stream,
     StreamError for a stream that is not one, and IncompleteStreamError
-    (after the last chunk) when the bytes end before [DONE].  redact(text)
-    cleans the server's own words before they go into an error.
+    (after the last chunk) when the bytes end before [DONE].
     """
     lines, events = LineDecoder(), SSEDecoder()
     for data in reads:
@@ -290,18 +289,18 @@ def iter_chunks(reads, redact=None):
                 continue
             if event.data == "[DONE]":
                 return
-            yield parse_event(event, redact)
+            yield parse_event(event)
     if events.ignored and events.ignored[0] == "error":
         # llama.cpp's server reports a failure as an "error:" field, which the
         # SSE rules ignore; it is the best explanation of the ending.
-        parse_event(ServerSentEvent("error", events.ignored[1], "", None), redact)
+        parse_event(ServerSentEvent("error", events.ignored[1], "", None))
     first = lines.first_line
     if first and first.partition(":")[0] not in ("", "data", "event", "id", "retry"):
         raise StreamError("the answer is not an event stream: %s" % _first_line(first))
     raise IncompleteStreamError("the server closed the stream before the reply was complete")
 
 
-def parse_event(event, redact=None):
+def parse_event(event):
     """Return the chunk dict an event carries; raise APIError if it carries an error."""
     try:
         chunk = json.loads(event.data)
@@ -309,7 +308,7 @@ def parse_event(event, redact=None):
         chunk = None
     if event.event == "error" or isinstance(chunk, dict) and chunk.get("error"):
         message, type_, code = error_message(event.data if chunk is None else chunk)
-        raise APIError("the server reported an error: " + (redact or str)(message),
+        raise APIError("the server reported an error: " + message,
                        None, type_, code)
     if not isinstance(chunk, dict):
         raise StreamError("the server sent data that is not a JSON object: %r"
@@ -624,10 +623,6 @@ class Client:
                 del self.headers[existing]
             self.headers[name] = value
 
-    def redact(self, text):
-        """text with the API key, should a server echo it, blanked out."""
-        return text.replace(self.api_key, "***") if self.api_key else text
-
     def request(self, method, path, payload=None):
         """Send one request, retrying what may work later; return the open response.
 
@@ -680,7 +675,6 @@ class Client:
 
     def _status_error(self, status, headers, body):
         message, type_, code = error_message(body)
-        message = self.redact(message)
         label = "HTTP %d" % status
         if type_ or code:
             label += " (%s)" % ", ".join(str(x) for x in (type_, code) if x)
@@ -748,7 +742,7 @@ class Client:
             raise StreamError("the server answered with JSON that is not an object")
         if data.get("error"):
             message, type_, code = error_message(data)
-            raise APIError("the server reported an error: " + self.redact(message),
+            raise APIError("the server reported an error: " + message,
                            response.status, type_, code)
         return data
 
@@ -771,7 +765,7 @@ class Client:
                 return
             if "html" in content_type:
                 self.read_json(response)   # raises, naming the page's title
-            yield from iter_chunks(self._reads(response), self.redact)
+            yield from iter_chunks(self._reads(response))
 
     def _reads(self, response):
         import http.client
@@ -901,6 +895,28 @@ def _say(err, text):
     # Flush every time: before Python 3.9 a piped stderr is block-buffered.
     err.write(text)
     err.flush()
+
+
+def _redact(text, secrets):
+    """text with every secret in it blanked out."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class _Redacting:
+    """A stream wrapper that blanks secrets out of everything written to it:
+    servers quote requests, proxies quote headers, and the key must never show."""
+
+    def __init__(self, stream, secrets):
+        self._stream, self.secrets = stream, secrets
+
+    def write(self, text):
+        return self._stream.write(_redact(text, self.secrets))
+
+    def __getattr__(self, name):   # flush, isatty, fileno, ...
+        return getattr(self._stream, name)
 
 
 def _note(err, text):
@@ -1077,8 +1093,7 @@ def check_connection(chat, out):
     def say(status, text):
         if status == "FAIL":
             failed.append(text)
-        out.write("%-5s %s\n" % (status, text))
-        out.flush()
+        _say(out, _redact("%-5s %s\n" % (status, text), [client.api_key]))
 
     key = "a key" if client.api_key else "no key"
     out.write("Checking %s with model %s and %s.\n" % (client.base_url, chat.model, key))
@@ -1270,11 +1285,13 @@ def _run(argv, stdin, out, err, environ):
     if args.version:
         out.write("chat.py %s\n" % __version__)
         return 0
-    if args.check:
-        return check_connection(_settings(args, environ, err), out)
     if args.interactive and args.output == "json":
         raise UsageError("--output json prints one document, so it works with one-shot "
                          "prompts, not with -i")
+    chat = _settings(args, environ, err)
+    err.secrets.append(chat.client.api_key)
+    if args.check:
+        return check_connection(chat, out)
     piped = stdin is not None and not stdin.isatty()
     prompt = " ".join(args.prompt)
     if piped and not args.interactive:
@@ -1282,7 +1299,6 @@ def _run(argv, stdin, out, err, environ):
         prompt = "\n\n".join(t for t in (prompt, piped_text.strip("\n")) if t.strip())
         if not prompt:
             raise UsageError("nothing to send: give a PROMPT or pipe some text in")
-    chat = _settings(args, environ, err)
 
     if prompt:   # the one-shot turn, or the first turn of -i
         printer = ReplyPrinter(out, err, chat.params.get("n", 1),
@@ -1313,6 +1329,7 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     for stream in (out, err):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")   # an odd character never kills a reply
+    err = _Redacting(err, [])   # _settings adds the key once it knows it
     try:
         return _run(argv, stdin, out, err, environ)
     except ChatError as exc:

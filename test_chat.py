@@ -22,6 +22,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import chat
 
@@ -36,7 +37,8 @@ CHAT_PY = os.path.join(HERE, "chat.py")
 class Reply:
     """One scripted response.  body is bytes, or a list of pieces sent one at a
     time: bytes are written and flushed, a number is a pause in seconds, a
-    threading.Event is waited for (10 s at most)."""
+    threading.Event is waited for (10 s at most).  status None closes the
+    connection without answering."""
 
     def __init__(self, body=b"", status=200, headers=None, chunked=None):
         self.body, self.status = body, status
@@ -49,8 +51,9 @@ class Reply:
 class LoopbackServer:
     """A real HTTP server on 127.0.0.1:0 in a thread, replaying Replies in order."""
 
-    def __init__(self):
+    def __init__(self, tls=None):
         self.replies, self.requests = [], []
+        self.scheme = "https" if tls else "http"
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -78,7 +81,10 @@ class LoopbackServer:
                 reply = server.replies.pop(0) if server.replies else Reply(
                     b'{"error": {"message": "no scripted reply"}}', status=500)
                 try:
-                    self._send(reply)
+                    if reply.status is None:
+                        self.close_connection = True
+                    else:
+                        self._send(reply)
                 except (BrokenPipeError, ConnectionResetError):
                     reply.disconnected = True
                 finally:
@@ -113,12 +119,17 @@ class LoopbackServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
+        if tls:   # (certfile, keyfile)
+            import ssl
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            self.httpd.socket = context.wrap_socket(self.httpd.socket, server_side=True)
         self.thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
         self.thread.start()
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d/v1" % self.httpd.server_address[1]
+        return "%s://127.0.0.1:%d/v1" % (self.scheme, self.httpd.server_address[1])
 
     def add(self, *replies):
         self.replies.extend(replies)
@@ -127,6 +138,14 @@ class LoopbackServer:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def no_proxies(monkeypatch):
+    """urllib reads proxies from os.environ: keep the machine's away from loopback tests."""
+    for name in list(os.environ):
+        if "proxy" in name.lower():
+            monkeypatch.delenv(name)
 
 
 @pytest.fixture
@@ -186,7 +205,9 @@ def run_main(server, *args, stdin="", env=None):
 
 def clean_env(**extra):
     """The environment for a chat.py subprocess: no real keys or settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env = {k: v for k, v in os.environ.items()   # no real keys, proxies or CAs
+           if not k.startswith("OPENAI_") and "proxy" not in k.lower()
+           and not k.startswith("SSL_CERT")}
     env.pop("PYTHONUNBUFFERED", None)   # the client must flush by itself
     env.update(extra)
     return env
@@ -271,6 +292,88 @@ def test_decoder_bounds_an_endless_line():
     with pytest.raises(chat.StreamError, match="longer than"):
         for _ in range(100):
             lines.feed(b"x" * 100)
+
+
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)   # no lone surrogates
+
+
+def render(lines, endings):
+    """An event stream's bytes: each line followed by one of the endings, in turn."""
+    out, previous = [], ""
+    for i, line in enumerate(lines):
+        ending = endings[i % len(endings)]
+        if previous == "\r" and not line and ending == "\n":
+            ending = "\r\n"   # CR then a lone LF would read as one CRLF: no empty line
+        out.append(line + ending)
+        previous = ending
+    return "".join(out).encode()
+
+
+def split(data, cuts):
+    """data cut at the given offsets (taken modulo its length)."""
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    return [data[a:b] for a, b in zip([0] + points, points + [len(data)])]
+
+
+@settings(max_examples=300, deadline=None)
+@given(pieces=st.lists(TEXT, max_size=10), endings=st.lists(
+       st.sampled_from(["\n", "\r\n", "\r"]), min_size=1, max_size=5),
+       cuts=st.lists(st.integers(min_value=0), max_size=40), comments=st.booleans(),
+       multiline=st.booleans())
+def test_any_split_gives_the_same_reply(pieces, endings, cuts, comments, multiline):
+    lines = []
+    for piece in pieces:
+        lines += [": keep-alive"] * comments
+        data = json.dumps(chunk(piece), ensure_ascii=False, indent=1 if multiline else None)
+        lines += ["data: " + line for line in data.split("\n")] + [""]   # JSON spans data lines
+    lines += ["data: [DONE]", ""]
+    stream = render(lines, endings)
+    whole = list(chat.iter_chunks([stream]))
+    assert list(chat.iter_chunks(split(stream, cuts))) == whole
+    assert [c["choices"][0]["delta"]["content"] for c in whole] == pieces
+    if pieces:
+        assert accumulate(*whole).result()["choices"][0]["message"]["content"] == "".join(pieces)
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["choices", "delta", "content", "index", "tool_calls", "function",
+                         "name", "arguments", "usage", "error", "role", "refusal", "message",
+                         "logprobs", "finish_reason", "id", "type", "function_call"]) | TEXT,
+        inner, max_size=4),
+    max_leaves=12)
+
+
+def consume(reads):
+    """Run bytes through everything a reply passes: decoder, accumulator, printer."""
+    accumulator = chat.ChatAccumulator()
+    printer = chat.ReplyPrinter(io.StringIO(), io.StringIO(), n=2)
+    try:
+        for c in chat.iter_chunks(reads):
+            accumulator.add(c)
+            printer.chunk(c)
+        completion = accumulator.result()
+        printer.finish(completion)
+        for choice in completion["choices"]:
+            chat.history_message(choice["message"])
+    except chat.ChatError:
+        pass   # the module's own error is a fine ending; anything else is a bug
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.binary(max_size=40), max_size=12))
+def test_any_bytes_end_in_chunks_or_our_error(reads):
+    consume(reads)
+
+
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(JSON, max_size=6), st.lists(st.integers(min_value=0), max_size=10))
+def test_any_json_ends_in_a_reply_or_our_error(values, cuts):
+    lines = []
+    for value in values:
+        lines += ["data: " + json.dumps(value), ""]
+    consume(split(render(lines, ["\n"]), cuts))
 
 
 ROLE = chunk(delta={"role": "assistant", "content": ""})
@@ -656,6 +759,403 @@ def test_silent_server_times_out(server):
     assert code == 1
     assert err == ("chat.py: error: the server sent nothing for 0.3s and the reply was "
                    "abandoned (--timeout sets the limit)\n")
+
+
+# ---------------------------------------------------------------------------
+# Retries, timeouts, broken streams, the key.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("attempt,headers,expected", [
+    (0, {"retry-after-ms": "1500"}, 1.5),
+    (0, {"retry-after-ms": "20", "Retry-After": "9"}, 0.02),   # ms wins
+    (0, {"Retry-After": "7"}, 7.0),
+    (0, {"Retry-After": "3600"}, 60.0),                        # capped
+    (0, {"Retry-After": "Wed, 21 Oct 2015 07:28:10 GMT"}, 5.0),  # date, 5 s after now
+    (0, {"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # date in the past
+    (0, {"Retry-After": "soon"}, 0.5),                         # unreadable: backoff
+    (0, {}, 0.5), (1, {}, 1.0), (3, {}, 4.0), (10, {}, 60.0),
+])
+def test_retry_delay(attempt, headers, expected):
+    now = 1445412485.0   # 2015-10-21 07:28:05 UTC
+    assert chat.retry_delay(attempt, headers, now=now, jitter=0.0) == pytest.approx(expected)
+
+
+def test_retry_delay_jitter_shortens_the_wait():
+    assert chat.retry_delay(1, {}, jitter=1.0) == pytest.approx(0.75)
+    assert 0.75 <= chat.retry_delay(1, {}) <= 1.0
+
+
+def busy(status=503, **headers):
+    return Reply(b'{"error": {"message": "busy"}}', status=status,
+                 headers=dict({"Content-Type": "application/json"}, **headers))
+
+
+def test_retries_until_the_server_answers(server):
+    server.add(busy(503, **{"Retry-After": "0"}), busy(429, **{"retry-after-ms": "0"}),
+               stream_reply("Finally."))
+    status, out, err = run_main(server, "hi")
+    assert (status, out) == (0, "Finally.\n")
+    assert err == ("chat.py: HTTP 503; retry 1 of 2 in 0.0s\n"
+                   "chat.py: HTTP 429; retry 2 of 2 in 0.0s\n")
+    assert len(server.requests) == 3
+    assert server.requests[0]["body"] == server.requests[2]["body"]
+
+
+def test_retries_run_out(server):
+    server.add(*[busy(502, **{"Retry-After": "0"}) for _ in range(3)])
+    status, out, err = run_main(server, "--retries", "1", "hi")
+    assert (status, out) == (1, "")
+    assert err.splitlines()[0] == "chat.py: HTTP 502; retry 1 of 1 in 0.0s"
+    assert err.splitlines()[1].startswith("chat.py: error: HTTP 502: busy")
+    assert len(server.requests) == 2
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_client_errors_are_never_retried(server, status):
+    server.add(busy(status, **{"Retry-After": "0"}), stream_reply("never"))
+    assert run_main(server, "hi")[0] == 1
+    assert len(server.requests) == 1
+
+
+def test_a_connection_dropped_before_any_byte_is_retried(server):
+    server.add(Reply(status=None), stream_reply("ok"))
+    status, out, err = run_main(server, "hi")
+    assert (status, out) == (0, "ok\n")
+    assert err.startswith("chat.py: connection reset; retry 1 of 2 in ")
+    assert len(server.requests) == 2
+
+
+def test_a_refused_connection_is_retried():
+    url = "http://127.0.0.1:%d/v1" % free_port()
+    status, _, err = run_main(None, "--base-url", url, "--retries", "1", "hi")
+    lines = err.splitlines()
+    assert status == 1 and len(lines) == 2
+    assert lines[0].startswith("chat.py: connection refused; retry 1 of 1 in ")
+    assert "connection refused - is the server running there?" in lines[1]
+
+
+def test_nothing_is_retried_once_text_was_shown(server):
+    server.add(Reply(sse(chunk("half"), done=False), headers={"Content-Type": "text/event-stream"}),
+               stream_reply("duplicate"))
+    status, out, _ = run_main(server, "hi")
+    assert (status, out) == (1, "half\n")
+    assert len(server.requests) == 1
+
+
+def test_a_silent_server_is_cut_within_the_timeout(server):
+    release = threading.Event()
+    server.add(Reply([release], headers={"Content-Type": "text/event-stream"}))
+    started = time.monotonic()
+    status, _, err = run_main(server, "--timeout", "0.5", "hi")
+    elapsed = time.monotonic() - started
+    release.set()
+    assert status == 1 and "sent nothing for 0.5s" in err
+    assert 0.5 <= elapsed < 0.5 + 2.0
+
+
+def test_a_long_reply_that_keeps_coming_is_never_cut(server):
+    pieces = [chunk(delta={"role": "assistant", "content": ""})] + [chunk("w%d " % i) for i in range(8)]
+    body = []
+    for piece in sse(*pieces, chunk(finish="stop")):
+        body += [piece, 0.15]   # 8 x 0.15 s: longer in all than the timeout
+    server.add(Reply(body, headers={"Content-Type": "text/event-stream"}))
+    status, out, err = run_main(server, "--timeout", "0.5", "hi")
+    assert (status, err) == (0, "")
+    assert out == "w0 w1 w2 w3 w4 w5 w6 w7 \n"
+
+
+SSE = {"Content-Type": "text/event-stream"}
+
+BROKEN_STREAMS = [
+    ("event: error", Reply([b"data: " + json.dumps(chunk("a")).encode() + b"\n\n",
+                            b'event: error\ndata: {"message": "model crashed"}\n\n'], headers=SSE),
+     "a\n", "the server reported an error: model crashed"),
+    ("error event with plain text", Reply([b"event: error\ndata: quota gone\n\n"], headers=SSE),
+     "", "the server reported an error: quota gone"),
+    ("llama.cpp error field", Reply([b'error: {"code": 400, "message": "the request exceeds the '
+                                     b'available context size", "type": "exceed_context_size_error"}'
+                                     b'\n\n'], headers=SSE),
+     "", "the server reported an error: the request exceeds the available context size"),
+    ("data that is not JSON", Reply([b"data: " + b"x" * 500 + b"\n\n"], headers=SSE),
+     "", "the server sent data that is not a JSON object: '" + "x" * 200 + "'"),
+    ("chunk of the wrong shape", Reply(sse({"choices": [{"delta": {"content": 5}}]}), headers=SSE),
+     "", "the server sent a chunk this client cannot read (content is int)"),
+    ("HTML page with 200", Reply(b"<html><title>Sign in - Corp Proxy</title></html>",
+                                 headers={"Content-Type": "text/html"}),
+     "", "HTTP 200 with text/html from"),
+    ("plain text page with 200", Reply(b"upstream connect error or disconnect/reset\n",
+                                       headers={"Content-Type": "text/plain"}),
+     "", "the answer is not an event stream: upstream connect error or disconnect/reset"),
+    ("not UTF-8", Reply([b"data: {\"choices\": [{\"delta\": {\"content\": \"\xe9\"}}]}\n\n"],
+                        headers=SSE),
+     "", "the server sent text that is not UTF-8"),
+    ("JSON body not UTF-8", Reply(b'{"choices": "\xff"}'), "", "not UTF-8"),
+    ("endless line", Reply([b"data: "] + [b"x" * 2**20] * 17, headers=SSE),
+     "", "the server sent a line longer than 16 MiB"),
+]
+
+
+@pytest.mark.parametrize("name,reply,out_expected,words", BROKEN_STREAMS,
+                         ids=[c[0] for c in BROKEN_STREAMS])
+def test_broken_streams_end_the_turn_with_one_line(server, name, reply, out_expected, words):
+    server.add(reply)
+    status, out, err = run_main(server, "--retries", "0", "hi")
+    assert (status, out) == (1, out_expected)
+    assert err.startswith("chat.py: error: ") and err.count("\n") == 1 and words in err
+
+
+def test_console_goes_on_after_a_failed_turn(server):
+    server.add(Reply(sse(chunk("cut"), done=False), headers=SSE),
+               busy(400), stream_reply("fine"))
+    c = chat.Chat(chat.Client(server.url, retries=0), "m")
+    out, err = io.StringIO(), io.StringIO()
+    reader = chat._piped_reader(io.StringIO("one\ntwo\nthree\n"))
+    assert chat.console(c, reader, out, err) == 0   # stop_on_error is off, as on a terminal
+    assert out.getvalue() == "cut\nfine\n"
+    assert err.getvalue().count("chat.py: error: ") == 2
+    assert server.requests[2]["body"]["messages"] == [
+        {"role": "user", "content": "one"}, {"role": "assistant", "content": "cut"},
+        {"role": "user", "content": "three"}]
+
+
+def test_api_key_file(server, tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("  sk-from-file  \nsecond line\n")
+    server.add(stream_reply("ok"))
+    assert run_main(server, "--api-key-file", str(key_file), "hi")[0] == 0
+    assert server.requests[0]["headers"]["authorization"] == "Bearer sk-from-file"
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--api-key-file", "/nonexistent/key"], "cannot read --api-key-file /nonexistent/key"),
+    (["--api-key-file", os.devnull], "has no key on its first line"),
+    (["--api-key", "a", "--api-key-file", os.devnull], "not both"),
+    (["--retries", "-1"], "--retries must be 0 or more"),
+])
+def test_key_and_retry_usage_errors(server, args, words):
+    status, _, err = run_main(server, *args, "hi")
+    assert status == 2 and words in err and server.requests == []
+
+
+def test_key_is_not_sent_in_clear_text_to_another_machine():
+    status, out, err = run_main(None, "--base-url", "http://10.1.2.3:8000/v1", "hi",
+                                env={"OPENAI_API_KEY": "sk-secret"})
+    assert (status, out) == (2, "")
+    assert "refusing to send the API key in clear text to 10.1.2.3" in err
+    assert "sk-secret" not in err
+
+
+def test_allow_insecure_key_lets_it_through():
+    args = chat._parser().parse_args(["--base-url", "http://10.1.2.3:8000/v1",
+                                      "--allow-insecure-key"])
+    c = chat._settings(args, {"OPENAI_API_KEY": "sk-1"}, io.StringIO())
+    assert c.client.headers["Authorization"] == "Bearer sk-1"
+
+
+def test_key_never_reaches_any_output(server, tmp_path):
+    key = "sk-NEVER-SHOWN-4242"
+    echo = json.dumps({"error": {"message": "bad key " + key}}).encode()
+    scenarios = [
+        ([stream_reply("plain")], ["hi"]),
+        ([stream_reply("json")], ["-o", "json", "hi"]),
+        ([Reply(echo, status=401)], ["hi"]),
+        ([Reply(echo, status=500)], ["--retries", "0", "hi"]),
+        ([Reply(sse({"error": {"message": key}}), headers=SSE)], ["hi"]),
+        ([Reply(b"<title>" + key.encode() + b"</title>", status=200,
+                headers={"Content-Type": "text/html"})], ["hi"]),
+        ([Reply(json.dumps({"data": [{"id": key}]}).encode()), stream_reply("ok")], ["--check"]),
+        ([], ["-H", "Authorization Bearer " + key, "hi"]),
+        ([], ["--help"]),
+    ]
+    for replies, args in scenarios:
+        server.add(*replies) if replies else None
+        status, out, err = run_main(server, *args, env={"OPENAI_API_KEY": key})
+        assert key not in out + err, args
+    refused = "http://127.0.0.1:%d/v1" % free_port()
+    _, out, err = run_main(None, "--base-url", refused, "--retries", "0", "hi",
+                           env={"OPENAI_API_KEY": key})
+    assert key not in out + err
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1: (certfile, keyfile)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return cert, key
+
+
+def test_tls_certificates_are_verified(certificate):
+    server = LoopbackServer(tls=certificate)
+    try:
+        server.add(stream_reply("secure"), stream_reply("secure"))
+        run = lambda **env: subprocess.run(
+            [sys.executable, CHAT_PY, "--retries", "0", "hi"], stdin=subprocess.DEVNULL,
+            capture_output=True, env=clean_env(OPENAI_BASE_URL=server.url, OPENAI_API_KEY="k",
+                                               **env), timeout=30)
+        untrusted = run()
+        assert untrusted.returncode == 1 and untrusted.stdout == b""
+        assert b"TLS certificate of https://127.0.0.1" in untrusted.stderr
+        assert b"is not trusted" in untrusted.stderr and b"SSL_CERT_FILE" in untrusted.stderr
+        trusted = run(SSL_CERT_FILE=certificate[0])
+        assert (trusted.returncode, trusted.stdout, trusted.stderr) == (0, b"secure\n", b"")
+    finally:
+        server.close()
+
+
+class ForwardProxy:
+    """A loopback HTTP forward proxy that records each request and relays it."""
+
+    def __init__(self):
+        self.seen = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                import http.client
+                import urllib.parse
+                proxy.seen.append((self.command, self.path))
+                target = urllib.parse.urlsplit(self.path)
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("proxy-connection", "connection")}
+                upstream.request(self.command, target.path, body, headers)
+                answer = upstream.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("transfer-encoding", "content-length", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                upstream.close()
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_proxies_are_honoured(server):
+    proxy = ForwardProxy()
+    try:
+        server.add(stream_reply("via proxy"), stream_reply("direct"))
+        run = lambda **env: subprocess.run(
+            [sys.executable, CHAT_PY, "hi"], stdin=subprocess.DEVNULL, capture_output=True,
+            env=clean_env(OPENAI_BASE_URL=server.url, **env), timeout=30)
+        through = run(HTTP_PROXY=proxy.url)
+        assert (through.returncode, through.stdout) == (0, b"via proxy\n")
+        assert proxy.seen == [("POST", server.url + "/chat/completions")]
+        bypass = run(HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1")
+        assert (bypass.returncode, bypass.stdout) == (0, b"direct\n")
+        assert len(proxy.seen) == 1
+    finally:
+        proxy.close()
+
+
+# ---------------------------------------------------------------------------
+# The connection doctor.
+# ---------------------------------------------------------------------------
+
+MODELS = Reply(json.dumps({"object": "list", "data": [
+    {"id": "gpt-test", "object": "model"}, {"id": "other", "object": "model"}]}).encode())
+
+
+def check(server, *args, env=None):
+    return run_main(server, "--check", "-m", "gpt-test", *args, env=env)
+
+
+def test_check_all_good(server):
+    server.add(MODELS, stream_reply("O"))
+    status, out, err = check(server, env={"OPENAI_API_KEY": "sk-1"})
+    lines = out.splitlines()
+    assert (status, err) == (0, "")
+    assert lines[0] == "Checking %s with model gpt-test and a key." % server.url
+    assert [l.split()[0] for l in lines[1:]] == ["ok"] * 5
+    assert "lists 2 models" in lines[2] and lines[3] == "ok    key: accepted"
+    assert lines[4] == "ok    model: gpt-test is listed"
+    assert lines[5].startswith("ok    chat: a streamed one-token request answered in ")
+    assert [r["path"] for r in server.requests] == ["/v1/models", "/v1/chat/completions"]
+    assert server.requests[1]["body"]["max_tokens"] == 1
+    assert server.requests[1]["body"]["stream"] is True
+
+
+def test_check_unlisted_model_is_a_warning(server):
+    server.add(MODELS, stream_reply("O"))
+    status, out, _ = run_main(server, "--check", "-m", "missing")
+    assert status == 0
+    assert "warn  model: missing is not listed; the server lists gpt-test, other" in out
+
+
+def test_check_switches_to_max_completion_tokens(server):
+    server.add(MODELS, Reply(json.dumps({"error": {
+        "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                   "Use 'max_completion_tokens' instead.", "param": "max_tokens"}}).encode(),
+        status=400), stream_reply("O"))
+    status, out, _ = check(server)
+    assert status == 0 and server.requests[2]["body"]["max_completion_tokens"] == 1
+
+
+def test_check_rejected_key(server):
+    server.add(Reply(b'{"error": {"message": "Incorrect API key"}}', status=401))
+    status, out, _ = check(server, env={"OPENAI_API_KEY": "sk-bad"})
+    assert status == 1
+    assert out.splitlines()[-1] == ("FAIL  key: HTTP 401: Incorrect API key - check "
+                                    "OPENAI_API_KEY (or --api-key)")
+
+
+def test_check_missing_v1(server):
+    root = server.url[:-len("/v1")]
+    server.add(Reply(b"404 page not found", status=404, headers={"Content-Type": "text/plain"}),
+               MODELS)
+    status, out, _ = run_main(server, "--check", "--base-url", root)
+    assert status == 1
+    assert out.splitlines()[-1].endswith("- the API answers at --base-url %s/v1" % root)
+    assert [r["path"] for r in server.requests] == ["/models", "/v1/models"]
+
+
+def test_check_ollama_native_path(server):
+    root = server.url[:-len("/v1")]
+    server.add(Reply(b"404 page not found", status=404, headers={"Content-Type": "text/plain"}))
+    status, out, _ = run_main(server, "--check", "--base-url", root + "/api/chat")
+    assert status == 1
+    assert "that is Ollama's own API; its OpenAI API is at --base-url %s/v1" % root in out
+
+
+def test_check_web_page(server):
+    server.add(Reply(b"<html><title>Welcome to nginx!</title></html>",
+                     headers={"Content-Type": "text/html"}), Reply(b"", status=404))
+    status, out, _ = check(server)
+    assert "OpenAI-compatible: GET /models failed: HTTP 200 with text/html" in out
+    assert "Welcome to nginx!" in out
+
+
+def test_check_chat_failure(server):
+    server.add(MODELS, Reply(b'{"error": {"message": "model is loading"}}', status=400))
+    status, out, _ = check(server)
+    assert status == 1 and out.splitlines()[-1] == "FAIL  chat: HTTP 400: model is loading"
+
+
+def test_check_unreachable():
+    url = "http://127.0.0.1:%d/v1" % free_port()
+    status, out, _ = run_main(None, "--check", "--base-url", url)
+    assert status == 1
+    assert out.splitlines()[-1] == ("FAIL  reachable: cannot connect to %s: connection refused"
+                                    " - is the server running there?" % url)
 
 
 # ---------------------------------------------------------------------------
