@@ -1,12 +1,13 @@
 # make test   run the test suite (installs pinned pytest and hypothesis into .venv if needed)
 # make check  byte-compile, and prove with vermin that chat.py runs on Python 3.8+
+# make bench  measure chat.py against a minimal floor (not part of make test)
 # make run    start a chat
 PYTHON ?= python3
 VENV   := .venv
 PYTEST := pytest==8.3.5 hypothesis==6.113.0
 VERMIN := vermin==1.9.2
 
-.PHONY: test check run clean
+.PHONY: test check bench run clean
 
 test:
 	@if $(PYTHON) -c 'import pytest, hypothesis' 2>/dev/null; then py='$(PYTHON)'; \
@@ -16,6 +17,9 @@ test:
 check: $(VENV)/.vermin
 	$(PYTHON) -m py_compile chat.py test_chat.py
 	$(VENV)/bin/vermin -t=3.8- --no-tips --violations chat.py
+
+bench:
+	$(PYTHON) bench.py
 
 run:
 	$(PYTHON) chat.py

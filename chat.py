@@ -169,40 +169,43 @@ class LineDecoder:
             self._skip_lf = False
             if data[:1] == b"\n":
                 data = data[1:]
-        if not data:
-            return []
-        if b"\n" not in data and b"\r" not in data:
-            self._pieces.append(data)
-            self._size += len(data)
-            if self._size > self.max_line:
-                raise StreamError(
-                    "the server sent a line longer than %d MiB; giving up"
-                    % (self.max_line >> 20))
-            return []
-        if self._pieces:
+        if self._pieces and data:
             self._pieces.append(data)
             data = b"".join(self._pieces)
             self._pieces, self._size = [], 0
-        lines = data.splitlines()   # bytes.splitlines() knows only \r\n, \n, \r
-        last = data[-1:]
-        if last == b"\r":
-            self._skip_lf = True
-        elif last != b"\n":
-            rest = lines.pop()
+        end = len(data) - 1                                # the last line ending:
+        if data[end:] not in (b"\n", b"\r"):               # usually the last byte
+            end = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        if end + 1 < len(data):                            # keep the unfinished line
+            rest = data[end + 1:]
             self._pieces, self._size = [rest], len(rest)
+            if self._size > self.max_line:
+                raise StreamError("the server sent a line longer than %d MiB; giving up"
+                                  % (self.max_line >> 20))
+        if end < 0:
+            return []
+        # A CR as the very last byte: the LF of its CRLF may open the next read.
+        self._skip_lf = end == len(data) - 1 and data[end] == 13
         try:
-            text = [line.decode("utf-8") for line in lines]
+            # Decoding whole lines at once is safe: CR and LF never occur inside
+            # a UTF-8 multi-byte character.
+            text = (data if end + 1 == len(data) else data[:end + 1]).decode("utf-8")
         except UnicodeDecodeError:
             raise StreamError("the server sent text that is not UTF-8") from None
-        if self.first_line is None and text:
-            if text[0][:1] == "\ufeff":
-                text[0] = text[0][1:]
-            self.first_line = text[0]
-        return text
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        lines = text.split("\n")
+        lines.pop()   # the empty string after the last line ending
+        if self.first_line is None:
+            if lines[0][:1] == "\ufeff":
+                lines[0] = lines[0][1:]
+            self.first_line = lines[0]
+        return lines
 
 
 ServerSentEvent = namedtuple("ServerSentEvent", "event data id retry")
 ServerSentEvent.__doc__ = "One dispatched event: type, data, last event ID, retry (ms or None)."
+_tuple_new = tuple.__new__   # builds a ServerSentEvent without a Python-level call
 
 
 class SSEDecoder:
@@ -218,8 +221,16 @@ class SSEDecoder:
 
     def decode(self, line):
         """Take one line; return the event it completes, or None."""
-        if not line:
-            return self._dispatch()
+        if line.startswith("data:"):             # the line seen most, so tested first
+            self._data.append(line[6:] if line[5:6] == " " else line[5:])
+            return None
+        if not line:                             # dispatch the event
+            data, event = self._data, self._event or "message"
+            self._data, self._event = [], ""
+            if not data:                         # no data: dropped, type and all
+                return None
+            return _tuple_new(ServerSentEvent, (event, "\n".join(data), self._last_id,
+                                                self._retry))
         if line[0] == ":":                       # a comment, e.g. a keep-alive
             return None
         field, _, value = line.partition(":")    # no colon: value is ""
@@ -238,14 +249,6 @@ class SSEDecoder:
         else:
             self.ignored = (field, value)        # unknown fields are ignored
         return None
-
-    def _dispatch(self):
-        # An event with an empty data buffer is dropped, type and all.
-        data, event = self._data, self._event or "message"
-        self._data, self._event = [], ""
-        if not data:
-            return None
-        return ServerSentEvent(event, "\n".join(data), self._last_id, self._retry)
 
 
 # ---------------------------------------------------------------------------
@@ -306,6 +309,8 @@ def parse_event(event):
         chunk = json.loads(event.data)
     except ValueError:
         chunk = None
+    if type(chunk) is dict and "error" not in chunk and event.event == "message":
+        return chunk   # the usual case, decided in one test
     if event.event == "error" or isinstance(chunk, dict) and chunk.get("error"):
         message, type_, code = error_message(event.data if chunk is None else chunk)
         raise APIError("the server reported an error: " + message,
@@ -314,6 +319,41 @@ def parse_event(event):
         raise StreamError("the server sent data that is not a JSON object: %r"
                           % event.data[:200])
     return chunk
+
+
+class _Text(list):
+    """Text that arrives in many small pieces: a list of the latest pieces,
+    the rest already joined into one string (head), so a long reply costs
+    about its own size rather than 50 bytes a token."""
+
+    __slots__ = ("head",)
+
+    def __init__(self):
+        super().__init__()
+        self.head = ""
+
+    def compact(self):
+        """Join the waiting pieces onto the head."""
+        if len(self):
+            # With the only reference in a local, CPython grows the string in
+            # place instead of copying it: the text is held once, not twice.
+            head, self.head = self.head, ""
+            head += "".join(self)
+            self.head = head
+            self.clear()
+
+    def add(self, piece):
+        """Append a piece, compacting every 256 of them."""
+        self.append(piece)
+        if len(self) >= 256:
+            self.compact()
+
+    def __bool__(self):
+        return bool(self.head) or len(self) > 0
+
+    def __str__(self):
+        self.compact()
+        return self.head
 
 
 def _expect(value, types, what):
@@ -344,6 +384,7 @@ class ChatAccumulator:
         self.top = {}
         self.usage = None
         self.choices = {}       # index -> the choice being built
+        self._id = ()           # the chunk id whose top-level fields were read
 
     def add(self, chunk):
         """Merge one chunk; raise StreamError if it is not shaped like one."""
@@ -353,39 +394,47 @@ class ChatAccumulator:
             raise StreamError("the server sent a chunk this client cannot read (%s): %s"
                               % (exc, _one_line(repr(chunk))[:200])) from None
 
-    def _add(self, chunk):
-        top = self.top
-        for key in self.TOP_FIELDS:
-            if key not in top and chunk.get(key):
-                top[key] = chunk[key]
+    def _add(self, chunk):   # the hot path: kept to few calls
+        if chunk.get("id") != self._id:   # top-level fields: read once per id
+            self._id = chunk.get("id")
+            for key in self.TOP_FIELDS:
+                if key not in self.top and chunk.get(key):
+                    self.top[key] = chunk[key]
         if chunk.get("usage"):
             self.usage = _expect(chunk["usage"], dict, "usage")
         for choice in chunk.get("choices") or ():
-            index = _expect(choice.get("index", 0), int, "index")
+            index = choice.get("index", 0)
+            if type(index) is not int:
+                raise TypeError("index is %s" % type(index).__name__)
             c = self.choices.get(index)
             if c is None:
                 c = self.choices[index] = {
-                    "role": None, "content": [], "refusal": [], "tool_calls": {},
+                    "role": None, "content": _Text(), "refusal": _Text(), "tool_calls": {},
                     "function_call": None, "other": {}, "logprobs": None,
                     "finish_reason": None}
-            delta = choice.get("delta") or {}
-            for key, value in delta.items():
+            delta = choice.get("delta")
+            for key, value in delta.items() if delta else ():
                 if value is None:
                     continue
                 if key == "content":
-                    c["content"].append(_expect(value, str, "content"))
+                    if type(value) is not str:
+                        raise TypeError("content is %s" % type(value).__name__)
+                    text = c["content"]
+                    text.append(value)
+                    if len(text) == 256:
+                        text.compact()
                 elif key == "role":
                     c["role"] = value
                 elif key == "tool_calls":
                     self._merge_tool_calls(c["tool_calls"], value)
                 elif key == "refusal":
-                    c["refusal"].append(_expect(value, str, "refusal"))
+                    c["refusal"].add(_expect(value, str, "refusal"))
                 elif key == "function_call":
                     fc = c["function_call"] = c["function_call"] or {"name": "", "arguments": ""}
                     fc["name"] = _merge_name(fc["name"], value.get("name") or "")
                     fc["arguments"] += value.get("arguments") or ""
-                elif isinstance(value, str) and isinstance(c["other"].get(key, ""), str):
-                    c["other"][key] = c["other"].get(key, "") + value
+                elif isinstance(value, str) and isinstance(c["other"].get(key, _Text()), _Text):
+                    c["other"].setdefault(key, _Text()).add(value)   # reasoning_content...
                 else:
                     c["other"][key] = value
             logprobs = choice.get("logprobs")
@@ -429,7 +478,7 @@ class ChatAccumulator:
     def text(self, index=0):
         """The content received so far for one choice."""
         c = self.choices.get(index)
-        return "".join(c["content"]) if c else ""
+        return str(c["content"]) if c else ""
 
     def result(self):
         """Return the reply in the shape of a non-streamed chat.completion."""
@@ -437,14 +486,15 @@ class ChatAccumulator:
         for index in sorted(self.choices):
             c = self.choices[index]
             message = {"role": c["role"] or "assistant",
-                       "content": "".join(c["content"]) if c["content"] else None}
+                       "content": str(c["content"]) if c["content"] else None}
             if c["refusal"]:
-                message["refusal"] = "".join(c["refusal"])
+                message["refusal"] = str(c["refusal"])
             if c["tool_calls"]:
                 message["tool_calls"] = [c["tool_calls"][i] for i in sorted(c["tool_calls"])]
             if c["function_call"]:
                 message["function_call"] = c["function_call"]
-            message.update(c["other"])
+            message.update((k, str(v) if isinstance(v, _Text) else v)
+                           for k, v in c["other"].items())
             choices.append({"index": index, "message": message,
                             "logprobs": c["logprobs"], "finish_reason": c["finish_reason"]})
         completion = {"id": self.top.get("id"), "object": "chat.completion",

@@ -398,6 +398,18 @@ def test_accumulator_content_and_metadata():
         "usage": usage}
 
 
+def test_accumulator_long_reply_crosses_compaction():
+    pieces = ["p%d " % i for i in range(1000)]   # several 256-piece blocks and a tail
+    acc = chat.ChatAccumulator()
+    for i, piece in enumerate(pieces):
+        acc.add(chunk(piece))
+        if i in (255, 256, 700):
+            assert acc.text() == "".join(pieces[:i + 1])   # mid-stream, as Ctrl-C reads it
+    assert acc.result()["choices"][0]["message"]["content"] == "".join(pieces)
+    reasoning = accumulate(*[chunk(delta={"reasoning_content": p}) for p in pieces])
+    assert reasoning.result()["choices"][0]["message"]["reasoning_content"] == "".join(pieces)
+
+
 def test_accumulator_tool_call_fragments():
     def tc(index, id=None, name=None, args=None):
         f = {"index": index, "function": {}}

@@ -1,0 +1,326 @@
+"""make bench: what chat.py costs above the floor, measured on this machine.
+
+Each number is the median of several runs, beside a floor measured in the
+same run, so the ratios hold from machine to machine:
+
+1. stream CPU: user+sys time of the chat.py process for a one-shot reply of
+   200,000 content chunks written to a pipe, beside a minimal loop (http.client,
+   large read1 calls, split on newlines, json.loads each data line, write and
+   flush each delta);
+2. start-up: wall time of `chat.py --help`, and until the console's first
+   prompt appears on a terminal, beside `python3 -c pass`;
+3. first-token latency: from the server writing the first token to it
+   arriving at the reading end of chat.py's stdout pipe;
+4. memory: peak RSS for the 200,000-chunk reply, and after a piped
+   conversation of 2,000 messages, beside the floor's; and for a 2-chunk
+   reply, which shows the fixed cost (imports, compiling the script) apart
+   from what the reply itself costs.
+
+The server is a raw socket on 127.0.0.1 that writes pre-rendered bytes as
+fast as the socket takes them; it runs in this process, so only the client's
+CPU is counted.  Standard library only.
+"""
+
+import json
+import os
+import pty
+import select
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHAT_PY = os.path.join(HERE, "chat.py")
+PYTHON = sys.executable
+CHUNKS = 200_000
+TURNS = 1000                # 2,000 messages: a user line and a reply per turn
+RUNS = int(os.environ.get("BENCH_RUNS", "5"))
+
+FLOOR = r"""
+import http.client, json, sys
+host, port = sys.argv[1], int(sys.argv[2])
+conn = http.client.HTTPConnection(host, port)
+body = json.dumps({"model": "m", "stream": True,
+                   "messages": [{"role": "user", "content": "hi"}]})
+conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+response = conn.getresponse()
+out, rest = sys.stdout, b""
+while True:
+    data = response.read1(65536)
+    if not data:
+        break
+    lines = (rest + data).split(b"\n")
+    rest = lines.pop()
+    for line in lines:
+        if line.startswith(b"data: ") and line != b"data: [DONE]":
+            content = json.loads(line[6:])["choices"][0]["delta"].get("content")
+            if content:
+                out.write(content)
+                out.flush()
+"""
+
+
+# ---------------------------------------------------------------------------
+# The server: pre-rendered chunked event streams, written as fast as possible.
+# ---------------------------------------------------------------------------
+
+def event(content=None, finish=None):
+    """One chat.completion.chunk as an HTTP chunk holding one SSE event."""
+    chunk = {"id": "chatcmpl-bench", "object": "chat.completion.chunk",
+             "created": 1700000000, "model": "gpt-4o-mini", "system_fingerprint": "fp_bench",
+             "choices": [{"index": 0, "delta": {} if content is None else {"content": content},
+                          "logprobs": None, "finish_reason": finish}]}
+    data = b"data: " + json.dumps(chunk).encode() + b"\n\n"
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+        b"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+DONE = b"%x\r\n%s\r\n0\r\n\r\n" % (len(b"data: [DONE]\n\n"), b"data: [DONE]\n\n")
+
+
+def render(pieces):
+    """The whole body of a streamed reply of these content pieces."""
+    return b"".join([event(p) for p in pieces] + [event(finish="stop"), DONE])
+
+
+class Server:
+    """Answers each POST with the next script: a list of byte strings to send,
+    where a threading.Event means "note the time, then wait for this"."""
+
+    def __init__(self, script):
+        self.script = script          # callable(n) -> list for the nth request
+        self.marks = []               # perf_counter() when each Event was reached
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.url = "http://127.0.0.1:%d/v1" % self.port
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        n = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._answer, args=(conn, n), daemon=True).start()
+            n += 1
+
+    def _answer(self, conn, n):
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = int([l.split(b":")[1] for l in head.split(b"\r\n")
+                          if l.lower().startswith(b"content-length")][0])
+            while len(body) < length:
+                body += conn.recv(65536)
+            try:
+                for piece in self.script(n):
+                    if isinstance(piece, threading.Event):
+                        self.marks.append(time.perf_counter())
+                        piece.wait(10)
+                    else:
+                        conn.sendall(piece)
+            except OSError:
+                pass
+
+    def close(self):
+        self.sock.close()
+
+
+# ---------------------------------------------------------------------------
+# Measuring a child process.
+# ---------------------------------------------------------------------------
+
+def clean_env(**extra):
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("OPENAI_") and "proxy" not in k.lower()}
+    env.update(extra)
+    return env
+
+
+# A child's peak RSS counts the memory of whatever forked it, up to its exec:
+# started from this process (which holds the pre-rendered reply) every child
+# would seem to use 150 MiB.  So children are forked by this small launcher
+# (python -S, a few MiB), which reports their rusage on a pipe of its own.
+LAUNCHER = r"""
+import os, sys
+report, argv = int(sys.argv[1]), sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    os.close(report)
+    os.execv(argv[0], argv)
+_, status, usage = os.wait4(pid, 0)
+os.write(report, b"%d %r %d" % (status, usage.ru_utime + usage.ru_stime, usage.ru_maxrss))
+"""
+
+
+def run_measured(argv, stdin_data=None, env=None):
+    """Run argv with stdout drained from a pipe; return (cpu seconds, peak RSS in MiB,
+    bytes written to stdout)."""
+    report_read, report_write = os.pipe()
+    proc = subprocess.Popen([PYTHON, "-S", "-c", LAUNCHER, str(report_write)] + argv,
+                            stdin=subprocess.PIPE if stdin_data else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or clean_env(),
+                            pass_fds=(report_write,))
+    os.close(report_write)
+    drained = {}
+
+    def drain(name, stream):
+        size = 0
+        for block in iter(lambda: stream.read1(65536), b""):
+            size += len(block)
+        drained[name] = size
+
+    threads = [threading.Thread(target=drain, args=(n, s)) for n, s in
+               (("out", proc.stdout), ("err", proc.stderr))]
+    for t in threads:
+        t.start()
+    if stdin_data:
+        proc.stdin.write(stdin_data)
+        proc.stdin.close()
+    proc.wait()
+    for t in threads:
+        t.join()
+    with os.fdopen(report_read, "rb") as report:
+        status, cpu, maxrss = report.read().split()
+    if int(status) != 0 or proc.returncode != 0:
+        raise SystemExit("bench: %s failed with status %s" % (argv, status.decode()))
+    return float(cpu), int(maxrss) / 1024.0, drained["out"]
+
+
+def wall(argv, runs=21):
+    """Median wall time of a command, in seconds."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       stdin=subprocess.DEVNULL, env=clean_env(), check=True)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def until_prompt(runs=11):
+    """Median time from starting the console on a terminal to its first prompt."""
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        pid, fd = pty.fork()
+        if pid == 0:
+            os.execve(PYTHON, [PYTHON, CHAT_PY, "--base-url", "http://127.0.0.1:9/v1"],
+                      clean_env(TERM="dumb", XDG_STATE_HOME="/tmp/chat-bench-state"))
+        seen = b""
+        while not seen.endswith(b"> "):
+            if not select.select([fd], [], [], 10)[0]:
+                raise SystemExit("bench: no prompt within 10 s")
+            seen += os.read(fd, 4096)
+        times.append(time.perf_counter() - started)
+        os.write(fd, b"\x04")
+        os.waitpid(pid, 0)
+        os.close(fd)
+    return statistics.median(times)
+
+
+def first_token_latency(runs=11):
+    """Median seconds from the server writing the first token to its arrival
+    at the reading end of chat.py's stdout pipe."""
+    delays = []
+    for _ in range(runs):
+        go_on = threading.Event()
+        server = Server(lambda n: [HEAD + event("FIRST"), go_on,
+                                   render([" rest"] * 3)])
+        proc = subprocess.Popen([PYTHON, CHAT_PY, "hi"], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                env=clean_env(OPENAI_BASE_URL=server.url))
+        seen = b""
+        while b"FIRST" not in seen:
+            seen += os.read(proc.stdout.fileno(), 4096)
+        arrived = time.perf_counter()
+        delays.append(arrived - server.marks[0])
+        go_on.set()
+        proc.communicate(timeout=30)
+        server.close()
+    return statistics.median(delays)
+
+
+# ---------------------------------------------------------------------------
+# The benchmark.
+# ---------------------------------------------------------------------------
+
+def main():
+    words = [" w%d" % (i % 1000) for i in range(CHUNKS)]
+    body = HEAD + render(words)
+    expected = len("".join(words).encode()) + 1   # chat.py ends the reply with a newline
+    server = Server(lambda n: [body])
+    chat_argv = [PYTHON, CHAT_PY, "--base-url", server.url, "hi"]
+    floor_argv = [PYTHON, "-c", FLOOR, "127.0.0.1", str(server.port)]
+
+    chat_runs, floor_runs = [], []
+    for _ in range(RUNS):   # interleaved, so drift hits both alike
+        cpu, rss, size = run_measured(chat_argv)
+        assert size == expected, (size, expected)
+        chat_runs.append((cpu, rss))
+        cpu, rss, size = run_measured(floor_argv)
+        assert size == expected - 1, (size, expected)
+        floor_runs.append((cpu, rss))
+    chat_cpu = statistics.median(c for c, _ in chat_runs)
+    floor_cpu = statistics.median(c for c, _ in floor_runs)
+    chat_rss = statistics.median(r for _, r in chat_runs)
+    floor_rss = statistics.median(r for _, r in floor_runs)
+    server.close()
+
+    short = HEAD + render(["Sure", "."])
+    server = Server(lambda n: [short])
+    tiny_chat = statistics.median(run_measured([PYTHON, CHAT_PY, "--base-url", server.url,
+                                                "hi"])[1] for _ in range(RUNS))
+    tiny_floor = statistics.median(run_measured([PYTHON, "-c", FLOOR, "127.0.0.1",
+                                                 str(server.port)])[1] for _ in range(RUNS))
+    turns = b"".join(b"message number %d\n" % i for i in range(TURNS))
+    talk = [run_measured([PYTHON, CHAT_PY, "--base-url", server.url, "-i"], stdin_data=turns)
+            for _ in range(max(1, RUNS // 2))]
+    talk_rss = statistics.median(r for _, r, _ in talk)
+    server.close()
+
+    help_wall = wall([PYTHON, CHAT_PY, "--help"])
+    pass_wall = wall([PYTHON, "-c", "pass"])
+    prompt = until_prompt()
+    latency = first_token_latency()
+
+    rows = [
+        ("stream CPU, %s chunks to a pipe" % format(CHUNKS, ","), "%.2f s" % chat_cpu,
+         "%.2f s" % floor_cpu, chat_cpu / floor_cpu, "<= 1.3x"),
+        ("--help, wall", "%.1f ms" % (help_wall * 1e3), "%.1f ms" % (pass_wall * 1e3),
+         help_wall / pass_wall, "<= 2x"),
+        ("first prompt on a terminal, wall", "%.1f ms" % (prompt * 1e3),
+         "%.1f ms" % (pass_wall * 1e3), prompt / pass_wall, ""),
+        ("first token, server write to pipe", "%.2f ms" % (latency * 1e3), "", None, "<= 5 ms"),
+        ("peak RSS, 2-chunk reply (fixed cost)", "%.1f MiB" % tiny_chat,
+         "%.1f MiB" % tiny_floor, tiny_chat / tiny_floor, ""),
+        ("peak RSS, %s-chunk reply" % format(CHUNKS, ","), "%.1f MiB" % chat_rss,
+         "%.1f MiB" % floor_rss, chat_rss / floor_rss, "<= 1.2x"),
+        ("  of which the reply (above fixed cost)", "%.1f MiB" % (chat_rss - tiny_chat),
+         "%.1f MiB" % (floor_rss - tiny_floor), None,
+         "text: %.1f MiB" % ((expected - 1) / 2**20)),
+        ("peak RSS, %s-message conversation" % format(2 * TURNS, ","), "%.1f MiB" % talk_rss,
+         "%.1f MiB" % floor_rss, talk_rss / floor_rss, ""),
+    ]
+    print("chat.py benchmark: Python %s, %d cores, median of %d runs"
+          % (sys.version.split()[0], os.cpu_count(), RUNS))
+    print()
+    print("| measure | chat.py | floor | ratio | target |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for name, ours, floor, ratio, target in rows:
+        print("| %s | %s | %s | %s | %s |" % (name, ours, floor,
+                                             "" if ratio is None else "%.2fx" % ratio, target))
+
+
+if __name__ == "__main__":
+    main()
