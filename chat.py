@@ -42,6 +42,18 @@ Options:
                         honours Retry-After; never once text has been shown
   --check               diagnose the connection: server, API path, key, model,
                         a one-token streamed request; exit 0 if all works
+  --save FILE           save the conversation after every turn, as a request
+                        body (model, messages, parameters): curl -d @FILE
+                        replays it; written atomically, mode 0600, no key
+  --load FILE           resume a conversation saved with --save or /save, or
+                        a JSON list of messages
+  --max-context TOKENS  keep requests within TOKENS by dropping the oldest
+                        exchanges (never the system message or the last user
+                        message); counts with the server's own usage report
+                        and about 4 characters a token for new text.  Without
+                        it, the limit is learnt from the server's first
+                        context-length error, which is then retried once
+  --no-color            no colour in notices and prompts (also: NO_COLOR set)
   -h, --help            show this help and exit
   --version             show the version and exit
 
@@ -55,10 +67,27 @@ Environment:
 
 In the chat:
   /help                 list the commands
-  /exit, /quit          leave (so does Ctrl-D)
+  /exit, /quit          leave (so do Ctrl-D and Ctrl-C twice at an empty prompt)
+  /reset                clear the conversation, keep the system message
+  /system [TEXT]        show or set the system message
+  /model [NAME]         show or set the model
+  /history              show the conversation
+  /undo                 drop the last exchange
+  /retry                ask again for the last reply
+  /continue             ask for more of a reply cut short by Ctrl-C, an error
+                        or the token limit; it joins that reply
+  /save [FILE]          save the conversation (default: the --save file)
+  /load FILE            load a saved conversation
+  /curl [TEXT]          show a curl command for the request that sending TEXT
+                        would make (no TEXT: the last request, as /retry would
+                        send it); the key shows as $OPENAI_API_KEY
   //TEXT                send TEXT starting with a single slash
+  \"\"\"                   on a line of its own: start or end a block of lines,
+                        sent as one message (for pasting)
+  TEXT\                 a backslash at the end of a line continues it
+  Tab                   completes command names
   Ctrl-C                abandon the line being typed, or stop the reply being
-                        written; the chat goes on
+                        written (its text stays in the conversation)
 
 Exit status:
   0 success, 1 API or network failure, 2 usage error (bad flag, missing key),
@@ -115,9 +144,9 @@ class UsageError(ChatError):
 class APIError(ChatError):
     """The server answered with an error (an HTTP status or an error event)."""
 
-    def __init__(self, message, status=None, type=None, code=None):
+    def __init__(self, message, status=None, type=None, code=None, body=None):
         super().__init__(message)
-        self.status, self.type, self.code = status, type, code
+        self.status, self.type, self.code, self.body = status, type, code, body
 
 
 class AuthenticationError(APIError):
@@ -744,8 +773,12 @@ class Client:
         text = "%s: %s" % (label, message)
         if hint:
             text += " - " + hint
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
         cls = {401: AuthenticationError, 403: AuthenticationError, 429: RateLimitError}
-        return cls.get(status, APIError)(text, status, type_, code)
+        return cls.get(status, APIError)(text, status, type_, code, parsed)
 
     def _connection_error(self, reason):
         import socket
@@ -969,8 +1002,20 @@ class _Redacting:
         return getattr(self._stream, name)
 
 
+def _colour(err, text, code, start="", end=""):
+    """text in an ANSI colour if err shows colours; start and end wrap the
+    codes (readline wants them between \001 and \002 to measure the prompt)."""
+    if not getattr(err, "colour", False):
+        return text
+    return "%s\033[%sm%s%s%s\033[0m%s" % (start, code, end, text, start, end)
+
+
+def _dim(err, text):
+    _say(err, _colour(err, text, "2"))
+
+
 def _note(err, text):
-    _say(err, "chat.py: %s\n" % text)
+    _say(err, _colour(err, "chat.py: %s\n" % text, "31" if text.startswith("error:") else "2"))
 
 
 class Chat:
@@ -978,20 +1023,90 @@ class Chat:
 
     client: the Client to send with.  model: the model name.  system: the
     system message, if any.  params: extra body fields.  stream: ask for SSE.
+    max_context: the most tokens a request may hold (None: no bound until the
+    server reports one).  notify(text) hears of trimming and retries.
     """
 
-    def __init__(self, client, model, system=None, params=None, stream=True):
+    def __init__(self, client, model, system=None, params=None, stream=True,
+                 max_context=None, notify=None):
         self.client, self.model, self.params, self.stream = client, model, params or {}, stream
         self.messages = [{"role": "system", "content": system}] if system else []
+        self.max_context = max_context
+        self.notify = notify or (lambda text: None)
+        self.cut = False         # the last reply was cut short (Ctrl-C, error, length)
+        self._measured = None    # (n, tokens): the server's count for messages[:n]
 
-    def send(self, text, printer):
+    def body(self):
+        """The conversation as a Chat Completions request body, as saved."""
+        body = {"model": self.model, "messages": self.messages}
+        body.update(self.params)
+        return body
+
+    def send(self, content, printer):
         """Send one user turn; show and return the chat.completion.
 
         On success the user message and the reply join the history; on any
-        error the history is as it was.  Ctrl-C keeps the text already shown.
+        error the history is as it was.  Text already shown when Ctrl-C or an
+        error ends the reply is kept, so /continue and the next turn see it.
         """
-        messages = self.messages + [{"role": "user", "content": text}]
+        return self._exchange(self.messages + [{"role": "user", "content": content}], printer)
+
+    def continue_reply(self, printer):
+        """Ask for more of a reply that was cut short; append it to that reply."""
+        if not (self.cut and self.messages and self.messages[-1].get("role") == "assistant"):
+            raise UsageError("nothing to continue: the last reply was complete")
+        cut_reply = self.messages[-1]
+        ask = {"role": "user", "content": CONTINUE_PROMPT}
+        before = self.messages
+        completion = self._exchange(self.messages + [ask], printer)
+        more = self.messages[-1]
+        joined = dict(more, content=(cut_reply.get("content") or "") + (more.get("content") or ""))
+        self.messages = before[:-1] + [joined]   # one reply, as if never cut
+        return completion
+
+    def retry(self, printer):
+        """Send the last user message again, in place of its reply."""
+        last = self._last_user()
+        if last is None:
+            raise UsageError("nothing to retry yet")
+        before = self.messages
+        self.messages = before[:last]
+        try:
+            return self.send(before[last]["content"], printer)
+        except BaseException:
+            if len(self.messages) == last:   # nothing was kept: put the old reply back
+                self.messages = before
+            raise
+
+    def undo(self):
+        """Drop the last exchange: the last user message and all after it."""
+        last = self._last_user()
+        if last is None:
+            raise UsageError("nothing to undo")
+        self.messages = self.messages[:last]
+        self.cut = False
+
+    def reset(self):
+        """Forget the conversation, keeping the system message."""
+        self.messages = self.messages[:_system_count(self.messages)]
+        self.cut, self._measured = False, None
+
+    def set_system(self, text):
+        """Replace the system message (or add one at the start)."""
+        role = self.messages[0]["role"] if _system_count(self.messages) else "system"
+        self.messages = [{"role": role, "content": text}] + self.messages[_system_count(self.messages):]
+
+    def _last_user(self):
+        for i in range(len(self.messages) - 1, -1, -1):
+            if self.messages[i].get("role") == "user":
+                return i
+        return None
+
+    def _exchange(self, messages, printer, trimmed_for_error=False):
+        messages = self._fit(messages)
         payload = build_payload(self.model, messages, self.stream, self.params)
+        if self.max_context and self.stream and "stream_options" not in payload:
+            payload["stream_options"] = {"include_usage": True}   # for the real count
         accumulator = ChatAccumulator()
         try:
             if self.stream:
@@ -1002,16 +1117,36 @@ class Chat:
                 chunk = completion_to_chunk(completion)
                 ChatAccumulator().add(chunk)   # checks its shape before it is shown
                 printer.chunk(chunk)
+        except APIError as exc:
+            printer.end_line()
+            if not trimmed_for_error and not accumulator.text() and _context_error(exc):
+                self.max_context = _context_limit(exc) or self.max_context
+                # Our count was too low, whatever the limit: cut a quarter at least.
+                limit = self._tokens(messages) * 3 // 4
+                shorter = self._fit(messages, min(limit, self.max_context or limit))
+                if shorter is not messages:
+                    return self._exchange(shorter, printer, trimmed_for_error=True)
+            self._keep_shown(messages, accumulator)
+            raise
         except (ChatError, KeyboardInterrupt):
             printer.end_line()
-            shown = accumulator.text()
-            if shown:   # the user read it: keep it, so /continue and the next turn see it
-                self.messages = messages + [{"role": "assistant", "content": shown}]
+            self._keep_shown(messages, accumulator)
             raise
         printer.finish(completion)
         choices = completion.get("choices") or [{}]
         self.messages = messages + [history_message(choices[0].get("message") or {})]
+        self.cut = choices[0].get("finish_reason") == "length"
+        usage = completion.get("usage") or {}
+        if isinstance(usage.get("prompt_tokens"), int):
+            self._measured = (len(self.messages),
+                              usage["prompt_tokens"] + (usage.get("completion_tokens") or 0))
         return completion
+
+    def _keep_shown(self, messages, accumulator):
+        shown = accumulator.text()
+        if shown:   # the user read it: keep it
+            self.messages = messages + [{"role": "assistant", "content": shown}]
+            self.cut = True
 
     def _receive(self, payload, printer, accumulator):
         chunks = self.client.stream(payload)
@@ -1025,57 +1160,382 @@ class Chat:
         finally:
             chunks.close()   # on Ctrl-C this closes the connection at once
 
+    def _tokens(self, messages):
+        """Tokens messages would take: the server's own count where it gave one."""
+        n, tokens = self._measured or (0, 0)
+        if n > min(len(messages), len(self.messages)) or any(
+                a is not b for a, b in zip(messages[:n], self.messages[:n])):
+            n, tokens = 0, 0   # not the conversation the server counted
+        return tokens + _estimate(messages[n:])
+
+    def _fit(self, messages, limit=None):
+        """messages without their oldest exchanges, until they fit the limit.
+
+        Never drops the system message or the last user message.  Returns the
+        very same list when nothing had to go.
+        """
+        limit = limit or self.max_context
+        if not limit or self._tokens(messages) <= limit:
+            return messages
+        start = _system_count(messages)
+        kept, dropped = list(messages), 0
+        while self._tokens(kept) > limit:
+            users = [i for i in range(start + 1, len(kept)) if kept[i].get("role") == "user"]
+            if not users:   # only the last exchange is left: it goes as it is
+                break
+            dropped += users[0] - start
+            del kept[start:users[0]]
+        if not dropped:
+            return messages
+        self.notify("dropped the %d oldest message%s to stay within %d tokens of context"
+                    % (dropped, "" if dropped == 1 else "s", limit))
+        return kept
+
+
+CONTINUE_PROMPT = ("Continue your last reply exactly where it stopped, without repeating "
+                   "anything or adding an introduction.")
+
+
+def _system_count(messages):
+    """How many system or developer messages open the conversation."""
+    n = 0
+    while n < len(messages) and messages[n].get("role") in ("system", "developer"):
+        n += 1
+    return n
+
+
+def _estimate(messages):
+    """About 4 characters a token, plus a few tokens a message."""
+    chars = 0
+    for message in messages:
+        content = message.get("content")
+        if isinstance(content, list):   # content parts: count the text, ~85 an image
+            chars += sum(len(p.get("text") or "") if p.get("type") == "text" else 340
+                         for p in content if isinstance(p, dict))
+        elif isinstance(content, str):
+            chars += len(content)
+        if message.get("tool_calls"):
+            chars += len(json.dumps(message["tool_calls"]))
+    return chars // 4 + 4 * len(messages)
+
+
+def _context_error(exc):
+    """True if the server says the request does not fit its context."""
+    text = "%s %s %s" % (exc, exc.type, exc.code)
+    return any(word in text.lower() for word in (
+        "context_length_exceeded", "context length", "context window", "context size",
+        "exceed_context_size", "maximum context", "too many tokens", "prompt is too long"))
+
+
+def _context_limit(exc):
+    """The context size a context error names, if it names one."""
+    import re
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error") if isinstance(body.get("error"), dict) else body
+    if isinstance(error.get("n_ctx"), int):   # llama.cpp says it in a field
+        return error["n_ctx"]
+    found = re.search(r"(?:maximum context length|context (?:length|window|size))"
+                      r"[^0-9]{0,40}(\d{3,8})", str(exc))
+    return int(found.group(1)) if found else None
+
+
+def parse_conversation(data):
+    """Return (model or None, messages, params) from a saved conversation.
+
+    Accepts a Chat Completions request body or a bare list of messages;
+    raises UsageError for anything else.
+    """
+    if isinstance(data, list):
+        data = {"messages": data}
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        raise UsageError("it is not a conversation: expected a request body with a "
+                         "\"messages\" list, or a list of messages")
+    for i, message in enumerate(data["messages"]):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), (str, list, type(None)))):
+            raise UsageError("message %d is not a message: each needs a \"role\" and a "
+                             "\"content\"" % (i + 1))
+    model = data.get("model")
+    params = {k: v for k, v in data.items()
+              if k not in ("model", "messages", "stream", "stream_options")}
+    return (model if isinstance(model, str) and model else None), data["messages"], params
+
+
+def load_conversation(path):
+    """Read a saved conversation: (model or None, messages, params)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError("cannot load %s: %s" % (path, getattr(exc, "strerror", None)
+                                                  or "not UTF-8 text")) from None
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise UsageError("cannot load %s: not valid JSON (%s)" % (path, exc)) from None
+    try:
+        return parse_conversation(data)
+    except UsageError as exc:
+        raise UsageError("cannot load %s: %s" % (path, exc)) from None
+
+
+def save_conversation(path, body):
+    """Write body to path atomically, readable by the owner only.
+
+    The text goes to a temporary file in the same folder, is flushed to disk,
+    then renamed over path: a crash or a full disk leaves the old file whole.
+    """
+    import tempfile
+    data = (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=".chat-", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ChatError("cannot save to %s: %s" % (path, exc.strerror)) from None
+    try:
+        with os.fdopen(fd, "wb") as f:   # mkstemp made it 0600
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        os.unlink(temporary)
+        raise ChatError("cannot save to %s: %s" % (path, exc.strerror)) from None
+    try:   # make the rename itself durable
+        folder_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(folder_fd)
+        finally:
+            os.close(folder_fd)
+    except OSError:
+        pass
+
 
 # ---------------------------------------------------------------------------
 # The console.
 # ---------------------------------------------------------------------------
 
-COMMANDS = {
-    "/help": "list the commands",
-    "/exit": "leave (so does Ctrl-D)",
-    "/quit": "leave",
-    "//TEXT": "send TEXT starting with one slash",
-}
+class Console:
+    """The chat loop: reads input, runs /commands, sends turns.
 
-
-def console(chat, read_line, out, err, prompt="> ", stop_on_error=False):
-    """Read turns with read_line(prompt) until EOF or /exit; return the exit status.
-
-    read_line raises EOFError at the end of input and KeyboardInterrupt on
-    Ctrl-C.  With stop_on_error (piped input), the first failed turn ends the
-    run with its exit status; otherwise the chat goes on.
+    chat: the Chat.  read_line(prompt): the next line; raises EOFError at the
+    end of input and KeyboardInterrupt on Ctrl-C.  out, err: where replies and
+    notices go.  piped: input is a script (the first failed turn ends the run).
+    save_path: where to save after every turn (--save).  line_buffer(): what
+    is typed at the prompt so far, where the terminal can tell.
     """
-    while True:
-        try:
-            line = read_line(prompt)
-        except EOFError:
-            return 0
-        except KeyboardInterrupt:
-            _say(err, "\n")        # abandon the line, keep chatting
-            continue
-        text = line.strip()
-        if not text:
-            continue
-        if text.startswith("/") and not text.startswith("//"):
-            command = text.split()[0].lower()
-            if command in ("/exit", "/quit"):
+
+    def __init__(self, chat, read_line, out, err, piped=False, save_path=None,
+                 line_buffer=None, prompt="> ", more_prompt="... "):
+        self.chat, self.read_line, self.out, self.err = chat, read_line, out, err
+        self.piped, self.save_path, self.line_buffer = piped, save_path, line_buffer
+        self.prompt, self.more_prompt = prompt, more_prompt
+        self.commands = {   # name: (method, argument, what it does)
+            "/help": (self.do_help, "", "list the commands"),
+            "/exit": (self.do_exit, "", "leave (so do /quit, Ctrl-D, and Ctrl-C twice)"),
+            "/quit": (self.do_exit, "", None),
+            "/reset": (self.do_reset, "", "clear the conversation, keep the system message"),
+            "/system": (self.do_system, "[TEXT]", "show or set the system message"),
+            "/model": (self.do_model, "[NAME]", "show or set the model"),
+            "/history": (self.do_history, "", "show the conversation"),
+            "/undo": (self.do_undo, "", "drop the last exchange"),
+            "/retry": (self.do_retry, "", "ask again for the last reply"),
+            "/continue": (self.do_continue, "", "ask for more of a reply that was cut short"),
+            "/save": (self.do_save, "[FILE]", "save the conversation as a request body"),
+            "/load": (self.do_load, "FILE", "load a saved conversation (or a list of messages)"),
+            "/curl": (self.do_curl, "[TEXT]", "show a curl command for the next request"),
+        }
+
+    def run(self):
+        """Chat until the input ends or the user leaves; return the exit status."""
+        armed = False   # Ctrl-C at an empty prompt once: a second one leaves
+        while True:
+            try:
+                message, typed = self.read_message()
+            except EOFError:
                 return 0
-            if command == "/help":
-                _say(err, "".join("  %-10s %s\n" % item for item in COMMANDS.items()))
+            except KeyboardInterrupt:
+                typed = self.line_buffer().strip() if self.line_buffer else ""
+                _say(self.err, "\n")
+                if not typed and armed:
+                    return 0
+                armed = not typed
+                if armed and not self.piped:
+                    _dim(self.err, "(Ctrl-C again or Ctrl-D to leave)\n")
+                continue
+            armed = False
+            text = message.strip()
+            if not text:
+                continue
+            if typed and text.startswith("/") and not text.startswith("//"):
+                status = self.command(text)
             else:
-                _note(err, "unknown command %s - /help lists the commands "
-                      "(start a message with // to send a slash)" % command)
-            continue
-        if text.startswith("//"):
-            text = text[1:]
+                status = self.turn(lambda printer: self.chat.send(
+                    text[1:] if typed and text.startswith("//") else message, printer))
+            if status is not None:
+                return status
+
+    def read_message(self):
+        """One message: a line, lines joined by a trailing backslash, or a block
+        between two lines of three double quotes.  Returns (text, typed), typed
+        being False for a block (which is never a command)."""
+        line = self.read_line(self.prompt)
+        if line.strip() == '"""':
+            lines = []
+            while True:
+                try:
+                    line = self.read_line(self.more_prompt)
+                except EOFError:
+                    break   # the input ended inside the block: send what came
+                if line.strip() == '"""':
+                    break
+                lines.append(line)
+            return "\n".join(lines), False
+        while line.endswith("\\"):
+            line = line[:-1] + "\n" + self.read_line(self.more_prompt)
+        return line, True
+
+    def command(self, text):
+        """Run one /command; return an exit status to leave, else None."""
+        name, _, argument = text.partition(" ")
+        entry = self.commands.get(name.lower())
+        if entry is None:
+            import difflib
+            close = difflib.get_close_matches(name.lower(), self.commands, 1)
+            _note(self.err, "unknown command %s%s - /help lists them (start a message with "
+                  "// to send a slash)" % (name, "; did you mean %s?" % close[0] if close else ""))
+            return None
         try:
-            chat.send(text, ReplyPrinter(out, err, chat.params.get("n", 1)))
-        except KeyboardInterrupt:
-            _say(err, "[interrupted]\n")
+            return entry[0](argument.strip())
         except ChatError as exc:
-            _note(err, "error: %s" % exc)
-            if stop_on_error:
-                return exc.exit_code
+            return self._failed(exc)
+
+    def turn(self, action):
+        """Run action(printer), which talks to the model; report how it ended."""
+        printer = ReplyPrinter(self.out, self.err, self.chat.params.get("n", 1))
+        status = None
+        try:
+            action(printer)
+        except KeyboardInterrupt:
+            _dim(self.err, "[interrupted]\n")
+        except ChatError as exc:
+            status = self._failed(exc)
+        if self.save_path:
+            try:
+                save_conversation(self.save_path, self.chat.body())
+            except ChatError as exc:
+                _note(self.err, "error: %s (the conversation is still here)" % exc)
+        return status
+
+    def _failed(self, exc):
+        _note(self.err, "error: %s" % exc)
+        return exc.exit_code if self.piped else None
+
+    # The commands: each takes the text after its name.
+
+    def do_help(self, argument):
+        lines = ["  %-17s %s\n" % (("%s %s" % (name, arg)).strip(), what)
+                 for name, (_, arg, what) in self.commands.items() if what]
+        lines.append("  %-17s %s\n" % ("//TEXT", "send TEXT starting with one slash"))
+        lines.append('  %-17s %s\n' % ('"""', 'on its own line: start or end a block of lines'))
+        lines.append("  %-17s %s\n" % ("TEXT\\", "a backslash at the end continues the line"))
+        _say(self.err, "".join(lines))
+
+    def do_exit(self, argument):
+        return 0
+
+    def do_reset(self, argument):
+        self.chat.reset()
+        _note(self.err, "the conversation is cleared%s" % (
+            " (the system message stays)" if self.chat.messages else ""))
+
+    def do_system(self, argument):
+        if argument:
+            self.chat.set_system(argument)
+            _note(self.err, "the system message is set")
+        else:
+            system = self.chat.messages[:_system_count(self.chat.messages)]
+            _note(self.err, "system: %s" % (system[0]["content"] if system else "(none)"))
+
+    def do_model(self, argument):
+        if argument:
+            self.chat.model = argument
+        _note(self.err, "model: %s" % self.chat.model)
+
+    def do_history(self, argument):
+        if not self.chat.messages:
+            _note(self.err, "the conversation is empty")
+        for i, message in enumerate(self.chat.messages, 1):
+            content = message.get("content")
+            if isinstance(content, list):
+                content = " ".join(p.get("text", "[%s]" % p.get("type")) for p in content
+                                   if isinstance(p, dict))
+            calls = ", ".join("%s(%s)" % ((c.get("function") or {}).get("name"),
+                                          (c.get("function") or {}).get("arguments"))
+                              for c in message.get("tool_calls") or ())
+            text = (content or "") + ("  [calls %s]" % calls if calls else "")
+            _say(self.err, "%3d %-9s %s\n" % (i, message.get("role"), text.replace("\n", "\n" + " " * 14)))
+
+    def do_undo(self, argument):
+        self.chat.undo()
+        _note(self.err, "the last exchange is gone; %d message%s left" % (
+            len(self.chat.messages), "" if len(self.chat.messages) == 1 else "s"))
+
+    def do_retry(self, argument):
+        return self.turn(self.chat.retry)
+
+    def do_continue(self, argument):
+        return self.turn(self.chat.continue_reply)
+
+    def do_save(self, argument):
+        path = argument or self.save_path
+        if not path:
+            raise UsageError("/save needs a file name (or start with --save FILE)")
+        save_conversation(path, self.chat.body())
+        self.save_path = path
+        _note(self.err, "saved %d messages to %s" % (len(self.chat.messages), path))
+
+    def do_load(self, argument):
+        if not argument:
+            raise UsageError("/load needs a file name")
+        model, messages, params = load_conversation(argument)
+        self.chat.messages, self.chat.cut, self.chat._measured = messages, False, None
+        self.chat.model = model or self.chat.model
+        self.chat.params.update(params)
+        _note(self.err, "loaded %d messages from %s; model %s" % (
+            len(messages), argument, self.chat.model))
+
+    def do_curl(self, argument):
+        chat = self.chat
+        messages = chat.messages
+        if argument:
+            messages = messages + [{"role": "user", "content": argument}]
+        elif messages and messages[-1].get("role") == "assistant" and chat._last_user() is not None:
+            messages = messages[:chat._last_user() + 1]   # the request /retry would send
+        payload = build_payload(chat.model, messages, chat.stream, chat.params)
+        _say(self.err, curl_command(chat.client, payload) + "\n")
+
+
+def curl_command(client, payload):
+    """A curl command line that sends payload as client would, minus secrets.
+
+    The key appears as $OPENAI_API_KEY, and any other header that looks like
+    a credential as a shell variable named after it, never as its value.
+    """
+    import re
+    import shlex
+    parts = ["curl", shlex.quote(endpoint_url(client.base_url, "/chat/completions"))]
+    if payload.get("stream"):
+        parts.append("-N")
+    for name, value in client.headers.items():
+        if name.lower() == "authorization" and client.api_key and client.api_key in value:
+            parts.append('-H "%s: %s"' % (name, value.replace(client.api_key, "$OPENAI_API_KEY")))
+        elif re.search(r"auth|key|token|secret|cookie", name, re.I):
+            parts.append('-H "%s: $%s"' % (name, re.sub(r"\W", "_", name).upper()))
+        else:
+            parts.append("-H " + shlex.quote("%s: %s" % (name, value)))
+    parts.append("-d " + shlex.quote(json.dumps(payload, ensure_ascii=False)))
+    return " \\\n  ".join(parts)
 
 
 def _piped_reader(stream):
@@ -1088,8 +1548,9 @@ def _piped_reader(stream):
     return read_line
 
 
-def _terminal_reader(out, err, environ):
-    """A read_line for a terminal: readline editing and a history file if possible."""
+def _terminal_reader(out, err, environ, commands):
+    """(read_line, line_buffer) for a terminal: readline's line editing, a
+    history file and Tab completion of commands, where Python has readline."""
     try:
         import readline
     except ImportError:
@@ -1105,16 +1566,28 @@ def _terminal_reader(out, err, environ):
         import atexit
         atexit.register(_save_history, readline, path)
 
+        def complete(text, state):
+            if not readline.get_line_buffer().startswith("/"):
+                return None
+            matches = [name + " " for name in commands if name.startswith(text)]
+            return matches[state] if state < len(matches) else None
+        readline.set_completer(complete)
+        readline.set_completer_delims(" \t\n")
+        if "libedit" in (readline.__doc__ or ""):   # macOS's readline
+            readline.parse_and_bind("bind ^I rl_complete")
+        else:
+            readline.parse_and_bind("tab: complete")
+
     def read_line(prompt):
         try:
-            if out.isatty():
-                return input(prompt)   # readline draws the prompt on the terminal
-            _say(err, prompt)          # stdout is redirected: keep it for the reply
+            if out.isatty():   # readline draws the prompt; \001 \002 hide colour codes
+                return input(_colour(err, prompt, "1;36", "\001", "\002"))
+            _say(err, _colour(err, prompt, "1;36"))   # stdout is redirected: keep it for replies
             return input()
         except EOFError:
-            _say(err, "\n")            # Ctrl-D: leave the terminal on a fresh line
+            _say(err, "\n")   # Ctrl-D: leave the terminal on a fresh line
             raise
-    return read_line
+    return read_line, (readline.get_line_buffer if readline else None)
 
 
 def _save_history(readline, path):
@@ -1260,6 +1733,10 @@ def _parser():
     add("--timeout", type=float, default=DEFAULT_TIMEOUT)
     add("--retries", type=int, default=DEFAULT_RETRIES)
     add("--check", action="store_true")
+    add("--save")
+    add("--load")
+    add("--max-context", type=int)
+    add("--no-color", action="store_true")
     add("-h", "--help", action="store_true")
     add("--version", action="store_true")
     return parser
@@ -1317,6 +1794,8 @@ def _settings(args, environ, err):
         raise UsageError("--timeout must be a number of seconds above 0")
     if args.retries < 0:
         raise UsageError("--retries must be 0 or more")
+    if args.max_context is not None and args.max_context < 1:
+        raise UsageError("--max-context must be a number of tokens above 0")
     client = Client(base_url, api_key,
                     organization=pick(args.organization, "OPENAI_ORG_ID"),
                     project=pick(args.project, "OPENAI_PROJECT_ID"),
@@ -1324,7 +1803,16 @@ def _settings(args, environ, err):
                     timeout=args.timeout, retries=args.retries,
                     on_retry=lambda text: _note(err, text))
     model = pick(args.model, "OPENAI_MODEL", DEFAULT_MODEL)
-    return Chat(client, model, system=args.system, stream=not args.no_stream)
+    chat = Chat(client, model, system=args.system, stream=not args.no_stream,
+                max_context=args.max_context, notify=lambda text: _note(err, text))
+    if args.load:
+        loaded_model, chat.messages, params = load_conversation(args.load)
+        if args.model is None and loaded_model:   # the file's model, unless -m says otherwise
+            chat.model = loaded_model
+        chat.params.update(params)
+        if args.system:
+            chat.set_system(args.system)
+    return chat
 
 
 def _run(argv, stdin, out, err, environ):
@@ -1338,6 +1826,8 @@ def _run(argv, stdin, out, err, environ):
     if args.interactive and args.output == "json":
         raise UsageError("--output json prints one document, so it works with one-shot "
                          "prompts, not with -i")
+    err.colour = (not args.no_color and not environ.get("NO_COLOR")   # no-color.org
+                  and environ.get("TERM") != "dumb" and err.isatty())
     chat = _settings(args, environ, err)
     err.secrets.append(chat.client.api_key)
     if args.check:
@@ -1353,7 +1843,11 @@ def _run(argv, stdin, out, err, environ):
     if prompt:   # the one-shot turn, or the first turn of -i
         printer = ReplyPrinter(out, err, chat.params.get("n", 1),
                                show_text=args.output == "text")
-        completion = chat.send(prompt, printer)
+        try:
+            completion = chat.send(prompt, printer)
+        finally:
+            if args.save:
+                save_conversation(args.save, chat.body())
         if args.output == "json":
             out.write(json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
             out.flush()
@@ -1361,12 +1855,14 @@ def _run(argv, stdin, out, err, environ):
             return 0
 
     if piped:
-        return console(chat, _piped_reader(stdin), out, err, stop_on_error=True)
+        return Console(chat, _piped_reader(stdin), out, err, piped=True, save_path=args.save).run()
     if stdin is None:
         raise UsageError("no input to chat with: give a PROMPT")
     _say(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
          % (__version__, chat.model, chat.client.base_url))
-    return console(chat, _terminal_reader(out, err, environ), out, err)
+    console = Console(chat, None, out, err, save_path=args.save)
+    console.read_line, console.line_buffer = _terminal_reader(out, err, environ, console.commands)
+    return console.run()
 
 
 def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):

@@ -922,7 +922,7 @@ def test_console_goes_on_after_a_failed_turn(server):
     c = chat.Chat(chat.Client(server.url, retries=0), "m")
     out, err = io.StringIO(), io.StringIO()
     reader = chat._piped_reader(io.StringIO("one\ntwo\nthree\n"))
-    assert chat.console(c, reader, out, err) == 0   # stop_on_error is off, as on a terminal
+    assert chat.Console(c, reader, out, err).run() == 0   # not piped: the chat goes on
     assert out.getvalue() == "cut\nfine\n"
     assert err.getvalue().count("chat.py: error: ") == 2
     assert server.requests[2]["body"]["messages"] == [
