@@ -84,7 +84,7 @@ In the chat:
   //TEXT                send TEXT starting with a single slash
   \"\"\"                   on a line of its own: start or end a block of lines,
                         sent as one message (for pasting)
-  TEXT\                 a backslash at the end of a line continues it
+  TEXT\\                 a backslash at the end of a line continues it
   Tab                   completes command names
   Ctrl-C                abandon the line being typed, or stop the reply being
                         written (its text stays in the conversation)
