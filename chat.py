@@ -1011,11 +1011,12 @@ def _colour(err, text, code, start="", end=""):
 
 
 def _dim(err, text):
-    _say(err, _colour(err, text, "2"))
+    body = text.rstrip("\n")   # colour the words, not the line ending
+    _say(err, _colour(err, body, "2") + text[len(body):])
 
 
 def _note(err, text):
-    _say(err, _colour(err, "chat.py: %s\n" % text, "31" if text.startswith("error:") else "2"))
+    _say(err, _colour(err, "chat.py: %s" % text, "31" if text.startswith("error:") else "2") + "\n")
 
 
 class Chat:
@@ -1120,10 +1121,17 @@ class Chat:
         except APIError as exc:
             printer.end_line()
             if not trimmed_for_error and not accumulator.text() and _context_error(exc):
-                self.max_context = _context_limit(exc) or self.max_context
-                # Our count was too low, whatever the limit: cut a quarter at least.
-                limit = self._tokens(messages) * 3 // 4
-                shorter = self._fit(messages, min(limit, self.max_context or limit))
+                limit, counted = _context_numbers(exc)
+                self.max_context = limit or self.max_context
+                # Our count was too low, whatever the limit: cut a quarter at least,
+                # and where the server gave its own count, scale ours to match it.
+                estimate = self._tokens(messages)
+                target = estimate * 3 // 4
+                if limit and counted and counted > limit:
+                    target = min(target, estimate * limit * 9 // (counted * 10))
+                elif limit:
+                    target = min(target, limit)
+                shorter = self._fit(messages, max(target, 1))
                 if shorter is not messages:
                     return self._exchange(shorter, printer, trimmed_for_error=True)
             self._keep_shown(messages, accumulator)
@@ -1227,16 +1235,20 @@ def _context_error(exc):
         "exceed_context_size", "maximum context", "too many tokens", "prompt is too long"))
 
 
-def _context_limit(exc):
-    """The context size a context error names, if it names one."""
+def _context_numbers(exc):
+    """(context size, tokens the server counted) as a context error states them;
+    None for what it does not say."""
     import re
     body = exc.body if isinstance(exc.body, dict) else {}
     error = body.get("error") if isinstance(body.get("error"), dict) else body
-    if isinstance(error.get("n_ctx"), int):   # llama.cpp says it in a field
-        return error["n_ctx"]
-    found = re.search(r"(?:maximum context length|context (?:length|window|size))"
-                      r"[^0-9]{0,40}(\d{3,8})", str(exc))
-    return int(found.group(1)) if found else None
+    if isinstance(error.get("n_ctx"), int):   # llama.cpp says it in fields
+        counted = error.get("n_prompt_tokens")
+        return error["n_ctx"], counted if isinstance(counted, int) else None
+    limit = re.search(r"(?:maximum context length|context (?:length|window|size))"
+                      r"[^0-9]{0,40}(\d{2,8})", str(exc))
+    counted = re.search(r"(?:resulted in|requested|you requested|prompt has) (\d{2,8})", str(exc))
+    return (int(limit.group(1)) if limit else None,
+            int(counted.group(1)) if counted else None)
 
 
 def parse_conversation(data):

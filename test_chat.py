@@ -1245,6 +1245,246 @@ def test_console_commands(server):
 
 
 # ---------------------------------------------------------------------------
+# The console: commands, blocks, save and resume, trimming.
+# ---------------------------------------------------------------------------
+
+def test_multi_line_blocks_and_continued_lines(server):
+    server.add(stream_reply("A"), stream_reply("B"))
+    script = '"""\nfirst line\n  indented\n\n/not a command\n"""\none \\\ntwo\n'
+    assert run_main(server, "-i", stdin=script)[0] == 0
+    sent = [r["body"]["messages"][-1]["content"] for r in server.requests]
+    assert sent == ["first line\n  indented\n\n/not a command", "one \ntwo"]
+
+
+def test_reset_system_model_history_undo(server):
+    server.add(stream_reply("R1"), stream_reply("R2"), stream_reply("R3"))
+    script = "q1\nq2\n/undo\n/system Be terse.\n/model other\nq3\n/history\n/reset\n/history\n"
+    status, out, err = run_main(server, "-i", "-s", "sys", stdin=script)
+    assert (status, out) == (0, "R1\nR2\nR3\n")
+    third = server.requests[2]["body"]
+    assert third["model"] == "other"
+    assert third["messages"] == [{"role": "system", "content": "Be terse."},
+                                 {"role": "user", "content": "q1"},
+                                 {"role": "assistant", "content": "R1"},
+                                 {"role": "user", "content": "q3"}]
+    assert "the last exchange is gone; 3 messages left" in err
+    assert "  5 assistant R3" in err                     # /history
+    assert "the conversation is cleared (the system message stays)" in err
+    assert err.rstrip().endswith("1 system    Be terse.")   # /history after /reset
+
+
+def test_retry_replaces_the_last_reply(server):
+    server.add(stream_reply("first try"), stream_reply("second try"), stream_reply("ok"))
+    assert run_main(server, "-i", stdin="q\n/retry\nnext\n")[:2] == (0, "first try\nsecond try\nok\n")
+    assert server.requests[1]["body"]["messages"] == [{"role": "user", "content": "q"}]
+    assert server.requests[2]["body"]["messages"] == [
+        {"role": "user", "content": "q"}, {"role": "assistant", "content": "second try"},
+        {"role": "user", "content": "next"}]
+
+
+def test_continue_joins_a_reply_cut_by_the_token_limit(server):
+    server.add(stream_reply("The start", finish="length"), stream_reply(" and the end."),
+               stream_reply("ok"))
+    status, out, err = run_main(server, "-i", stdin="tell me\n/continue\nthanks\n")
+    assert (status, out) == (0, "The start\n and the end.\nok\n")
+    assert server.requests[1]["body"]["messages"] == [
+        {"role": "user", "content": "tell me"}, {"role": "assistant", "content": "The start"},
+        {"role": "user", "content": chat.CONTINUE_PROMPT}]
+    assert server.requests[2]["body"]["messages"] == [
+        {"role": "user", "content": "tell me"},
+        {"role": "assistant", "content": "The start and the end."},
+        {"role": "user", "content": "thanks"}]
+
+
+def test_continue_after_a_complete_reply_is_refused(server):
+    server.add(stream_reply("done"))
+    status, _, err = run_main(server, "-i", stdin="q\n/continue\n")
+    assert status == 2 and "nothing to continue: the last reply was complete" in err
+    assert len(server.requests) == 1
+
+
+def test_unknown_command_gets_a_hint(server):
+    status, _, err = run_main(server, "-i", stdin="/retyr\n")
+    assert status == 0 and "unknown command /retyr; did you mean /retry?" in err
+    assert server.requests == []
+
+
+def test_curl_shows_the_request_without_the_key(server):
+    server.add(stream_reply("A"))
+    status, _, err = run_main(server, "-i", "-H", "X-Api-Key: hidden-too", stdin="q\n/curl next\n",
+                              env={"OPENAI_API_KEY": "sk-curl-secret"})
+    assert status == 0 and "sk-curl-secret" not in err and "hidden-too" not in err
+    command = err[err.index("curl "):]
+    assert '-H "Authorization: Bearer $OPENAI_API_KEY"' in command
+    assert '-H "X-Api-Key: $X_API_KEY"' in command
+    import shlex
+    words = shlex.split(command.replace("\\\n", " "))
+    assert words[1] == server.url + "/chat/completions" and "-N" in words
+    body = json.loads(words[words.index("-d") + 1])
+    assert body["messages"] == [{"role": "user", "content": "q"},
+                                {"role": "assistant", "content": "A"},
+                                {"role": "user", "content": "next"}]
+
+
+def test_save_is_a_request_body_and_load_resumes_it(server, tmp_path):
+    path = tmp_path / "chat.json"
+    server.add(stream_reply("Hi."), stream_reply("Again."))
+    env = {"OPENAI_API_KEY": "sk-never-saved"}
+    assert run_main(server, "-i", "-s", "sys", "-m", "saved-model", "--save", str(path),
+                    stdin="hello\n", env=env)[0] == 0
+    saved = json.loads(path.read_text())
+    assert saved == {"model": "saved-model", "messages": [
+        {"role": "system", "content": "sys"}, {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": "Hi."}]}
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert "sk-never-saved" not in path.read_text()
+    assert run_main(server, "--load", str(path), "more", env=env)[0] == 0
+    assert server.requests[1]["body"] == {"model": "saved-model", "stream": True,
+                                          "messages": saved["messages"] + [
+                                              {"role": "user", "content": "more"}]}
+
+
+def test_load_accepts_a_bare_list_and_the_model_flag_wins(server, tmp_path):
+    path = tmp_path / "list.json"
+    path.write_text(json.dumps([{"role": "user", "content": "a"},
+                                {"role": "assistant", "content": "b"}]))
+    server.add(stream_reply("c"))
+    assert run_main(server, "--load", str(path), "-m", "flag", "next")[0] == 0
+    assert server.requests[0]["body"]["model"] == "flag"
+    assert len(server.requests[0]["body"]["messages"]) == 3
+
+
+@pytest.mark.parametrize("content,words", [
+    ("{not json", "not valid JSON"),
+    ('{"model": "m"}', "it is not a conversation"),
+    ('[{"content": "no role"}]', "message 1 is not a message"),
+])
+def test_bad_files_are_refused_and_the_conversation_kept(server, tmp_path, content, words):
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    status, _, err = run_main(server, "--load", str(bad), "hi")
+    assert status == 2 and words in err and server.requests == []
+    server.add(stream_reply("A"))
+    status, _, err = run_main(server, "-i", stdin="q\n/load %s\nnext\n" % bad)
+    assert status == 2 and words in err   # piped: a failed command ends the script...
+    server.add(stream_reply("A"), stream_reply("B"))
+    c = chat.Chat(chat.Client(server.url), "m")
+    console = chat.Console(c, chat._piped_reader(io.StringIO("q\n/load %s\nnext\n" % bad)),
+                           io.StringIO(), io.StringIO())
+    assert console.run() == 0            # ...on a terminal the chat goes on, untouched
+    assert c.messages == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "A"},
+                          {"role": "user", "content": "next"},
+                          {"role": "assistant", "content": "B"}]
+
+
+def test_save_kill_load_the_conversation_is_whole(server, tmp_path):
+    path = tmp_path / "chat.json"
+    server.add(stream_reply("One."), stream_reply("Two."), stream_reply("Three."))
+    proc = start_chat(server, "-i", "--save", str(path), stdin=subprocess.PIPE)
+    try:
+        for line, reply in ((b"first\n", b"One."), (b"second\n", b"Two.")):
+            proc.stdin.write(line)
+            proc.stdin.flush()
+            read_until(proc.stdout.fileno(), re.escape(reply))
+        deadline = time.monotonic() + 10
+        while len(json.loads(path.read_text() or "{}").get("messages", [])) < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    finally:
+        proc.kill()   # SIGKILL: no chance to tidy up
+        proc.wait()
+    assert run_main(server, "--load", str(path), "third")[0] == 0
+    assert [m["content"] for m in server.requests[2]["body"]["messages"]] == [
+        "first", "One.", "second", "Two.", "third"]
+    assert [p.name for p in tmp_path.iterdir()] == ["chat.json"]   # no temporary left
+
+
+def test_failed_save_keeps_the_old_file(tmp_path):
+    target = tmp_path / "taken"
+    target.mkdir()   # renaming onto a directory fails after the write
+    with pytest.raises(chat.ChatError, match="cannot save to"):
+        chat.save_conversation(str(target), {"messages": []})
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]   # the temporary is gone
+
+
+def locked(folder):
+    """Make folder unwritable, even for root (who ignores permission bits)."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return lambda: folder.chmod(0o755)
+    if shutil.which("chattr") is None or subprocess.run(
+            ["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("running as root, and this filesystem cannot make a folder immutable")
+    return lambda: subprocess.run(["chattr", "-i", str(folder)], check=True)
+
+
+def test_unwritable_folder_keeps_the_old_file_and_the_chat(server, tmp_path):
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    saved = folder / "chat.json"
+    saved.write_text('{"messages": []}')
+    server.add(stream_reply("kept"), stream_reply("still here"))
+    unlock = locked(folder)
+    try:
+        status, out, err = run_main(server, "-i", "--save", str(saved), stdin="hello\nagain\n")
+    finally:
+        unlock()
+    assert (status, out) == (0, "kept\nstill here\n")
+    assert err.count("cannot save to %s" % saved) == 2
+    assert "(the conversation is still here)" in err
+    assert saved.read_text() == '{"messages": []}'
+    assert server.requests[1]["body"]["messages"][:2] == [
+        {"role": "user", "content": "hello"}, {"role": "assistant", "content": "kept"}]
+
+
+def test_max_context_drops_the_oldest_exchanges(server):
+    replies = [stream_reply("r%d " % i + "x" * 200) for i in range(6)]
+    server.add(*replies)
+    turns = "".join("question %d %s\n" % (i, "y" * 200) for i in range(6))
+    status, out, err = run_main(server, "-i", "-s", "You are terse.", "--max-context", "300",
+                                stdin=turns)
+    assert status == 0
+    for request in server.requests:
+        body = request["body"]
+        assert chat._estimate(body["messages"]) <= 300
+        assert body["messages"][0] == {"role": "system", "content": "You are terse."}
+        assert body["messages"][-1]["content"].startswith("question")
+        assert body["stream_options"] == {"include_usage": True}
+    assert len(server.requests[-1]["body"]["messages"]) < 12
+    assert "dropped the 2 oldest messages to stay within 300 tokens of context" in err
+
+
+def test_server_usage_counts_more_than_the_estimate(server):
+    usage = {"prompt_tokens": 900, "completion_tokens": 50, "total_tokens": 950}
+    server.add(Reply(sse(chunk("long"), chunk(finish="stop"), chunk(choices=False, usage=usage)),
+                     headers=SSE), stream_reply("short"))
+    assert run_main(server, "-i", "--max-context", "900", stdin="a\nb\n")[0] == 0
+    # by characters "a" + "long" + "b" are tiny, but the server counted 950 tokens
+    assert server.requests[1]["body"]["messages"] == [{"role": "user", "content": "b"}]
+
+
+def test_context_error_teaches_the_limit_and_is_retried_once(server):
+    too_long = json.dumps({"error": {
+        "message": "This model's maximum context length is 120 tokens. However, your messages "
+                   "resulted in 400 tokens.", "type": "invalid_request_error",
+        "code": "context_length_exceeded"}}).encode()
+    server.add(stream_reply("A" * 300), stream_reply("B" * 300), Reply(too_long, status=400),
+               stream_reply("fits"))
+    status, out, err = run_main(server, "-i", stdin="one\ntwo\nthree\n")
+    assert status == 0 and out.endswith("fits\n")
+    assert len(server.requests) == 4
+    assert [m["content"] for m in server.requests[3]["body"]["messages"]] == ["three"]
+    assert "dropped the 4 oldest messages to stay within" in err
+
+
+def test_context_error_with_nothing_left_to_drop_is_reported(server):
+    server.add(Reply(b'{"error": {"message": "prompt is too long", "code": '
+                     b'"context_length_exceeded"}}', status=400))
+    status, _, err = run_main(server, "hi")
+    assert status == 1 and "prompt is too long" in err and len(server.requests) == 1
+
+
+# ---------------------------------------------------------------------------
 # Usage errors: exit 2, one line, nothing sent.
 # ---------------------------------------------------------------------------
 
@@ -1409,6 +1649,41 @@ def test_terminal_chat_with_history_file(server, tmp_path):
     history = tmp_path / "chat.py" / "history"
     assert "hi there" in history.read_text()
     assert history.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("no_color", [False, True])
+def test_terminal_ctrl_c_mid_reply_then_twice_to_leave(server, tmp_path, no_color):
+    release = threading.Event()
+    server.add(Reply(sse(chunk("Partial"))[:1] + [release], headers=SSE), stream_reply("Next."))
+    env = clean_env(OPENAI_BASE_URL=server.url, XDG_STATE_HOME=str(tmp_path), TERM="xterm")
+    if no_color:
+        env["NO_COLOR"] = "1"
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(sys.executable, [sys.executable, CHAT_PY], env)
+    try:
+        read_until(fd, rb"> ")
+        os.write(fd, b"hi\r")
+        read_until(fd, rb"Partial")
+        os.write(fd, b"\x03")   # Ctrl-C, as the terminal sends it
+        seen = read_until(fd, rb"\[interrupted\][\s\S]*> ")
+        os.write(fd, b"next\r")
+        seen += read_until(fd, rb"Next\.\r?\n[\s\S]*> ")
+        os.write(fd, b"\x03")
+        seen += read_until(fd, rb"Ctrl-C again or Ctrl-D to leave")
+        os.write(fd, b"\x03")
+        _, wait_status = os.waitpid(pid, 0)
+    finally:
+        release.set()
+        os.close(fd)
+    assert os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == 0
+    assert b"Traceback" not in seen
+    assert server.requests[1]["body"]["messages"] == [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Partial"},
+        {"role": "user", "content": "next"}]
+    dim = b"\x1b[2m[interrupted]"
+    assert (dim in seen) is not no_color
+    assert b"\x1b[2m" not in seen if no_color else True
 
 
 def find_python(version):
