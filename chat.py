@@ -1536,9 +1536,8 @@ def curl_command(client, payload):
     """
     import re
     import shlex
-    parts = ["curl", shlex.quote(endpoint_url(client.base_url, "/chat/completions"))]
-    if payload.get("stream"):
-        parts.append("-N")
+    first = "curl -N " if payload.get("stream") else "curl "   # -N: show the stream as it comes
+    parts = [first + shlex.quote(endpoint_url(client.base_url, "/chat/completions"))]
     for name, value in client.headers.items():
         if name.lower() == "authorization" and client.api_key and client.api_key in value:
             parts.append('-H "%s: %s"' % (name, value.replace(client.api_key, "$OPENAI_API_KEY")))
