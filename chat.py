@@ -54,6 +54,45 @@ Options:
                         it, the limit is learnt from the server's first
                         context-length error, which is then retried once
   --no-color            no colour in notices and prompts (also: NO_COLOR set)
+
+Request fields (only what you set is sent; each is checked before sending):
+  --temperature T       0 to 2                --top-p P          0 to 1
+  -n N                  choices, 1 or more    --seed N           for repeatable replies
+  --max-tokens N        reply length limit    --max-completion-tokens N  (newer
+                        OpenAI models; a server that asks for it gets it)
+  --stop TEXT           stop sequence; up to 4, repeat the flag
+  --presence-penalty X, --frequency-penalty X   -2 to 2
+  --logit-bias TOKEN_ID=BIAS   -100 to 100; repeatable
+  --logprobs            show each token's probability after the reply
+  --top-logprobs N      and the N (0 to 20) likeliest alternatives
+  --user ID, --service-tier TIER
+  --response-format json_object|text
+  --json-schema FILE    structured output: the schema in FILE (or a
+                        {name, schema, strict} object), sent as json_schema
+  --param KEY=JSON      any other field, e.g. --param reasoning_effort='"low"'
+                        (a value that is not JSON is sent as a string)
+  --system-role developer   send -s as a developer message (reasoning models)
+  --usage               ask for usage when streaming; after each reply show
+                        prompt, completion and total tokens, time to first
+                        token and tokens per second
+  --image PATH|URL      attach an image to the PROMPT (repeatable); local
+                        files up to 20 MB go as data: URLs
+
+Tools:
+  --tools FILE          a JSON list of tool definitions the model may call
+  --tool-choice auto|none|required|NAME
+  --no-parallel-tool-calls
+  --functions FILE, --function-call auto|none|NAME   the legacy form
+  --tool-exec NAME=COMMAND   answer calls of tool NAME by running COMMAND (no
+                        shell): the arguments JSON on its stdin, its stdout
+                        the result; a failure is sent as an error result.
+                        Repeatable.  Each run is confirmed (y/N) unless --yes
+  --yes                 run --tool-exec commands without asking
+  --tool-timeout SECONDS   how long a command may run (default 60)
+  --max-tool-rounds N   rounds of calls and results before stopping (default 8)
+  A tool with no command is answered in the chat by typing its result (or
+  @FILE); in one-shot mode without --tool-exec the calls are printed to stdout
+  as JSON (inside the document with --output json) and chat.py exits 0.
   -h, --help            show this help and exit
   --version             show the version and exit
 
@@ -78,6 +117,11 @@ In the chat:
                         or the token limit; it joins that reply
   /save [FILE]          save the conversation (default: the --save file)
   /load FILE            load a saved conversation
+  /set KEY VALUE        set a request field; VALUE is JSON, or else text
+  /unset KEY            stop sending a field
+  /params               show the fields sent with each request
+  /image PATH|URL       attach an image to the next message
+  /usage                show the tokens used in this session
   /curl [TEXT]          show a curl command for the request that sending TEXT
                         would make (no TEXT: the last request, as /retry would
                         send it); the key shows as $OPENAI_API_KEY
@@ -290,6 +334,124 @@ def build_payload(model, messages, stream=True, params=None):
     payload.update(params or {})
     payload["stream"] = stream
     return payload
+
+
+def _is_number(value, low=None, high=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def _is_whole(value, low=None, high=None):
+    return isinstance(value, int) and _is_number(value, low, high)
+
+
+def _is_tool_choice(value):
+    return value in ("auto", "none", "required") or isinstance(value, dict)
+
+
+def _is_function_list(value, wrapped):
+    return isinstance(value, list) and all(
+        isinstance(item, dict) and isinstance(
+            (item.get("function") if wrapped else item) or {}, dict) and
+        isinstance(((item.get("function") or {}) if wrapped else item).get("name"), str)
+        for item in value)
+
+
+# Body field: (the flag that sets it, what it must be, the test).  Fields not
+# listed here (set with --param or /set) are sent as they are.
+PARAM_RULES = {
+    "temperature": ("--temperature", "a number from 0 to 2", lambda v: _is_number(v, 0, 2)),
+    "top_p": ("--top-p", "a number from 0 to 1", lambda v: _is_number(v, 0, 1)),
+    "n": ("-n", "a whole number, 1 or more", lambda v: _is_whole(v, 1)),
+    "max_tokens": ("--max-tokens", "a whole number, 1 or more", lambda v: _is_whole(v, 1)),
+    "max_completion_tokens": ("--max-completion-tokens", "a whole number, 1 or more",
+                              lambda v: _is_whole(v, 1)),
+    "stop": ("--stop", "a string, or at most 4 of them",
+             lambda v: isinstance(v, str) or isinstance(v, list) and len(v) <= 4
+             and all(isinstance(s, str) for s in v)),
+    "presence_penalty": ("--presence-penalty", "a number from -2 to 2",
+                         lambda v: _is_number(v, -2, 2)),
+    "frequency_penalty": ("--frequency-penalty", "a number from -2 to 2",
+                          lambda v: _is_number(v, -2, 2)),
+    "logit_bias": ("--logit-bias", "token IDs each mapped to a number from -100 to 100",
+                   lambda v: isinstance(v, dict) and all(
+                       k.isdigit() and _is_number(b, -100, 100) for k, b in v.items())),
+    "logprobs": ("--logprobs", "true or false", lambda v: isinstance(v, bool)),
+    "top_logprobs": ("--top-logprobs", "a whole number from 0 to 20",
+                     lambda v: _is_whole(v, 0, 20)),
+    "seed": ("--seed", "a whole number", _is_whole),
+    "user": ("--user", "a string", lambda v: isinstance(v, str)),
+    "service_tier": ("--service-tier", "a string", lambda v: isinstance(v, str)),
+    "response_format": ("--response-format", 'an object such as {"type": "json_object"}',
+                        lambda v: isinstance(v, dict) and isinstance(v.get("type"), str)),
+    "tools": ("--tools", "a list of tool definitions, each with a function name",
+              lambda v: _is_function_list(v, wrapped=True)),
+    "tool_choice": ("--tool-choice", "auto, none, required or a tool", _is_tool_choice),
+    "parallel_tool_calls": ("--no-parallel-tool-calls", "true or false",
+                            lambda v: isinstance(v, bool)),
+    "functions": ("--functions", "a list of function definitions, each with a name",
+                  lambda v: _is_function_list(v, wrapped=False)),
+    "function_call": ("--function-call", "auto, none or a function",
+                      lambda v: v in ("auto", "none") or isinstance(v, dict)),
+    "stream_options": ("--usage", "an object", lambda v: isinstance(v, dict)),
+}
+
+
+def check_params(params):
+    """Raise UsageError, naming the flag and what it takes, if a field is off."""
+    for key, value in params.items():
+        flag, what, test = PARAM_RULES.get(key, (None, None, None))
+        if test is not None and not test(value):
+            raise UsageError("%s must be %s, not %s" % (flag, what, json.dumps(value)))
+    if "top_logprobs" in params and params.get("logprobs") is not True:
+        raise UsageError("--top-logprobs needs --logprobs")
+
+
+def parse_value(text):
+    """A /set or --param value: JSON when it parses, else the text itself."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+MAX_IMAGE_BYTES = 20 * 2**20
+_IMAGE_MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
+                (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif")]
+
+
+def image_part(source):
+    """An image_url content part: a URL as it is, a local file as a data: URL."""
+    if source.startswith(("http://", "https://", "data:")):
+        return {"type": "image_url", "image_url": {"url": source}}
+    try:
+        size = os.path.getsize(source)
+        if size > MAX_IMAGE_BYTES:
+            raise UsageError("the image %s is %.1f MB; the limit is 20 MB"
+                             % (source, size / 1e6))
+        with open(source, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise UsageError("cannot read the image %s: %s" % (source, exc.strerror)) from None
+    mime = next((m for magic, m in _IMAGE_MAGIC if data.startswith(magic)), None)
+    if mime is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        mime = "image/webp"
+    if mime is None:
+        import mimetypes
+        mime = mimetypes.guess_type(source)[0]
+    if not mime or not mime.startswith("image/"):
+        raise UsageError("%s does not look like an image (PNG, JPEG, GIF or WebP)" % source)
+    import base64
+    url = "data:%s;base64,%s" % (mime, base64.b64encode(data).decode("ascii"))
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+def user_content(text, images=()):
+    """A user message's content: the text, or text and image parts."""
+    if not images:
+        return text
+    return [{"type": "text", "text": text}] + list(images)
 
 
 def completion_to_chunk(completion):
@@ -896,11 +1058,16 @@ class ReplyPrinter:
     """Write a reply's text to out as it arrives; notices go to err.
 
     With n > 1, the first unfinished choice streams live and the others are
-    held until it finishes, each under its own label on err.
+    held until it finishes, each under its own label on err.  usage: after
+    the reply, show its token counts and speed; logprobs: show each token's
+    probability.  clock: a monotonic clock, for the timing.
     """
 
-    def __init__(self, out, err, n=1, show_text=True):
+    def __init__(self, out, err, n=1, show_text=True, usage=False, logprobs=False,
+                 clock=time.monotonic):
         self.out, self.err, self.n, self.show_text = out, err, n, show_text
+        self.usage, self.logprobs, self.clock = usage, logprobs, clock
+        self._started, self._first = clock(), None   # for time to first token
         self._current = None     # the choice being written
         self._held = {}          # index -> text waiting its turn
         self._finished = set()
@@ -908,6 +1075,8 @@ class ReplyPrinter:
 
     def chunk(self, chunk):
         """Show one chunk's text."""
+        if self._first is None:
+            self._first = self.clock()
         if not self.show_text:
             return
         for choice in chunk.get("choices") or ():
@@ -964,14 +1133,53 @@ class ReplyPrinter:
             elif reason == "content_filter":
                 _note(self.err, "%sthe reply was stopped by the content filter "
                       "(finish_reason: content_filter)" % label)
-            for call in message.get("tool_calls") or ():
-                function = call.get("function") or {}
-                _note(self.err, "%sthe model called the tool %s(%s)"
-                      % (label, function.get("name"), function.get("arguments")))
-            if message.get("function_call"):
-                function = message["function_call"]
-                _note(self.err, "%sthe model called the function %s(%s)"
-                      % (label, function.get("name"), function.get("arguments")))
+            for call in tool_calls(message):
+                self._show_call(label, call)
+            if self.logprobs and choice.get("logprobs"):
+                self._show_logprobs(label, choice["logprobs"].get("content") or [])
+        if self.usage:
+            self._show_usage(completion.get("usage"))
+
+    def _show_call(self, label, call):
+        function = call.get("function") or {}
+        arguments = function.get("arguments") or ""
+        try:
+            shown = json.dumps(json.loads(arguments or "{}"), indent=2, ensure_ascii=False)
+        except ValueError:
+            shown = "%s\n(the arguments are not valid JSON)" % arguments
+        _note(self.err, "%sthe model calls %s%s:" % (
+            label, function.get("name"), " (%s)" % call["id"] if call.get("id") else ""))
+        _dim(self.err, "".join("  %s\n" % line for line in shown.splitlines()))
+
+    def _show_logprobs(self, label, tokens):
+        import math
+        lines = ["%slogprobs, token by token:" % label]
+        for item in tokens:
+            line = "  %-20s %6.2f%%" % (json.dumps(item.get("token"), ensure_ascii=False),
+                                       100 * math.exp(item.get("logprob", -1e9)))
+            others = [t for t in item.get("top_logprobs") or () if t.get("token") != item.get("token")]
+            if others:
+                line += "   " + "  ".join("%s %.2f%%" % (json.dumps(t.get("token"), ensure_ascii=False),
+                                                       100 * math.exp(t.get("logprob", -1e9)))
+                                          for t in others)
+            lines.append(line)
+        _note(self.err, lines[0])
+        _dim(self.err, "".join(line + "\n" for line in lines[1:]))
+
+    def _show_usage(self, usage):
+        now = self.clock()
+        timing = ""
+        if self._first is not None:
+            timing = "; first token after %d ms" % ((self._first - self._started) * 1000)
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            rate = ""
+            if self._first is not None and now > self._first:
+                rate = "; %.1f tokens/s" % (usage["completion_tokens"] / (now - self._first))
+            _note(self.err, "usage: %s prompt + %s completion = %s tokens%s%s" % (
+                usage.get("prompt_tokens"), usage["completion_tokens"],
+                usage.get("total_tokens"), timing, rate))
+        else:
+            _note(self.err, "usage: the server reported none%s" % timing)
 
 
 def _say(err, text):
@@ -1026,12 +1234,16 @@ class Chat:
     system message, if any.  params: extra body fields.  stream: ask for SSE.
     max_context: the most tokens a request may hold (None: no bound until the
     server reports one).  notify(text) hears of trimming and retries.
+    system_role: "system", or "developer" as newer reasoning models expect.
     """
 
     def __init__(self, client, model, system=None, params=None, stream=True,
-                 max_context=None, notify=None):
+                 max_context=None, notify=None, system_role="system"):
         self.client, self.model, self.params, self.stream = client, model, params or {}, stream
-        self.messages = [{"role": "system", "content": system}] if system else []
+        self.system_role = system_role
+        self.messages = [{"role": system_role, "content": system}] if system else []
+        self.totals = dict.fromkeys(("requests", "prompt_tokens", "completion_tokens",
+                                     "total_tokens"), 0)
         self.max_context = max_context
         self.notify = notify or (lambda text: None)
         self.cut = False         # the last reply was cut short (Ctrl-C, error, length)
@@ -1094,8 +1306,34 @@ class Chat:
 
     def set_system(self, text):
         """Replace the system message (or add one at the start)."""
-        role = self.messages[0]["role"] if _system_count(self.messages) else "system"
+        role = self.messages[0]["role"] if _system_count(self.messages) else self.system_role
         self.messages = [{"role": role, "content": text}] + self.messages[_system_count(self.messages):]
+
+    def reply(self, printer):
+        """Ask for the next reply to the conversation as it stands."""
+        return self._exchange(self.messages, printer)
+
+    def follow_tools(self, completion, tools, new_printer):
+        """Answer the tool calls of a reply and send the results back, round
+        after round, until a reply calls no tool or tools.max_rounds is reached.
+        Returns the last chat.completion."""
+        for rounds in range(tools.max_rounds + 1):
+            choices = completion.get("choices") or [{}]
+            calls = tool_calls(choices[0].get("message") or {})
+            if not calls:
+                break
+            if rounds == tools.max_rounds:
+                self.notify("stopped after %d rounds of tool calls (--max-tool-rounds)" % rounds)
+                break
+            results = []
+            try:
+                for call in calls:
+                    results.append(tool_result(call, tools.answer(call)))
+            finally:   # every call gets an answer, so the conversation stays valid
+                self.messages = self.messages + results + [
+                    tool_result(call, "error: cancelled by the user") for call in calls[len(results):]]
+            completion = self.reply(new_printer())
+        return completion
 
     def _last_user(self):
         for i in range(len(self.messages) - 1, -1, -1):
@@ -1103,7 +1341,7 @@ class Chat:
                 return i
         return None
 
-    def _exchange(self, messages, printer, trimmed_for_error=False):
+    def _exchange(self, messages, printer, trimmed_for_error=False, renamed=False):
         messages = self._fit(messages)
         payload = build_payload(self.model, messages, self.stream, self.params)
         if self.max_context and self.stream and "stream_options" not in payload:
@@ -1120,6 +1358,13 @@ class Chat:
                 printer.chunk(chunk)
         except APIError as exc:
             printer.end_line()
+            if (not renamed and "max_tokens" in self.params and exc.status == 400
+                    and "max_tokens" in str(exc) and "max_completion_tokens" in str(exc)):
+                # Newer OpenAI models take only the new name: use it from now on.
+                self.params["max_completion_tokens"] = self.params.pop("max_tokens")
+                self.notify("the server wants max_completion_tokens instead of max_tokens; "
+                            "sending that from now on")
+                return self._exchange(messages, printer, trimmed_for_error, renamed=True)
             if not trimmed_for_error and not accumulator.text() and _context_error(exc):
                 limit, counted = _context_numbers(exc)
                 self.max_context = limit or self.max_context
@@ -1133,7 +1378,7 @@ class Chat:
                     target = min(target, limit)
                 shorter = self._fit(messages, max(target, 1))
                 if shorter is not messages:
-                    return self._exchange(shorter, printer, trimmed_for_error=True)
+                    return self._exchange(shorter, printer, True, renamed)
             self._keep_shown(messages, accumulator)
             raise
         except (ChatError, KeyboardInterrupt):
@@ -1145,6 +1390,10 @@ class Chat:
         self.messages = messages + [history_message(choices[0].get("message") or {})]
         self.cut = choices[0].get("finish_reason") == "length"
         usage = completion.get("usage") or {}
+        self.totals["requests"] += 1
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            if isinstance(usage.get(key), int):
+                self.totals[key] += usage[key]
         if isinstance(usage.get("prompt_tokens"), int):
             self._measured = (len(self.messages),
                               usage["prompt_tokens"] + (usage.get("completion_tokens") or 0))
@@ -1324,6 +1573,88 @@ def save_conversation(path, body):
 
 
 # ---------------------------------------------------------------------------
+# Tool calls: answering them and sending the results back.
+# ---------------------------------------------------------------------------
+
+def tool_calls(message):
+    """The calls a reply makes: its tool_calls, or a legacy function_call as one."""
+    calls = list(message.get("tool_calls") or ())
+    if not calls and message.get("function_call"):
+        calls = [{"id": None, "type": "function", "function": message["function_call"]}]
+    return calls
+
+
+def tool_result(call, content):
+    """The message that answers a call: role tool with the call's id, or role
+    function for a legacy function_call."""
+    if call.get("id") is None:
+        return {"role": "function", "name": (call.get("function") or {}).get("name"),
+                "content": content}
+    return {"role": "tool", "tool_call_id": call["id"], "content": content}
+
+
+def run_tool_command(argv, arguments, timeout):
+    """Run argv (no shell) with the call's arguments as JSON on stdin; return
+    its stdout, or an error result the model can read."""
+    import subprocess
+    try:
+        proc = subprocess.run(argv, input=arguments.encode("utf-8"), capture_output=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "error: the command ran longer than %gs and was stopped" % timeout
+    except OSError as exc:
+        return "error: cannot run %s: %s" % (argv[0], exc.strerror)
+    output = proc.stdout.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        why = _one_line(proc.stderr.decode("utf-8", "replace"))[-500:] or output[-500:]
+        return "error: the command exited with status %d: %s" % (proc.returncode, why)
+    return output
+
+
+class Tools:
+    """Answers the model's tool calls.
+
+    commands: tool name -> argv to run for it (--tool-exec).  ask(prompt): a
+    line from the user, or None where nobody can be asked.  confirm: run
+    commands without asking first (--yes).  timeout: seconds a command may
+    run.  max_rounds: rounds of calls and results before chat.py stops.
+    """
+
+    def __init__(self, commands=None, ask=None, confirm=False, timeout=60.0, max_rounds=8):
+        self.commands, self.ask, self.confirm = commands or {}, ask, confirm
+        self.timeout, self.max_rounds = timeout, max_rounds
+
+    def answer(self, call):
+        """The result to send back for one call."""
+        function = call.get("function") or {}
+        name, arguments = function.get("name"), function.get("arguments") or "{}"
+        try:
+            json.loads(arguments)
+        except ValueError:
+            return ("error: the arguments were not valid JSON, so the tool was not run: %s"
+                    % arguments[:300])
+        argv = self.commands.get(name)
+        if argv is not None:
+            if not self.confirm:
+                if self.ask is None:
+                    return ("error: not run: running tools needs the user's consent "
+                            "(chat.py --yes)")
+                if self.ask("run %s? [y/N] " % " ".join(argv)).strip().lower() not in ("y", "yes"):
+                    return "error: the user chose not to run this tool"
+            return run_tool_command(argv, arguments, self.timeout)
+        if self.ask is None:
+            return "error: chat.py has no command for the tool %s" % name
+        answer = self.ask("result of %s (text, or @FILE)> " % name)
+        if answer.startswith("@"):
+            try:
+                with open(answer[1:].strip(), encoding="utf-8", errors="replace") as f:
+                    return f.read()
+            except OSError as exc:
+                return "error: the user's file could not be read: %s" % exc.strerror
+        return answer
+
+
+# ---------------------------------------------------------------------------
 # The console.
 # ---------------------------------------------------------------------------
 
@@ -1334,14 +1665,23 @@ class Console:
     end of input and KeyboardInterrupt on Ctrl-C.  out, err: where replies and
     notices go.  piped: input is a script (the first failed turn ends the run).
     save_path: where to save after every turn (--save).  line_buffer(): what
-    is typed at the prompt so far, where the terminal can tell.
+    is typed at the prompt so far, where the terminal can tell.  tools: the
+    Tools that answer tool calls (None: the user types each result).
+    new_printer(): a ReplyPrinter for the next reply.
     """
 
     def __init__(self, chat, read_line, out, err, piped=False, save_path=None,
-                 line_buffer=None, prompt="> ", more_prompt="... "):
+                 line_buffer=None, tools=None, new_printer=None, prompt="> ",
+                 more_prompt="... "):
         self.chat, self.read_line, self.out, self.err = chat, read_line, out, err
         self.piped, self.save_path, self.line_buffer = piped, save_path, line_buffer
         self.prompt, self.more_prompt = prompt, more_prompt
+        self.tools = tools or Tools()
+        if self.tools.ask is None:
+            self.tools.ask = lambda prompt: self.read_line(prompt)
+        self.new_printer = new_printer or (lambda: ReplyPrinter(
+            out, err, chat.params.get("n", 1)))
+        self.images = []   # attached with /image, sent with the next message
         self.commands = {   # name: (method, argument, what it does)
             "/help": (self.do_help, "", "list the commands"),
             "/exit": (self.do_exit, "", "leave (so do /quit, Ctrl-D, and Ctrl-C twice)"),
@@ -1356,6 +1696,11 @@ class Console:
             "/save": (self.do_save, "[FILE]", "save the conversation as a request body"),
             "/load": (self.do_load, "FILE", "load a saved conversation (or a list of messages)"),
             "/curl": (self.do_curl, "[TEXT]", "show a curl command for the next request"),
+            "/set": (self.do_set, "KEY VALUE", "set a request field (VALUE is JSON or text)"),
+            "/unset": (self.do_unset, "KEY", "stop sending a request field"),
+            "/params": (self.do_params, "", "show the fields sent with each request"),
+            "/image": (self.do_image, "PATH|URL", "attach an image to the next message"),
+            "/usage": (self.do_usage, "", "show the tokens used in this session"),
         }
 
     def run(self):
@@ -1382,8 +1727,10 @@ class Console:
             if typed and text.startswith("/") and not text.startswith("//"):
                 status = self.command(text)
             else:
-                status = self.turn(lambda printer: self.chat.send(
-                    text[1:] if typed and text.startswith("//") else message, printer))
+                content = user_content(text[1:] if typed and text.startswith("//") else message,
+                                       self.images)
+                self.images = []
+                status = self.turn(lambda printer: self.chat.send(content, printer))
             if status is not None:
                 return status
 
@@ -1424,10 +1771,10 @@ class Console:
 
     def turn(self, action):
         """Run action(printer), which talks to the model; report how it ended."""
-        printer = ReplyPrinter(self.out, self.err, self.chat.params.get("n", 1))
         status = None
         try:
-            action(printer)
+            completion = action(self.new_printer())
+            self.chat.follow_tools(completion, self.tools, self.new_printer)
         except KeyboardInterrupt:
             _dim(self.err, "[interrupted]\n")
         except ChatError as exc:
@@ -1516,6 +1863,38 @@ class Console:
         self.chat.params.update(params)
         _note(self.err, "loaded %d messages from %s; model %s" % (
             len(messages), argument, self.chat.model))
+
+    def do_set(self, argument):
+        key, _, value = argument.partition(" ")
+        if not key or not value.strip():
+            raise UsageError("/set needs a field and a value, e.g. /set temperature 0.2")
+        params = dict(self.chat.params, **{key: parse_value(value.strip())})
+        check_params(params)
+        self.chat.params = params
+        _note(self.err, "%s = %s" % (key, json.dumps(params[key], ensure_ascii=False)))
+
+    def do_unset(self, argument):
+        if self.chat.params.pop(argument, None) is None:
+            raise UsageError("%s is not set; /params shows what is" % (argument or "/unset KEY:"))
+        _note(self.err, "%s is no longer sent" % argument)
+
+    def do_params(self, argument):
+        shown = build_payload(self.chat.model, [], self.chat.stream, self.chat.params)
+        del shown["messages"]
+        _say(self.err, json.dumps(shown, indent=2, ensure_ascii=False) + "\n")
+
+    def do_image(self, argument):
+        if not argument:
+            raise UsageError("/image needs a file or a URL")
+        self.images.append(image_part(argument))
+        _note(self.err, "the next message takes %d image%s" % (
+            len(self.images), "" if len(self.images) == 1 else "s"))
+
+    def do_usage(self, argument):
+        t = self.chat.totals
+        _note(self.err, "this session: %d request%s, %d prompt + %d completion = %d tokens" % (
+            t["requests"], "" if t["requests"] == 1 else "s", t["prompt_tokens"],
+            t["completion_tokens"], t["total_tokens"]))
 
     def do_curl(self, argument):
         chat = self.chat
@@ -1748,6 +2127,35 @@ def _parser():
     add("--load")
     add("--max-context", type=int)
     add("--no-color", action="store_true")
+    add("--system-role", choices=("system", "developer"), default="system")
+    add("--temperature", type=float)
+    add("--top-p", type=float)
+    add("-n", type=int)
+    add("--max-tokens", type=int)
+    add("--max-completion-tokens", type=int)
+    add("--stop", action="append", default=[])
+    add("--presence-penalty", type=float)
+    add("--frequency-penalty", type=float)
+    add("--logit-bias", action="append", default=[])
+    add("--logprobs", action="store_true")
+    add("--top-logprobs", type=int)
+    add("--seed", type=int)
+    add("--user")
+    add("--service-tier")
+    add("--response-format", choices=("json_object", "text"))
+    add("--json-schema")
+    add("--tools")
+    add("--tool-choice")
+    add("--no-parallel-tool-calls", action="store_true")
+    add("--functions")
+    add("--function-call")
+    add("--usage", action="store_true")
+    add("--param", action="append", default=[])
+    add("--image", action="append", default=[])
+    add("--tool-exec", action="append", default=[])
+    add("--yes", action="store_true")
+    add("--max-tool-rounds", type=int, default=8)
+    add("--tool-timeout", type=float, default=60.0)
     add("-h", "--help", action="store_true")
     add("--version", action="store_true")
     return parser
@@ -1760,6 +2168,100 @@ def _parse_header(text, number):
         # Not echoed: a mistyped header may well hold a key.
         raise UsageError("-H number %d is not a header; write it as 'Name: value'" % number)
     return name, value
+
+
+def _read_json_file(path, flag):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as exc:
+        raise UsageError("cannot read %s %s: %s" % (flag, path, exc.strerror)) from None
+    except ValueError as exc:
+        raise UsageError("%s %s is not valid JSON: %s" % (flag, path, exc)) from None
+
+
+def _json_schema(path):
+    """response_format.json_schema from a file: a bare schema, or {name, schema, strict}."""
+    import re
+    data = _read_json_file(path, "--json-schema")
+    if not isinstance(data, dict):
+        raise UsageError("--json-schema %s must hold a JSON object (a schema)" % path)
+    if isinstance(data.get("schema"), dict) and isinstance(data.get("name"), str):
+        return dict({"strict": True}, **data)
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", os.path.splitext(os.path.basename(path))[0])[:64]
+    return {"name": name or "schema", "schema": data, "strict": True}
+
+
+def _request_params(args):
+    """The body fields the flags ask for: only those set, checked."""
+    params = {key: value for key, value in (
+        ("temperature", args.temperature), ("top_p", args.top_p), ("n", args.n),
+        ("max_tokens", args.max_tokens), ("max_completion_tokens", args.max_completion_tokens),
+        ("presence_penalty", args.presence_penalty),
+        ("frequency_penalty", args.frequency_penalty), ("top_logprobs", args.top_logprobs),
+        ("seed", args.seed), ("user", args.user), ("service_tier", args.service_tier))
+        if value is not None}
+    if args.stop:
+        params["stop"] = args.stop
+    for item in args.logit_bias:
+        token, _, bias = item.partition("=")
+        try:
+            params.setdefault("logit_bias", {})[str(int(token))] = parse_value(bias)
+        except ValueError:
+            raise UsageError("--logit-bias takes TOKEN_ID=BIAS, e.g. 50256=-100, not %r"
+                             % item) from None
+    if args.logprobs:
+        params["logprobs"] = True
+    if args.response_format and args.json_schema:
+        raise UsageError("give --response-format or --json-schema, not both")
+    if args.response_format:
+        params["response_format"] = {"type": args.response_format}
+    if args.json_schema:
+        params["response_format"] = {"type": "json_schema",
+                                     "json_schema": _json_schema(args.json_schema)}
+    if args.tools:
+        tools = _read_json_file(args.tools, "--tools")
+        if isinstance(tools, list):   # bare function definitions are welcome too
+            tools = [t if not isinstance(t, dict) or "type" in t or "name" not in t
+                     else {"type": "function", "function": t} for t in tools]
+        params["tools"] = tools
+    if args.tool_choice:
+        params["tool_choice"] = (args.tool_choice if args.tool_choice in ("auto", "none", "required")
+                                 else {"type": "function", "function": {"name": args.tool_choice}})
+    if args.no_parallel_tool_calls:
+        params["parallel_tool_calls"] = False
+    if args.functions:
+        params["functions"] = _read_json_file(args.functions, "--functions")
+    if args.function_call:
+        params["function_call"] = (args.function_call if args.function_call in ("auto", "none")
+                                   else {"name": args.function_call})
+    if args.usage and not args.no_stream:
+        params["stream_options"] = {"include_usage": True}
+    for item in args.param:
+        key, equals, value = item.partition("=")
+        if not key.strip() or not equals:
+            raise UsageError("--param takes KEY=JSON, e.g. --param reasoning_effort='\"low\"', "
+                             "not %r" % item)
+        params[key.strip()] = parse_value(value)
+    check_params(params)
+    return params
+
+
+def _tools(args):
+    """The Tools that --tool-exec, --yes, --tool-timeout and --max-tool-rounds describe."""
+    import shlex
+    commands = {}
+    for item in args.tool_exec:
+        name, equals, command = item.partition("=")
+        argv = shlex.split(command) if equals else []
+        if not name.strip() or not argv:
+            raise UsageError("--tool-exec takes NAME=COMMAND, e.g. get_time='date -u', not %r"
+                             % item)
+        commands[name.strip()] = argv
+    if args.max_tool_rounds < 0 or not args.tool_timeout > 0:
+        raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0")
+    return Tools(commands, confirm=args.yes, timeout=args.tool_timeout,
+                 max_rounds=args.max_tool_rounds)
 
 
 def _read_key_file(path):
@@ -1814,13 +2316,16 @@ def _settings(args, environ, err):
                     timeout=args.timeout, retries=args.retries,
                     on_retry=lambda text: _note(err, text))
     model = pick(args.model, "OPENAI_MODEL", DEFAULT_MODEL)
-    chat = Chat(client, model, system=args.system, stream=not args.no_stream,
-                max_context=args.max_context, notify=lambda text: _note(err, text))
+    params = _request_params(args)
+    chat = Chat(client, model, system=args.system, params=params, stream=not args.no_stream,
+                max_context=args.max_context, notify=lambda text: _note(err, text),
+                system_role=args.system_role)
     if args.load:
-        loaded_model, chat.messages, params = load_conversation(args.load)
+        loaded_model, chat.messages, loaded = load_conversation(args.load)
         if args.model is None and loaded_model:   # the file's model, unless -m says otherwise
             chat.model = loaded_model
-        chat.params.update(params)
+        chat.params = dict(loaded, **params)      # flags win over the file
+        check_params(chat.params)
         if args.system:
             chat.set_system(args.system)
     return chat
@@ -1851,28 +2356,50 @@ def _run(argv, stdin, out, err, environ):
         if not prompt:
             raise UsageError("nothing to send: give a PROMPT or pipe some text in")
 
-    if prompt:   # the one-shot turn, or the first turn of -i
-        printer = ReplyPrinter(out, err, chat.params.get("n", 1),
-                               show_text=args.output == "text")
+    tools = _tools(args)
+    images = [image_part(source) for source in args.image]   # checked before any request
+
+    def new_printer(show_text=True):
+        return ReplyPrinter(out, err, chat.params.get("n", 1), show_text, usage=args.usage,
+                            logprobs=bool(chat.params.get("logprobs")))
+
+    if prompt and not args.interactive:   # one-shot
+        if stdin is not None and stdin.isatty():   # someone to ask before a tool runs
+            tools.ask = lambda question: (_say(err, question), stdin.readline().strip())[1]
+        printer = lambda: new_printer(show_text=args.output == "text")
         try:
-            completion = chat.send(prompt, printer)
+            completion = chat.send(user_content(prompt, images), printer())
+            if tools.commands:
+                completion = chat.follow_tools(completion, tools, printer)
         finally:
             if args.save:
                 save_conversation(args.save, chat.body())
         if args.output == "json":
             out.write(json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
-            out.flush()
-        if not args.interactive:
-            return 0
+        else:
+            calls = tool_calls(((completion.get("choices") or [{}])[0]).get("message") or {})
+            if calls:   # left for the caller to answer
+                out.write(json.dumps(calls, indent=2, ensure_ascii=False) + "\n")
+        out.flush()
+        return 0
 
-    if piped:
-        return Console(chat, _piped_reader(stdin), out, err, piped=True, save_path=args.save).run()
     if stdin is None:
         raise UsageError("no input to chat with: give a PROMPT")
-    _say(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
-         % (__version__, chat.model, chat.client.base_url))
-    console = Console(chat, None, out, err, save_path=args.save)
-    console.read_line, console.line_buffer = _terminal_reader(out, err, environ, console.commands)
+    console = Console(chat, None, out, err, piped=piped, save_path=args.save, tools=tools,
+                      new_printer=new_printer)
+    if piped:
+        console.read_line = _piped_reader(stdin)
+    else:
+        _say(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
+             % (__version__, chat.model, chat.client.base_url))
+        console.read_line, console.line_buffer = _terminal_reader(out, err, environ,
+                                                                  console.commands)
+    console.images = images
+    if prompt:   # the first turn of -i
+        status = console.turn(lambda printer: chat.send(user_content(prompt, images), printer))
+        console.images = []
+        if status is not None:
+            return status
     return console.run()
 
 

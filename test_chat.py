@@ -664,8 +664,12 @@ def test_tool_calls_are_shown_not_garbled(server):
     server.add(Reply(sse(chunk(delta={"tool_calls": [call]}), chunk(finish="tool_calls")),
                      headers={"Content-Type": "text/event-stream"}))
     status, out, err = run_main(server, "hi")
-    assert (status, out) == (0, "")
-    assert err == "chat.py: the model called the tool now({})\n"
+    assert status == 0 and json.loads(out) == [call_without_index(call)]   # left to the caller
+    assert err == "chat.py: the model calls now (c1):\n  {}\n"
+
+
+def call_without_index(call):
+    return {k: v for k, v in call.items() if k != "index"}
 
 
 def test_stream_without_done_but_finished_is_complete(server):
