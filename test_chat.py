@@ -1489,6 +1489,344 @@ def test_context_error_with_nothing_left_to_drop_is_reported(server):
 
 
 # ---------------------------------------------------------------------------
+# The request surface: flags, tools, images, logprobs, usage.
+# ---------------------------------------------------------------------------
+
+FLAG_BODIES = [
+    (["--temperature", "0.5"], {"temperature": 0.5}),
+    (["--top-p", "0.9"], {"top_p": 0.9}),
+    (["-n", "2"], {"n": 2}),
+    (["--max-tokens", "50"], {"max_tokens": 50}),
+    (["--max-completion-tokens", "60"], {"max_completion_tokens": 60}),
+    (["--stop", "END", "--stop", "\n\n"], {"stop": ["END", "\n\n"]}),
+    (["--presence-penalty", "-1.5"], {"presence_penalty": -1.5}),
+    (["--frequency-penalty", "2"], {"frequency_penalty": 2.0}),
+    (["--logit-bias", "50256=-100", "--logit-bias", "11=5"],
+     {"logit_bias": {"50256": -100, "11": 5}}),
+    (["--logprobs", "--top-logprobs", "3"], {"logprobs": True, "top_logprobs": 3}),
+    (["--seed", "42"], {"seed": 42}),
+    (["--user", "u-1"], {"user": "u-1"}),
+    (["--service-tier", "flex"], {"service_tier": "flex"}),
+    (["--response-format", "json_object"], {"response_format": {"type": "json_object"}}),
+    (["--tool-choice", "required"], {"tool_choice": "required"}),
+    (["--tool-choice", "get_weather"],
+     {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}}),
+    (["--no-parallel-tool-calls"], {"parallel_tool_calls": False}),
+    (["--function-call", "add"], {"function_call": {"name": "add"}}),
+    (["--function-call", "auto"], {"function_call": "auto"}),
+    (["--usage"], {"stream_options": {"include_usage": True}}),
+    (["--usage", "--no-stream"], {"stream": False}),
+    (["--param", 'reasoning_effort="low"', "--param", "metadata={\"k\": 1}",
+      "--param", "top_k=5", "--param", "note=plain text"],
+     {"reasoning_effort": "low", "metadata": {"k": 1}, "top_k": 5, "note": "plain text"}),
+]
+
+
+@pytest.mark.parametrize("args,fields", FLAG_BODIES, ids=[" ".join(a) for a, _ in FLAG_BODIES])
+def test_flags_reach_the_body(server, args, fields):
+    stream = "--no-stream" not in args
+    server.add(stream_reply("ok") if stream else Reply(json.dumps(completion("ok")).encode()))
+    status, out, err = run_main(server, *args, "hi")
+    assert status == 0, err
+    expected = {"model": "gpt-4o-mini", "stream": stream,
+                "messages": [{"role": "user", "content": "hi"}]}
+    expected.update(fields)
+    assert server.requests[0]["body"] == expected
+
+
+def test_files_reach_the_body(server, tmp_path):
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}
+    (tmp_path / "answer.json").write_text(json.dumps(schema))
+    (tmp_path / "wrapped.json").write_text(json.dumps({"name": "mine", "schema": schema,
+                                                       "strict": False}))
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}},
+             {"name": "g", "parameters": {"type": "object"}}]   # a bare definition is wrapped
+    (tmp_path / "tools.json").write_text(json.dumps(tools))
+    (tmp_path / "functions.json").write_text(json.dumps([{"name": "add"}]))
+    server.add(*[stream_reply("ok") for _ in range(4)])
+    for args in (["--json-schema", str(tmp_path / "answer.json")],
+                 ["--json-schema", str(tmp_path / "wrapped.json")],
+                 ["--tools", str(tmp_path / "tools.json")],
+                 ["--functions", str(tmp_path / "functions.json")]):
+        assert run_main(server, *args, "hi")[0] == 0
+    bodies = [r["body"] for r in server.requests]
+    assert bodies[0]["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "answer", "schema": schema, "strict": True}}
+    assert bodies[1]["response_format"]["json_schema"] == {"name": "mine", "schema": schema,
+                                                           "strict": False}
+    assert bodies[2]["tools"] == [tools[0], {"type": "function", "function": tools[1]}]
+    assert bodies[3]["functions"] == [{"name": "add"}]
+
+
+def test_system_role_developer(server):
+    server.add(stream_reply("ok"))
+    assert run_main(server, "--system-role", "developer", "-s", "Be brief.", "hi")[0] == 0
+    assert server.requests[0]["body"]["messages"][0] == {"role": "developer", "content": "Be brief."}
+
+
+FLAG_ERRORS = [
+    (["--temperature", "3"], "--temperature must be a number from 0 to 2, not 3.0"),
+    (["--temperature", "hot"], "argument --temperature: invalid float value: 'hot'"),
+    (["--top-p", "1.5"], "--top-p must be a number from 0 to 1, not 1.5"),
+    (["-n", "0"], "-n must be a whole number, 1 or more, not 0"),
+    (["--max-tokens", "0"], "--max-tokens must be a whole number, 1 or more, not 0"),
+    (["--max-completion-tokens", "-5"], "--max-completion-tokens must be a whole number"),
+    (["--stop", "a", "--stop", "b", "--stop", "c", "--stop", "d", "--stop", "e"],
+     "--stop must be a string, or at most 4 of them"),
+    (["--presence-penalty", "2.5"], "--presence-penalty must be a number from -2 to 2"),
+    (["--frequency-penalty", "-3"], "--frequency-penalty must be a number from -2 to 2"),
+    (["--logit-bias", "50256=-101"], "--logit-bias must be token IDs each mapped to a number "
+                                     "from -100 to 100"),
+    (["--logit-bias", "word=5"], "--logit-bias takes TOKEN_ID=BIAS"),
+    (["--top-logprobs", "3"], "--top-logprobs needs --logprobs"),
+    (["--logprobs", "--top-logprobs", "21"], "--top-logprobs must be a whole number from 0 to 20"),
+    (["--seed", "x"], "argument --seed: invalid int value: 'x'"),
+    (["--response-format", "yaml"], "argument --response-format: invalid choice: 'yaml'"),
+    (["--response-format", "text", "--json-schema", "x.json"], "not both"),
+    (["--json-schema", "/nonexistent.json"], "cannot read --json-schema /nonexistent.json"),
+    (["--tools", "/nonexistent.json"], "cannot read --tools /nonexistent.json"),
+    (["--param", "novalue"], "--param takes KEY=JSON"),
+    (["--param", "temperature=9"], "--temperature must be a number from 0 to 2, not 9"),
+    (["--tool-exec", "f"], "--tool-exec takes NAME=COMMAND"),
+    (["--image", "/nonexistent.png"], "cannot read the image /nonexistent.png"),
+]
+
+
+@pytest.mark.parametrize("args,words", FLAG_ERRORS, ids=[" ".join(a) for a, _ in FLAG_ERRORS])
+def test_bad_values_are_refused_before_any_request(server, args, words):
+    status, out, err = run_main(server, *args, "hi")
+    assert (status, out) == (2, "") and words in err and err.count("\n") == 1
+    assert server.requests == []
+
+
+def test_bad_files_for_flags(server, tmp_path):
+    (tmp_path / "bad.json").write_text("{nope")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    (tmp_path / "tools.json").write_text('[{"type": "function"}]')
+    for args, words in ((["--json-schema", str(tmp_path / "bad.json")], "is not valid JSON"),
+                        (["--json-schema", str(tmp_path / "list.json")], "must hold a JSON object"),
+                        (["--tools", str(tmp_path / "tools.json")], "--tools must be a list of "
+                                                                   "tool definitions")):
+        status, _, err = run_main(server, *args, "hi")
+        assert status == 2 and words in err
+    assert server.requests == []
+
+
+def test_set_unset_params_in_the_console(server):
+    server.add(stream_reply("A"), stream_reply("B"))
+    script = ("/set temperature 0.2\n/set stop [\"x\"]\n/set note free text\n"
+              "/params\none\n/unset note\n/set top_p 7\ntwo\n")
+    status, out, err = run_main(server, "-i", "--seed", "1", stdin=script)
+    assert status == 2 and out == "A\n"   # a refused /set ends a script, nothing changed
+    assert "--top-p must be a number from 0 to 1, not 7" in err
+    assert "note is no longer sent" in err
+    first = server.requests[0]["body"]
+    assert {k: first[k] for k in ("temperature", "stop", "note", "seed")} == {
+        "temperature": 0.2, "stop": ["x"], "note": "free text", "seed": 1}
+    assert "top_p" not in first
+    shown = json.loads(err[err.index("{"):err.index("}\n") + 1])
+    assert shown == {"model": "gpt-4o-mini", "temperature": 0.2, "stop": ["x"],
+                     "note": "free text", "seed": 1, "stream": True}
+    assert len(server.requests) == 1
+
+
+def test_max_tokens_is_renamed_once_when_the_server_asks(server):
+    rejected = json.dumps({"error": {
+        "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                   "Use 'max_completion_tokens' instead.", "type": "invalid_request_error",
+        "param": "max_tokens", "code": "unsupported_parameter"}}).encode()
+    server.add(Reply(rejected, status=400), stream_reply("A"), stream_reply("B"))
+    status, out, err = run_main(server, "-i", "--max-tokens", "30", stdin="one\ntwo\n")
+    assert (status, out) == (0, "A\nB\n")
+    bodies = [r["body"] for r in server.requests]
+    assert bodies[0]["max_tokens"] == 30 and "max_completion_tokens" not in bodies[0]
+    for body in bodies[1:]:   # kept for the rest of the session
+        assert body["max_completion_tokens"] == 30 and "max_tokens" not in body
+    assert err.count("the server wants max_completion_tokens instead of max_tokens") == 1
+
+
+def tool_fragments():
+    """Two parallel calls streamed in fragments, interleaved, as OpenAI sends them."""
+    def frag(index, id=None, name=None, args=""):
+        f = {"index": index, "function": {"arguments": args}}
+        if id:
+            f.update(id=id, type="function")
+            f["function"]["name"] = name
+        return chunk(delta={"tool_calls": [f]})
+    return [chunk(delta={"role": "assistant", "content": None}),
+            frag(0, "call_paris", "weather", ""), frag(0, args='{"ci'),
+            frag(1, "call_rome", "weather", ""), frag(0, args='ty": "Paris"}'),
+            frag(1, args='{"city": "Rome"}'), chunk(finish="tool_calls")]
+
+
+WEATHER_TOOL = [{"type": "function", "function": {
+    "name": "weather", "parameters": {"type": "object",
+                                      "properties": {"city": {"type": "string"}}}}}]
+
+
+def test_tool_round_trip_with_a_command(server, tmp_path):
+    (tmp_path / "tools.json").write_text(json.dumps(WEATHER_TOOL))
+    script = tmp_path / "weather.py"
+    script.write_text("import json, sys\nprint('sunny in ' + json.load(sys.stdin)['city'])\n")
+    server.add(Reply(sse(*tool_fragments()), headers=SSE),
+               stream_reply("Both are sunny."))
+    status, out, err = run_main(
+        server, "--tools", str(tmp_path / "tools.json"), "--yes",
+        "--tool-exec", "weather=%s %s" % (sys.executable, script), "Weather in Paris and Rome?")
+    assert (status, out) == (0, "Both are sunny.\n")
+    assert "the model calls weather (call_paris):\n  {\n    \"city\": \"Paris\"\n  }\n" in err
+    sent = server.requests[1]["body"]["messages"]
+    assert sent[1] == {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_paris", "type": "function",
+         "function": {"name": "weather", "arguments": '{"city": "Paris"}'}},
+        {"id": "call_rome", "type": "function",
+         "function": {"name": "weather", "arguments": '{"city": "Rome"}'}}]}
+    assert sent[2:] == [{"role": "tool", "tool_call_id": "call_paris", "content": "sunny in Paris\n"},
+                        {"role": "tool", "tool_call_id": "call_rome", "content": "sunny in Rome\n"}]
+
+
+def test_tool_failures_become_error_results(server, tmp_path):
+    broken = [chunk(delta={"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+                                           "function": {"name": "weather", "arguments": "{oops"}}]}),
+              chunk(delta={"tool_calls": [{"index": 1, "id": "c2", "type": "function",
+                                           "function": {"name": "weather", "arguments": "{}"}}]}),
+              chunk(finish="tool_calls")]
+    server.add(Reply(sse(*broken), headers=SSE), stream_reply("Sorry."))
+    failing = "%s -c \"import sys; sys.stderr.write('no network'); sys.exit(3)\"" % sys.executable
+    status, out, err = run_main(server, "--yes", "--tool-exec", "weather=" + failing, "hi")
+    assert (status, out) == (0, "Sorry.\n")
+    assert "(the arguments are not valid JSON)" in err
+    results = server.requests[1]["body"]["messages"][2:]
+    assert results[0]["content"].startswith("error: the arguments were not valid JSON")
+    assert results[1]["content"] == "error: the command exited with status 3: no network"
+
+
+def test_tool_command_time_limit(server):
+    server.add(Reply(sse(chunk(delta={"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+               "function": {"name": "slow", "arguments": "{}"}}]}), chunk(finish="tool_calls")),
+               headers=SSE), stream_reply("ok"))
+    sleeper = "slow=%s -c \"import time; time.sleep(10)\"" % sys.executable
+    started = time.monotonic()
+    assert run_main(server, "--yes", "--tool-exec", sleeper, "--tool-timeout", "0.5", "hi")[0] == 0
+    assert time.monotonic() - started < 5
+    assert server.requests[1]["body"]["messages"][-1]["content"] == \
+        "error: the command ran longer than 0.5s and was stopped"
+
+
+def test_tools_answered_in_the_console(server, tmp_path):
+    (tmp_path / "result.txt").write_text("from a file")
+    calls = [chunk(delta={"tool_calls": [{"index": i, "id": "c%d" % i, "type": "function",
+                                          "function": {"name": name, "arguments": "{}"}}]})
+             for i, name in enumerate(["typed", "filed", "mapped"])]
+    server.add(Reply(sse(*calls, chunk(finish="tool_calls")), headers=SSE), stream_reply("Done."))
+    script = "go\nby hand\n@%s\nn\n" % (tmp_path / "result.txt")
+    status, out, err = run_main(server, "-i", "--tool-exec", "mapped=true", stdin=script)
+    assert (status, out) == (0, "Done.\n")
+    assert [m["content"] for m in server.requests[1]["body"]["messages"][2:]] == [
+        "by hand", "from a file", "error: the user chose not to run this tool"]
+
+
+def test_one_shot_without_a_command_prints_the_calls(server):
+    server.add(Reply(sse(*tool_fragments()), headers=SSE))
+    status, out, _ = run_main(server, "-o", "json", "hi")
+    document = json.loads(out)
+    assert status == 0 and len(server.requests) == 1
+    assert [c["id"] for c in document["choices"][0]["message"]["tool_calls"]] == [
+        "call_paris", "call_rome"]
+
+
+def test_tool_rounds_stop_at_the_limit(server):
+    loop = Reply(sse(chunk(delta={"tool_calls": [{"index": 0, "id": "c", "type": "function",
+                 "function": {"name": "again", "arguments": "{}"}}]}), chunk(finish="tool_calls")),
+                 headers=SSE)
+    server.add(*[loop for _ in range(3)])
+    status, _, err = run_main(server, "--yes", "--tool-exec", "again=true", "--max-tool-rounds", "2",
+                              "hi")
+    assert status == 0 and len(server.requests) == 3
+    assert "stopped after 2 rounds of tool calls (--max-tool-rounds)" in err
+
+
+def test_legacy_function_call_round_trip(server):
+    server.add(Reply(sse(chunk(delta={"function_call": {"name": "add", "arguments": '{"a": 1}'}}),
+                         chunk(finish="function_call")), headers=SSE), stream_reply("2"))
+    status, out, _ = run_main(server, "--yes", "--tool-exec", "add=echo 2", "hi")
+    assert (status, out) == (0, "2\n")
+    assert server.requests[1]["body"]["messages"][-1] == {"role": "function", "name": "add",
+                                                          "content": "2\n"}
+
+
+PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08\x06\x00\x00"
+       b"\x00\x1f\x15\xc4\x89\x00\x00\x00\rIDATx\x9cc\xf8\x0f\x00\x00\x01\x01\x00\x05\x18\xd8N"
+       b"\x00\x00\x00\x00IEND\xaeB`\x82")
+
+
+def test_images_become_content_parts(server, tmp_path):
+    picture = tmp_path / "pixel.bin"   # the type comes from the bytes, not the name
+    picture.write_bytes(PNG)
+    server.add(stream_reply("A red pixel."), stream_reply("A cat."))
+    assert run_main(server, "--image", str(picture), "--image", "https://example.com/c.jpg",
+                    "What is this?")[0] == 0
+    import base64
+    assert server.requests[0]["body"]["messages"][0]["content"] == [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {
+            "url": "data:image/png;base64," + base64.b64encode(PNG).decode()}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/c.jpg"}}]
+    status, _, err = run_main(server, "-i", stdin="/image https://example.com/cat.png\nAnd this?\n")
+    assert status == 0 and "the next message takes 1 image" in err
+    assert server.requests[1]["body"]["messages"][0]["content"][1] == {
+        "type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+
+
+def test_bad_images_are_refused(server, tmp_path):
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:
+        f.truncate(21 * 2**20)   # sparse: 21 MB on paper
+    text = tmp_path / "notes.txt"
+    text.write_text("not a picture")
+    for path, words in ((big, "is 22.0 MB; the limit is 20 MB"),
+                        (text, "does not look like an image")):
+        status, _, err = run_main(server, "--image", str(path), "hi")
+        assert status == 2 and words in err
+    assert server.requests == []
+
+
+def test_logprobs_are_shown(server):
+    def lp(token, logprob, *alternatives):
+        return {"token": token, "logprob": logprob, "top_logprobs": [
+            {"token": t, "logprob": p} for t, p in ((token, logprob),) + alternatives]}
+    chunks = [dict(chunk(text), choices=[{"index": 0, "delta": {"content": text},
+                                          "logprobs": {"content": [item]}}])
+              for text, item in (("Hi", lp("Hi", -0.01, (" Hello", -5.0))),
+                                 ("!", lp("!", -0.7)))]
+    server.add(Reply(sse(*chunks, chunk(finish="stop")), headers=SSE))
+    status, out, err = run_main(server, "--logprobs", "--top-logprobs", "2", "hi")
+    assert (status, out) == (0, "Hi!\n")
+    lines = err.splitlines()
+    assert lines[0] == "chat.py: logprobs, token by token:"
+    assert re.match(r'^  "Hi" +99\.00%   " Hello" 0\.67%$', lines[1]), lines[1]
+    assert re.match(r'^  "!" +49\.66%$', lines[2]), lines[2]
+
+
+def test_usage_is_shown_per_reply_and_for_the_session(server):
+    usage = lambda p, c: {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    server.add(Reply(sse(chunk("A"), chunk(finish="stop"), chunk(choices=False, usage=usage(10, 5))),
+                     headers=SSE),
+               Reply(sse(chunk("B"), chunk(finish="stop"), chunk(choices=False, usage=usage(20, 7))),
+                     headers=SSE),
+               stream_reply("C"))
+    status, out, err = run_main(server, "-i", "--usage", stdin="one\ntwo\nthree\n/usage\n")
+    assert (status, out) == (0, "A\nB\nC\n")
+    lines = [l for l in err.splitlines() if "usage" in l or "session" in l]
+    assert re.match(r"chat\.py: usage: 10 prompt \+ 5 completion = 15 tokens; first token after "
+                    r"\d+ ms; [\d.]+ tokens/s$", lines[0]), lines[0]
+    assert lines[1].startswith("chat.py: usage: 20 prompt + 7 completion = 27 tokens")
+    assert re.match(r"chat\.py: usage: the server reported none; first token after \d+ ms$", lines[2])
+    assert lines[3] == "chat.py: this session: 3 requests, 30 prompt + 12 completion = 42 tokens"
+    assert all(r["body"]["stream_options"] == {"include_usage": True} for r in server.requests)
+
+
+# ---------------------------------------------------------------------------
 # Usage errors: exit 2, one line, nothing sent.
 # ---------------------------------------------------------------------------
 
