@@ -1892,9 +1892,11 @@ class Console:
 
     def do_usage(self, argument):
         t = self.chat.totals
-        _note(self.err, "this session: %d request%s, %d prompt + %d completion = %d tokens" % (
-            t["requests"], "" if t["requests"] == 1 else "s", t["prompt_tokens"],
-            t["completion_tokens"], t["total_tokens"]))
+        counted = ("%d prompt + %d completion = %d tokens" % (
+            t["prompt_tokens"], t["completion_tokens"], t["total_tokens"])
+            if t["total_tokens"] else "the server reported no usage")
+        _note(self.err, "this session: %d request%s, %s" % (
+            t["requests"], "" if t["requests"] == 1 else "s", counted))
 
     def do_curl(self, argument):
         chat = self.chat
