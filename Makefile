@@ -1,5 +1,6 @@
 # make test   run the test suite (installs pinned pytest and hypothesis into .venv if needed)
 # make check  byte-compile, and prove with vermin that chat.py runs on Python 3.8+
+# make e2e    the end-to-end tests against llama.cpp's server with a real model
 # make bench  measure chat.py against a minimal floor (not part of make test)
 # make run    start a chat
 PYTHON ?= python3
@@ -7,12 +8,16 @@ VENV   := .venv
 PYTEST := pytest==8.3.5 hypothesis==6.113.0
 VERMIN := vermin==1.9.2
 
-.PHONY: test check bench run clean
+.PHONY: test e2e check bench run clean
+PYTEST_ARGS ?=
 
 test:
 	@if $(PYTHON) -c 'import pytest, hypothesis' 2>/dev/null; then py='$(PYTHON)'; \
 	else $(MAKE) --no-print-directory $(VENV)/.pytest && py='$(VENV)/bin/python'; fi; \
-	$$py -m pytest -q test_chat.py
+	$$py -m pytest -q -o 'markers=e2e: against a real server (make e2e)' $(PYTEST_ARGS) test_chat.py
+
+e2e:
+	bash .ci/e2e
 
 check: $(VENV)/.vermin
 	$(PYTHON) -m py_compile chat.py test_chat.py

@@ -726,10 +726,18 @@ def error_message(body):
                 message = "; ".join(str(m.get("msg", m)) if isinstance(m, dict)
                                     else str(m) for m in message)
             if message:
-                return _one_line(str(message)), error.get("type"), error.get("code")
+                return _server_words(message), error.get("type"), error.get("code")
         elif isinstance(error, str) and error:
-            return _one_line(error), None, None
+            return _server_words(error), None, None
     return _one_line(json.dumps(data))[:300], None, None
+
+
+def _server_words(message):
+    """A server's message on one line, without the Python traceback some
+    servers (llama-cpp-python among them) append to it."""
+    import re
+    return _one_line(re.split(r"\n\s*(?:Traceback \(most recent call last\)|File \")",
+                              str(message), 1)[0])
 
 
 def _one_line(text):
@@ -930,8 +938,8 @@ class Client:
             hint = "check --base-url (usually ends in /v1) and --model"
         elif status == 429:
             hint = "rate limited or out of quota; wait, then try again"
-        elif status >= 500:
-            hint = "the server failed; try again later"
+        elif status >= 500 and type_ is None and code is None:
+            hint = "the server failed; try again later"   # it did not say why
         text = "%s: %s" % (label, message)
         if hint:
             text += " - " + hint
