@@ -37,9 +37,10 @@ Options:
                         object, streamed or not, as the only thing on stdout
   --timeout SECONDS     limit for connecting and for each wait for the next
                         byte, not for the whole reply (default 60)
-  --retries N           retry 408, 409, 429, 5xx answers and refused or reset
-                        connections N times (default 2), with backoff that
-                        honours Retry-After; never once text has been shown
+  --retries N           retry 408, 409, 429, 500, 502, 503 and 504 answers and
+                        refused or reset connections N times (default 2), with
+                        backoff that honours Retry-After; never once text has
+                        been shown
   --check               diagnose the connection: server, API path, key, model,
                         a one-token streamed request; exit 0 if all works
   --save FILE           save the conversation after every turn, as a request
