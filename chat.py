@@ -157,7 +157,7 @@ __all__ = [
     "ChatError", "UsageError", "APIError", "AuthenticationError",
     "RateLimitError", "APIConnectionError", "APITimeoutError", "StreamError",
     "LineDecoder", "SSEDecoder", "ServerSentEvent", "iter_chunks", "ChatAccumulator",
-    "Client", "Chat", "main",
+    "check_params", "Client", "Chat", "Tools", "Console", "main",
 ]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
