@@ -1979,16 +1979,28 @@ def _terminal_reader(out, err, environ, commands):
         else:
             readline.parse_and_bind("tab: complete")
 
+    typed = {"now": "", "last": None}   # what Ctrl-C interrupted; the last line read
+
     def read_line(prompt):
+        typed["now"] = ""
         try:
             if out.isatty():   # readline draws the prompt; \001 \002 hide colour codes
-                return input(_colour(err, prompt, "1;36", "\001", "\002"))
-            _say(err, _colour(err, prompt, "1;36"))   # stdout is redirected: keep it for replies
-            return input()
+                line = input(_colour(err, prompt, "1;36", "\001", "\002"))
+            else:
+                _say(err, _colour(err, prompt, "1;36"))   # stdout is redirected: keep it for replies
+                line = input()
         except EOFError:
             _say(err, "\n")   # Ctrl-D: leave the terminal on a fresh line
             raise
-    return read_line, (readline.get_line_buffer if readline else None)
+        except KeyboardInterrupt:
+            # readline keeps the last line until the next one starts: a Ctrl-C
+            # just as input() begins must not count that line as typed.
+            buffer = readline.get_line_buffer() if readline else ""
+            typed["now"] = "" if buffer == typed["last"] else buffer
+            raise
+        typed["last"] = line
+        return line
+    return read_line, lambda: typed["now"]
 
 
 def _save_history(readline, path):

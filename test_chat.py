@@ -1988,7 +1988,7 @@ def test_terminal_chat_with_history_file(server, tmp_path):
         os.write(fd, b"hi there\r")
         read_until(fd, rb"Hello there\.\r?\n.*> ")
         os.write(fd, b"\x04")   # Ctrl-D at the prompt
-        _, wait_status = os.waitpid(pid, 0)
+        wait_status = wait_child(pid)
     finally:
         os.close(fd)
     assert os.WIFEXITED(wait_status) and os.WEXITSTATUS(wait_status) == 0
@@ -2016,10 +2016,14 @@ def test_terminal_ctrl_c_mid_reply_then_twice_to_leave(server, tmp_path, no_colo
         seen = read_until(fd, rb"\[interrupted\][\s\S]*> ")
         os.write(fd, b"next\r")
         seen += read_until(fd, rb"Next\.\r?\n[\s\S]*> ")
+        # At the prompt, let readline settle first: a Ctrl-C that lands before it
+        # blocks waits for the next key (CPython's readline), as a human never sees.
+        time.sleep(0.3)
         os.write(fd, b"\x03")
-        seen += read_until(fd, rb"Ctrl-C again or Ctrl-D to leave")
+        seen += read_until(fd, rb"Ctrl-C again or Ctrl-D to leave[\s\S]*> ")
+        time.sleep(0.3)
         os.write(fd, b"\x03")
-        _, wait_status = os.waitpid(pid, 0)
+        wait_status = wait_child(pid)
     finally:
         release.set()
         os.close(fd)
@@ -2031,6 +2035,19 @@ def test_terminal_ctrl_c_mid_reply_then_twice_to_leave(server, tmp_path, no_colo
     dim = b"\x1b[2m[interrupted]"
     assert (dim in seen) is not no_color
     assert b"\x1b[2m" not in seen if no_color else True
+
+
+def wait_child(pid, timeout=10):
+    """The child's wait status; kill it and fail if it has not ended in time."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("the child did not exit within %ss" % timeout)
 
 
 def find_python(version):
