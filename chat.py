@@ -1531,18 +1531,20 @@ def parse_conversation(data):
     return (model if isinstance(model, str) and model else None), data["messages"], params
 
 
-def load_conversation(path):
-    """Read a saved conversation: (model or None, messages, params)."""
+def read_json_file(path, what):
+    """The JSON in a file; a UsageError naming what it is for if that fails."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError("cannot load %s: %s" % (path, getattr(exc, "strerror", None)
-                                                  or "not UTF-8 text")) from None
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise UsageError("cannot load %s: not valid JSON (%s)" % (path, exc)) from None
+            return json.load(f)
+    except OSError as exc:
+        raise UsageError("cannot read %s %s: %s" % (what, path, exc.strerror)) from None
+    except ValueError as exc:   # not UTF-8 is a ValueError too
+        raise UsageError("%s %s is not valid JSON: %s" % (what, path, exc)) from None
+
+
+def load_conversation(path):
+    """Read a saved conversation: (model or None, messages, params)."""
+    data = read_json_file(path, "the conversation")
     try:
         return parse_conversation(data)
     except UsageError as exc:
@@ -1912,8 +1914,10 @@ class Console:
         messages = chat.messages
         if argument:
             messages = messages + [{"role": "user", "content": argument}]
-        elif messages and messages[-1].get("role") == "assistant" and chat._last_user() is not None:
-            messages = messages[:chat._last_user() + 1]   # the request /retry would send
+        else:
+            last = chat._last_user()
+            if last is not None and messages[-1].get("role") == "assistant":
+                messages = messages[:last + 1]   # the request /retry would send
         payload = build_payload(chat.model, messages, chat.stream, chat.params)
         _say(self.err, curl_command(chat.client, payload) + "\n")
 
@@ -2193,20 +2197,10 @@ def _parse_header(text, number):
     return name, value
 
 
-def _read_json_file(path, flag):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except OSError as exc:
-        raise UsageError("cannot read %s %s: %s" % (flag, path, exc.strerror)) from None
-    except ValueError as exc:
-        raise UsageError("%s %s is not valid JSON: %s" % (flag, path, exc)) from None
-
-
 def _json_schema(path):
     """response_format.json_schema from a file: a bare schema, or {name, schema, strict}."""
     import re
-    data = _read_json_file(path, "--json-schema")
+    data = read_json_file(path, "--json-schema")
     if not isinstance(data, dict):
         raise UsageError("--json-schema %s must hold a JSON object (a schema)" % path)
     if isinstance(data.get("schema"), dict) and isinstance(data.get("name"), str):
@@ -2243,7 +2237,7 @@ def _request_params(args):
         params["response_format"] = {"type": "json_schema",
                                      "json_schema": _json_schema(args.json_schema)}
     if args.tools:
-        tools = _read_json_file(args.tools, "--tools")
+        tools = read_json_file(args.tools, "--tools")
         if isinstance(tools, list):   # bare function definitions are welcome too
             tools = [t if not isinstance(t, dict) or "type" in t or "name" not in t
                      else {"type": "function", "function": t} for t in tools]
@@ -2254,7 +2248,7 @@ def _request_params(args):
     if args.no_parallel_tool_calls:
         params["parallel_tool_calls"] = False
     if args.functions:
-        params["functions"] = _read_json_file(args.functions, "--functions")
+        params["functions"] = read_json_file(args.functions, "--functions")
     if args.function_call:
         params["function_call"] = (args.function_call if args.function_call in ("auto", "none")
                                    else {"name": args.function_call})
@@ -2313,7 +2307,8 @@ def _settings(args, environ, err):
     else:
         api_key = pick(args.api_key, "OPENAI_API_KEY")
     from urllib.parse import urlsplit
-    scheme, host = urlsplit(base_url).scheme, urlsplit(base_url).hostname
+    parts = urlsplit(base_url)
+    scheme, host = parts.scheme, parts.hostname
     if not api_key and not is_local_host(host):
         raise UsageError(
             "no API key: set OPENAI_API_KEY (or pass --api-key), or point --base-url "
