@@ -94,7 +94,10 @@ Tools:
   A tool with no command is answered in the chat by typing its result (or
   @FILE); in one-shot mode without --tool-exec the calls are printed to stdout
   as JSON (inside the document with --output json) and chat.py exits 0.
-  -h, --help            show this help and exit
+
+Help:
+  -h, --help            a one-screen summary of the everyday options
+  --manual              this manual
   --version             show the version and exit
 
 Environment:
@@ -144,13 +147,44 @@ Examples:
   git diff | chat.py -s "You review code." "Review this change:"
   chat.py --base-url localhost:11434/v1 -m llama3.2      # Ollama
   chat.py --base-url localhost:8080/v1                   # llama.cpp server
+
+From Python (every option after the first arguments is keyword-only):
+  import chat
+  client = chat.Client("http://localhost:8080/v1")       # api_key=... for others
+  conversation = chat.Chat(client, "gemma", system="Answer in one line.")
+  completion = conversation.send("What is SSE?")         # the chat.completion dict
+  print(completion["choices"][0]["message"]["content"])
+  conversation.send("And WebSockets?", chat.ReplyPrinter(sys.stdout, sys.stderr))
+  # ReplyPrinter shows the reply as it streams; conversation.messages is the
+  # history, conversation.body() the request body that --save writes.
 """
 
+import argparse
+import atexit
+import base64
+import difflib
+import http.client
+import ipaddress
 import json
+import math
+import mimetypes
 import os
+import random
+import re
+import shlex
+import socket
+import ssl
+import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections import namedtuple
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit, urlunsplit
+# readline alone is imported where it is used, and only for a terminal: importing
+# it changes how input() reads and may write to the terminal.
 
 __version__ = "0.1.0"
 __all__ = [
@@ -159,6 +193,51 @@ __all__ = [
     "LineDecoder", "SSEDecoder", "ServerSentEvent", "iter_chunks", "ChatAccumulator",
     "check_params", "Client", "Chat", "Tools", "Console", "main",
 ]
+
+HELP = """\
+usage: chat.py [options] [PROMPT...]
+
+  chat.py                         chat in the terminal (/help lists commands)
+  chat.py PROMPT...               one-shot: the reply goes to stdout, then exit
+  echo TEXT | chat.py [PROMPT]    one-shot with piped input
+  chat.py -i [PROMPT...]          keep chatting (piped stdin: a turn a line)
+
+The server and the model:
+  --base-url URL        the API (env OPENAI_BASE_URL; default api.openai.com),
+                        e.g. localhost:11434/v1 for Ollama
+  -m, --model NAME      the model (env OPENAI_MODEL, default gpt-4o-mini)
+  --api-key-file FILE   read the key from FILE (else env OPENAI_API_KEY)
+  --check               diagnose the connection, the key and the model
+
+The conversation:
+  -s, --system TEXT     the system message
+  --save FILE           keep the conversation in FILE after every turn
+  --load FILE           carry on a conversation saved with --save
+  --image PATH|URL      attach an image to the prompt (repeatable)
+  --max-context TOKENS  drop the oldest exchanges to stay within TOKENS
+
+The reply:
+  -o, --output json     the whole chat.completion as JSON on stdout
+  --no-stream           ask for the whole reply at once
+  --temperature T, --max-tokens N, --seed N, --stop TEXT, -n N
+                        request fields, each checked before sending
+  --param KEY=JSON      any other request field
+  --usage               show tokens used and speed after each reply
+  --no-color            no colour (so does NO_COLOR=1)
+
+Tools:
+  --tools FILE          tool definitions the model may call
+  --tool-exec NAME=COMMAND   answer NAME's calls by running COMMAND (no shell)
+  --yes                 run those commands without asking
+
+  -h, --help            this summary
+  --manual              the full manual: every option, the chat's commands,
+                        the environment and exit statuses
+  --version             the version
+
+Exit status: 0 success, 1 API or network failure, 2 usage error,
+130 interrupted.
+"""
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_MODEL = "gpt-4o-mini"
@@ -170,6 +249,13 @@ MAX_BODY = 64 * 2**20           # a whole JSON answer larger than this is an err
 DEFAULT_RETRIES = 2
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}   # worth asking again later
 MAX_RETRY_WAIT = 60.0           # seconds, whatever Retry-After asks for
+MAX_IMAGE_BYTES = 20 * 2**20    # the API's own limit for one image
+DEFAULT_TOOL_TIMEOUT = 60.0     # seconds a --tool-exec command may run
+DEFAULT_TOOL_ROUNDS = 8         # rounds of tool calls and results in one turn
+CONTINUE_PROMPT = ("Continue your last reply exactly where it stopped, without repeating "
+                   "anything or adding an introduction.")
+_IMAGE_MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
+                (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif")]
 
 
 # ---------------------------------------------------------------------------
@@ -227,54 +313,62 @@ class LineDecoder:
     """Split a byte stream into text lines at CRLF, LF or a lone CR.
 
     Bytes become text one complete line at a time, so a UTF-8 character split
-    across network reads survives.  A leading byte order mark is dropped.
+    across network reads survives.  A leading byte order mark is dropped.  An
+    unfinished line is kept as the pieces that arrived and joined once, when
+    its line ending comes, so a long line costs what its bytes cost.
     """
 
     def __init__(self, max_line=MAX_LINE_BYTES):
         self.max_line = max_line
         self._pieces = []        # bytes of the unfinished last line
-        self._size = 0
-        self._skip_lf = False    # the previous read ended in CR: CRLF may be split
-        self.first_line = None   # kept to tell a proxy's error page from a stream
+        self._size = 0           # their total length
+        self._skip_lf = False    # the last byte was a CR: an LF next ends the same line
+        self._started = False    # a first line was returned (the BOM rule)
 
     def feed(self, data):
         """Return the lines completed by data, without their line endings."""
-        if self._skip_lf:
+        if self._skip_lf and data:
             self._skip_lf = False
             if data[:1] == b"\n":
                 data = data[1:]
-        if self._pieces and data:
-            self._pieces.append(data)
-            data = b"".join(self._pieces)
-            self._pieces, self._size = [], 0
         end = len(data) - 1                                # the last line ending:
         if data[end:] not in (b"\n", b"\r"):               # usually the last byte
             end = max(data.rfind(b"\n"), data.rfind(b"\r"))
-        if end + 1 < len(data):                            # keep the unfinished line
-            rest = data[end + 1:]
-            self._pieces, self._size = [rest], len(rest)
-            if self._size > self.max_line:
-                raise StreamError("the server sent a line longer than %d MiB; giving up"
-                                  % (self.max_line >> 20))
-        if end < 0:
+        if end < 0:                                        # no line ends here
+            if data:
+                self._pieces.append(data)
+                self._size += len(data)
+                self._check_size()
             return []
+        complete = data if end + 1 == len(data) else data[:end + 1]
+        if self._pieces:
+            self._pieces.append(complete)
+            complete = b"".join(self._pieces)
+        rest = data[end + 1:]
+        self._pieces, self._size = ([rest], len(rest)) if rest else ([], 0)
+        self._check_size()
         # A CR as the very last byte: the LF of its CRLF may open the next read.
-        self._skip_lf = end == len(data) - 1 and data[end] == 13
+        self._skip_lf = not rest and data[end] == 13
         try:
             # Decoding whole lines at once is safe: CR and LF never occur inside
             # a UTF-8 multi-byte character.
-            text = (data if end + 1 == len(data) else data[:end + 1]).decode("utf-8")
+            text = complete.decode("utf-8")
         except UnicodeDecodeError:
             raise StreamError("the server sent text that is not UTF-8") from None
         if "\r" in text:
             text = text.replace("\r\n", "\n").replace("\r", "\n")
         lines = text.split("\n")
         lines.pop()   # the empty string after the last line ending
-        if self.first_line is None:
+        if not self._started:
+            self._started = True
             if lines[0][:1] == "\ufeff":
                 lines[0] = lines[0][1:]
-            self.first_line = lines[0]
         return lines
+
+    def _check_size(self):
+        if self._size > self.max_line:
+            raise StreamError("the server sent a line longer than %d MiB; giving up"
+                              % (self.max_line >> 20))
 
 
 ServerSentEvent = namedtuple("ServerSentEvent", "event data id retry")
@@ -291,13 +385,9 @@ class SSEDecoder:
         self._data = []
         self._last_id = ""       # persists across events, as the spec says
         self._retry = None
-        self.ignored = None      # the last (field, value) the rules ignore
 
     def decode(self, line):
         """Take one line; return the event it completes, or None."""
-        if line.startswith("data:"):             # the line seen most, so tested first
-            self._data.append(line[6:] if line[5:6] == " " else line[5:])
-            return None
         if not line:                             # dispatch the event
             data, event = self._data, self._event or "message"
             self._data, self._event = [], ""
@@ -307,7 +397,7 @@ class SSEDecoder:
                                                 self._retry))
         if line[0] == ":":                       # a comment, e.g. a keep-alive
             return None
-        field, _, value = line.partition(":")    # no colon: value is ""
+        field, _, value = line.partition(":")    # no colon: the value is ""
         if value[:1] == " ":
             value = value[1:]
         if field == "data":
@@ -315,14 +405,12 @@ class SSEDecoder:
         elif field == "event":
             self._event = value
         elif field == "id":
-            if "\0" not in value:
+            if "\0" not in value:                # the spec ignores such an id
                 self._last_id = value
         elif field == "retry":
-            if value.isascii() and value.isdigit():
+            if value and not value.strip("0123456789"):   # ASCII digits only
                 self._retry = int(value)
-        else:
-            self.ignored = (field, value)        # unknown fields are ignored
-        return None
+        return None                              # any other field is ignored
 
 
 # ---------------------------------------------------------------------------
@@ -399,14 +487,19 @@ PARAM_RULES = {
 }
 
 
-def check_params(params):
-    """Raise UsageError, naming the flag and what it takes, if a field is off."""
+def check_params(params, flags=True):
+    """Raise UsageError if a field is off, naming it and what it takes: by its
+    flag (flags=True), else by its name as sent (a /set, a loaded file)."""
     for key, value in params.items():
         flag, what, test = PARAM_RULES.get(key, (None, None, None))
         if test is not None and not test(value):
-            raise UsageError("%s must be %s, not %s" % (flag, what, json.dumps(value)))
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)   # the user typed 5, not 5.0
+            raise UsageError("%s must be %s, not %s" % (
+                flag if flags else json.dumps(key), what, json.dumps(value)))
     if "top_logprobs" in params and params.get("logprobs") is not True:
-        raise UsageError("--top-logprobs needs --logprobs")
+        raise UsageError("--top-logprobs needs --logprobs" if flags else
+                         "\"top_logprobs\" needs \"logprobs\": true")
 
 
 def parse_value(text):
@@ -415,37 +508,6 @@ def parse_value(text):
         return json.loads(text)
     except ValueError:
         return text
-
-
-MAX_IMAGE_BYTES = 20 * 2**20
-_IMAGE_MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
-                (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif")]
-
-
-def image_part(source):
-    """An image_url content part: a URL as it is, a local file as a data: URL."""
-    if source.startswith(("http://", "https://", "data:")):
-        return {"type": "image_url", "image_url": {"url": source}}
-    try:
-        size = os.path.getsize(source)
-        if size > MAX_IMAGE_BYTES:
-            raise UsageError("the image %s is %.1f MB; the limit is 20 MB"
-                             % (source, size / 1e6))
-        with open(source, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise UsageError("cannot read the image %s: %s" % (source, exc.strerror)) from None
-    mime = next((m for magic, m in _IMAGE_MAGIC if data.startswith(magic)), None)
-    if mime is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        mime = "image/webp"
-    if mime is None:
-        import mimetypes
-        mime = mimetypes.guess_type(source)[0]
-    if not mime or not mime.startswith("image/"):
-        raise UsageError("%s does not look like an image (PNG, JPEG, GIF or WebP)" % source)
-    import base64
-    url = "data:%s;base64,%s" % (mime, base64.b64encode(data).decode("ascii"))
-    return {"type": "image_url", "image_url": {"url": url}}
 
 
 def user_content(text, images=()):
@@ -476,20 +538,26 @@ def iter_chunks(reads):
     StreamError for a stream that is not one, and IncompleteStreamError
     (after the last chunk) when the bytes end before [DONE].
     """
-    lines, events = LineDecoder(), SSEDecoder()
+    decoder, events = LineDecoder(), SSEDecoder()
+    first, last = None, ()   # the first line and the last lines: to explain an ending
     for data in reads:
-        for line in lines.feed(data):
+        lines = decoder.feed(data)
+        if lines:
+            if first is None:
+                first = lines[0]
+            last = lines
+        for line in lines:
             event = events.decode(line)
             if event is None:
                 continue
             if event.data == "[DONE]":
                 return
             yield parse_event(event)
-    if events.ignored and events.ignored[0] == "error":
-        # llama.cpp's server reports a failure as an "error:" field, which the
-        # SSE rules ignore; it is the best explanation of the ending.
-        parse_event(ServerSentEvent("error", events.ignored[1], "", None))
-    first = lines.first_line
+    for line in reversed(last):
+        if line.startswith("error:"):
+            # llama.cpp's server reports a failure as an "error:" field, which
+            # the SSE rules ignore; it is the best explanation of the ending.
+            parse_event(ServerSentEvent("error", line[6:].strip(), "", None))
     if first and first.partition(":")[0] not in ("", "data", "event", "id", "retry"):
         raise StreamError("the answer is not an event stream: %s" % _first_line(first))
     raise IncompleteStreamError("the server closed the stream before the reply was complete")
@@ -513,8 +581,8 @@ def parse_event(event):
     return chunk
 
 
-class _Text(list):
-    """Text that arrives in many small pieces: a list of the latest pieces,
+class _TextBuilder(list):
+    """A string built from many small pieces: a list of the latest pieces,
     the rest already joined into one string (head), so a long reply costs
     about its own size rather than 50 bytes a token."""
 
@@ -601,7 +669,7 @@ class ChatAccumulator:
             c = self.choices.get(index)
             if c is None:
                 c = self.choices[index] = {
-                    "role": None, "content": _Text(), "refusal": _Text(), "tool_calls": {},
+                    "role": None, "content": _TextBuilder(), "refusal": _TextBuilder(), "tool_calls": {},
                     "function_call": None, "other": {}, "logprobs": None,
                     "finish_reason": None}
             delta = choice.get("delta")
@@ -611,10 +679,7 @@ class ChatAccumulator:
                 if key == "content":
                     if type(value) is not str:
                         raise TypeError("content is %s" % type(value).__name__)
-                    text = c["content"]
-                    text.append(value)
-                    if len(text) == 256:
-                        text.compact()
+                    c["content"].add(value)
                 elif key == "role":
                     c["role"] = value
                 elif key == "tool_calls":
@@ -625,8 +690,8 @@ class ChatAccumulator:
                     fc = c["function_call"] = c["function_call"] or {"name": "", "arguments": ""}
                     fc["name"] = _merge_name(fc["name"], value.get("name") or "")
                     fc["arguments"] += value.get("arguments") or ""
-                elif isinstance(value, str) and isinstance(c["other"].get(key, _Text()), _Text):
-                    c["other"].setdefault(key, _Text()).add(value)   # reasoning_content...
+                elif isinstance(value, str) and isinstance(c["other"].get(key, _TextBuilder()), _TextBuilder):
+                    c["other"].setdefault(key, _TextBuilder()).add(value)   # reasoning_content...
                 else:
                     c["other"][key] = value
             logprobs = choice.get("logprobs")
@@ -685,7 +750,7 @@ class ChatAccumulator:
                 message["tool_calls"] = [c["tool_calls"][i] for i in sorted(c["tool_calls"])]
             if c["function_call"]:
                 message["function_call"] = c["function_call"]
-            message.update((k, str(v) if isinstance(v, _Text) else v)
+            message.update((k, str(v) if isinstance(v, _TextBuilder) else v)
                            for k, v in c["other"].items())
             choices.append({"index": index, "message": message,
                             "logprobs": c["logprobs"], "finish_reason": c["finish_reason"]})
@@ -736,7 +801,6 @@ def error_message(body):
 def _server_words(message):
     """A server's message on one line, without the Python traceback some
     servers (llama-cpp-python among them) append to it."""
-    import re
     return _one_line(re.split(r"\n\s*(?:Traceback \(most recent call last\)|File \")",
                               str(message), 1)[0])
 
@@ -766,7 +830,6 @@ def _first_line(text):
 
 def normalize_base_url(url):
     """Accept a base URL as people paste it; return scheme://host[:port]/path[?query]."""
-    from urllib.parse import urlsplit, urlunsplit
     url = url.strip()
     if "://" not in url:
         host = urlsplit("//" + url).hostname or ""
@@ -788,7 +851,6 @@ def endpoint_url(base_url, path):
 
 
 def _ip_address(host):
-    import ipaddress
     try:
         return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
@@ -822,18 +884,19 @@ def retry_delay(attempt, headers, now=None, jitter=None):
     milliseconds, after = headers.get("retry-after-ms"), headers.get("Retry-After")
     try:
         if milliseconds:
-            return min(max(float(milliseconds) / 1000, 0.0), MAX_RETRY_WAIT)
-        if after:
+            seconds = float(milliseconds) / 1000
+        elif after:
             try:
                 seconds = float(after)
             except ValueError:
-                from email.utils import parsedate_to_datetime
                 seconds = parsedate_to_datetime(after).timestamp() - (now or time.time())
+        else:
+            seconds = None
+        if seconds is not None and math.isfinite(seconds):   # "nan" is a float too
             return min(max(seconds, 0.0), MAX_RETRY_WAIT)
     except (TypeError, ValueError, OverflowError):
         pass   # an unreadable header: fall back to backoff
     if jitter is None:
-        import random
         jitter = random.random()
     return min(0.5 * 2 ** attempt, MAX_RETRY_WAIT) * (1 - 0.25 * jitter)
 
@@ -849,7 +912,7 @@ class Client:
     RETRY_STATUSES); on_retry(text) hears of each; sleep waits between them.
     """
 
-    def __init__(self, base_url, api_key=None, organization=None, project=None,
+    def __init__(self, base_url, *, api_key=None, organization=None, project=None,
                  headers=(), timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES,
                  on_retry=None, sleep=None):
         self.base_url = base_url
@@ -879,9 +942,6 @@ class Client:
         Only failures before any response byte are retried, so no text is ever
         shown twice.  Raises the ChatError that says what went wrong.
         """
-        import urllib.request
-        import urllib.error
-        import http.client
         headers = dict(self.headers)
         data = None
         if payload is not None:
@@ -952,8 +1012,6 @@ class Client:
         return cls.get(status, APIError)(text, status, type_, code, parsed)
 
     def _connection_error(self, reason):
-        import socket
-        import ssl
         where = self.base_url
         if isinstance(reason, (socket.timeout, TimeoutError)):
             return APITimeoutError("no answer from %s within %gs - is the server up? "
@@ -976,7 +1034,6 @@ class Client:
 
     def read_json(self, response):
         """Read a whole JSON answer (bounded); raise a ChatError if it is not one."""
-        import http.client
         try:
             body = response.read(MAX_BODY + 1)
         except (OSError, http.client.HTTPException) as exc:
@@ -1022,7 +1079,6 @@ class Client:
             yield from iter_chunks(self._reads(response))
 
     def _reads(self, response):
-        import http.client
         read1 = response.read1   # returns what has arrived, without waiting for more
         while True:
             try:
@@ -1042,7 +1098,6 @@ class Client:
         return data
 
     def _read_error(self, exc):
-        import socket
         if isinstance(exc, (socket.timeout, TimeoutError)):
             return APITimeoutError("the server sent nothing for %gs and the reply was "
                                    "abandoned (--timeout sets the limit)" % self.timeout)
@@ -1051,7 +1106,6 @@ class Client:
 
 
 def _no_redirect_handler():
-    import urllib.request
 
     class NoRedirect(urllib.request.HTTPRedirectHandler):
         def redirect_request(self, *args):
@@ -1060,10 +1114,177 @@ def _no_redirect_handler():
 
 
 # ---------------------------------------------------------------------------
+# Files: conversations saved and loaded, images attached.
+# ---------------------------------------------------------------------------
+
+def parse_conversation(data):
+    """Return (model or None, messages, params) from a saved conversation.
+
+    Accepts a Chat Completions request body or a bare list of messages;
+    raises UsageError for anything else.
+    """
+    if isinstance(data, list):
+        data = {"messages": data}
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        raise UsageError("it is not a conversation: expected a request body with a "
+                         "\"messages\" list, or a list of messages")
+    for i, message in enumerate(data["messages"]):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), (str, list, type(None)))):
+            raise UsageError("message %d is not a message: each needs a \"role\" and a "
+                             "\"content\"" % (i + 1))
+    model = data.get("model")
+    params = {k: v for k, v in data.items()
+              if k not in ("model", "messages", "stream", "stream_options")}
+    return (model if isinstance(model, str) and model else None), data["messages"], params
+
+
+def read_json_file(path, what):
+    """The JSON in a file; a UsageError naming what it is for if that fails."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except OSError as exc:
+        raise UsageError("cannot read %s %s: %s" % (what, path, exc.strerror)) from None
+    except ValueError as exc:   # not UTF-8 is a ValueError too
+        raise UsageError("%s %s is not valid JSON: %s" % (what, path, exc)) from None
+
+
+def load_conversation(path):
+    """Read a saved conversation: (model or None, messages, params)."""
+    data = read_json_file(path, "the conversation")
+    try:
+        return parse_conversation(data)
+    except UsageError as exc:
+        raise UsageError("cannot load %s: %s" % (path, exc)) from None
+
+
+def save_conversation(path, body):
+    """Write body to path atomically, readable by the owner only.
+
+    The text goes to a temporary file in the same folder, is flushed to disk,
+    then renamed over path: a crash or a full disk leaves the old file whole.
+    """
+    data = (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=".chat-", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise ChatError("cannot save to %s: %s" % (path, exc.strerror)) from None
+    try:
+        with os.fdopen(fd, "wb") as f:   # mkstemp made it 0600
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except OSError as exc:
+        os.unlink(temporary)
+        raise ChatError("cannot save to %s: %s" % (path, exc.strerror)) from None
+    try:   # make the rename itself durable
+        folder_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(folder_fd)
+        finally:
+            os.close(folder_fd)
+    except OSError:
+        pass
+
+
+def image_part(source):
+    """An image_url content part: a URL as it is, a local file as a data: URL."""
+    if source.startswith(("http://", "https://", "data:")):
+        return {"type": "image_url", "image_url": {"url": source}}
+    try:
+        size = os.path.getsize(source)
+        if size > MAX_IMAGE_BYTES:
+            raise UsageError("the image %s is %.1f MB; the limit is 20 MB"
+                             % (source, size / 1e6))
+        with open(source, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise UsageError("cannot read the image %s: %s" % (source, exc.strerror)) from None
+    mime = next((m for magic, m in _IMAGE_MAGIC if data.startswith(magic)), None)
+    if mime is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        mime = "image/webp"
+    if mime is None:
+        mime = mimetypes.guess_type(source)[0]
+    if not mime or not mime.startswith("image/"):
+        raise UsageError("%s does not look like an image (PNG, JPEG, GIF or WebP)" % source)
+    url = "data:%s;base64,%s" % (mime, base64.b64encode(data).decode("ascii"))
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+# ---------------------------------------------------------------------------
+# Writing to the terminal: notices, colour, secrets kept off the screen.
+# ---------------------------------------------------------------------------
+
+def _say(err, text):
+    # Flush every time: before Python 3.9 a piped stderr is block-buffered.
+    err.write(text)
+    err.flush()
+
+
+def _redact(text, secrets):
+    """text with every secret in it blanked out."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class _ErrorStream:
+    """stderr as chat.py writes to it: every secret blanked out of what is
+    written (servers quote requests, proxies quote headers, and the key must
+    never show), and colour, where the terminal should get it."""
+
+    def __init__(self, stream, *, colour=False, secrets=()):
+        self._stream, self.colour = stream, colour
+        self.secrets = [secret for secret in secrets if secret]
+
+    def write(self, text):
+        return self._stream.write(_redact(text, self.secrets))
+
+    def __getattr__(self, name):   # flush, isatty, fileno, ...
+        return getattr(self._stream, name)
+
+
+def _colour(err, text, code, start="", end=""):
+    """text in an ANSI colour if err shows colours; start and end wrap the
+    codes (readline wants them between \001 and \002 to measure the prompt)."""
+    if not getattr(err, "colour", False):
+        return text
+    return "%s\033[%sm%s%s%s\033[0m%s" % (start, code, end, text, start, end)
+
+
+def _dim(err, text):
+    body = text.rstrip("\n")   # colour the words, not the line ending
+    _say(err, _colour(err, body, "2") + text[len(body):])
+
+
+def _note(err, text):
+    _say(err, _colour(err, "chat.py: %s" % text, "31" if text.startswith("error:") else "2") + "\n")
+
+
+# ---------------------------------------------------------------------------
 # The conversation and its display.
 # ---------------------------------------------------------------------------
 
-class ReplyPrinter:
+class Printer:
+    """Receives a reply as it arrives, and shows nothing: the default for
+    Chat.send() from Python.  ReplyPrinter shows replies; a subclass of
+    either can show them some other way."""
+
+    def chunk(self, chunk):
+        """Take one chat.completion.chunk dict, as it arrives."""
+
+    def end_line(self):
+        """The reply stopped early (an error, Ctrl-C): finish what was shown."""
+
+    def finish(self, completion):
+        """Take the whole chat.completion once the reply is complete."""
+
+
+class ReplyPrinter(Printer):
     """Write a reply's text to out as it arrives; notices go to err.
 
     With n > 1, the first unfinished choice streams live and the others are
@@ -1072,7 +1293,7 @@ class ReplyPrinter:
     probability.  clock: a monotonic clock, for the timing.
     """
 
-    def __init__(self, out, err, n=1, show_text=True, usage=False, logprobs=False,
+    def __init__(self, out, err, *, n=1, show_text=True, usage=False, logprobs=False,
                  clock=time.monotonic):
         self.out, self.err, self.n, self.show_text = out, err, n, show_text
         self.usage, self.logprobs, self.clock = usage, logprobs, clock
@@ -1161,7 +1382,6 @@ class ReplyPrinter:
         _dim(self.err, "".join("  %s\n" % line for line in shown.splitlines()))
 
     def _show_logprobs(self, label, tokens):
-        import math
         lines = ["%slogprobs, token by token:" % label]
         for item in tokens:
             line = "  %-20s %6.2f%%" % (json.dumps(item.get("token"), ensure_ascii=False),
@@ -1191,64 +1411,22 @@ class ReplyPrinter:
             _note(self.err, "usage: the server reported none%s" % timing)
 
 
-def _say(err, text):
-    # Flush every time: before Python 3.9 a piped stderr is block-buffered.
-    err.write(text)
-    err.flush()
-
-
-def _redact(text, secrets):
-    """text with every secret in it blanked out."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
-
-
-class _Redacting:
-    """A stream wrapper that blanks secrets out of everything written to it:
-    servers quote requests, proxies quote headers, and the key must never show."""
-
-    def __init__(self, stream, secrets):
-        self._stream, self.secrets = stream, secrets
-
-    def write(self, text):
-        return self._stream.write(_redact(text, self.secrets))
-
-    def __getattr__(self, name):   # flush, isatty, fileno, ...
-        return getattr(self._stream, name)
-
-
-def _colour(err, text, code, start="", end=""):
-    """text in an ANSI colour if err shows colours; start and end wrap the
-    codes (readline wants them between \001 and \002 to measure the prompt)."""
-    if not getattr(err, "colour", False):
-        return text
-    return "%s\033[%sm%s%s%s\033[0m%s" % (start, code, end, text, start, end)
-
-
-def _dim(err, text):
-    body = text.rstrip("\n")   # colour the words, not the line ending
-    _say(err, _colour(err, body, "2") + text[len(body):])
-
-
-def _note(err, text):
-    _say(err, _colour(err, "chat.py: %s" % text, "31" if text.startswith("error:") else "2") + "\n")
-
-
 class Chat:
     """A conversation: the API's own messages list plus how to extend it.
 
     client: the Client to send with.  model: the model name.  system: the
-    system message, if any.  params: extra body fields.  stream: ask for SSE.
-    max_context: the most tokens a request may hold (None: no bound until the
-    server reports one).  notify(text) hears of trimming and retries.
-    system_role: "system", or "developer" as newer reasoning models expect.
+    system message, if any.  params: extra body fields, checked as the flags
+    are.  stream: ask for SSE.  max_context: the most tokens a request may
+    hold (None: no bound until the server reports one).  notify(text) hears
+    of trimming and retries.  system_role: "system", or "developer" as newer
+    reasoning models expect.
     """
 
-    def __init__(self, client, model, system=None, params=None, stream=True,
+    def __init__(self, client, model, *, system=None, params=None, stream=True,
                  max_context=None, notify=None, system_role="system"):
-        self.client, self.model, self.params, self.stream = client, model, params or {}, stream
+        self.client, self.model, self.stream = client, model, stream
+        self.params = dict(params or {})
+        check_params(self.params)
         self.system_role = system_role
         self.messages = [{"role": system_role, "content": system}] if system else []
         self.totals = dict.fromkeys(("requests", "prompt_tokens", "completion_tokens",
@@ -1264,8 +1442,37 @@ class Chat:
         body.update(self.params)
         return body
 
-    def send(self, content, printer):
-        """Send one user turn; show and return the chat.completion.
+    def load(self, path, *, model=None, params=None):
+        """Make the chat what the conversation saved at path holds: its
+        messages, its model and its request fields, with model and params,
+        where given, winning over the file's.  A file that is not a
+        conversation, or holds a field that is off, raises UsageError and
+        leaves the chat as it was."""
+        loaded_model, messages, loaded = load_conversation(path)
+        merged = dict(loaded, **(params or {}))
+        try:
+            check_params(merged, flags=False)
+        except UsageError as exc:
+            raise UsageError("cannot load %s: %s" % (path, exc)) from None
+        self.messages, self.params = messages, merged
+        self.model = model or loaded_model or self.model
+        self.cut, self._measured = False, None
+
+    def next_payload(self, content=None):
+        """The request body that sending content would make; without content,
+        the one retry() would send."""
+        messages = self.messages
+        if content is not None:
+            messages = messages + [{"role": "user", "content": content}]
+        else:
+            last = self._last_user()
+            if last is not None and messages[-1].get("role") == "assistant":
+                messages = messages[:last + 1]
+        return build_payload(self.model, messages, self.stream, self.params)
+
+    def send(self, content, printer=None):
+        """Send one user turn; return the chat.completion (printer, if given,
+        shows it as it arrives).
 
         On success the user message and the reply join the history; on any
         error the history is as it was.  Text already shown when Ctrl-C or an
@@ -1273,7 +1480,11 @@ class Chat:
         """
         return self._exchange(self.messages + [{"role": "user", "content": content}], printer)
 
-    def continue_reply(self, printer):
+    def reply(self, printer=None):
+        """Ask for the next reply to the conversation as it stands."""
+        return self._exchange(self.messages, printer)
+
+    def continue_reply(self, printer=None):
         """Ask for more of a reply that was cut short; append it to that reply."""
         if not (self.cut and self.messages and self.messages[-1].get("role") == "assistant"):
             raise UsageError("nothing to continue: the last reply was complete")
@@ -1286,7 +1497,7 @@ class Chat:
         self.messages = before[:-1] + [joined]   # one reply, as if never cut
         return completion
 
-    def retry(self, printer):
+    def retry(self, printer=None):
         """Send the last user message again, in place of its reply."""
         last = self._last_user()
         if last is None:
@@ -1315,17 +1526,15 @@ class Chat:
 
     def set_system(self, text):
         """Replace the system message (or add one at the start)."""
-        role = self.messages[0]["role"] if _system_count(self.messages) else self.system_role
-        self.messages = [{"role": role, "content": text}] + self.messages[_system_count(self.messages):]
+        count = _system_count(self.messages)
+        role = self.messages[0]["role"] if count else self.system_role
+        self.messages = [{"role": role, "content": text}] + self.messages[count:]
 
-    def reply(self, printer):
-        """Ask for the next reply to the conversation as it stands."""
-        return self._exchange(self.messages, printer)
-
-    def follow_tools(self, completion, tools, new_printer):
+    def follow_tools(self, completion, tools, new_printer=Printer):
         """Answer the tool calls of a reply and send the results back, round
         after round, until a reply calls no tool or tools.max_rounds is reached.
-        Returns the last chat.completion."""
+        new_printer() gives the printer for each reply.  Returns the last
+        chat.completion."""
         for rounds in range(tools.max_rounds + 1):
             choices = completion.get("choices") or [{}]
             calls = tool_calls(choices[0].get("message") or {})
@@ -1350,51 +1559,86 @@ class Chat:
                 return i
         return None
 
-    def _exchange(self, messages, printer, trimmed_for_error=False, renamed=False):
+    def _exchange(self, messages, printer):
+        """Send messages and show the reply; on success they and the reply
+        become the history.  A request the server refuses in a way a change
+        can fix (see _recover) is sent again, changed, once per kind of fix."""
+        printer = printer or Printer()
         messages = self._fit(messages)
+        tried = set()
+        while True:
+            accumulator = ChatAccumulator()
+            try:
+                completion = self._request(messages, printer, accumulator)
+                break
+            except APIError as exc:
+                printer.end_line()
+                fixed = None if accumulator.text() else self._recover(exc, messages, tried)
+                if fixed is None:
+                    self._keep_shown(messages, accumulator)
+                    raise
+                messages = fixed
+            except (ChatError, KeyboardInterrupt):
+                printer.end_line()
+                self._keep_shown(messages, accumulator)
+                raise
+        printer.finish(completion)
+        self._record(messages, completion)
+        return completion
+
+    def _request(self, messages, printer, accumulator):
+        """One request; its reply goes through accumulator and printer."""
         payload = build_payload(self.model, messages, self.stream, self.params)
-        if self.max_context and self.stream and "stream_options" not in payload:
+        if not self.stream:
+            completion = self.client.complete(payload)
+            chunk = completion_to_chunk(completion)
+            ChatAccumulator().add(chunk)   # checks its shape before it is shown
+            printer.chunk(chunk)
+            return completion
+        if self.max_context and "stream_options" not in payload:
             payload["stream_options"] = {"include_usage": True}   # for the real count
-        accumulator = ChatAccumulator()
+        chunks = self.client.stream(payload)
         try:
-            if self.stream:
-                self._receive(payload, printer, accumulator)
-                completion = accumulator.result()
-            else:
-                completion = self.client.complete(payload)
-                chunk = completion_to_chunk(completion)
-                ChatAccumulator().add(chunk)   # checks its shape before it is shown
+            for chunk in chunks:
+                accumulator.add(chunk)   # first: what Ctrl-C finds shown is in here
                 printer.chunk(chunk)
-        except APIError as exc:
-            printer.end_line()
-            if (not renamed and "max_tokens" in self.params and exc.status == 400
-                    and "max_tokens" in str(exc) and "max_completion_tokens" in str(exc)):
-                # Newer OpenAI models take only the new name: use it from now on.
-                self.params["max_completion_tokens"] = self.params.pop("max_tokens")
+        except IncompleteStreamError:
+            if not accumulator.finished:   # some servers never send [DONE]
+                raise
+        finally:
+            chunks.close()   # on Ctrl-C this closes the connection at once
+        return accumulator.result()
+
+    def _recover(self, exc, messages, tried):
+        """The messages to send again after the server refused them with exc,
+        where a change may help (each kind once); else None."""
+        if "rename" not in tried:
+            renamed = renamed_max_tokens(self.params, exc)
+            if renamed is not None:
+                tried.add("rename")
+                self.params = renamed
                 self.notify("the server wants max_completion_tokens instead of max_tokens; "
                             "sending that from now on")
-                return self._exchange(messages, printer, trimmed_for_error, renamed=True)
-            if not trimmed_for_error and not accumulator.text() and _context_error(exc):
-                limit, counted = _context_numbers(exc)
-                self.max_context = limit or self.max_context
-                # Our count was too low, whatever the limit: cut a quarter at least,
-                # and where the server gave its own count, scale ours to match it.
-                estimate = self._tokens(messages)
-                target = estimate * 3 // 4
-                if limit and counted and counted > limit:
-                    target = min(target, estimate * limit * 9 // (counted * 10))
-                elif limit:
-                    target = min(target, limit)
-                shorter = self._fit(messages, max(target, 1))
-                if shorter is not messages:
-                    return self._exchange(shorter, printer, True, renamed)
-            self._keep_shown(messages, accumulator)
-            raise
-        except (ChatError, KeyboardInterrupt):
-            printer.end_line()
-            self._keep_shown(messages, accumulator)
-            raise
-        printer.finish(completion)
+                return messages
+        if "trim" not in tried and _context_error(exc):
+            tried.add("trim")
+            limit, counted = _context_numbers(exc)
+            self.max_context = limit or self.max_context
+            # Our count was too low, whatever the limit: cut a quarter at least,
+            # and where the server gave its own count, scale ours to match it.
+            estimate = self._tokens(messages)
+            target = estimate * 3 // 4
+            if limit and counted and counted > limit:
+                target = min(target, estimate * limit * 9 // (counted * 10))
+            elif limit:
+                target = min(target, limit)
+            shorter = self._fit(messages, max(target, 1))
+            if shorter is not messages:
+                return shorter
+        return None
+
+    def _record(self, messages, completion):
+        """A reply arrived whole: keep it, and what the server counted."""
         choices = completion.get("choices") or [{}]
         self.messages = messages + [history_message(choices[0].get("message") or {})]
         self.cut = choices[0].get("finish_reason") == "length"
@@ -1406,25 +1650,12 @@ class Chat:
         if isinstance(usage.get("prompt_tokens"), int):
             self._measured = (len(self.messages),
                               usage["prompt_tokens"] + (usage.get("completion_tokens") or 0))
-        return completion
 
     def _keep_shown(self, messages, accumulator):
         shown = accumulator.text()
         if shown:   # the user read it: keep it
             self.messages = messages + [{"role": "assistant", "content": shown}]
             self.cut = True
-
-    def _receive(self, payload, printer, accumulator):
-        chunks = self.client.stream(payload)
-        try:
-            for chunk in chunks:
-                accumulator.add(chunk)   # first: what Ctrl-C finds shown is in here
-                printer.chunk(chunk)
-        except IncompleteStreamError:
-            if not accumulator.finished:   # some servers never send [DONE]
-                raise
-        finally:
-            chunks.close()   # on Ctrl-C this closes the connection at once
 
     def _tokens(self, messages):
         """Tokens messages would take: the server's own count where it gave one."""
@@ -1438,28 +1669,41 @@ class Chat:
         """messages without their oldest exchanges, until they fit the limit.
 
         Never drops the system message or the last user message.  Returns the
-        very same list when nothing had to go.
+        very same list when nothing had to go.  Linear in the messages: each
+        is measured once.
         """
         limit = limit or self.max_context
         if not limit or self._tokens(messages) <= limit:
             return messages
         start = _system_count(messages)
-        kept, dropped = list(messages), 0
-        while self._tokens(kept) > limit:
-            users = [i for i in range(start + 1, len(kept)) if kept[i].get("role") == "user"]
-            if not users:   # only the last exchange is left: it goes as it is
+        sizes = [_chars(m) for m in messages]
+        chars, count = sum(sizes), len(messages)   # once cut, our own estimate counts
+        cut = start   # messages[start:cut] are dropped
+        for i in range(start + 1, len(messages)):
+            if cut > start and chars // 4 + 4 * count <= limit:
                 break
-            dropped += users[0] - start
-            del kept[start:users[0]]
-        if not dropped:
+            if messages[i].get("role") == "user":   # drop everything before it
+                chars -= sum(sizes[cut:i])
+                count -= i - cut
+                cut = i
+        if cut == start:   # only the last exchange is left: it goes as it is
             return messages
+        dropped = cut - start
         self.notify("dropped the %d oldest message%s to stay within %d tokens of context"
                     % (dropped, "" if dropped == 1 else "s", limit))
-        return kept
+        return messages[:start] + messages[cut:]
 
 
-CONTINUE_PROMPT = ("Continue your last reply exactly where it stopped, without repeating "
-                   "anything or adding an introduction.")
+def renamed_max_tokens(params, exc):
+    """params with max_tokens renamed to max_completion_tokens if exc is the
+    server refusing max_tokens for that reason (newer OpenAI models do); else None."""
+    text = str(exc)
+    if ("max_tokens" not in params or getattr(exc, "status", None) != 400
+            or "max_tokens" not in text or "max_completion_tokens" not in text):
+        return None
+    renamed = dict(params)
+    renamed["max_completion_tokens"] = renamed.pop("max_tokens")
+    return renamed
 
 
 def _system_count(messages):
@@ -1470,19 +1714,23 @@ def _system_count(messages):
     return n
 
 
+def _chars(message):
+    """Characters of a message that count toward its tokens (~85 an image)."""
+    chars = 0
+    content = message.get("content")
+    if isinstance(content, list):   # content parts: count the text
+        chars += sum(len(p.get("text") or "") if p.get("type") == "text" else 340
+                     for p in content if isinstance(p, dict))
+    elif isinstance(content, str):
+        chars += len(content)
+    if message.get("tool_calls"):
+        chars += len(json.dumps(message["tool_calls"]))
+    return chars
+
+
 def _estimate(messages):
     """About 4 characters a token, plus a few tokens a message."""
-    chars = 0
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):   # content parts: count the text, ~85 an image
-            chars += sum(len(p.get("text") or "") if p.get("type") == "text" else 340
-                         for p in content if isinstance(p, dict))
-        elif isinstance(content, str):
-            chars += len(content)
-        if message.get("tool_calls"):
-            chars += len(json.dumps(message["tool_calls"]))
-    return chars // 4 + 4 * len(messages)
+    return sum(_chars(m) for m in messages) // 4 + 4 * len(messages)
 
 
 def _context_error(exc):
@@ -1496,7 +1744,6 @@ def _context_error(exc):
 def _context_numbers(exc):
     """(context size, tokens the server counted) as a context error states them;
     None for what it does not say."""
-    import re
     body = exc.body if isinstance(exc.body, dict) else {}
     error = body.get("error") if isinstance(body.get("error"), dict) else body
     if isinstance(error.get("n_ctx"), int):   # llama.cpp says it in fields
@@ -1507,80 +1754,6 @@ def _context_numbers(exc):
     counted = re.search(r"(?:resulted in|requested|you requested|prompt has) (\d{2,8})", str(exc))
     return (int(limit.group(1)) if limit else None,
             int(counted.group(1)) if counted else None)
-
-
-def parse_conversation(data):
-    """Return (model or None, messages, params) from a saved conversation.
-
-    Accepts a Chat Completions request body or a bare list of messages;
-    raises UsageError for anything else.
-    """
-    if isinstance(data, list):
-        data = {"messages": data}
-    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
-        raise UsageError("it is not a conversation: expected a request body with a "
-                         "\"messages\" list, or a list of messages")
-    for i, message in enumerate(data["messages"]):
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), (str, list, type(None)))):
-            raise UsageError("message %d is not a message: each needs a \"role\" and a "
-                             "\"content\"" % (i + 1))
-    model = data.get("model")
-    params = {k: v for k, v in data.items()
-              if k not in ("model", "messages", "stream", "stream_options")}
-    return (model if isinstance(model, str) and model else None), data["messages"], params
-
-
-def read_json_file(path, what):
-    """The JSON in a file; a UsageError naming what it is for if that fails."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except OSError as exc:
-        raise UsageError("cannot read %s %s: %s" % (what, path, exc.strerror)) from None
-    except ValueError as exc:   # not UTF-8 is a ValueError too
-        raise UsageError("%s %s is not valid JSON: %s" % (what, path, exc)) from None
-
-
-def load_conversation(path):
-    """Read a saved conversation: (model or None, messages, params)."""
-    data = read_json_file(path, "the conversation")
-    try:
-        return parse_conversation(data)
-    except UsageError as exc:
-        raise UsageError("cannot load %s: %s" % (path, exc)) from None
-
-
-def save_conversation(path, body):
-    """Write body to path atomically, readable by the owner only.
-
-    The text goes to a temporary file in the same folder, is flushed to disk,
-    then renamed over path: a crash or a full disk leaves the old file whole.
-    """
-    import tempfile
-    data = (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, temporary = tempfile.mkstemp(prefix=".chat-", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise ChatError("cannot save to %s: %s" % (path, exc.strerror)) from None
-    try:
-        with os.fdopen(fd, "wb") as f:   # mkstemp made it 0600
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except OSError as exc:
-        os.unlink(temporary)
-        raise ChatError("cannot save to %s: %s" % (path, exc.strerror)) from None
-    try:   # make the rename itself durable
-        folder_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(folder_fd)
-        finally:
-            os.close(folder_fd)
-    except OSError:
-        pass
 
 
 # ---------------------------------------------------------------------------
@@ -1607,7 +1780,6 @@ def tool_result(call, content):
 def run_tool_command(argv, arguments, timeout):
     """Run argv (no shell) with the call's arguments as JSON on stdin; return
     its stdout, or an error result the model can read."""
-    import subprocess
     try:
         proc = subprocess.run(argv, input=arguments.encode("utf-8"), capture_output=True,
                               timeout=timeout)
@@ -1631,7 +1803,8 @@ class Tools:
     run.  max_rounds: rounds of calls and results before chat.py stops.
     """
 
-    def __init__(self, commands=None, ask=None, confirm=False, timeout=60.0, max_rounds=8):
+    def __init__(self, commands=None, *, ask=None, confirm=False, timeout=DEFAULT_TOOL_TIMEOUT,
+                 max_rounds=DEFAULT_TOOL_ROUNDS):
         self.commands, self.ask, self.confirm = commands or {}, ask, confirm
         self.timeout, self.max_rounds = timeout, max_rounds
 
@@ -1677,42 +1850,42 @@ class Console:
     notices go.  piped: input is a script (the first failed turn ends the run).
     save_path: where to save after every turn (--save).  line_buffer(): what
     is typed at the prompt so far, where the terminal can tell.  tools: the
-    Tools that answer tool calls (None: the user types each result).
-    new_printer(): a ReplyPrinter for the next reply.
+    Tools that answer tool calls (default: the user types each result).
+    new_printer(): a Printer for the next reply (default: a ReplyPrinter on
+    out and err).  images: image parts for the first message.
     """
 
-    def __init__(self, chat, read_line, out, err, piped=False, save_path=None,
-                 line_buffer=None, tools=None, new_printer=None, prompt="> ",
+    COMMANDS = {   # name: (method, argument, what it does; None: not listed)
+        "/help": ("do_help", "", "list the commands"),
+        "/exit": ("do_exit", "", "leave (so do /quit, Ctrl-D, and Ctrl-C twice)"),
+        "/quit": ("do_exit", "", None),
+        "/reset": ("do_reset", "", "clear the conversation, keep the system message"),
+        "/system": ("do_system", "[TEXT]", "show or set the system message"),
+        "/model": ("do_model", "[NAME]", "show or set the model"),
+        "/history": ("do_history", "", "show the conversation"),
+        "/undo": ("do_undo", "", "drop the last exchange"),
+        "/retry": ("do_retry", "", "ask again for the last reply"),
+        "/continue": ("do_continue", "", "ask for more of a reply that was cut short"),
+        "/save": ("do_save", "[FILE]", "save the conversation as a request body"),
+        "/load": ("do_load", "FILE", "load a saved conversation (or a list of messages)"),
+        "/curl": ("do_curl", "[TEXT]", "show a curl command for the next request"),
+        "/set": ("do_set", "KEY VALUE", "set a request field (VALUE is JSON or text)"),
+        "/unset": ("do_unset", "KEY", "stop sending a request field"),
+        "/params": ("do_params", "", "show the fields sent with each request"),
+        "/image": ("do_image", "PATH|URL", "attach an image to the next message"),
+        "/usage": ("do_usage", "", "show the tokens used in this session"),
+    }
+
+    def __init__(self, chat, read_line, out, err, *, piped=False, save_path=None,
+                 line_buffer=None, tools=None, new_printer=None, images=(), prompt="> ",
                  more_prompt="... "):
         self.chat, self.read_line, self.out, self.err = chat, read_line, out, err
         self.piped, self.save_path, self.line_buffer = piped, save_path, line_buffer
         self.prompt, self.more_prompt = prompt, more_prompt
-        self.tools = tools or Tools()
-        if self.tools.ask is None:
-            self.tools.ask = lambda prompt: self.read_line(prompt)
+        self.tools = tools or Tools(ask=read_line)
         self.new_printer = new_printer or (lambda: ReplyPrinter(
-            out, err, chat.params.get("n", 1)))
-        self.images = []   # attached with /image, sent with the next message
-        self.commands = {   # name: (method, argument, what it does)
-            "/help": (self.do_help, "", "list the commands"),
-            "/exit": (self.do_exit, "", "leave (so do /quit, Ctrl-D, and Ctrl-C twice)"),
-            "/quit": (self.do_exit, "", None),
-            "/reset": (self.do_reset, "", "clear the conversation, keep the system message"),
-            "/system": (self.do_system, "[TEXT]", "show or set the system message"),
-            "/model": (self.do_model, "[NAME]", "show or set the model"),
-            "/history": (self.do_history, "", "show the conversation"),
-            "/undo": (self.do_undo, "", "drop the last exchange"),
-            "/retry": (self.do_retry, "", "ask again for the last reply"),
-            "/continue": (self.do_continue, "", "ask for more of a reply that was cut short"),
-            "/save": (self.do_save, "[FILE]", "save the conversation as a request body"),
-            "/load": (self.do_load, "FILE", "load a saved conversation (or a list of messages)"),
-            "/curl": (self.do_curl, "[TEXT]", "show a curl command for the next request"),
-            "/set": (self.do_set, "KEY VALUE", "set a request field (VALUE is JSON or text)"),
-            "/unset": (self.do_unset, "KEY", "stop sending a request field"),
-            "/params": (self.do_params, "", "show the fields sent with each request"),
-            "/image": (self.do_image, "PATH|URL", "attach an image to the next message"),
-            "/usage": (self.do_usage, "", "show the tokens used in this session"),
-        }
+            out, err, n=chat.params.get("n", 1)))
+        self.images = list(images)   # attached with /image, sent with the next message
 
     def run(self):
         """Chat until the input ends or the user leaves; return the exit status."""
@@ -1738,12 +1911,15 @@ class Console:
             if typed and text.startswith("/") and not text.startswith("//"):
                 status = self.command(text)
             else:
-                content = user_content(text[1:] if typed and text.startswith("//") else message,
-                                       self.images)
-                self.images = []
-                status = self.turn(lambda printer: self.chat.send(content, printer))
+                status = self.send(text[1:] if typed and text.startswith("//") else message)
             if status is not None:
                 return status
+
+    def send(self, text):
+        """Send text, with the images attached to it, as one turn."""
+        content = user_content(text, self.images)
+        self.images = []
+        return self.turn(lambda printer: self.chat.send(content, printer))
 
     def read_message(self):
         """One message: a line, lines joined by a trailing backslash, or a block
@@ -1768,15 +1944,14 @@ class Console:
     def command(self, text):
         """Run one /command; return an exit status to leave, else None."""
         name, _, argument = text.partition(" ")
-        entry = self.commands.get(name.lower())
+        entry = self.COMMANDS.get(name.lower())
         if entry is None:
-            import difflib
-            close = difflib.get_close_matches(name.lower(), self.commands, 1)
+            close = difflib.get_close_matches(name.lower(), self.COMMANDS, 1)
             _note(self.err, "unknown command %s%s - /help lists them (start a message with "
                   "// to send a slash)" % (name, "; did you mean %s?" % close[0] if close else ""))
             return None
         try:
-            return entry[0](argument.strip())
+            return getattr(self, entry[0])(argument.strip())
         except ChatError as exc:
             return self._failed(exc)
 
@@ -1805,7 +1980,7 @@ class Console:
 
     def do_help(self, argument):
         lines = ["  %-17s %s\n" % (("%s %s" % (name, arg)).strip(), what)
-                 for name, (_, arg, what) in self.commands.items() if what]
+                 for name, (_, arg, what) in self.COMMANDS.items() if what]
         lines.append("  %-17s %s\n" % ("//TEXT", "send TEXT starting with one slash"))
         lines.append('  %-17s %s\n' % ('"""', 'on its own line: start or end a block of lines'))
         lines.append("  %-17s %s\n" % ("TEXT\\", "a backslash at the end continues the line"))
@@ -1868,19 +2043,23 @@ class Console:
     def do_load(self, argument):
         if not argument:
             raise UsageError("/load needs a file name")
-        model, messages, params = load_conversation(argument)
-        self.chat.messages, self.chat.cut, self.chat._measured = messages, False, None
-        self.chat.model = model or self.chat.model
-        self.chat.params.update(params)
+        self.chat.load(argument)
         _note(self.err, "loaded %d messages from %s; model %s" % (
-            len(messages), argument, self.chat.model))
+            len(self.chat.messages), argument, self.chat.model))
 
     def do_set(self, argument):
         key, _, value = argument.partition(" ")
         if not key or not value.strip():
             raise UsageError("/set needs a field and a value, e.g. /set temperature 0.2")
+        if key == "model":
+            return self.do_model(value.strip())
+        if key in ("messages", "stream", "stream_options"):
+            raise UsageError("/set cannot change %s: %s" % (key, {
+                "messages": "/load, /reset and /undo change the conversation",
+                "stream": "start chat.py with --no-stream to have whole replies",
+                "stream_options": "start chat.py with --usage to ask for usage"}[key]))
         params = dict(self.chat.params, **{key: parse_value(value.strip())})
-        check_params(params)
+        check_params(params, flags=False)
         self.chat.params = params
         _note(self.err, "%s = %s" % (key, json.dumps(params[key], ensure_ascii=False)))
 
@@ -1910,16 +2089,8 @@ class Console:
             t["requests"], "" if t["requests"] == 1 else "s", counted))
 
     def do_curl(self, argument):
-        chat = self.chat
-        messages = chat.messages
-        if argument:
-            messages = messages + [{"role": "user", "content": argument}]
-        else:
-            last = chat._last_user()
-            if last is not None and messages[-1].get("role") == "assistant":
-                messages = messages[:last + 1]   # the request /retry would send
-        payload = build_payload(chat.model, messages, chat.stream, chat.params)
-        _say(self.err, curl_command(chat.client, payload) + "\n")
+        _say(self.err, curl_command(self.chat.client, self.chat.next_payload(argument or None))
+             + "\n")
 
 
 def curl_command(client, payload):
@@ -1928,8 +2099,6 @@ def curl_command(client, payload):
     The key appears as $OPENAI_API_KEY, and any other header that looks like
     a credential as a shell variable named after it, never as its value.
     """
-    import re
-    import shlex
     first = "curl -N " if payload.get("stream") else "curl "   # -N: show the stream as it comes
     parts = [first + shlex.quote(endpoint_url(client.base_url, "/chat/completions"))]
     for name, value in client.headers.items():
@@ -1968,7 +2137,6 @@ def _terminal_reader(out, err, environ, commands):
         except OSError:
             pass
         readline.set_history_length(1000)
-        import atexit
         atexit.register(_save_history, readline, path)
 
         def complete(text, state):
@@ -2025,10 +2193,10 @@ def check_connection(chat, out):
 
     Is the base URL reachable; is it an OpenAI-compatible API (GET /models);
     is the key accepted; is the model there; does a one-token streamed
-    request work.  Each failure names the likely fix.
+    request work.  Each failure names the likely fix.  Give it a client
+    with retries=0 to diagnose now rather than wait and retry.
     """
     client, failed = chat.client, []
-    client.retries = 0   # diagnose now rather than wait and retry
 
     def say(status, text):
         if status == "FAIL":
@@ -2086,8 +2254,9 @@ def check_connection(chat, out):
         except IncompleteStreamError:
             chunks = -1
         except APIError as exc:
-            if "max_tokens" in str(exc) and "max_tokens" in params:   # newer OpenAI models
-                params = {"max_completion_tokens": 1}
+            renamed = renamed_max_tokens(params, exc)
+            if renamed is not None:
+                params = renamed
                 continue
             say("FAIL", "chat: %s" % exc)
             break
@@ -2103,7 +2272,6 @@ def check_connection(chat, out):
 
 def _wrong_path_hint(client):
     """If the base URL looks like a common mistake, how to fix it; else ""."""
-    from urllib.parse import urlsplit
     parts = urlsplit(client.base_url)
     path = parts.path.rstrip("/")
     root = "%s://%s" % (parts.scheme, parts.netloc)
@@ -2126,7 +2294,6 @@ def _wrong_path_hint(client):
 # ---------------------------------------------------------------------------
 
 def _parser():
-    import argparse
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):   # one line, exit 2, as for every usage error
@@ -2181,9 +2348,10 @@ def _parser():
     add("--image", action="append", default=[])
     add("--tool-exec", action="append", default=[])
     add("--yes", action="store_true")
-    add("--max-tool-rounds", type=int, default=8)
-    add("--tool-timeout", type=float, default=60.0)
+    add("--max-tool-rounds", type=int, default=DEFAULT_TOOL_ROUNDS)
+    add("--tool-timeout", type=float, default=DEFAULT_TOOL_TIMEOUT)
     add("-h", "--help", action="store_true")
+    add("--manual", action="store_true")
     add("--version", action="store_true")
     return parser
 
@@ -2199,7 +2367,6 @@ def _parse_header(text, number):
 
 def _json_schema(path):
     """response_format.json_schema from a file: a bare schema, or {name, schema, strict}."""
-    import re
     data = read_json_file(path, "--json-schema")
     if not isinstance(data, dict):
         raise UsageError("--json-schema %s must hold a JSON object (a schema)" % path)
@@ -2264,9 +2431,9 @@ def _request_params(args):
     return params
 
 
-def _tools(args):
-    """The Tools that --tool-exec, --yes, --tool-timeout and --max-tool-rounds describe."""
-    import shlex
+def _tools(args, ask):
+    """The Tools that --tool-exec, --yes, --tool-timeout and --max-tool-rounds
+    describe; ask(question) reads the user's answer (None: nobody to ask)."""
     commands = {}
     for item in args.tool_exec:
         name, equals, command = item.partition("=")
@@ -2277,7 +2444,7 @@ def _tools(args):
         commands[name.strip()] = argv
     if args.max_tool_rounds < 0 or not args.tool_timeout > 0:
         raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0")
-    return Tools(commands, confirm=args.yes, timeout=args.tool_timeout,
+    return Tools(commands, ask=ask, confirm=args.yes, timeout=args.tool_timeout,
                  max_rounds=args.max_tool_rounds)
 
 
@@ -2293,8 +2460,9 @@ def _read_key_file(path):
     return key
 
 
-def _settings(args, environ, err):
-    """Resolve flags, then environment, then defaults; raise UsageError if unusable."""
+def _settings(args, environ):
+    """Resolve flags, then environment, then defaults, into the Client's
+    keyword arguments plus base_url and model; raise UsageError if unusable."""
     def pick(flag, name, default=None):
         value = flag if flag is not None else environ.get(name)
         return value.strip() if value and value.strip() else default
@@ -2306,7 +2474,6 @@ def _settings(args, environ, err):
         api_key = _read_key_file(args.api_key_file)
     else:
         api_key = pick(args.api_key, "OPENAI_API_KEY")
-    from urllib.parse import urlsplit
     parts = urlsplit(base_url)
     scheme, host = parts.scheme, parts.hostname
     if not api_key and not is_local_host(host):
@@ -2327,43 +2494,30 @@ def _settings(args, environ, err):
         raise UsageError("--retries must be 0 or more")
     if args.max_context is not None and args.max_context < 1:
         raise UsageError("--max-context must be a number of tokens above 0")
-    client = Client(base_url, api_key,
-                    organization=pick(args.organization, "OPENAI_ORG_ID"),
-                    project=pick(args.project, "OPENAI_PROJECT_ID"),
-                    headers=[_parse_header(h, i + 1) for i, h in enumerate(args.header)],
-                    timeout=args.timeout, retries=args.retries,
-                    on_retry=lambda text: _note(err, text))
-    model = pick(args.model, "OPENAI_MODEL", DEFAULT_MODEL)
+    return {"base_url": base_url, "api_key": api_key,
+            "organization": pick(args.organization, "OPENAI_ORG_ID"),
+            "project": pick(args.project, "OPENAI_PROJECT_ID"),
+            "headers": [_parse_header(h, i + 1) for i, h in enumerate(args.header)],
+            "model": pick(args.model, "OPENAI_MODEL", DEFAULT_MODEL)}
+
+
+def _run(args, settings, stdin, out, err, environ):
+    """Everything after the settings: --check, one-shot, or the console."""
+    if args.interactive and args.output == "json":
+        raise UsageError("--output json prints one document, so it works with one-shot "
+                         "prompts, not with -i")
+    base_url, model = settings.pop("base_url"), settings.pop("model")
+    client = Client(base_url, timeout=args.timeout, on_retry=lambda text: _note(err, text),
+                    retries=0 if args.check else args.retries,   # --check diagnoses now
+                    **settings)
     params = _request_params(args)
     chat = Chat(client, model, system=args.system, params=params, stream=not args.no_stream,
                 max_context=args.max_context, notify=lambda text: _note(err, text),
                 system_role=args.system_role)
-    if args.load:
-        loaded_model, chat.messages, loaded = load_conversation(args.load)
-        if args.model is None and loaded_model:   # the file's model, unless -m says otherwise
-            chat.model = loaded_model
-        chat.params = dict(loaded, **params)      # flags win over the file
-        check_params(chat.params)
+    if args.load:   # the file's model and fields, but flags win over it
+        chat.load(args.load, model=args.model, params=params)
         if args.system:
             chat.set_system(args.system)
-    return chat
-
-
-def _run(argv, stdin, out, err, environ):
-    args = _parser().parse_args(argv)
-    if args.help:
-        out.write(__doc__)
-        return 0
-    if args.version:
-        out.write("chat.py %s\n" % __version__)
-        return 0
-    if args.interactive and args.output == "json":
-        raise UsageError("--output json prints one document, so it works with one-shot "
-                         "prompts, not with -i")
-    err.colour = (not args.no_color and not environ.get("NO_COLOR")   # no-color.org
-                  and environ.get("TERM") != "dumb" and err.isatty())
-    chat = _settings(args, environ, err)
-    err.secrets.append(chat.client.api_key)
     if args.check:
         return check_connection(chat, out)
     piped = stdin is not None and not stdin.isatty()
@@ -2373,52 +2527,55 @@ def _run(argv, stdin, out, err, environ):
         prompt = "\n\n".join(t for t in (prompt, piped_text.strip("\n")) if t.strip())
         if not prompt:
             raise UsageError("nothing to send: give a PROMPT or pipe some text in")
-
-    tools = _tools(args)
     images = [image_part(source) for source in args.image]   # checked before any request
 
     def new_printer(show_text=True):
-        return ReplyPrinter(out, err, chat.params.get("n", 1), show_text, usage=args.usage,
-                            logprobs=bool(chat.params.get("logprobs")))
+        return ReplyPrinter(out, err, n=chat.params.get("n", 1), show_text=show_text,
+                            usage=args.usage, logprobs=bool(chat.params.get("logprobs")))
 
-    if prompt and not args.interactive:   # one-shot
-        if stdin is not None and stdin.isatty():   # someone to ask before a tool runs
-            tools.ask = lambda question: (_say(err, question), stdin.readline().strip())[1]
-        printer = lambda: new_printer(show_text=args.output == "text")
-        try:
-            completion = chat.send(user_content(prompt, images), printer())
-            if tools.commands:
-                completion = chat.follow_tools(completion, tools, printer)
-        finally:
-            if args.save:
-                save_conversation(args.save, chat.body())
-        if args.output == "json":
-            out.write(json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
-        else:
-            calls = tool_calls(((completion.get("choices") or [{}])[0]).get("message") or {})
-            if calls:   # left for the caller to answer
-                out.write(json.dumps(calls, indent=2, ensure_ascii=False) + "\n")
-        out.flush()
-        return 0
-
+    if prompt and not args.interactive:
+        return _one_shot(args, chat, prompt, images, stdin, out, err, new_printer)
     if stdin is None:
         raise UsageError("no input to chat with: give a PROMPT")
-    console = Console(chat, None, out, err, piped=piped, save_path=args.save, tools=tools,
-                      new_printer=new_printer)
     if piped:
-        console.read_line = _piped_reader(stdin)
+        read_line, line_buffer = _piped_reader(stdin), None
     else:
+        read_line, line_buffer = _terminal_reader(out, err, environ, Console.COMMANDS)
+    console = Console(chat, read_line, out, err, piped=piped, save_path=args.save,
+                      line_buffer=line_buffer, tools=_tools(args, read_line),
+                      new_printer=new_printer, images=images)
+    if not piped:
         _say(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
              % (__version__, chat.model, chat.client.base_url))
-        console.read_line, console.line_buffer = _terminal_reader(out, err, environ,
-                                                                  console.commands)
-    console.images = images
     if prompt:   # the first turn of -i
-        status = console.turn(lambda printer: chat.send(user_content(prompt, images), printer))
-        console.images = []
+        status = console.send(prompt)
         if status is not None:
             return status
     return console.run()
+
+
+def _one_shot(args, chat, prompt, images, stdin, out, err, new_printer):
+    """Send one prompt (and answer its tool calls); print the reply or the document."""
+    ask = None
+    if stdin is not None and stdin.isatty():   # someone to ask before a tool runs
+        ask = lambda question: (_say(err, question), stdin.readline().strip())[1]   # noqa: E731
+    tools = _tools(args, ask)
+    printer = lambda: new_printer(show_text=args.output == "text")   # noqa: E731
+    try:
+        completion = chat.send(user_content(prompt, images), printer())
+        if tools.commands:
+            completion = chat.follow_tools(completion, tools, printer)
+    finally:
+        if args.save:
+            save_conversation(args.save, chat.body())
+    if args.output == "json":
+        out.write(json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
+    else:
+        calls = tool_calls(((completion.get("choices") or [{}])[0]).get("message") or {})
+        if calls:   # left for the caller to answer
+            out.write(json.dumps(calls, indent=2, ensure_ascii=False) + "\n")
+    out.flush()
+    return 0
 
 
 def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
@@ -2426,14 +2583,25 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     argv = sys.argv[1:] if argv is None else argv
     stdin = sys.stdin if stdin is None else stdin
     out = sys.stdout if stdout is None else stdout
-    err = sys.stderr if stderr is None else stderr
+    stderr = sys.stderr if stderr is None else stderr
     environ = os.environ if environ is None else environ
-    for stream in (out, err):
+    for stream in (out, stderr):
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="replace")   # an odd character never kills a reply
-    err = _Redacting(err, [])   # _settings adds the key once it knows it
+    err = _ErrorStream(stderr)   # until the settings are known: no colour, no key yet
     try:
-        return _run(argv, stdin, out, err, environ)
+        args = _parser().parse_args(argv)
+        if args.help or args.manual:
+            out.write(HELP if args.help else __doc__)
+            return 0
+        if args.version:
+            out.write("chat.py %s\n" % __version__)
+            return 0
+        settings = _settings(args, environ)
+        colour = (not args.no_color and not environ.get("NO_COLOR")   # no-color.org
+                  and environ.get("TERM") != "dumb" and stderr.isatty())
+        err = _ErrorStream(stderr, colour=colour, secrets=[settings["api_key"]])
+        return _run(args, settings, stdin, out, err, environ)
     except ChatError as exc:
         _note(err, "error: %s" % exc)
         return exc.exit_code
