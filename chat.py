@@ -149,7 +149,7 @@ Examples:
   chat.py --base-url localhost:8080/v1                   # llama.cpp server
 
 From Python (every option after the first arguments is keyword-only):
-  import chat
+  import sys, chat
   client = chat.Client("http://localhost:8080/v1")       # api_key=... for others
   conversation = chat.Chat(client, "gemma", system="Answer in one line.")
   completion = conversation.send("What is SSE?")         # the chat.completion dict
@@ -191,7 +191,7 @@ __all__ = [
     "ChatError", "UsageError", "APIError", "AuthenticationError",
     "RateLimitError", "APIConnectionError", "APITimeoutError", "StreamError",
     "LineDecoder", "SSEDecoder", "ServerSentEvent", "iter_chunks", "ChatAccumulator",
-    "check_params", "Client", "Chat", "Tools", "Console", "main",
+    "check_params", "Client", "Chat", "Printer", "ReplyPrinter", "Tools", "Console", "main",
 ]
 
 HELP = """\

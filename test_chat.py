@@ -1982,6 +1982,23 @@ def test_usage_is_shown_per_reply_and_for_the_session(server):
     assert all(r["body"]["stream_options"] == {"include_usage": True} for r in server.requests)
 
 
+def test_the_manuals_python_example_runs_as_written(server):
+    manual = chat.__doc__
+    example = manual[manual.index("From Python"):].split("\n", 1)[1]
+    code = "\n".join(line[2:] for line in example.splitlines())
+    assert "http://localhost:8080/v1" in code
+    server.add(stream_reply("Server-Sent Events."), stream_reply("Two-way sockets."))
+    proc = subprocess.run([sys.executable, "-c", code.replace("http://localhost:8080/v1", server.url)],
+                          cwd=HERE, capture_output=True, env=clean_env(), timeout=30)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (
+        0, b"Server-Sent Events.\nTwo-way sockets.\n", b"")
+    assert server.requests[1]["body"]["messages"] == [
+        {"role": "system", "content": "Answer in one line."},
+        {"role": "user", "content": "What is SSE?"},
+        {"role": "assistant", "content": "Server-Sent Events."},
+        {"role": "user", "content": "And WebSockets?"}]
+
+
 # ---------------------------------------------------------------------------
 # Usage errors: exit 2, one line, nothing sent.
 # ---------------------------------------------------------------------------
