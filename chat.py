@@ -13,7 +13,8 @@ Usage:
                                     stdin piped, each line is one turn
 
 Only the assistant's text (or, with --output json, one JSON document) goes to
-stdout.  Prompts, notices and errors go to stderr.
+stdout.  Prompts, notices, the model's reasoning, the sources it cites and
+errors go to stderr.
 
 Options:
   -m, --model NAME      model to use (env OPENAI_MODEL, default gpt-4o-mini)
@@ -35,6 +36,7 @@ Options:
   --no-stream           ask for the whole reply at once instead of streaming
   -o, --output FORMAT   text (default) or json: the complete chat.completion
                         object, streamed or not, as the only thing on stdout
+                        (streaming, it asks for usage so the document has it)
   --timeout SECONDS     limit for connecting and for each wait for the next
                         byte, not for the whole reply (default 60)
   --retries N           retry 408, 409, 429, 500, 502, 503 and 504 answers and
@@ -74,10 +76,27 @@ Request fields (only what you set is sent; each is checked before sending):
                         (a value that is not JSON is sent as a string)
   --system-role developer   send -s as a developer message (reasoning models)
   --usage               ask for usage when streaming; after each reply show
-                        prompt, completion and total tokens, time to first
-                        token and tokens per second
+                        prompt, completion and total tokens (with cached,
+                        reasoning, audio and prediction tokens where the
+                        server counts them), time to first token and tokens
+                        per second
   --image PATH|URL      attach an image to the PROMPT (repeatable); local
                         files up to 20 MB go as data: URLs
+  --audio FILE          attach recorded speech, WAV or MP3 (repeatable)
+  --file FILE           attach a PDF (sent as a file part, up to 32 MB) or a
+                        UTF-8 text file (put in the message, marked with its
+                        name); repeatable
+  --audio-out FILE      ask for a spoken reply too and write it to FILE: when
+                        streaming, as WAV (24 kHz mono 16-bit; .pcm: raw);
+                        with --no-stream, in the format of FILE's extension
+                        (wav, mp3, flac, opus, aac, pcm).  The transcript is
+                        the reply's text
+  --voice NAME          the voice for --audio-out (default alloy)
+  --reasoning-effort LEVEL  reasoning_effort, e.g. low, medium or high
+  --hide-reasoning      do not show the model's reasoning (DeepSeek's
+                        reasoning_content, OpenRouter's and Ollama's
+                        reasoning), which is otherwise shown on stderr, dim,
+                        as it arrives; --output json keeps it either way
 
 Tools:
   --tools FILE          a JSON list of tool definitions the model may call
@@ -125,6 +144,8 @@ In the chat:
   /unset KEY            stop sending a field
   /params               show the fields sent with each request
   /image PATH|URL       attach an image to the next message
+  /audio FILE           attach recorded speech (WAV or MP3) to the next message
+  /file FILE            attach a PDF or a text file to the next message
   /usage                show the tokens used in this session
   /curl [TEXT]          show a curl command for the request that sending TEXT
                         would make (no TEXT: the last request, as /retry would
@@ -164,6 +185,7 @@ import atexit
 import base64
 import difflib
 import http.client
+import io
 import ipaddress
 import json
 import math
@@ -180,6 +202,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import wave
 from collections import namedtuple
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit, urlunsplit
@@ -249,7 +272,9 @@ MAX_BODY = 64 * 2**20           # a whole JSON answer larger than this is an err
 DEFAULT_RETRIES = 2
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}   # worth asking again later
 MAX_RETRY_WAIT = 60.0           # seconds, whatever Retry-After asks for
-MAX_IMAGE_BYTES = 20 * 2**20    # the API's own limit for one image
+MAX_LIST_ITEMS = 1024           # tool calls (or other indexed items) in one reply
+MAX_IMAGE_BYTES = 20 * 2**20    # the API's own limit for one image (and for audio here)
+MAX_FILE_BYTES = 32 * 2**20     # the API's own limit for one PDF
 DEFAULT_TOOL_TIMEOUT = 60.0     # seconds a --tool-exec command may run
 DEFAULT_TOOL_ROUNDS = 8         # rounds of tool calls and results in one turn
 CONTINUE_PROMPT = ("Continue your last reply exactly where it stopped, without repeating "
@@ -484,6 +509,13 @@ PARAM_RULES = {
     "function_call": ("--function-call", "auto, none or a function",
                       lambda v: v in ("auto", "none") or isinstance(v, dict)),
     "stream_options": ("--usage", "an object", lambda v: isinstance(v, dict)),
+    "reasoning_effort": ("--reasoning-effort", "a level such as low, medium or high",
+                         lambda v: isinstance(v, str) and v.isalpha() and v.islower()),
+    "modalities": ("--audio-out", 'a list such as ["text", "audio"]',
+                   lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v)),
+    "audio": ("--voice", "an object with a voice and a format",
+              lambda v: isinstance(v, dict) and isinstance(v.get("voice"), str)
+              and isinstance(v.get("format"), str)),
 }
 
 
@@ -510,11 +542,15 @@ def parse_value(text):
         return text
 
 
-def user_content(text, images=()):
-    """A user message's content: the text, or text and image parts."""
-    if not images:
+def user_content(text, parts=()):
+    """A user message's content: the text, with text parts (files) after it;
+    or, where there are other parts (images, audio, PDFs), a list of parts."""
+    texts = [p["text"] for p in parts if p.get("type") == "text"]
+    others = [p for p in parts if p.get("type") != "text"]
+    text = "\n\n".join([text] + texts) if text else "\n\n".join(texts)
+    if not others:
         return text
-    return [{"type": "text", "text": text}] + list(images)
+    return [{"type": "text", "text": text}] + others
 
 
 def completion_to_chunk(completion):
@@ -588,9 +624,9 @@ class _TextBuilder(list):
 
     __slots__ = ("head",)
 
-    def __init__(self):
+    def __init__(self, first=""):
         super().__init__()
-        self.head = ""
+        self.head = first
 
     def compact(self):
         """Join the waiting pieces onto the head."""
@@ -623,27 +659,117 @@ def _expect(value, types, what):
     return value
 
 
-def _merge_name(old, new):
-    # OpenAI sends a tool's name once; some servers repeat it in every piece.
-    _expect(new, str, "name")
-    return new if not old or new == old else old + new
+# Strings that name a thing rather than carry its text: set, never joined.
+_LABELS = frozenset(("role", "id", "type", "format", "object", "model"))
+# Fields whose value must be text where it is not null.
+_TEXTS = frozenset(("content", "refusal", "reasoning_content", "reasoning"))
+
+
+class _Indexed(dict):
+    """A list streamed as objects that carry an "index" (tool_calls): index ->
+    the object merged so far, plus the ids seen, so that a fragment without an
+    index (some servers leave it out) finds its call in constant time."""
+
+    __slots__ = ("ids", "last")
+
+    def __init__(self):
+        super().__init__()
+        self.ids, self.last = {}, None
+
+    def merge(self, items):
+        for item in items:
+            if not isinstance(item, dict):
+                raise TypeError("a list item is %s" % type(item).__name__)
+            index = _expect(item.get("index"), (int, type(None)), "index")
+            if index is None:   # a new id is a new item; no id continues the last one
+                new_id = item.get("id")
+                index = self.ids.get(new_id) if new_id else self.last
+                if index is None:
+                    index = max(self) + 1 if self else 0
+            into = self.get(index)
+            if into is None:
+                if len(self) >= MAX_LIST_ITEMS:
+                    raise ValueError("more than %d items in one list" % MAX_LIST_ITEMS)
+                into = self[index] = {}
+            merge_delta(into, item, ())
+            if isinstance(item.get("id"), str):
+                self.ids[item["id"]] = index
+            if self.last is None or index > self.last:
+                self.last = index
+
+
+def merge_delta(into, delta, texts=_TEXTS):
+    """Merge one streamed delta dict into what arrived before it, by the API's
+    shapes: strings are joined (labels such as id, type and role are set;
+    a name repeated whole is kept once); objects are merged key by key by the
+    same rule; lists of objects that carry an "index" are merged by index;
+    other lists are extended; numbers are set; null never erases anything.
+    The keys in texts (at this level only) must hold strings."""
+    for key, value in delta.items():
+        if value is None:
+            continue
+        old = into.get(key)
+        if type(value) is str:
+            if key in _LABELS:
+                into[key] = value
+            elif old is None:
+                into[key] = _TextBuilder(value)
+            elif key == "name" and str(old) == value:
+                pass   # OpenAI sends a tool's name once; some servers in every piece
+            else:
+                old.add(value)   # an AttributeError if old was not text
+        elif key in texts:
+            raise TypeError("%s is %s" % (key, type(value).__name__))
+        elif isinstance(value, dict):
+            if old is None:
+                old = into[key] = {}
+            merge_delta(_expect(old, dict, key), value, ())
+        elif isinstance(value, list):
+            if old is None:
+                indexed = key == "tool_calls" or any(
+                    isinstance(item, dict) and "index" in item for item in value)
+                old = into[key] = _Indexed() if indexed else []
+            if isinstance(old, _Indexed):
+                old.merge(value)
+            else:
+                _expect(old, list, key).extend(value)
+        else:
+            into[key] = value
+
+
+def _finished(value):
+    """A merged value as plain JSON: text joined, indexed lists in order."""
+    if isinstance(value, _TextBuilder):
+        return str(value)
+    if isinstance(value, _Indexed):
+        return [_finished({k: v for k, v in value[i].items() if k != "index"})
+                for i in sorted(value)]
+    if isinstance(value, dict):
+        return {k: _finished(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finished(v) for v in value]
+    return value
 
 
 class ChatAccumulator:
     """Build the finished chat.completion from streamed chunk dicts.
 
-    Handles every choice (n > 1), content, refusal, tool_calls merged by index,
-    the legacy function_call, logprobs, finish_reason, and usage from a final
-    chunk whose choices are empty.  Any other string field of a delta (such as
-    reasoning_content) is concatenated too.
+    Every delta field is merged by one rule (merge_delta), so content,
+    refusal, reasoning, tool_calls, the legacy function_call, audio and
+    annotations all arrive whole; logprobs are merged the same way.  The
+    top-level fields take the first non-empty value each; usage comes from a
+    final chunk whose choices are empty.  n: the choices asked for; a choice
+    at or past it is left out, its index kept in unrequested.
     """
 
     TOP_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
 
-    def __init__(self):
+    def __init__(self, n=1):
+        self.n = n
         self.top = {}
         self.usage = None
         self.choices = {}       # index -> the choice being built
+        self.unrequested = None   # the first index past n the server sent
         self._id = ()           # the chunk id whose top-level fields were read
 
     def add(self, chunk):
@@ -654,7 +780,7 @@ class ChatAccumulator:
             raise StreamError("the server sent a chunk this client cannot read (%s): %s"
                               % (exc, _one_line(repr(chunk))[:200])) from None
 
-    def _add(self, chunk):   # the hot path: kept to few calls
+    def _add(self, chunk):
         if chunk.get("id") != self._id:   # top-level fields: read once per id
             self._id = chunk.get("id")
             for key in self.TOP_FIELDS:
@@ -668,63 +794,18 @@ class ChatAccumulator:
                 raise TypeError("index is %s" % type(index).__name__)
             c = self.choices.get(index)
             if c is None:
-                c = self.choices[index] = {
-                    "role": None, "content": _TextBuilder(), "refusal": _TextBuilder(), "tool_calls": {},
-                    "function_call": None, "other": {}, "logprobs": None,
-                    "finish_reason": None}
-            delta = choice.get("delta")
-            for key, value in delta.items() if delta else ():
-                if value is None:
+                if not 0 <= index < self.n:
+                    if self.unrequested is None:
+                        self.unrequested = index
                     continue
-                if key == "content":
-                    if type(value) is not str:
-                        raise TypeError("content is %s" % type(value).__name__)
-                    c["content"].add(value)
-                elif key == "role":
-                    c["role"] = value
-                elif key == "tool_calls":
-                    self._merge_tool_calls(c["tool_calls"], value)
-                elif key == "refusal":
-                    c["refusal"].add(_expect(value, str, "refusal"))
-                elif key == "function_call":
-                    fc = c["function_call"] = c["function_call"] or {"name": "", "arguments": ""}
-                    fc["name"] = _merge_name(fc["name"], value.get("name") or "")
-                    fc["arguments"] += value.get("arguments") or ""
-                elif isinstance(value, str) and isinstance(c["other"].get(key, _TextBuilder()), _TextBuilder):
-                    c["other"].setdefault(key, _TextBuilder()).add(value)   # reasoning_content...
-                else:
-                    c["other"][key] = value
-            logprobs = choice.get("logprobs")
-            if logprobs:
-                merged = c["logprobs"] = c["logprobs"] or {}
-                for key, items in logprobs.items():
-                    if isinstance(items, list):
-                        merged.setdefault(key, []).extend(items)
-                    else:
-                        merged[key] = items
+                c = self.choices[index] = {"message": {}, "logprobs": {}, "finish_reason": None}
+            delta = choice.get("delta")
+            if delta:
+                merge_delta(c["message"], delta)
+            if choice.get("logprobs"):
+                merge_delta(c["logprobs"], choice["logprobs"], ())
             if choice.get("finish_reason"):
                 c["finish_reason"] = choice["finish_reason"]
-
-    @staticmethod
-    def _merge_tool_calls(calls, fragments):
-        for fragment in fragments:
-            index = _expect(fragment.get("index"), (int, type(None)), "tool call index")
-            if index is None:   # some servers leave it out: a new id is a new call
-                ids = [call["id"] for call in calls.values()]
-                new = fragment.get("id") and fragment["id"] not in ids
-                index = len(calls) if new or not calls else max(calls)
-            call = calls.get(index)
-            if call is None:
-                call = calls[index] = {"id": None, "type": "function",
-                                       "function": {"name": "", "arguments": ""}}
-            if fragment.get("id"):
-                call["id"] = fragment["id"]
-            if fragment.get("type"):
-                call["type"] = fragment["type"]
-            function = fragment.get("function") or {}
-            call["function"]["name"] = _merge_name(call["function"]["name"],
-                                                   function.get("name") or "")
-            call["function"]["arguments"] += function.get("arguments") or ""
 
     @property
     def finished(self):
@@ -735,25 +816,24 @@ class ChatAccumulator:
     def text(self, index=0):
         """The content received so far for one choice."""
         c = self.choices.get(index)
-        return str(c["content"]) if c else ""
+        return str(c["message"].get("content") or "") if c else ""
 
     def result(self):
         """Return the reply in the shape of a non-streamed chat.completion."""
         choices = []
         for index in sorted(self.choices):
             c = self.choices[index]
-            message = {"role": c["role"] or "assistant",
-                       "content": str(c["content"]) if c["content"] else None}
-            if c["refusal"]:
-                message["refusal"] = str(c["refusal"])
-            if c["tool_calls"]:
-                message["tool_calls"] = [c["tool_calls"][i] for i in sorted(c["tool_calls"])]
-            if c["function_call"]:
-                message["function_call"] = c["function_call"]
-            message.update((k, str(v) if isinstance(v, _TextBuilder) else v)
-                           for k, v in c["other"].items())
+            message = {"role": "assistant", "content": None}
+            message.update(_finished(c["message"]))
+            for call in message.get("tool_calls") or ():
+                call.setdefault("id", None)
+                call.setdefault("type", "function")
+                function = call.setdefault("function", {})
+                function.setdefault("name", "")
+                function.setdefault("arguments", "")
             choices.append({"index": index, "message": message,
-                            "logprobs": c["logprobs"], "finish_reason": c["finish_reason"]})
+                            "logprobs": _finished(c["logprobs"]) or None,
+                            "finish_reason": c["finish_reason"]})
         completion = {"id": self.top.get("id"), "object": "chat.completion",
                       "created": self.top.get("created"), "model": self.top.get("model")}
         for key in ("system_fingerprint", "service_tier"):
@@ -764,13 +844,28 @@ class ChatAccumulator:
         return completion
 
 
+REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
+
+
 def history_message(message):
-    """The assistant message to keep in history: only fields the API accepts back."""
+    """The assistant message to keep in history: only fields the API accepts back.
+
+    Reasoning stays only on a message that made tool calls: DeepSeek's
+    thinking mode answers 400 without it there (and ignores it elsewhere),
+    OpenRouter wants reasoning_details back with the calls.  A spoken reply
+    is kept as its transcript; Chat refers to its audio by id while it lives.
+    """
     kept = {"role": "assistant", "content": message.get("content")}
     for key in ("tool_calls", "function_call", "refusal"):
         if message.get(key):
             kept[key] = message[key]
-    if kept["content"] is None and not ("tool_calls" in kept or "function_call" in kept):
+    calls = "tool_calls" in kept or "function_call" in kept
+    if calls:
+        kept.update((key, message[key]) for key in REASONING_FIELDS if message.get(key))
+    audio = message.get("audio")
+    if kept["content"] is None and isinstance(audio, dict) and audio.get("transcript"):
+        kept["content"] = audio["transcript"]
+    if kept["content"] is None and not calls:
         kept["content"] = ""
     return kept
 
@@ -1160,12 +1255,16 @@ def load_conversation(path):
 
 
 def save_conversation(path, body):
-    """Write body to path atomically, readable by the owner only.
+    """Write body to path as JSON, atomically, readable by the owner only."""
+    write_atomically(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
-    The text goes to a temporary file in the same folder, is flushed to disk,
+
+def write_atomically(path, data):
+    """Write data to path, readable by the owner only.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk,
     then renamed over path: a crash or a full disk leaves the old file whole.
     """
-    data = (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
     folder = os.path.dirname(os.path.abspath(path))
     try:
         fd, temporary = tempfile.mkstemp(prefix=".chat-", suffix=".tmp", dir=folder)
@@ -1190,19 +1289,41 @@ def save_conversation(path, body):
         pass
 
 
+def wav_bytes(pcm):
+    """A WAV file holding pcm: 16-bit little-endian mono at 24 kHz, the
+    format the API streams audio in."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(24000)
+        w.writeframes(pcm)
+    return buffer.getvalue()
+
+
+def read_attachment(path, what, limit):
+    """The bytes of a file to attach, at most limit of them; a UsageError
+    naming what it is for otherwise.  The size the file system reports is
+    not trusted (/dev/zero reports 0): the reading stops past the limit."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise UsageError("cannot read the %s %s: %s" % (what, path, exc.strerror)) from None
+    if len(data) > limit:
+        raise UsageError("the %s %s is over %d MB, the limit" % (what, path, limit // 2**20))
+    return data
+
+
+def _data_url(mime, data):
+    return "data:%s;base64,%s" % (mime, base64.b64encode(data).decode("ascii"))
+
+
 def image_part(source):
     """An image_url content part: a URL as it is, a local file as a data: URL."""
     if source.startswith(("http://", "https://", "data:")):
         return {"type": "image_url", "image_url": {"url": source}}
-    try:
-        size = os.path.getsize(source)
-        if size > MAX_IMAGE_BYTES:
-            raise UsageError("the image %s is %.1f MB; the limit is 20 MB"
-                             % (source, size / 1e6))
-        with open(source, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        raise UsageError("cannot read the image %s: %s" % (source, exc.strerror)) from None
+    data = read_attachment(source, "image", MAX_IMAGE_BYTES)
     mime = next((m for magic, m in _IMAGE_MAGIC if data.startswith(magic)), None)
     if mime is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         mime = "image/webp"
@@ -1210,8 +1331,39 @@ def image_part(source):
         mime = mimetypes.guess_type(source)[0]
     if not mime or not mime.startswith("image/"):
         raise UsageError("%s does not look like an image (PNG, JPEG, GIF or WebP)" % source)
-    url = "data:%s;base64,%s" % (mime, base64.b64encode(data).decode("ascii"))
-    return {"type": "image_url", "image_url": {"url": url}}
+    return {"type": "image_url", "image_url": {"url": _data_url(mime, data)}}
+
+
+def audio_part(path):
+    """An input_audio content part for recorded speech: WAV or MP3, told by content."""
+    data = read_attachment(path, "audio file", MAX_IMAGE_BYTES)
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        format = "wav"
+    elif data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
+        format = "mp3"
+    else:
+        raise UsageError("%s is neither WAV nor MP3 audio; --audio takes those two" % path)
+    return {"type": "input_audio", "input_audio": {
+        "data": base64.b64encode(data).decode("ascii"), "format": format}}
+
+
+def file_part(path):
+    """A content part for a document: a PDF as a file part, UTF-8 text as a
+    text part marked with the file's name, so the model can tell files apart."""
+    data = read_attachment(path, "file", MAX_FILE_BYTES)
+    name = os.path.basename(path)
+    if data.startswith(b"%PDF-"):
+        return {"type": "file", "file": {"filename": name,
+                                         "file_data": _data_url("application/pdf", data)}}
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:
+        raise UsageError("%s is neither a PDF nor UTF-8 text; --file takes those (images go "
+                         "with --image, recorded speech with --audio)" % path)
+    return {"type": "text", "text": '<file name="%s">\n%s%s</file>' % (
+        name, text, "" if text.endswith("\n") or not text else "\n")}
 
 
 # ---------------------------------------------------------------------------
@@ -1288,37 +1440,49 @@ class ReplyPrinter(Printer):
     """Write a reply's text to out as it arrives; notices go to err.
 
     With n > 1, the first unfinished choice streams live and the others are
-    held until it finishes, each under its own label on err.  usage: after
-    the reply, show its token counts and speed; logprobs: show each token's
-    probability.  clock: a monotonic clock, for the timing.
+    held until it finishes, each under its own label on err; a choice at or
+    past n is never shown.  show_text: write the text at all (not with
+    --output json).  reasoning: show the live choice's reasoning on err, dim,
+    as it arrives.  usage: after the reply, show its token counts and speed;
+    logprobs: show each token's probability.  audio_out, audio_format: where
+    to write a spoken reply, and the format it was asked for.  clock: a
+    monotonic clock, for the timing.
     """
 
-    def __init__(self, out, err, *, n=1, show_text=True, usage=False, logprobs=False,
-                 clock=time.monotonic):
+    def __init__(self, out, err, *, n=1, show_text=True, reasoning=True, usage=False,
+                 logprobs=False, audio_out=None, audio_format=None, clock=time.monotonic):
         self.out, self.err, self.n, self.show_text = out, err, n, show_text
-        self.usage, self.logprobs, self.clock = usage, logprobs, clock
+        self.reasoning, self.usage, self.logprobs = reasoning and show_text, usage, logprobs
+        self.audio_out, self.audio_format, self.clock = audio_out, audio_format, clock
         self._started, self._first = clock(), None   # for time to first token
         self._current = None     # the choice being written
         self._held = {}          # index -> text waiting its turn
         self._finished = set()
         self._ends_line = True   # no text, or text ending in a newline
+        self._thinking = False   # reasoning is on err and its line is open
 
     def chunk(self, chunk):
-        """Show one chunk's text."""
+        """Show one chunk's text (and the live choice's reasoning)."""
         if self._first is None:
             self._first = self.clock()
         if not self.show_text:
             return
         for choice in chunk.get("choices") or ():
             index = choice.get("index", 0)
-            text = (choice.get("delta") or {}).get("content")
+            if not 0 <= index < self.n:
+                continue
+            delta = choice.get("delta") or {}
+            text = delta.get("content") or (delta.get("audio") or {}).get("transcript")
             if self._current is None:
                 self._switch_to(index)
-            if text:
-                if index == self._current:
+            if index == self._current:
+                thought = delta.get("reasoning_content") or delta.get("reasoning")
+                if thought and self.reasoning:
+                    self._think(thought)
+                if text:
                     self._write(text)
-                else:
-                    self._held.setdefault(index, []).append(text)
+            elif text:
+                self._held.setdefault(index, []).append(text)
             if choice.get("finish_reason"):
                 self._finished.add(index)
                 if index == self._current and self._held:
@@ -1335,18 +1499,31 @@ class ReplyPrinter(Printer):
         if held:
             self._write("".join(held))
 
+    def _think(self, text):
+        if not self._thinking:
+            self.end_line()
+            self._thinking = True
+        _dim(self.err, text)
+
     def _write(self, text):
+        if self._thinking:   # the answer starts: end the reasoning's line
+            self._thinking = False
+            _say(self.err, "\n\n")
         self._ends_line = text[-1] == "\n"   # first, in case Ctrl-C lands mid-write
         self.out.write(text)
         self.out.flush()
 
     def end_line(self):
         """End the text with a newline, if it has none, so notices start afresh."""
+        if self._thinking:
+            self._thinking = False
+            _say(self.err, "\n")
         if not self._ends_line:
             self._write("\n")
 
     def finish(self, completion):
-        """Show what was held back, then notices: refusals, cut-offs, tool calls."""
+        """Show what was held back, then notices: refusals, cut-offs, tool calls,
+        sources, logprobs and usage; write the audio, if any."""
         if self.show_text:
             for index in sorted(self._held):
                 self._switch_to(index)
@@ -1365,8 +1542,11 @@ class ReplyPrinter(Printer):
                       "(finish_reason: content_filter)" % label)
             for call in tool_calls(message):
                 self._show_call(label, call)
+            self._show_sources(label, message.get("annotations"))
             if self.logprobs and choice.get("logprobs"):
                 self._show_logprobs(label, choice["logprobs"].get("content") or [])
+            if self.audio_out and choice.get("index", 0) == 0:
+                self._save_audio((message.get("audio") or {}).get("data"))
         if self.usage:
             self._show_usage(completion.get("usage"))
 
@@ -1380,6 +1560,16 @@ class ReplyPrinter(Printer):
         _note(self.err, "%sthe model calls %s%s:" % (
             label, function.get("name"), " (%s)" % call["id"] if call.get("id") else ""))
         _dim(self.err, "".join("  %s\n" % line for line in shown.splitlines()))
+
+    def _show_sources(self, label, annotations):
+        cited = [a.get("url_citation") for a in annotations or ()
+                 if isinstance(a, dict) and a.get("type") == "url_citation"]
+        cited = [c for c in cited if isinstance(c, dict) and c.get("url")]
+        if cited:
+            _note(self.err, "%ssources:" % label)
+            _dim(self.err, "".join("  [%d] %s%s\n" % (
+                i, "%s - " % c["title"] if c.get("title") else "", c["url"])
+                for i, c in enumerate(cited, 1)))
 
     def _show_logprobs(self, label, tokens):
         lines = ["%slogprobs, token by token:" % label]
@@ -1404,11 +1594,41 @@ class ReplyPrinter(Printer):
             rate = ""
             if self._first is not None and now > self._first:
                 rate = "; %.1f tokens/s" % (usage["completion_tokens"] / (now - self._first))
-            _note(self.err, "usage: %s prompt + %s completion = %s tokens%s%s" % (
+            _note(self.err, "usage: %s prompt + %s completion = %s tokens%s%s%s" % (
                 usage.get("prompt_tokens"), usage["completion_tokens"],
-                usage.get("total_tokens"), timing, rate))
+                usage.get("total_tokens"), _usage_details(usage), timing, rate))
         else:
             _note(self.err, "usage: the server reported none%s" % timing)
+
+    def _save_audio(self, data):
+        if not data:
+            _note(self.err, "the reply has no audio; nothing was written to %s" % self.audio_out)
+            return
+        try:
+            audio = base64.b64decode(data)
+        except (ValueError, TypeError):
+            _note(self.err, "error: the server's audio is not base64; nothing was written")
+            return
+        if self.audio_format == "pcm16" and self.audio_out.lower().endswith(".wav"):
+            audio = wav_bytes(audio)
+        write_atomically(self.audio_out, audio)
+        _note(self.err, "the spoken reply is in %s" % self.audio_out)
+
+
+def _usage_details(usage):
+    """The details a usage report gives beyond its totals, in parentheses, or ""."""
+    shown = []
+    for group, key, name in (
+            ("prompt_tokens_details", "cached_tokens", "cached"),
+            ("prompt_tokens_details", "audio_tokens", "audio in"),
+            ("completion_tokens_details", "reasoning_tokens", "reasoning"),
+            ("completion_tokens_details", "audio_tokens", "audio out"),
+            ("completion_tokens_details", "accepted_prediction_tokens", "prediction accepted"),
+            ("completion_tokens_details", "rejected_prediction_tokens", "prediction rejected")):
+        value = (usage.get(group) or {}).get(key) if isinstance(usage.get(group), dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value:
+            shown.append("%s %d" % (name, value))
+    return " (%s)" % ", ".join(shown) if shown else ""
 
 
 class Chat:
@@ -1435,6 +1655,7 @@ class Chat:
         self.notify = notify or (lambda text: None)
         self.cut = False         # the last reply was cut short (Ctrl-C, error, length)
         self._measured = None    # (n, tokens): the server's count for messages[:n]
+        self._audio = {}         # id(message) -> (message, audio id, expires_at)
 
     def body(self):
         """The conversation as a Chat Completions request body, as saved."""
@@ -1567,7 +1788,7 @@ class Chat:
         messages = self._fit(messages)
         tried = set()
         while True:
-            accumulator = ChatAccumulator()
+            accumulator = ChatAccumulator(self.params.get("n", 1))
             try:
                 completion = self._request(messages, printer, accumulator)
                 break
@@ -1588,12 +1809,15 @@ class Chat:
 
     def _request(self, messages, printer, accumulator):
         """One request; its reply goes through accumulator and printer."""
-        payload = build_payload(self.model, messages, self.stream, self.params)
+        payload = build_payload(self.model, self._sendable(messages), self.stream, self.params)
         if not self.stream:
             completion = self.client.complete(payload)
             chunk = completion_to_chunk(completion)
-            ChatAccumulator().add(chunk)   # checks its shape before it is shown
+            accumulator.add(chunk)   # checks its shape before it is shown
+            completion["choices"] = [c for c in completion["choices"]   # as asked for
+                                     if c.get("index", 0) in accumulator.choices]
             printer.chunk(chunk)
+            self._report_unrequested(accumulator)
             return completion
         if self.max_context and "stream_options" not in payload:
             payload["stream_options"] = {"include_usage": True}   # for the real count
@@ -1607,7 +1831,26 @@ class Chat:
                 raise
         finally:
             chunks.close()   # on Ctrl-C this closes the connection at once
+        self._report_unrequested(accumulator)
         return accumulator.result()
+
+    def _sendable(self, messages):
+        """messages as sent: a spoken reply refers to its audio by id, as the
+        API expects, until the audio expires; then its transcript stands."""
+        if not self._audio:
+            return messages
+        now = time.time()
+        for key, (message, _, expires) in list(self._audio.items()):
+            if isinstance(expires, (int, float)) and now >= expires:
+                del self._audio[key]
+        return [{"role": "assistant", "audio": {"id": self._audio[id(m)][1]}}
+                if id(m) in self._audio and self._audio[id(m)][0] is m else m
+                for m in messages]
+
+    def _report_unrequested(self, accumulator):
+        if accumulator.unrequested is not None:
+            self.notify("the server sent choice %d, which was not asked for (n is %d); "
+                        "it was left out" % (accumulator.unrequested + 1, accumulator.n))
 
     def _recover(self, exc, messages, tried):
         """The messages to send again after the server refused them with exc,
@@ -1640,7 +1883,12 @@ class Chat:
     def _record(self, messages, completion):
         """A reply arrived whole: keep it, and what the server counted."""
         choices = completion.get("choices") or [{}]
-        self.messages = messages + [history_message(choices[0].get("message") or {})]
+        message = choices[0].get("message") or {}
+        kept = history_message(message)
+        self.messages = messages + [kept]
+        audio = message.get("audio")
+        if isinstance(audio, dict) and isinstance(audio.get("id"), str):
+            self._audio[id(kept)] = (kept, audio["id"], audio.get("expires_at"))
         self.cut = choices[0].get("finish_reason") == "length"
         usage = completion.get("usage") or {}
         self.totals["requests"] += 1
@@ -1852,7 +2100,8 @@ class Console:
     is typed at the prompt so far, where the terminal can tell.  tools: the
     Tools that answer tool calls (default: the user types each result).
     new_printer(): a Printer for the next reply (default: a ReplyPrinter on
-    out and err).  images: image parts for the first message.
+    out and err).  attachments: content parts (images, audio, files) for the
+    first message.
     """
 
     COMMANDS = {   # name: (method, argument, what it does; None: not listed)
@@ -1873,11 +2122,13 @@ class Console:
         "/unset": ("do_unset", "KEY", "stop sending a request field"),
         "/params": ("do_params", "", "show the fields sent with each request"),
         "/image": ("do_image", "PATH|URL", "attach an image to the next message"),
+        "/audio": ("do_audio", "FILE", "attach recorded speech (WAV or MP3) to the next message"),
+        "/file": ("do_file", "FILE", "attach a PDF or a text file to the next message"),
         "/usage": ("do_usage", "", "show the tokens used in this session"),
     }
 
     def __init__(self, chat, read_line, out, err, *, piped=False, save_path=None,
-                 line_buffer=None, tools=None, new_printer=None, images=(), prompt="> ",
+                 line_buffer=None, tools=None, new_printer=None, attachments=(), prompt="> ",
                  more_prompt="... "):
         self.chat, self.read_line, self.out, self.err = chat, read_line, out, err
         self.piped, self.save_path, self.line_buffer = piped, save_path, line_buffer
@@ -1885,7 +2136,7 @@ class Console:
         self.tools = tools or Tools(ask=read_line)
         self.new_printer = new_printer or (lambda: ReplyPrinter(
             out, err, n=chat.params.get("n", 1)))
-        self.images = list(images)   # attached with /image, sent with the next message
+        self.attachments = list(attachments)   # /image, /audio, /file: for the next message
 
     def run(self):
         """Chat until the input ends or the user leaves; return the exit status."""
@@ -1916,9 +2167,9 @@ class Console:
                 return status
 
     def send(self, text):
-        """Send text, with the images attached to it, as one turn."""
-        content = user_content(text, self.images)
-        self.images = []
+        """Send text, with what is attached to it, as one turn."""
+        content = user_content(text, self.attachments)
+        self.attachments = []
         return self.turn(lambda printer: self.chat.send(content, printer))
 
     def read_message(self):
@@ -2074,11 +2325,20 @@ class Console:
         _say(self.err, json.dumps(shown, indent=2, ensure_ascii=False) + "\n")
 
     def do_image(self, argument):
+        self._attach(argument, image_part, "/image needs a file or a URL")
+
+    def do_audio(self, argument):
+        self._attach(argument, audio_part, "/audio needs a WAV or MP3 file")
+
+    def do_file(self, argument):
+        self._attach(argument, file_part, "/file needs a PDF or a text file")
+
+    def _attach(self, argument, part, usage):
         if not argument:
-            raise UsageError("/image needs a file or a URL")
-        self.images.append(image_part(argument))
-        _note(self.err, "the next message takes %d image%s" % (
-            len(self.images), "" if len(self.images) == 1 else "s"))
+            raise UsageError(usage)
+        self.attachments.append(part(argument))
+        _note(self.err, "the next message takes %d attachment%s" % (
+            len(self.attachments), "" if len(self.attachments) == 1 else "s"))
 
     def do_usage(self, argument):
         t = self.chat.totals
@@ -2346,6 +2606,12 @@ def _parser():
     add("--usage", action="store_true")
     add("--param", action="append", default=[])
     add("--image", action="append", default=[])
+    add("--audio", action="append", default=[])
+    add("--file", action="append", default=[])
+    add("--audio-out")
+    add("--voice", default="alloy")
+    add("--reasoning-effort")
+    add("--hide-reasoning", action="store_true")
     add("--tool-exec", action="append", default=[])
     add("--yes", action="store_true")
     add("--max-tool-rounds", type=int, default=DEFAULT_TOOL_ROUNDS)
@@ -2419,8 +2685,14 @@ def _request_params(args):
     if args.function_call:
         params["function_call"] = (args.function_call if args.function_call in ("auto", "none")
                                    else {"name": args.function_call})
-    if args.usage and not args.no_stream:
-        params["stream_options"] = {"include_usage": True}
+    if (args.usage or args.output == "json") and not args.no_stream:
+        params["stream_options"] = {"include_usage": True}   # the document's usage
+    if args.reasoning_effort:
+        params["reasoning_effort"] = args.reasoning_effort
+    if args.audio_out:
+        params["modalities"] = ["text", "audio"]
+        params["audio"] = {"voice": args.voice,
+                           "format": _audio_format(args.audio_out, not args.no_stream)}
     for item in args.param:
         key, equals, value = item.partition("=")
         if not key.strip() or not equals:
@@ -2429,6 +2701,22 @@ def _request_params(args):
         params[key.strip()] = parse_value(value)
     check_params(params)
     return params
+
+
+def _audio_format(path, streaming):
+    """The audio format to ask for, to write --audio-out's file."""
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    if streaming:   # the API streams audio only as raw 16-bit PCM
+        if extension in ("wav", "pcm"):
+            return "pcm16"
+        raise UsageError("a streamed reply's audio comes as PCM: name --audio-out FILE.wav "
+                         "(or .pcm), or add --no-stream for .%s" % (extension or "FORMAT"))
+    formats = {"wav": "wav", "mp3": "mp3", "flac": "flac", "opus": "opus", "aac": "aac",
+               "pcm": "pcm16"}
+    if extension not in formats:
+        raise UsageError("--audio-out names its format by its extension: .wav, .mp3, .flac, "
+                         ".opus, .aac or .pcm")
+    return formats[extension]
 
 
 def _tools(args, ask):
@@ -2527,14 +2815,18 @@ def _run(args, settings, stdin, out, err, environ):
         prompt = "\n\n".join(t for t in (prompt, piped_text.strip("\n")) if t.strip())
         if not prompt:
             raise UsageError("nothing to send: give a PROMPT or pipe some text in")
-    images = [image_part(source) for source in args.image]   # checked before any request
+    attachments = ([image_part(path) for path in args.image]   # all read before any request
+                   + [audio_part(path) for path in args.audio]
+                   + [file_part(path) for path in args.file])
 
     def new_printer(show_text=True):
         return ReplyPrinter(out, err, n=chat.params.get("n", 1), show_text=show_text,
-                            usage=args.usage, logprobs=bool(chat.params.get("logprobs")))
+                            reasoning=not args.hide_reasoning, usage=args.usage,
+                            logprobs=bool(chat.params.get("logprobs")), audio_out=args.audio_out,
+                            audio_format=(chat.params.get("audio") or {}).get("format"))
 
     if prompt and not args.interactive:
-        return _one_shot(args, chat, prompt, images, stdin, out, err, new_printer)
+        return _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer)
     if stdin is None:
         raise UsageError("no input to chat with: give a PROMPT")
     if piped:
@@ -2543,7 +2835,7 @@ def _run(args, settings, stdin, out, err, environ):
         read_line, line_buffer = _terminal_reader(out, err, environ, Console.COMMANDS)
     console = Console(chat, read_line, out, err, piped=piped, save_path=args.save,
                       line_buffer=line_buffer, tools=_tools(args, read_line),
-                      new_printer=new_printer, images=images)
+                      new_printer=new_printer, attachments=attachments)
     if not piped:
         _say(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
              % (__version__, chat.model, chat.client.base_url))
@@ -2554,7 +2846,7 @@ def _run(args, settings, stdin, out, err, environ):
     return console.run()
 
 
-def _one_shot(args, chat, prompt, images, stdin, out, err, new_printer):
+def _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer):
     """Send one prompt (and answer its tool calls); print the reply or the document."""
     ask = None
     if stdin is not None and stdin.isatty():   # someone to ask before a tool runs
@@ -2562,7 +2854,7 @@ def _one_shot(args, chat, prompt, images, stdin, out, err, new_printer):
     tools = _tools(args, ask)
     printer = lambda: new_printer(show_text=args.output == "text")   # noqa: E731
     try:
-        completion = chat.send(user_content(prompt, images), printer())
+        completion = chat.send(user_content(prompt, attachments), printer())
         if tools.commands:
             completion = chat.follow_tools(completion, tools, printer)
     finally:

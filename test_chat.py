@@ -5,6 +5,7 @@ No test patches urllib: the client talks real HTTP to a stdlib http.server on
 127.0.0.1 that replays scripted responses and records every request.
 """
 
+import base64
 import glob
 import io
 import json
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import wave
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -50,7 +52,8 @@ class Reply:
 
 
 class LoopbackServer:
-    """A real HTTP server on 127.0.0.1:0 in a thread, replaying Replies in order."""
+    """A real HTTP server on 127.0.0.1:0 in a thread, replaying Replies in order
+    (a callable in their place gets the recorded request and returns the Reply)."""
 
     def __init__(self, tls=None):
         self.replies, self.requests = [], []
@@ -81,6 +84,8 @@ class LoopbackServer:
                                         "body": body})
                 reply = server.replies.pop(0) if server.replies else Reply(
                     b'{"error": {"message": "no scripted reply"}}', status=500)
+                if callable(reply):   # a reply that depends on the request
+                    reply = reply(server.requests[-1])
                 try:
                     if reply.status is None:
                         self.close_connection = True
@@ -410,8 +415,8 @@ def test_any_json_ends_in_a_reply_or_our_error(values, cuts):
 ROLE = chunk(delta={"role": "assistant", "content": ""})
 
 
-def accumulate(*chunks):
-    acc = chat.ChatAccumulator()
+def accumulate(*chunks, n=1):
+    acc = chat.ChatAccumulator(n)
     for c in chunks:
         acc.add(c)
     return acc
@@ -514,6 +519,73 @@ def test_keep_alive_then_cut_is_an_early_close_not_a_foreign_answer():
         list(chat.iter_chunks([b": keep-alive\n\n"]))
 
 
+MERGE_CASES = [
+    ("strings are joined, labels set, null erases nothing",
+     [{"role": "assistant", "content": "Hel"}, {"role": "assistant", "content": None},
+      {"content": "lo"}],
+     {"role": "assistant", "content": "Hello"}),
+    ("audio: id set, transcript and data joined, expires_at set",
+     [{"audio": {"id": "audio_1", "transcript": "Hi ", "data": "AAA"}},
+      {"audio": {"transcript": "there", "data": "BBB"}},
+      {"audio": {"expires_at": 1700003600}}],
+     {"role": "assistant", "content": None, "audio": {
+         "id": "audio_1", "transcript": "Hi there", "data": "AAABBB", "expires_at": 1700003600}}),
+    ("annotations over two chunks are extended",
+     [{"content": "See [1]", "annotations": [{"type": "url_citation", "url_citation": {
+         "url": "https://a.example", "title": "A"}}]},
+      {"annotations": [{"type": "url_citation", "url_citation": {"url": "https://b.example"}}]}],
+     {"role": "assistant", "content": "See [1]", "annotations": [
+         {"type": "url_citation", "url_citation": {"url": "https://a.example", "title": "A"}},
+         {"type": "url_citation", "url_citation": {"url": "https://b.example"}}]}),
+    ("reasoning_details without an index are extended",
+     [{"reasoning_details": [{"type": "reasoning.text", "text": "a"}]},
+      {"reasoning_details": [{"type": "reasoning.encrypted", "data": "xyz"}]}],
+     {"role": "assistant", "content": None, "reasoning_details": [
+         {"type": "reasoning.text", "text": "a"}, {"type": "reasoning.encrypted", "data": "xyz"}]}),
+    ("reasoning_details with an index are merged by it (OpenRouter streams them so)",
+     [{"reasoning_details": [{"type": "reasoning.text", "text": "Let ", "format": "f", "index": 0}]},
+      {"reasoning_details": [{"type": "reasoning.text", "text": "me", "format": "f", "index": 0}]}],
+     {"role": "assistant", "content": None, "reasoning_details": [
+         {"type": "reasoning.text", "text": "Let me", "format": "f"}]}),
+    ("reasoning_content and reasoning are joined like content",
+     [{"reasoning_content": "Think"}, {"reasoning_content": "ing."}, {"reasoning": "Also."}],
+     {"role": "assistant", "content": None, "reasoning_content": "Thinking.", "reasoning": "Also."}),
+    ("a name repeated whole in every piece is kept once",
+     [{"tool_calls": [{"index": 0, "id": "c", "type": "function",
+                       "function": {"name": "f", "arguments": "{"}}]},
+      {"tool_calls": [{"index": 0, "type": "function", "function": {"name": "f", "arguments": "}"}}]}],
+     {"role": "assistant", "content": None, "tool_calls": [
+         {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}),
+]
+
+
+@pytest.mark.parametrize("name,deltas,message", MERGE_CASES, ids=[c[0] for c in MERGE_CASES])
+def test_merge_rule(name, deltas, message):
+    result = accumulate(*[chunk(delta=d) for d in deltas]).result()
+    assert result["choices"][0]["message"] == message
+
+
+def test_logprobs_null_after_tokens_erases_nothing():
+    tokens = [{"token": "a", "logprob": -0.1, "top_logprobs": []}]
+    acc = accumulate(dict(chunk("a"), choices=[{"index": 0, "delta": {"content": "a"},
+                                                "logprobs": {"content": tokens, "refusal": None}}]),
+                     dict(chunk("b"), choices=[{"index": 0, "delta": {"content": "b"},
+                                                "logprobs": {"content": None}}]))
+    assert acc.result()["choices"][0]["logprobs"] == {"content": tokens}
+
+
+def test_top_level_fields_take_the_first_non_empty_value():
+    first = dict(chunk("a"), id="", model="", service_tier="default")
+    later = dict(chunk("b"), id="chatcmpl-9", model="m-2", service_tier="flex")
+    result = accumulate(first, later, dict(chunk("c"), model="m-3", id="chatcmpl-10")).result()
+    assert (result["id"], result["model"], result["service_tier"]) == ("chatcmpl-9", "m-2", "default")
+
+
+def test_a_choice_that_was_not_asked_for_is_left_out():
+    acc = accumulate(chunk("real", 0), chunk("\x1b[2Jforged", 1), chunk(index=0, finish="stop"))
+    assert [c["index"] for c in acc.result()["choices"]] == [0] and acc.unrequested == 1
+
+
 def test_accumulator_legacy_function_call():
     acc = accumulate(chunk(delta={"function_call": {"name": "add", "arguments": ""}}),
                      chunk(delta={"function_call": {"arguments": '{"a": 1}'}}),
@@ -524,7 +596,7 @@ def test_accumulator_legacy_function_call():
 
 def test_accumulator_two_choices_interleaved():
     acc = accumulate(chunk("A", 0), chunk("B", 1), chunk("C", 0), chunk("D", 1),
-                     chunk(index=1, finish="stop"), chunk(index=0, finish="length"))
+                     chunk(index=1, finish="stop"), chunk(index=0, finish="length"), n=2)
     result = acc.result()
     assert [(c["index"], c["message"]["content"], c["finish_reason"])
             for c in result["choices"]] == [(0, "AC", "length"), (1, "BD", "stop")]
@@ -1929,7 +2001,7 @@ def test_images_become_content_parts(server, tmp_path):
             "url": "data:image/png;base64," + base64.b64encode(PNG).decode()}},
         {"type": "image_url", "image_url": {"url": "https://example.com/c.jpg"}}]
     status, _, err = run_main(server, "-i", stdin="/image https://example.com/cat.png\nAnd this?\n")
-    assert status == 0 and "the next message takes 1 image" in err
+    assert status == 0 and "the next message takes 1 attachment" in err
     assert server.requests[1]["body"]["messages"][0]["content"][1] == {
         "type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
 
@@ -1940,7 +2012,8 @@ def test_bad_images_are_refused(server, tmp_path):
         f.truncate(21 * 2**20)   # sparse: 21 MB on paper
     text = tmp_path / "notes.txt"
     text.write_text("not a picture")
-    for path, words in ((big, "is 22.0 MB; the limit is 20 MB"),
+    for path, words in ((big, "the image %s is over 20 MB, the limit" % big),
+                        ("/dev/zero", "the image /dev/zero is over 20 MB"),   # reports size 0
                         (text, "does not look like an image")):
         status, _, err = run_main(server, "--image", str(path), "hi")
         assert status == 2 and words in err
@@ -1997,6 +2070,193 @@ def test_the_manuals_python_example_runs_as_written(server):
         {"role": "user", "content": "What is SSE?"},
         {"role": "assistant", "content": "Server-Sent Events."},
         {"role": "user", "content": "And WebSockets?"}]
+
+
+# ---------------------------------------------------------------------------
+# The reply side: reasoning, audio, files, sources, usage details.
+# ---------------------------------------------------------------------------
+
+def thinking_reply(*thoughts, answer="Answer.", field="reasoning_content"):
+    chunks = [chunk(delta={"role": "assistant", field: t}) for t in thoughts]
+    return Reply(sse(*chunks, chunk(answer), chunk(finish="stop")), headers=SSE)
+
+
+def test_reasoning_is_shown_on_stderr_never_on_stdout(server):
+    server.add(thinking_reply("Let me ", "think."), thinking_reply("Hmm.", field="reasoning"))
+    status, out, err = run_main(server, "-i", stdin="hi\nagain\n")
+    assert (status, out) == (0, "Answer.\nAnswer.\n")
+    assert "Let me think.\n\n" in err and "Hmm.\n\n" in err
+    # No tool calls: the reasoning is not sent back (DeepSeek ignores it there).
+    assert server.requests[1]["body"]["messages"][1] == {"role": "assistant", "content": "Answer."}
+
+
+def test_hide_reasoning_and_json_keeps_it(server):
+    server.add(thinking_reply("secret plan"), thinking_reply("secret plan"))
+    status, out, err = run_main(server, "--hide-reasoning", "hi")
+    assert (status, out) == (0, "Answer.\n") and "secret plan" not in err
+    status, out, err = run_main(server, "-o", "json", "hi")
+    assert status == 0 and "secret plan" not in err
+    assert json.loads(out)["choices"][0]["message"]["reasoning_content"] == "secret plan"
+    assert server.requests[1]["body"]["stream_options"] == {"include_usage": True}
+
+
+def test_deepseek_thinking_with_tools_gets_its_reasoning_back(server, tmp_path):
+    def deepseek(answer):
+        def reply(request):   # DeepSeek's rule, as its thinking mode enforces it
+            for i, m in enumerate(request["body"]["messages"]):
+                if m["role"] == "assistant" and m.get("tool_calls") and "reasoning_content" not in m:
+                    return Reply(json.dumps({"error": {
+                        "message": "Missing `reasoning_content` field in the assistant message "
+                                   "at message index %d" % i, "type": "invalid_request_error"}}).encode(),
+                        status=400)
+            return answer
+        return reply
+    call = {"index": 0, "id": "call_1", "type": "function",
+            "function": {"name": "weather", "arguments": '{"city": "Oslo"}'}}
+    first = Reply(sse(chunk(delta={"role": "assistant", "reasoning_content": "Need the weather."}),
+                      chunk(delta={"tool_calls": [call]}), chunk(finish="tool_calls")), headers=SSE)
+    server.add(deepseek(first), deepseek(thinking_reply("Got it.", answer="Sunny.")),
+               deepseek(stream_reply("You're welcome.")))
+    (tmp_path / "tools.json").write_text(json.dumps(WEATHER_TOOL))
+    status, out, err = run_main(server, "-i", "--tools", str(tmp_path / "tools.json"), "--yes",
+                                "--tool-exec", "weather=echo sunny", stdin="weather?\nthanks\n")
+    assert (status, out) == (0, "Sunny.\nYou're welcome.\n"), err
+    for request in server.requests[1:]:   # the tool round and the next turn
+        assistant = request["body"]["messages"][1]
+        assert assistant["reasoning_content"] == "Need the weather."
+        assert assistant["tool_calls"][0]["id"] == "call_1"
+    assert "reasoning_content" not in server.requests[2]["body"]["messages"][4]   # no calls there
+
+
+def audio_reply(pcm, expires_at, transcript=("Hel", "lo.")):
+    data = base64.b64encode(pcm).decode()
+    return Reply(sse(chunk(delta={"role": "assistant", "audio": {"id": "audio_1",
+                                                                   "transcript": transcript[0]}}),
+                     chunk(delta={"audio": {"data": data[:64], "transcript": transcript[1]}}),
+                     chunk(delta={"audio": {"data": data[64:]}}),
+                     chunk(delta={"audio": {"expires_at": expires_at}}),
+                     chunk(finish="stop")), headers=SSE)
+
+
+@pytest.mark.parametrize("expires_at,sent", [
+    (4102444800, {"role": "assistant", "audio": {"id": "audio_1"}}),   # 2100: still there
+    (1700000000, {"role": "assistant", "content": "Hello."}),          # gone: the transcript
+])
+def test_a_spoken_reply_is_a_wav_file_and_is_referred_to_by_id(server, tmp_path, expires_at, sent):
+    pcm = bytes(range(256)) * 9
+    path = tmp_path / "reply.wav"
+    server.add(audio_reply(pcm, expires_at), stream_reply("ok"))
+    status, out, err = run_main(server, "-i", "--audio-out", str(path), "--voice", "verse",
+                                stdin="say hello\nagain\n")
+    assert (status, out) == (0, "Hello.\nok\n") and "the spoken reply is in" in err
+    body = server.requests[0]["body"]
+    assert body["modalities"] == ["text", "audio"]
+    assert body["audio"] == {"voice": "verse", "format": "pcm16"}
+    with wave.open(str(path)) as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate()) == (1, 2, 24000)
+        assert w.readframes(w.getnframes()) == pcm
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert server.requests[1]["body"]["messages"][1] == sent
+
+
+def test_audio_out_without_streaming_writes_the_named_format(server, tmp_path):
+    mp3 = b"ID3\x03fake-mp3-bytes"
+    reply = completion(None)
+    reply["choices"][0]["message"]["audio"] = {"id": "a", "data": base64.b64encode(mp3).decode(),
+                                               "transcript": "Hi.", "expires_at": 4102444800}
+    server.add(Reply(json.dumps(reply).encode()))
+    path = tmp_path / "reply.mp3"
+    status, out, _ = run_main(server, "--no-stream", "--audio-out", str(path), "hi")
+    assert (status, out) == (0, "Hi.\n") and path.read_bytes() == mp3
+    assert server.requests[0]["body"]["audio"]["format"] == "mp3"
+    status, _, err = run_main(server, "--audio-out", str(tmp_path / "x.mp3"), "hi")   # streamed
+    assert status == 2 and "name --audio-out FILE.wav" in err
+
+
+def test_recorded_speech_pdfs_and_text_files_become_parts(server, tmp_path):
+    wav = tmp_path / "q.wav"
+    wav.write_bytes(wav_bytes_for_test(b"\0\1" * 100))
+    pdf = tmp_path / "paper.pdf"
+    pdf.write_bytes(b"%PDF-1.7\n% tiny\n")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("line one\nline two\n")
+    server.add(stream_reply("ok"), stream_reply("ok"))
+    status, _, err = run_main(server, "--audio", str(wav), "--file", str(pdf), "--file", str(notes),
+                              "What is in these?")
+    assert status == 0, err
+    content = server.requests[0]["body"]["messages"][0]["content"]
+    assert content[0] == {"type": "text", "text": 'What is in these?\n\n<file name="notes.txt">\n'
+                                                  'line one\nline two\n</file>'}
+    assert content[1] == {"type": "input_audio", "input_audio": {
+        "data": base64.b64encode(wav.read_bytes()).decode(), "format": "wav"}}
+    assert content[2] == {"type": "file", "file": {
+        "filename": "paper.pdf",
+        "file_data": "data:application/pdf;base64," + base64.b64encode(pdf.read_bytes()).decode()}}
+    # A text file alone keeps the content a plain string, for servers without parts.
+    status, _, _ = run_main(server, "-i", stdin="/file %s\nsummarise\n" % notes)
+    assert server.requests[1]["body"]["messages"][0]["content"] == (
+        'summarise\n\n<file name="notes.txt">\nline one\nline two\n</file>')
+
+
+@pytest.mark.parametrize("flag,content,words", [
+    ("--audio", b"plain words", "is neither WAV nor MP3 audio"),
+    ("--file", b"\x89PNG\r\n\x1a\n\0\0", "is neither a PDF nor UTF-8 text"),
+    ("--file", None, "the file /dev/zero is over 32 MB"),
+    ("--audio", None, "the audio file /dev/zero is over 20 MB"),
+])
+def test_attachments_that_are_not_what_the_flag_takes(server, tmp_path, flag, content, words):
+    path = "/dev/zero"
+    if content is not None:
+        path = str(tmp_path / "thing")
+        open(path, "wb").write(content)
+    status, out, err = run_main(server, flag, path, "hi")
+    assert (status, out) == (2, "") and words in err and server.requests == []
+
+
+def test_cited_sources_are_listed_after_the_reply(server):
+    cites = [{"type": "url_citation", "url_citation": {"url": "https://a.example/x", "title": "A page",
+                                                       "start_index": 0, "end_index": 4}},
+             {"type": "url_citation", "url_citation": {"url": "https://b.example/"}}]
+    server.add(Reply(sse(chunk("Facts."), chunk(delta={"annotations": cites[:1]}),
+                         chunk(delta={"annotations": cites[1:]}), chunk(finish="stop")), headers=SSE))
+    status, out, err = run_main(server, "hi")
+    assert (status, out) == (0, "Facts.\n")
+    assert "sources:\n  [1] A page - https://a.example/x\n  [2] https://b.example/\n" in err
+
+
+def test_an_unrequested_choice_is_neither_shown_nor_kept(server):
+    server.add(Reply(sse(chunk("real"), chunk("\x1b[1A\x1b[2Kforged", index=1),
+                         chunk(index=1, finish="stop"), chunk(finish="stop")), headers=SSE),
+               stream_reply("next"))
+    status, out, err = run_main(server, "-i", stdin="hi\nagain\n")
+    assert (status, out) == (0, "real\nnext\n")
+    assert "the server sent choice 2, which was not asked for (n is 1)" in err
+    assert "forged" not in err
+    assert server.requests[1]["body"]["messages"][1] == {"role": "assistant", "content": "real"}
+
+
+def test_usage_details_are_shown(server):
+    usage = {"prompt_tokens": 100, "completion_tokens": 50, "total_tokens": 150,
+             "prompt_tokens_details": {"cached_tokens": 64, "audio_tokens": 0},
+             "completion_tokens_details": {"reasoning_tokens": 30, "accepted_prediction_tokens": 5,
+                                           "rejected_prediction_tokens": 2}}
+    server.add(Reply(sse(chunk("x"), chunk(finish="stop"), chunk(choices=False, usage=usage)),
+                     headers=SSE))
+    status, _, err = run_main(server, "--usage", "hi")
+    assert status == 0
+    assert ("usage: 100 prompt + 50 completion = 150 tokens (cached 64, reasoning 30, "
+            "prediction accepted 5, prediction rejected 2)") in err
+
+
+def wav_bytes_for_test(pcm):
+    import io as io_
+    buffer = io_.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(pcm)
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------
