@@ -1,18 +1,18 @@
-# make test   run the test suite (installs pinned pytest and hypothesis into .venv if needed)
+# make test   run the test suite (installs pinned pytest, hypothesis and pyte into .venv if needed)
 # make check  byte-compile, and prove with vermin that chat.py runs on Python 3.8+
 # make e2e    the end-to-end tests against llama.cpp's server with a real model
 # make bench  measure chat.py against a minimal floor (not part of make test)
 # make run    start a chat
 PYTHON ?= python3
 VENV   := .venv
-PYTEST := pytest==8.3.5 hypothesis==6.113.0
+PYTEST := pytest==8.3.5 hypothesis==6.113.0 pyte==0.8.2 wcwidth==0.2.13
 VERMIN := vermin==1.9.2
 
 .PHONY: test e2e check bench run clean
 PYTEST_ARGS ?=
 
 test:
-	@if $(PYTHON) -c 'import pytest, hypothesis' 2>/dev/null; then py='$(PYTHON)'; \
+	@if $(PYTHON) -c 'import pytest, hypothesis, pyte' 2>/dev/null; then py='$(PYTHON)'; \
 	else $(MAKE) --no-print-directory $(VENV)/.pytest && py='$(VENV)/bin/python'; fi; \
 	$$py -m pytest -q -o 'markers=e2e: against a real server (make e2e)' $(PYTEST_ARGS) test_chat.py
 
@@ -32,7 +32,7 @@ run:
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(VENV)/.pytest: $(VENV)/bin/python
+$(VENV)/.pytest: $(VENV)/bin/python Makefile
 	$(VENV)/bin/python -m pip install -q $(PYTEST)
 	touch $@
 

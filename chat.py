@@ -16,6 +16,13 @@ Only the assistant's text (or, with --output json, one JSON document) goes to
 stdout.  Prompts, notices, the model's reasoning, the sources it cites and
 errors go to stderr.
 
+What the server sends is not trusted.  On a terminal, every control
+character in it (escape sequences that set titles, write the clipboard,
+move the cursor or clear the screen; backspaces; bidirectional overrides) is
+shown as a visible escape such as ^[ and never acted on: in replies, errors,
+tool calls, model ids, loaded history, everywhere.  stderr is always treated
+so.  Into a pipe or a file, stdout is the reply exactly as it came.
+
 Options:
   -m, --model NAME      model to use (env OPENAI_MODEL, default gpt-4o-mini)
   -s, --system TEXT     system message that starts the conversation
@@ -56,7 +63,11 @@ Options:
                         and about 4 characters a token for new text.  Without
                         it, the limit is learnt from the server's first
                         context-length error, which is then retried once
-  --no-color            no colour in notices and prompts (also: NO_COLOR set)
+  --no-color            no colour in notices, prompts and replies (also: NO_COLOR
+                        set, or TERM=dumb)
+  --no-markdown         do not highlight replies as markdown; on a terminal
+                        with colour they are, as they stream, with every
+                        character left where it is
 
 Request fields (only what you set is sent; each is checked before sending):
   --temperature T       0 to 2                --top-p P          0 to 1
@@ -106,7 +117,10 @@ Tools:
   --tool-exec NAME=COMMAND   answer calls of tool NAME by running COMMAND (no
                         shell): the arguments JSON on its stdin, its stdout
                         the result; a failure is sent as an error result.
-                        Repeatable.  Each run is confirmed (y/N) unless --yes
+                        Repeatable.  Each run is asked for (y/N, restating
+                        the tool and its complete arguments) on the terminal,
+                        never on piped input, unless --yes; with no terminal
+                        to ask on, the tool is not run and the model is told
   --yes                 run --tool-exec commands without asking
   --tool-timeout SECONDS   how long a command may run (default 60)
   --max-tool-rounds N   rounds of calls and results before stopping (default 8)
@@ -246,7 +260,8 @@ The reply:
                         request fields, each checked before sending
   --param KEY=JSON      any other request field
   --usage               show tokens used and speed after each reply
-  --no-color            no colour (so does NO_COLOR=1)
+  --no-color            no colour (so does NO_COLOR=1); --no-markdown: no
+                        markdown highlighting of replies
 
 Tools:
   --tools FILE          tool definitions the model may call
@@ -920,6 +935,259 @@ def _first_line(text):
 
 
 # ---------------------------------------------------------------------------
+# Text for a terminal: the one sanitizer, and markdown highlighted as it
+# streams.  Pure: text in, text out.
+# ---------------------------------------------------------------------------
+
+# What a terminal would act on rather than show: C0 controls but tab and
+# newline, DEL, C1 controls, and the bidirectional overrides and isolates.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(match):
+    code = ord(match.group())
+    if code < 0x20:
+        return "^" + chr(code + 64)   # ESC shows as ^[, as cat -v and git show it
+    if code == 0x7f:
+        return "^?"
+    return ("\\x%02x" if code <= 0x9f else "\\u%04x") % code
+
+
+def sanitize(text):
+    """text made safe for a terminal: every control character, and the
+    escape sequences ESC or CSI would start, shown as visible escapes
+    (^[, \\x9b, \\u202e) instead of acted on; newline and tab kept."""
+    return text if _UNSAFE.search(text) is None else _UNSAFE.sub(_visible, text)
+
+
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+_HEADING = re.compile(r" {0,3}#{1,6}(?: |$)")
+_LIST = re.compile(r" *(?:[-*+]|\d{1,9}[.)])(?: |$)")
+_QUOTE = re.compile(r" {0,3}>")
+# Line starts that may still become one of the above once more text comes.
+_UNDECIDED = re.compile(r" *(?:#{1,6}|`{1,}|~{1,}|[-*+]|\d{1,9}[.)]?)?$")
+_SPECIAL = re.compile(r"[`*_\]\n]")
+_SPECIAL_IN_LINK = re.compile(r"[`*_\])\n]")
+
+
+class MarkdownHighlighter:
+    """Colour markdown for a terminal as it streams: headings, bold, italic,
+    inline code, fenced code blocks and their language label, list markers,
+    block quotes and link targets.
+
+    feed() takes the text as it arrives and returns it with ANSI colour
+    codes added: no character is removed, added or moved, so the screen
+    shows exactly the reply and copying from it gives the exact text.
+    Nothing already returned is ever redrawn.  A line's first characters are
+    held back only until its kind is known (a "#" may start a heading, a "`"
+    a fence), and a run of markup characters at the end of a piece until the
+    next character shows whether it opens or closes.  end() returns what is
+    held back and resets the colours.
+    """
+
+    HEADING, BOLD, ITALIC, CODE = "1;36", "1", "3", "33"
+    BLOCK, FENCE, LABEL, QUOTE, MARKER, LINK = "32", "2", "1;32", "2", "36", "4;34"
+
+    def __init__(self):
+        self._held = ""          # text not yet returned
+        self._at_start = True    # the next character starts a line
+        self._fence = None       # the fence that opened the code block we are in
+        self._block = ""         # the style of the whole line
+        self._bold = self._italic = False
+        self._code = 0           # the length of the backticks that opened inline code
+        self._link = False       # inside a link's (target)
+        self._previous = "\n"    # the character before the held text
+        self._active = ""        # the codes in force on the terminal
+
+    def feed(self, text):
+        """Return text with colour codes, less what must wait for more text."""
+        data, self._held = self._held + text, ""
+        out = []
+        self._scan(data, out, final=False)
+        return "".join(out)
+
+    def end(self):
+        """Return what was held back, then reset the terminal's colours."""
+        data, self._held = self._held, ""
+        out = []
+        self._scan(data, out, final=True)
+        self._style(out, "")
+        return "".join(out)
+
+    def _style(self, out, codes):
+        if codes != self._active:
+            out.append("\x1b[0m" if not codes else
+                       "\x1b[%sm" % codes if not self._active else "\x1b[0;%sm" % codes)
+            self._active = codes
+
+    def _inline_style(self):
+        codes = [self._block] if self._block else []
+        if self._code:
+            codes.append(self.CODE)
+        else:
+            codes += [c for c, on in ((self.BOLD, self._bold), (self.ITALIC, self._italic)) if on]
+        if self._link:
+            codes.append(self.LINK)
+        return ";".join(codes)
+
+    def _scan(self, data, out, final):
+        i, n = 0, len(data)
+        while i < n:
+            if self._at_start:
+                i = self._line_start(data, i, out, final)
+                if i < 0:
+                    return
+                continue
+            if self._fence is not None:   # a code block's line: no markdown in it
+                j = data.find("\n", i)
+                j = n if j < 0 else j
+                out.append(data[i:j])
+                i = j
+                if j < n:
+                    self._end_line(out)
+                    i += 1
+                continue
+            match = (_SPECIAL_IN_LINK if self._link else _SPECIAL).search(data, i)
+            j = n if match is None else match.start()
+            if j > i:
+                out.append(data[i:j])
+                self._previous = data[j - 1]
+                i = j
+            if match is None:
+                return
+            char = data[i]
+            if char == "\n":
+                self._end_line(out)
+                i += 1
+            elif char == "]":
+                if i + 1 == n and not final:
+                    self._held = data[i:]
+                    return
+                out.append("]")
+                self._previous = "]"
+                i += 1
+                if i < n and data[i] == "(" and not self._code:
+                    self._link = True
+                    self._style(out, self._inline_style())
+            elif char == ")":   # the end of a link's target
+                out.append(")")
+                self._link = False
+                self._style(out, self._inline_style())
+                self._previous = ")"
+                i += 1
+            else:
+                j = i
+                while j < n and data[j] == char:
+                    j += 1
+                if j == n and not final:   # the run may go on, or what follows matters
+                    self._held = data[i:]
+                    return
+                self._run(data[i:j], data[j] if j < n else " ", out)
+                self._previous = char
+                i = j
+
+    def _run(self, run, after, out):
+        """A run of ` or * or _: code, bold or italic opening or closing."""
+        char, before = run[0], self._previous
+        if char == "`":
+            if not self._code:
+                self._code = len(run)
+                self._style(out, self._inline_style())
+                out.append(run)
+            else:
+                out.append(run)
+                if len(run) == self._code:
+                    self._code = 0
+                    self._style(out, self._inline_style())
+            return
+        if self._code:
+            out.append(run)
+            return
+        space_after, space_before = after.isspace(), before.isspace()
+        punct_after = not after.isalnum() and not space_after
+        punct_before = not before.isalnum() and not space_before
+        left = not space_after and (not punct_after or space_before or punct_before)
+        right = not space_before and (not punct_before or space_after or punct_after)
+        if char == "_":   # no emphasis inside words: snake_case stays plain
+            can_open = left and (not right or punct_before)
+            can_close = right and (not left or punct_after)
+        else:
+            can_open, can_close = left, right
+        styles = ["_bold"] if len(run) == 2 else ["_italic"] if len(run) == 1 else ["_bold", "_italic"]
+        closing = [name for name in styles if getattr(self, name) and can_close]
+        opening = [name for name in styles if not getattr(self, name) and can_open]
+        for name in opening:
+            setattr(self, name, True)
+        self._style(out, self._inline_style())
+        out.append(run)
+        for name in closing:
+            setattr(self, name, False)
+        self._style(out, self._inline_style())
+
+    def _line_start(self, data, i, out, final):
+        """Decide what kind of line starts at i, write its marker; return where
+        the rest of the line starts, or -1 if the start must wait for more."""
+        end = data.find("\n", i)
+        complete = end >= 0 or final
+        line = data[i:] if end < 0 else data[i:end]
+        if self._fence is not None:
+            fence = _FENCE.match(line)
+            closing = (fence and fence.group(1)[0] == self._fence[0]
+                       and len(fence.group(1)) >= len(self._fence)
+                       and not line[fence.end():].strip())
+            if closing:
+                if not complete:
+                    self._held = data[i:]
+                    return -1
+                self._style(out, self.FENCE)
+                out.append(line)
+                self._fence = None
+                self._at_start = False
+                return i + len(line)
+            if not complete and _UNDECIDED.match(line) and line.strip(" `~") == "":
+                self._held = data[i:]
+                return -1
+            self._block = self.BLOCK
+            self._style(out, self.BLOCK)
+            self._at_start = False
+            return i
+        if not complete and _UNDECIDED.match(line):
+            self._held = data[i:]
+            return -1
+        self._at_start = False
+        fence = _FENCE.match(line)
+        if fence and not (fence.group(1)[0] == "`" and "`" in line[fence.end():]):
+            if not complete:   # the language label ends with the line
+                self._held, self._at_start = data[i:], True
+                return -1
+            self._fence = fence.group(1)
+            self._style(out, self.FENCE)
+            out.append(line[:fence.end()])
+            self._style(out, self.LABEL)
+            out.append(line[fence.end():])
+            return i + len(line)
+        if _HEADING.match(line) or _QUOTE.match(line):   # the whole line is styled
+            self._block = self.HEADING if _HEADING.match(line) else self.QUOTE
+            self._style(out, self._block)
+            return i
+        marker = _LIST.match(line)
+        if marker:
+            self._style(out, self.MARKER)
+            out.append(line[:marker.end()])
+            self._style(out, "")
+            self._previous = " "
+            return i + marker.end()
+        return i
+
+    def _end_line(self, out):
+        """Inline styles end with their line; so does a heading or a quote."""
+        self._block, self._bold, self._italic, self._code, self._link = "", False, False, 0, False
+        self._style(out, "")
+        out.append("\n")
+        self._previous, self._at_start = "\n", True
+
+
+# ---------------------------------------------------------------------------
 # HTTP: the one place that touches the network.
 # ---------------------------------------------------------------------------
 
@@ -1370,10 +1638,30 @@ def file_part(path):
 # Writing to the terminal: notices, colour, secrets kept off the screen.
 # ---------------------------------------------------------------------------
 
-def _say(err, text):
-    # Flush every time: before Python 3.9 a piped stderr is block-buffered.
-    err.write(text)
-    err.flush()
+def _say(stream, text, style=None):
+    """The way to stderr (and to --check's stdout): text through the
+    sanitizer, then in colour style where the stream shows colour, flushed."""
+    text = sanitize(text)
+    if style and getattr(stream, "colour", False):
+        body = text.rstrip("\n")   # colour the words, not the line ending
+        if body:
+            text = "\x1b[%sm%s\x1b[0m%s" % (style, body, text[len(body):])
+    stream.write(text)
+    stream.flush()   # every time: before Python 3.9 a piped stderr is block-buffered
+
+
+def _show(out, text):
+    """Write text that came from the server to stdout: exact into a pipe or a
+    file, where it is data; through the sanitizer onto a terminal."""
+    out.write(sanitize(text) if _is_terminal(out) else text)
+    out.flush()
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):   # no such method, or a closed stream
+        return False
 
 
 def _redact(text, secrets):
@@ -1400,21 +1688,43 @@ class _ErrorStream:
         return getattr(self._stream, name)
 
 
-def _colour(err, text, code, start="", end=""):
-    """text in an ANSI colour if err shows colours; start and end wrap the
-    codes (readline wants them between \001 and \002 to measure the prompt)."""
+def ask_terminal(question):
+    """Show question on the controlling terminal and return the line typed
+    there; None if the process has none.  Never reads stdin, which may be a
+    script: consent comes from the person at the terminal.  Ctrl-C and
+    Ctrl-D answer "" (no)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | getattr(os, "O_NOCTTY", 0))
+    except OSError:
+        return None
+    try:
+        os.write(fd, sanitize(question).encode("utf-8", "replace"))
+        try:
+            answer = os.read(fd, 4096)   # the terminal hands over one whole line
+        except KeyboardInterrupt:
+            answer = b""
+        if not answer.endswith(b"\n"):
+            os.write(fd, b"\n")   # Ctrl-C or Ctrl-D: leave the question's line
+        return answer.decode("utf-8", "replace").strip()
+    finally:
+        os.close(fd)
+
+
+def _prompt(err, text):
+    """A prompt for input(), sanitized, in colour where err shows colour;
+    readline wants the colour codes between \\001 and \\002 to measure it."""
+    text = sanitize(text)
     if not getattr(err, "colour", False):
         return text
-    return "%s\033[%sm%s%s%s\033[0m%s" % (start, code, end, text, start, end)
+    return "\001\x1b[1;36m\002%s\001\x1b[0m\002" % text
 
 
 def _dim(err, text):
-    body = text.rstrip("\n")   # colour the words, not the line ending
-    _say(err, _colour(err, body, "2") + text[len(body):])
+    _say(err, text, "2")
 
 
 def _note(err, text):
-    _say(err, _colour(err, "chat.py: %s" % text, "31" if text.startswith("error:") else "2") + "\n")
+    _say(err, "chat.py: %s\n" % text, "31" if text.startswith("error:") else "2")
 
 
 # ---------------------------------------------------------------------------
@@ -1445,13 +1755,19 @@ class ReplyPrinter(Printer):
     --output json).  reasoning: show the live choice's reasoning on err, dim,
     as it arrives.  usage: after the reply, show its token counts and speed;
     logprobs: show each token's probability.  audio_out, audio_format: where
-    to write a spoken reply, and the format it was asked for.  clock: a
-    monotonic clock, for the timing.
+    to write a spoken reply, and the format it was asked for.  markdown:
+    highlight the text as markdown (on a terminal only).  clock: a monotonic
+    clock, for the timing.  On a terminal the text goes through the
+    sanitizer; into a pipe or a file it is written exactly as it came.
     """
 
     def __init__(self, out, err, *, n=1, show_text=True, reasoning=True, usage=False,
-                 logprobs=False, audio_out=None, audio_format=None, clock=time.monotonic):
+                 logprobs=False, audio_out=None, audio_format=None, markdown=False,
+                 clock=time.monotonic):
         self.out, self.err, self.n, self.show_text = out, err, n, show_text
+        self.terminal = _is_terminal(out)
+        self.markdown = markdown and self.terminal
+        self._highlighter = MarkdownHighlighter() if self.markdown else None
         self.reasoning, self.usage, self.logprobs = reasoning and show_text, usage, logprobs
         self.audio_out, self.audio_format, self.clock = audio_out, audio_format, clock
         self._started, self._first = clock(), None   # for time to first token
@@ -1510,16 +1826,24 @@ class ReplyPrinter(Printer):
             self._thinking = False
             _say(self.err, "\n\n")
         self._ends_line = text[-1] == "\n"   # first, in case Ctrl-C lands mid-write
+        if self.terminal:
+            text = sanitize(text)
+            if self._highlighter:
+                text = self._highlighter.feed(text)
         self.out.write(text)
         self.out.flush()
 
     def end_line(self):
-        """End the text with a newline, if it has none, so notices start afresh."""
+        """End the text with a newline, if it has none, so notices start
+        afresh, with the terminal's colours reset."""
         if self._thinking:
             self._thinking = False
             _say(self.err, "\n")
         if not self._ends_line:
             self._write("\n")
+        if self._highlighter:
+            self.out.write(self._highlighter.end())
+            self.out.flush()
 
     def finish(self, completion):
         """Show what was held back, then notices: refusals, cut-offs, tool calls,
@@ -2045,15 +2369,20 @@ def run_tool_command(argv, arguments, timeout):
 class Tools:
     """Answers the model's tool calls.
 
-    commands: tool name -> argv to run for it (--tool-exec).  ask(prompt): a
-    line from the user, or None where nobody can be asked.  confirm: run
-    commands without asking first (--yes).  timeout: seconds a command may
-    run.  max_rounds: rounds of calls and results before chat.py stops.
+    commands: tool name -> argv to run for it (--tool-exec).  consent(name,
+    arguments, argv): True if the user agrees to run argv with arguments,
+    False if not, None where nobody can be asked.  confirm: run commands
+    without asking (--yes).  ask(prompt): a line typed by the user, the
+    result of a tool with no command; None where nobody can be asked.
+    notify(text) hears of a command not run for want of consent.  timeout:
+    seconds a command may run.  max_rounds: rounds of calls and results
+    before chat.py stops.
     """
 
-    def __init__(self, commands=None, *, ask=None, confirm=False, timeout=DEFAULT_TOOL_TIMEOUT,
-                 max_rounds=DEFAULT_TOOL_ROUNDS):
-        self.commands, self.ask, self.confirm = commands or {}, ask, confirm
+    def __init__(self, commands=None, *, consent=None, confirm=False, ask=None, notify=None,
+                 timeout=DEFAULT_TOOL_TIMEOUT, max_rounds=DEFAULT_TOOL_ROUNDS):
+        self.commands, self.consent, self.confirm = commands or {}, consent, confirm
+        self.ask, self.notify = ask, notify or (lambda text: None)
         self.timeout, self.max_rounds = timeout, max_rounds
 
     def answer(self, call):
@@ -2068,10 +2397,13 @@ class Tools:
         argv = self.commands.get(name)
         if argv is not None:
             if not self.confirm:
-                if self.ask is None:
+                agreed = self.consent(name, arguments, argv) if self.consent else None
+                if agreed is None:
+                    self.notify("%s was not run: there is no terminal to ask for consent on "
+                                "(chat.py --yes would have run it)" % name)
                     return ("error: not run: running tools needs the user's consent "
                             "(chat.py --yes)")
-                if self.ask("run %s? [y/N] " % " ".join(argv)).strip().lower() not in ("y", "yes"):
+                if not agreed:
                     return "error: the user chose not to run this tool"
             return run_tool_command(argv, arguments, self.timeout)
         if self.ask is None:
@@ -2084,6 +2416,18 @@ class Tools:
             except OSError as exc:
                 return "error: the user's file could not be read: %s" % exc.strerror
         return answer
+
+
+def consent_question(name, arguments, argv):
+    """The y/N question for running argv: the tool's name and its complete
+    arguments, pretty-printed, so that what is approved is what runs."""
+    try:
+        shown = json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
+    except ValueError:
+        shown = arguments
+    return "chat.py: run %s with these arguments, as %s?\n%s[y/N] " % (
+        name, " ".join(shlex.quote(word) for word in argv),
+        "".join("  %s\n" % line for line in shown.splitlines()))
 
 
 # ---------------------------------------------------------------------------
@@ -2417,9 +2761,9 @@ def _terminal_reader(out, err, environ, commands):
         typed["now"] = ""
         try:
             if out.isatty():   # readline draws the prompt; \001 \002 hide colour codes
-                line = input(_colour(err, prompt, "1;36", "\001", "\002"))
+                line = input(_prompt(err, prompt))
             else:
-                _say(err, _colour(err, prompt, "1;36"))   # stdout is redirected: keep it for replies
+                _say(err, prompt, "1;36")   # stdout is redirected: keep it for replies
                 line = input()
         except EOFError:
             _say(err, "\n")   # Ctrl-D: leave the terminal on a fresh line
@@ -2464,7 +2808,7 @@ def check_connection(chat, out):
         _say(out, _redact("%-5s %s\n" % (status, text), [client.api_key]))
 
     key = "a key" if client.api_key else "no key"
-    out.write("Checking %s with model %s and %s.\n" % (client.base_url, chat.model, key))
+    _say(out, "Checking %s with model %s and %s.\n" % (client.base_url, chat.model, key))
     models, problem, started = None, None, time.monotonic()
     try:
         response = client.request("GET", "/models")
@@ -2581,6 +2925,7 @@ def _parser():
     add("--load")
     add("--max-context", type=int)
     add("--no-color", action="store_true")
+    add("--no-markdown", action="store_true")
     add("--system-role", choices=("system", "developer"), default="system")
     add("--temperature", type=float)
     add("--top-p", type=float)
@@ -2719,9 +3064,10 @@ def _audio_format(path, streaming):
     return formats[extension]
 
 
-def _tools(args, ask):
+def _tools(args, ask, err):
     """The Tools that --tool-exec, --yes, --tool-timeout and --max-tool-rounds
-    describe; ask(question) reads the user's answer (None: nobody to ask)."""
+    describe; ask(question) reads a tool's result typed by the user (None:
+    nobody to ask).  Consent to run a command is asked on the terminal."""
     commands = {}
     for item in args.tool_exec:
         name, equals, command = item.partition("=")
@@ -2732,7 +3078,12 @@ def _tools(args, ask):
         commands[name.strip()] = argv
     if args.max_tool_rounds < 0 or not args.tool_timeout > 0:
         raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0")
-    return Tools(commands, ask=ask, confirm=args.yes, timeout=args.tool_timeout,
+    def consent(name, arguments, argv):
+        answer = ask_terminal(consent_question(name, arguments, argv))
+        return None if answer is None else answer.lower() in ("y", "yes")
+
+    return Tools(commands, consent=consent, confirm=args.yes, ask=ask,
+                 notify=lambda text: _note(err, text), timeout=args.tool_timeout,
                  max_rounds=args.max_tool_rounds)
 
 
@@ -2815,6 +3166,7 @@ def _run(args, settings, stdin, out, err, environ):
         prompt = "\n\n".join(t for t in (prompt, piped_text.strip("\n")) if t.strip())
         if not prompt:
             raise UsageError("nothing to send: give a PROMPT or pipe some text in")
+    markdown = not args.no_markdown and _colour_wanted(args, environ, out)
     attachments = ([image_part(path) for path in args.image]   # all read before any request
                    + [audio_part(path) for path in args.audio]
                    + [file_part(path) for path in args.file])
@@ -2823,7 +3175,8 @@ def _run(args, settings, stdin, out, err, environ):
         return ReplyPrinter(out, err, n=chat.params.get("n", 1), show_text=show_text,
                             reasoning=not args.hide_reasoning, usage=args.usage,
                             logprobs=bool(chat.params.get("logprobs")), audio_out=args.audio_out,
-                            audio_format=(chat.params.get("audio") or {}).get("format"))
+                            audio_format=(chat.params.get("audio") or {}).get("format"),
+                            markdown=markdown)
 
     if prompt and not args.interactive:
         return _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer)
@@ -2834,7 +3187,7 @@ def _run(args, settings, stdin, out, err, environ):
     else:
         read_line, line_buffer = _terminal_reader(out, err, environ, Console.COMMANDS)
     console = Console(chat, read_line, out, err, piped=piped, save_path=args.save,
-                      line_buffer=line_buffer, tools=_tools(args, read_line),
+                      line_buffer=line_buffer, tools=_tools(args, read_line, err),
                       new_printer=new_printer, attachments=attachments)
     if not piped:
         _say(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
@@ -2851,7 +3204,7 @@ def _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer):
     ask = None
     if stdin is not None and stdin.isatty():   # someone to ask before a tool runs
         ask = lambda question: (_say(err, question), stdin.readline().strip())[1]   # noqa: E731
-    tools = _tools(args, ask)
+    tools = _tools(args, ask, err)
     printer = lambda: new_printer(show_text=args.output == "text")   # noqa: E731
     try:
         completion = chat.send(user_content(prompt, attachments), printer())
@@ -2861,13 +3214,19 @@ def _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer):
         if args.save:
             save_conversation(args.save, chat.body())
     if args.output == "json":
-        out.write(json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
+        _show(out, json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
     else:
         calls = tool_calls(((completion.get("choices") or [{}])[0]).get("message") or {})
         if calls:   # left for the caller to answer
-            out.write(json.dumps(calls, indent=2, ensure_ascii=False) + "\n")
+            _show(out, json.dumps(calls, indent=2, ensure_ascii=False) + "\n")
     out.flush()
     return 0
+
+
+def _colour_wanted(args, environ, stream):
+    """Colour on stream: a terminal, and neither --no-color, NO_COLOR nor TERM=dumb."""
+    return (not args.no_color and not environ.get("NO_COLOR")   # no-color.org
+            and environ.get("TERM") != "dumb" and _is_terminal(stream))
 
 
 def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
@@ -2890,9 +3249,8 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
             out.write("chat.py %s\n" % __version__)
             return 0
         settings = _settings(args, environ)
-        colour = (not args.no_color and not environ.get("NO_COLOR")   # no-color.org
-                  and environ.get("TERM") != "dumb" and stderr.isatty())
-        err = _ErrorStream(stderr, colour=colour, secrets=[settings["api_key"]])
+        err = _ErrorStream(stderr, colour=_colour_wanted(args, environ, stderr),
+                           secrets=[settings["api_key"]])
         return _run(args, settings, stdin, out, err, environ)
     except ChatError as exc:
         _note(err, "error: %s" % exc)

@@ -1907,12 +1907,13 @@ def test_a_tool_is_not_run_when_nobody_can_be_asked(server, tmp_path):
     marker = tmp_path / "ran"
     touch = "weather=%s -c \"open(%r, 'w')\"" % (sys.executable, str(marker))
     server.add(Reply(sse(*tool_fragments()), headers=SSE), stream_reply("I could not check."))
-    status, out, err = run_main(server, "--tool-exec", touch, "Weather?")   # stdin is no terminal
+    status, out, err = run_detached(server, "--tool-exec", touch, "Weather?")
     assert (status, out) == (0, "I could not check.\n") and "Traceback" not in err
     assert not marker.exists()
     results = server.requests[1]["body"]["messages"][2:]
     assert [r["content"] for r in results] == [
         "error: not run: running tools needs the user's consent (chat.py --yes)"] * 2
+    assert err.count("(chat.py --yes would have run it)") == 2   # the user is told
 
 
 def test_tool_failures_become_error_results(server, tmp_path):
@@ -1941,17 +1942,34 @@ def test_tool_command_time_limit(server):
         "error: the command ran longer than 0.5s and was stopped"
 
 
-def test_tools_answered_in_the_console(server, tmp_path):
+def run_detached(server, *args, stdin=b"", env=None):
+    """Run `python chat.py ARGS` in a new session: no controlling terminal, as
+    under cron or CI.  Returns (status, stdout, stderr) as text."""
+    proc = subprocess.run([sys.executable, CHAT_PY] + list(args), input=stdin, capture_output=True,
+                          env=clean_env(OPENAI_BASE_URL=server.url, **(env or {})),
+                          start_new_session=True, timeout=60)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def test_tools_answered_in_the_console_and_never_approved_from_the_pipe(server, tmp_path):
     (tmp_path / "result.txt").write_text("from a file")
+    marker = tmp_path / "ran"
     calls = [chunk(delta={"tool_calls": [{"index": i, "id": "c%d" % i, "type": "function",
                                           "function": {"name": name, "arguments": "{}"}}]})
              for i, name in enumerate(["typed", "filed", "mapped"])]
-    server.add(Reply(sse(*calls, chunk(finish="tool_calls")), headers=SSE), stream_reply("Done."))
-    script = "go\nby hand\n@%s\nn\n" % (tmp_path / "result.txt")
-    status, out, err = run_main(server, "-i", "--tool-exec", "mapped=true", stdin=script)
-    assert (status, out) == (0, "Done.\n")
+    server.add(Reply(sse(*calls, chunk(finish="tool_calls")), headers=SSE), stream_reply("Done."),
+               stream_reply("ok"))
+    script = "go\nby hand\n@%s\ny\n" % (tmp_path / "result.txt")
+    touch = "mapped=%s -c \"open(%r, 'w')\"" % (sys.executable, str(marker))
+    status, out, err = run_detached(server, "-i", "--tool-exec", touch, stdin=script.encode())
+    assert (status, out) == (0, "Done.\nok\n"), err
     assert [m["content"] for m in server.requests[1]["body"]["messages"][2:]] == [
-        "by hand", "from a file", "error: the user chose not to run this tool"]
+        "by hand", "from a file", "error: not run: running tools needs the user's consent "
+                                  "(chat.py --yes)"]
+    assert not marker.exists()   # the script's "y" was a message, never consent
+    assert server.requests[2]["body"]["messages"][-1] == {"role": "user", "content": "y"}
+    assert "mapped was not run: there is no terminal to ask for consent on " \
+           "(chat.py --yes would have run it)" in err
 
 
 def test_one_shot_without_a_command_prints_the_calls(server):
