@@ -7,6 +7,10 @@ same run, so the ratios hold from machine to machine:
    200,000 content chunks written to a pipe, beside a minimal loop (http.client,
    large read1 calls, split on newlines, json.loads each data line, write and
    flush each delta);
+   and the same reply onto a pseudo-terminal, where chat.py sanitizes it and
+   highlights it as markdown, beside the floor writing it to a terminal too;
+   and a loaded 16,000-message conversation trimmed by --max-context, beside
+   the same run without trimming;
 2. start-up: wall time of `chat.py --help`, and until the console's first
    prompt appears on a terminal, beside `python3 -c pass`;
 3. first-token latency: from the server writing the first token to it
@@ -163,38 +167,64 @@ os.write(report, b"%d %r %d" % (status, usage.ru_utime + usage.ru_stime, usage.r
 """
 
 
-def run_measured(argv, stdin_data=None, env=None):
-    """Run argv with stdout drained from a pipe; return (cpu seconds, peak RSS in MiB,
-    bytes written to stdout)."""
+def run_measured(argv, stdin_data=None, env=None, terminal=False):
+    """Run argv with stdout drained from a pipe (or, with terminal, from a
+    pseudo-terminal); return (cpu seconds, peak RSS in MiB, bytes written to
+    stdout)."""
     report_read, report_write = os.pipe()
+    if terminal:
+        master, slave = os.openpty()
+        stdout = slave
+    else:
+        stdout = subprocess.PIPE
     proc = subprocess.Popen([PYTHON, "-S", "-c", LAUNCHER, str(report_write)] + argv,
                             stdin=subprocess.PIPE if stdin_data else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or clean_env(),
+                            stdout=stdout, stderr=subprocess.PIPE, env=env or clean_env(),
                             pass_fds=(report_write,))
     os.close(report_write)
     drained = {}
 
-    def drain(name, stream):
+    def drain(name, read):
         size = 0
-        for block in iter(lambda: stream.read1(65536), b""):
+        while True:
+            try:
+                block = read(65536)
+            except OSError:   # EIO: the terminal's last writer has gone
+                break
+            if not block:
+                break
             size += len(block)
         drained[name] = size
 
-    threads = [threading.Thread(target=drain, args=(n, s)) for n, s in
-               (("out", proc.stdout), ("err", proc.stderr))]
+    out_reader = (lambda n: os.read(master, n)) if terminal else proc.stdout.read1
+    threads = [threading.Thread(target=drain, args=(n, r)) for n, r in
+               (("out", out_reader), ("err", proc.stderr.read1))]
     for t in threads:
         t.start()
+    if terminal:
+        os.close(slave)
     if stdin_data:
         proc.stdin.write(stdin_data)
         proc.stdin.close()
     proc.wait()
     for t in threads:
         t.join()
+    if terminal:
+        os.close(master)
     with os.fdopen(report_read, "rb") as report:
         status, cpu, maxrss = report.read().split()
     if int(status) != 0 or proc.returncode != 0:
         raise SystemExit("bench: %s failed with status %s" % (argv, status.decode()))
     return float(cpu), int(maxrss) / 1024.0, drained["out"]
+
+
+def long_conversation(path, messages=16000):
+    """A saved conversation of that many messages, about 100 tokens each."""
+    turns = [{"role": "user" if i % 2 == 0 else "assistant",
+              "content": "message %d: %s" % (i, "lorem ipsum dolor sit amet " * 15)}
+             for i in range(messages)]
+    with open(path, "w") as f:
+        json.dump({"model": "m", "messages": turns}, f)
 
 
 def wall(argv, runs=21):
@@ -271,8 +301,14 @@ def main():
         cpu, rss, size = run_measured(floor_argv)
         assert size == expected - 1, (size, expected)
         floor_runs.append((cpu, rss))
+    term_runs, term_floor_runs = [], []
+    for _ in range(RUNS):   # the same reply onto a terminal, markdown highlighted
+        term_runs.append(run_measured(chat_argv, env=clean_env(TERM="xterm"), terminal=True)[0])
+        term_floor_runs.append(run_measured(floor_argv, env=clean_env(TERM="xterm"),
+                                            terminal=True)[0])
     chat_cpu = statistics.median(c for c, _ in chat_runs)
     floor_cpu = statistics.median(c for c, _ in floor_runs)
+    term_cpu, term_floor_cpu = statistics.median(term_runs), statistics.median(term_floor_runs)
     chat_rss = statistics.median(r for _, r in chat_runs)
     floor_rss = statistics.median(r for _, r in floor_runs)
     server.close()
@@ -287,6 +323,15 @@ def main():
     talk = [run_measured([PYTHON, CHAT_PY, "--base-url", server.url, "-i"], stdin_data=turns)
             for _ in range(max(1, RUNS // 2))]
     talk_rss = statistics.median(r for _, r, _ in talk)
+    saved = "/tmp/chat-bench-long.json"
+    long_conversation(saved)
+    plain_argv = [PYTHON, CHAT_PY, "--base-url", server.url, "--load", saved, "hi"]
+    trimmed, untrimmed = [], []
+    for _ in range(RUNS):
+        untrimmed.append(run_measured(plain_argv)[0])
+        trimmed.append(run_measured(plain_argv[:-1] + ["--max-context", "50000", "hi"])[0])
+    trimmed_cpu, untrimmed_cpu = statistics.median(trimmed), statistics.median(untrimmed)
+    os.unlink(saved)
     server.close()
 
     help_wall = wall([PYTHON, CHAT_PY, "--help"])
@@ -297,6 +342,10 @@ def main():
     rows = [
         ("stream CPU, %s chunks to a pipe" % format(CHUNKS, ","), "%.2f s" % chat_cpu,
          "%.2f s" % floor_cpu, chat_cpu / floor_cpu, "<= 1.3x"),
+        ("stream CPU, %s chunks onto a terminal, markdown on" % format(CHUNKS, ","),
+         "%.2f s" % term_cpu, "%.2f s" % term_floor_cpu, term_cpu / term_floor_cpu, "<= 2x"),
+        ("16,000-message conversation trimmed to 50,000 tokens, CPU", "%.2f s" % trimmed_cpu,
+         "%.2f s (untrimmed)" % untrimmed_cpu, trimmed_cpu / untrimmed_cpu, "<= 1.5x"),
         ("--help, wall", "%.1f ms" % (help_wall * 1e3), "%.1f ms" % (pass_wall * 1e3),
          help_wall / pass_wall, "<= 2x"),
         ("first prompt on a terminal, wall", "%.1f ms" % (prompt * 1e3),

@@ -119,8 +119,10 @@ Tools:
                         the result; a failure is sent as an error result.
                         Repeatable.  Each run is asked for (y/N, restating
                         the tool and its complete arguments) on the terminal,
-                        never on piped input, unless --yes; with no terminal
-                        to ask on, the tool is not run and the model is told
+                        never on piped input, unless --yes; Ctrl-D there
+                        means no, Ctrl-C no and stop the turn.  With no
+                        terminal to ask on, the tool is not run and the
+                        model is told
   --yes                 run --tool-exec commands without asking
   --tool-timeout SECONDS   how long a command may run (default 60)
   --max-tool-rounds N   rounds of calls and results before stopping (default 8)
@@ -1691,20 +1693,20 @@ class _ErrorStream:
 def ask_terminal(question):
     """Show question on the controlling terminal and return the line typed
     there; None if the process has none.  Never reads stdin, which may be a
-    script: consent comes from the person at the terminal.  Ctrl-C and
-    Ctrl-D answer "" (no)."""
+    script: consent comes from the person at the terminal.  Ctrl-D answers
+    "" (no); Ctrl-C raises KeyboardInterrupt, to stop the whole turn."""
     try:
         fd = os.open("/dev/tty", os.O_RDWR | getattr(os, "O_NOCTTY", 0))
     except OSError:
         return None
     try:
         os.write(fd, sanitize(question).encode("utf-8", "replace"))
+        answer = b""
         try:
             answer = os.read(fd, 4096)   # the terminal hands over one whole line
-        except KeyboardInterrupt:
-            answer = b""
-        if not answer.endswith(b"\n"):
-            os.write(fd, b"\n")   # Ctrl-C or Ctrl-D: leave the question's line
+        finally:
+            if not answer.endswith(b"\n"):
+                os.write(fd, b"\n")   # Ctrl-C or Ctrl-D: leave the question's line
         return answer.decode("utf-8", "replace").strip()
     finally:
         os.close(fd)
@@ -2425,7 +2427,7 @@ def consent_question(name, arguments, argv):
         shown = json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
     except ValueError:
         shown = arguments
-    return "chat.py: run %s with these arguments, as %s?\n%s[y/N] " % (
+    return "chat.py: run the tool %s, that is `%s`, with these arguments?\n%s[y/N] " % (
         name, " ".join(shlex.quote(word) for word in argv),
         "".join("  %s\n" % line for line in shown.splitlines()))
 
