@@ -1,5 +1,5 @@
 # make test   run the test suite (installs pinned pytest, hypothesis and pyte into .venv if needed)
-# make check  byte-compile, and prove with vermin that chat.py runs on Python 3.8+
+# make check  byte-compile, and prove with vermin that chat.py runs on Python 3.6+
 # make e2e    the end-to-end tests against llama.cpp's server with a real model
 # make bench  measure chat.py against a minimal floor (not part of make test)
 # make run    start a chat
@@ -14,14 +14,14 @@ PYTEST_ARGS ?=
 test:
 	@if $(PYTHON) -c 'import pytest, hypothesis, pyte' 2>/dev/null; then py='$(PYTHON)'; \
 	else $(MAKE) --no-print-directory $(VENV)/.pytest && py='$(VENV)/bin/python'; fi; \
-	$$py -m pytest -q -o 'markers=e2e: against a real server (make e2e)' $(PYTEST_ARGS) test_chat.py
+	$$py -m pytest -q -rs -o 'markers=e2e: against a real server (make e2e)' $(PYTEST_ARGS) test_chat.py
 
 e2e:
 	bash .ci/e2e
 
 check: $(VENV)/.vermin
 	$(PYTHON) -m py_compile chat.py test_chat.py
-	$(VENV)/bin/vermin -t=3.8- --no-tips --violations chat.py
+	$(VENV)/bin/vermin -t=3.6- --no-tips --violations chat.py
 
 bench:
 	$(PYTHON) bench.py
@@ -36,7 +36,7 @@ $(VENV)/.pytest: $(VENV)/bin/python Makefile
 	$(VENV)/bin/python -m pip install -q $(PYTEST)
 	touch $@
 
-$(VENV)/.vermin: $(VENV)/bin/python
+$(VENV)/.vermin: $(VENV)/bin/python Makefile
 	$(VENV)/bin/python -m pip install -q '$(VERMIN)'
 	touch $@
 

@@ -221,6 +221,7 @@ import urllib.request
 import wave
 from collections import namedtuple
 from email.utils import parsedate_to_datetime
+import urllib.parse
 from urllib.parse import urlsplit, urlunsplit
 # readline alone is imported where it is used, and only for a terminal: importing
 # it changes how input() reads and may write to the terminal.
@@ -296,6 +297,8 @@ DEFAULT_TOOL_TIMEOUT = 60.0     # seconds a --tool-exec command may run
 DEFAULT_TOOL_ROUNDS = 8         # rounds of tool calls and results in one turn
 CONTINUE_PROMPT = ("Continue your last reply exactly where it stopped, without repeating "
                    "anything or adding an introduction.")
+# Python 3.7 named the certificate error; 3.6 raises its base class.
+_CERTIFICATE_ERROR = getattr(ssl, "SSLCertVerificationError", ssl.CertificateError)
 _IMAGE_MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
                 (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif")]
 
@@ -1194,25 +1197,97 @@ class MarkdownHighlighter:
 # ---------------------------------------------------------------------------
 
 def normalize_base_url(url):
-    """Accept a base URL as people paste it; return scheme://host[:port]/path[?query]."""
+    """Accept a base URL as people paste it; return scheme://host[:port]/path[?query].
+
+    A missing scheme means http:// for a local host, https:// otherwise; a
+    trailing /chat/completions is dropped; a path or query that is not ASCII
+    is percent-encoded.  Raises UsageError for what cannot be sent.
+    """
     url = url.strip()
-    if "://" not in url:
-        host = urlsplit("//" + url).hostname or ""
-        url = ("http://" if is_local_host(host) else "https://") + url
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError("--base-url %r is not an http(s) URL, e.g. "
-                         "https://api.openai.com/v1 or localhost:11434/v1" % url)
+    example = "e.g. https://api.openai.com/v1 or localhost:11434/v1"
+    try:
+        if "://" not in url:
+            host = urlsplit("//" + url).hostname or ""
+            url = ("http://" if is_local_host(host) else "https://") + url
+        parts = urlsplit(url)
+        parts.port   # a port that is not a number raises here
+        host = parts.hostname
+    except ValueError as exc:
+        raise UsageError("--base-url %s is not a URL (%s), %s"
+                         % (shown_url_safely(url), exc, example)) from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise UsageError("--base-url %s is not an http(s) URL, %s" % (shown_url_safely(url), example))
+    try:
+        host.encode("idna")   # a label over 63 characters, or empty, fails here
+    except UnicodeError:
+        raise UsageError("--base-url %s: %s is not a valid host name"
+                         % (shown_url_safely(url), host)) from None
     path = parts.path.rstrip("/")
     if path.endswith("/chat/completions"):
         path = path[:-len("/chat/completions")]
-    return urlunsplit((parts.scheme, parts.netloc, path, parts.query, ""))
+    path = urllib.parse.quote(path, safe="/%:@!$&'()*+,;=-._~")
+    query = urllib.parse.quote(parts.query, safe="/%:@!$&'()*+,;=-._~?")
+    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
+def shown_url_safely(url):
+    """shown_url, for a URL that may not even parse."""
+    try:
+        return shown_url(url)
+    except ValueError:
+        return "(a URL that does not parse)"
 
 
 def endpoint_url(base_url, path):
     """base_url + path, keeping a query string (Azure's api-version) at the end."""
     base, sep, query = base_url.partition("?")
     return base + path + sep + query
+
+
+# Query parameters whose values are credentials: shown as ***, in /curl as $NAME.
+_SECRET_NAME = re.compile(r"(?i)key|token|sig|secret|passw|auth|credential")
+
+
+def _query_items(query):
+    return [item.partition("=") for item in query.split("&") if item]
+
+
+def shown_url(url):
+    """url as it may be shown anywhere: a user and password in it, and the
+    values of secret-looking query parameters (key, api-key, token, sig...),
+    replaced by ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "&".join(name + equals + ("***" if equals and _SECRET_NAME.search(name) else value)
+                     for name, equals, value in _query_items(parts.query))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url):
+    """The credentials a URL carries: its user and password, and the values
+    of its secret-looking query parameters."""
+    parts = urlsplit(url)
+    found = [parts.username, parts.password]
+    found += [value for name, equals, value in _query_items(parts.query)
+              if equals and _SECRET_NAME.search(name)]
+    return [urllib.parse.unquote(secret) for secret in found if secret]
+
+
+def proxies_for(host, environ):
+    """The proxies to reach host with, from environ as urllib reads them
+    (lower-case names win, NO_PROXY honoured); none at all for this machine,
+    so that nothing meant for localhost ever passes through a proxy."""
+    proxies = {}
+    for name, value in environ.items():
+        lower = name.lower()
+        if value and lower.endswith("_proxy") and (name == lower or lower[:-6] not in proxies):
+            proxies[lower[:-6]] = value
+    if is_loopback_host(host) or urllib.request.proxy_bypass_environment(host, proxies):
+        return {}
+    proxies.pop("no", None)
+    return proxies
 
 
 def _ip_address(host):
@@ -1269,7 +1344,10 @@ def retry_delay(attempt, headers, now=None, jitter=None):
 class Client:
     """Sends requests to one OpenAI-compatible server.
 
-    base_url: normalized base URL.  api_key: sent as a Bearer token if given.
+    base_url: normalized base URL; a user and password in it are sent as
+    HTTP Basic authentication instead of the key.  api_key: sent as a Bearer
+    token if given.  proxies: scheme -> proxy URL (None: urllib's own choice
+    from the environment; {}: none).
     organization, project: the OpenAI-Organization / OpenAI-Project headers.
     headers: extra (name, value) pairs, overriding the defaults by name.
     timeout: seconds for connecting and for each wait for the next byte.
@@ -1279,9 +1357,17 @@ class Client:
 
     def __init__(self, base_url, *, api_key=None, organization=None, project=None,
                  headers=(), timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES,
-                 on_retry=None, sleep=None):
+                 proxies=None, on_retry=None, sleep=None):
+        parts = urlsplit(base_url)
+        basic = None
+        if parts.username is not None:   # user:password@host: HTTP Basic, not in the URL
+            basic = "%s:%s" % (urllib.parse.unquote(parts.username),
+                               urllib.parse.unquote(parts.password or ""))
+            base_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
         self.base_url = base_url
-        self.api_key = api_key
+        self.shown_url = shown_url(base_url)   # the one to put in messages
+        self.api_key = None if basic else api_key
+        self.proxies = proxies
         self.timeout = timeout
         self.retries = retries
         self.on_retry = on_retry or (lambda text: None)
@@ -1290,7 +1376,10 @@ class Client:
             "Content-Type": "application/json",
             "User-Agent": "chat.py/%s (Python %d.%d)" % ((__version__,) + sys.version_info[:2]),
         }
-        if api_key:
+        if basic:
+            self.headers["Authorization"] = "Basic " + base64.b64encode(
+                basic.encode("utf-8")).decode("ascii")
+        elif api_key:
             self.headers["Authorization"] = "Bearer " + api_key
         if organization:
             self.headers["OpenAI-Organization"] = organization
@@ -1317,7 +1406,10 @@ class Client:
             del headers["Content-Type"]
         request = urllib.request.Request(endpoint_url(self.base_url, path), data=data,
                                          headers=headers, method=method)
-        opener = urllib.request.build_opener(_no_redirect_handler())
+        handlers = [_no_redirect_handler()]
+        if self.proxies is not None:
+            handlers.append(urllib.request.ProxyHandler(self.proxies))
+        opener = urllib.request.build_opener(*handlers)
         for attempt in range(self.retries + 1):
             retry_headers = {}
             try:
@@ -1340,7 +1432,7 @@ class Client:
             except http.client.HTTPException as exc:   # the answer was not HTTP at all
                 reason = _one_line(str(exc)) or type(exc).__name__
                 error, cause = APIConnectionError("%s did not answer with valid HTTP (%s)"
-                                                  % (self.base_url, reason)), exc
+                                                  % (self.shown_url, reason)), exc
                 why = None
             if why is None or attempt == self.retries:
                 raise error from cause
@@ -1377,7 +1469,7 @@ class Client:
         return cls.get(status, APIError)(text, status, type_, code, parsed)
 
     def _connection_error(self, reason):
-        where = self.base_url
+        where = self.shown_url
         if isinstance(reason, (socket.timeout, TimeoutError)):
             return APITimeoutError("no answer from %s within %gs - is the server up? "
                                    "(--timeout sets the limit)" % (where, self.timeout))
@@ -1387,10 +1479,10 @@ class Client:
         if isinstance(reason, socket.gaierror):
             return APIConnectionError("cannot find the host of %s - check --base-url and "
                                       "your network" % where)
-        if isinstance(reason, ssl.SSLCertVerificationError):
+        if isinstance(reason, _CERTIFICATE_ERROR):
             return APIConnectionError("the TLS certificate of %s is not trusted (%s); for a "
                                       "private CA set SSL_CERT_FILE"
-                                      % (where, reason.verify_message))
+                                      % (where, getattr(reason, "verify_message", None) or reason))
         if isinstance(reason, ssl.SSLError):
             return APIConnectionError("TLS failed with %s: %s - is it an https server?"
                                       % (where, _one_line(str(reason))))
@@ -1412,7 +1504,7 @@ class Client:
             raise StreamError("the server's answer is not UTF-8 text") from None
         except ValueError:
             raise StreamError("HTTP %d with %s from %s is not JSON: %s" % (
-                response.status, content_type, self.base_url,
+                response.status, content_type, self.shown_url,
                 _first_line(body.decode("utf-8")) or "(empty body)")) from None
         if not isinstance(data, dict):
             raise StreamError("the server answered with JSON that is not an object")
@@ -2355,8 +2447,8 @@ def run_tool_command(argv, arguments, timeout):
     """Run argv (no shell) with the call's arguments as JSON on stdin; return
     its stdout, or an error result the model can read."""
     try:
-        proc = subprocess.run(argv, input=arguments.encode("utf-8"), capture_output=True,
-                              timeout=timeout)
+        proc = subprocess.run(argv, input=arguments.encode("utf-8"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=timeout)
     except subprocess.TimeoutExpired:
         return "error: the command ran longer than %gs and was stopped" % timeout
     except OSError as exc:
@@ -2699,19 +2791,45 @@ class Console:
              + "\n")
 
 
+_SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie")
+
+
+def is_secret_header(name):
+    """True for a header whose value is a credential (Authorization, api-key...)."""
+    return bool(_SECRET_HEADER.search(name))
+
+
+def _shell_variable(name):
+    return "$" + re.sub(r"\W", "_", name).upper()
+
+
+def _double_quoted(text):
+    return '"%s"' % re.sub(r'(["\\`$])', r"\\\1", text)
+
+
 def curl_command(client, payload):
     """A curl command line that sends payload as client would, minus secrets.
 
-    The key appears as $OPENAI_API_KEY, and any other header that looks like
-    a credential as a shell variable named after it, never as its value.
+    The key appears as $OPENAI_API_KEY, any other header that looks like a
+    credential as a shell variable named after it, and so does a secret
+    query parameter of the URL (?api-key=$API_KEY), never as its value.
     """
     first = "curl -N " if payload.get("stream") else "curl "   # -N: show the stream as it comes
-    parts = [first + shlex.quote(endpoint_url(client.base_url, "/chat/completions"))]
+    url = endpoint_url(client.base_url, "/chat/completions")
+    base, _, query = url.partition("?")
+    if any(equals and _SECRET_NAME.search(name) for name, equals, _ in _query_items(query)):
+        shown = _double_quoted(base + "?")[:-1] + "&".join(
+            _double_quoted(name + equals)[1:-1] + (_shell_variable(name) if _SECRET_NAME.search(name)
+                                                   else _double_quoted(value)[1:-1])
+            for name, equals, value in _query_items(query)) + '"'
+    else:
+        shown = shlex.quote(url)
+    parts = [first + shown]
     for name, value in client.headers.items():
         if name.lower() == "authorization" and client.api_key and client.api_key in value:
             parts.append('-H "%s: %s"' % (name, value.replace(client.api_key, "$OPENAI_API_KEY")))
-        elif re.search(r"auth|key|token|secret|cookie", name, re.I):
-            parts.append('-H "%s: $%s"' % (name, re.sub(r"\W", "_", name).upper()))
+        elif is_secret_header(name):
+            parts.append('-H "%s: %s"' % (name, _shell_variable(name)))
         else:
             parts.append("-H " + shlex.quote("%s: %s" % (name, value)))
     parts.append("-d " + shlex.quote(json.dumps(payload, ensure_ascii=False)))
@@ -2810,7 +2928,7 @@ def check_connection(chat, out):
         _say(out, _redact("%-5s %s\n" % (status, text), [client.api_key]))
 
     key = "a key" if client.api_key else "no key"
-    _say(out, "Checking %s with model %s and %s.\n" % (client.base_url, chat.model, key))
+    _say(out, "Checking %s with model %s and %s.\n" % (client.shown_url, chat.model, key))
     models, problem, started = None, None, time.monotonic()
     try:
         response = client.request("GET", "/models")
@@ -2889,7 +3007,7 @@ def _wrong_path_hint(client):
         try:
             with client.request("GET", "/v1/models") as response:
                 client.read_json(response)
-            return " - the API answers at --base-url %s/v1" % client.base_url
+            return " - the API answers at --base-url %s/v1" % client.shown_url
         except ChatError:
             pass
     return ""
@@ -2975,7 +3093,18 @@ def _parse_header(text, number):
     if not colon or not name or " " in name or any(c in text for c in "\r\n"):
         # Not echoed: a mistyped header may well hold a key.
         raise UsageError("-H number %d is not a header; write it as 'Name: value'" % number)
-    return name, value
+    return name, _header_value(value, "-H number %d" % number)
+
+
+def _header_value(value, where):
+    """value, if HTTP can carry it (Latin-1, no line breaks); else a UsageError."""
+    if value is not None:
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise UsageError("%s has characters an HTTP header cannot carry (only Latin-1 "
+                             "text can go there)" % where) from None
+    return value
 
 
 def _json_schema(path):
@@ -3112,34 +3241,48 @@ def _settings(args, environ):
     if args.api_key is not None and args.api_key_file:
         raise UsageError("give --api-key or --api-key-file, not both")
     if args.api_key_file:
-        api_key = _read_key_file(args.api_key_file)
+        api_key, key_source = _read_key_file(args.api_key_file), "--api-key-file"
     else:
         api_key = pick(args.api_key, "OPENAI_API_KEY")
+        key_source = "--api-key" if args.api_key is not None else "OPENAI_API_KEY"
     parts = urlsplit(base_url)
     scheme, host = parts.scheme, parts.hostname
-    if not api_key and not is_local_host(host):
+    in_url = parts.username is not None   # user:password@: sent as Basic instead of the key
+    if not api_key and not in_url and not is_local_host(host):
         raise UsageError(
             "no API key: set OPENAI_API_KEY (or pass --api-key), or point --base-url "
             "at a local server such as localhost:11434/v1")
     if api_key and not all(" " < c < "\x7f" for c in api_key):
         raise UsageError("the API key has spaces or characters that cannot be sent "
-                         "in a header (a stray quote?); check OPENAI_API_KEY")
-    if api_key and scheme == "http" and not is_loopback_host(host) and not args.allow_insecure_key:
+                         "in a header (a stray quote?); check %s" % key_source)
+    if ((api_key or in_url) and scheme == "http" and not is_loopback_host(host)
+            and not args.allow_insecure_key):
         raise UsageError(
-            "refusing to send the API key in clear text to %s over plain http: use https, "
-            "pass --allow-insecure-key on a network you trust, or unset OPENAI_API_KEY "
-            "if that server needs no key" % host)
+            "refusing to send %s in clear text to %s over plain http: use https, pass "
+            "--allow-insecure-key on a network you trust%s" % (
+                "the password in the URL" if in_url else "the API key", host,
+                "" if in_url or key_source != "OPENAI_API_KEY" else
+                ", or unset OPENAI_API_KEY if that server needs no key"))
     if not args.timeout > 0:
         raise UsageError("--timeout must be a number of seconds above 0")
     if args.retries < 0:
         raise UsageError("--retries must be 0 or more")
     if args.max_context is not None and args.max_context < 1:
         raise UsageError("--max-context must be a number of tokens above 0")
-    return {"base_url": base_url, "api_key": api_key,
-            "organization": pick(args.organization, "OPENAI_ORG_ID"),
-            "project": pick(args.project, "OPENAI_PROJECT_ID"),
-            "headers": [_parse_header(h, i + 1) for i, h in enumerate(args.header)],
+    headers = [_parse_header(h, i + 1) for i, h in enumerate(args.header)]
+    organization = _header_value(pick(args.organization, "OPENAI_ORG_ID"), "--organization")
+    project = _header_value(pick(args.project, "OPENAI_PROJECT_ID"), "--project")
+    return {"base_url": base_url, "api_key": api_key, "organization": organization,
+            "project": project, "headers": headers,
+            "proxies": proxies_for(host, environ),
             "model": pick(args.model, "OPENAI_MODEL", DEFAULT_MODEL)}
+
+
+def _secrets(settings):
+    """Everything the settings hold that must never be shown: the key, the
+    credentials in the base URL, and the values of credential headers."""
+    return ([settings["api_key"]] + url_secrets(settings["base_url"])
+            + [value for name, value in settings["headers"] if is_secret_header(name)])
 
 
 def _run(args, settings, stdin, out, err, environ):
@@ -3193,7 +3336,7 @@ def _run(args, settings, stdin, out, err, environ):
                       new_printer=new_printer, attachments=attachments)
     if not piped:
         _say(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
-             % (__version__, chat.model, chat.client.base_url))
+             % (__version__, chat.model, chat.client.shown_url))
     if prompt:   # the first turn of -i
         status = console.send(prompt)
         if status is not None:
@@ -3252,7 +3395,7 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
             return 0
         settings = _settings(args, environ)
         err = _ErrorStream(stderr, colour=_colour_wanted(args, environ, stderr),
-                           secrets=[settings["api_key"]])
+                           secrets=_secrets(settings))
         return _run(args, settings, stdin, out, err, environ)
     except ChatError as exc:
         _note(err, "error: %s" % exc)

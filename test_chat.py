@@ -1174,10 +1174,11 @@ def test_tls_certificates_are_verified(certificate):
 
 
 class ForwardProxy:
-    """A loopback HTTP forward proxy that records each request and relays it."""
+    """A loopback HTTP forward proxy that records each request (and its
+    headers) and relays it, to relay_to if given, else where it asks."""
 
-    def __init__(self):
-        self.seen = []
+    def __init__(self, relay_to=None):
+        self.seen, self.headers = [], []
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -1188,12 +1189,13 @@ class ForwardProxy:
                 import http.client
                 import urllib.parse
                 proxy.seen.append((self.command, self.path))
-                target = urllib.parse.urlsplit(self.path)
+                proxy.headers.append(dict(self.headers.items()))
+                target = urllib.parse.urlsplit(relay_to or self.path)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
                 headers = {k: v for k, v in self.headers.items()
                            if k.lower() not in ("proxy-connection", "connection")}
-                upstream.request(self.command, target.path, body, headers)
+                upstream.request(self.command, urllib.parse.urlsplit(self.path).path, body, headers)
                 answer = upstream.getresponse()
                 data = answer.read()
                 self.send_response(answer.status)
@@ -1211,19 +1213,27 @@ class ForwardProxy:
         self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
 
 
-def test_proxies_are_honoured(server):
-    proxy = ForwardProxy()
+def test_proxies_are_honoured_but_never_for_this_machine(server):
+    proxy = ForwardProxy(relay_to=server.url)   # it relays any host to the loopback server
+    port = server.url.split(":")[2].split("/")[0]
     try:
         server.add(stream_reply("via proxy"), stream_reply("direct"))
-        run = lambda **env: subprocess.run(
-            [sys.executable, CHAT_PY, "hi"], stdin=subprocess.DEVNULL, capture_output=True,
-            env=clean_env(OPENAI_BASE_URL=server.url, **env), timeout=30)
-        through = run(HTTP_PROXY=proxy.url)
-        assert (through.returncode, through.stdout) == (0, b"via proxy\n")
-        assert proxy.seen == [("POST", server.url + "/chat/completions")]
-        bypass = run(HTTP_PROXY=proxy.url, NO_PROXY="127.0.0.1")
-        assert (bypass.returncode, bypass.stdout) == (0, b"direct\n")
-        assert len(proxy.seen) == 1
+        run = lambda *args, **env: subprocess.run(
+            [sys.executable, CHAT_PY] + list(args) + ["hi"], stdin=subprocess.DEVNULL,
+            capture_output=True, env=clean_env(**env), timeout=30)
+        # A bare host name needs no key; it is reached through the proxy.
+        through = run("--base-url", "http://chatserver:%s/v1" % port, http_proxy=proxy.url)
+        assert (through.returncode, through.stdout) == (0, b"via proxy\n"), through.stderr
+        assert proxy.seen == [("POST", "http://chatserver:%s/v1/chat/completions" % port)]
+        bypass = run("--base-url", "http://chatserver:%s/v1" % port, HTTP_PROXY=proxy.url,
+                     NO_PROXY="chatserver")
+        assert (bypass.returncode, bypass.stdout, len(proxy.seen)) == (1, b"", 1)   # direct: no such host
+        # Loopback with a key and a proxy set: the key never goes near the proxy.
+        local = run("--base-url", server.url, http_proxy=proxy.url, HTTP_PROXY=proxy.url,
+                    OPENAI_API_KEY="sk-must-not-reach-the-proxy")
+        assert (local.returncode, local.stdout) == (0, b"direct\n")
+        assert len(proxy.seen) == 1   # only the first run went through it
+        assert server.requests[-1]["headers"]["authorization"] == "Bearer sk-must-not-reach-the-proxy"
     finally:
         proxy.close()
 
@@ -2766,7 +2776,7 @@ def wait_child(pid, timeout=10):
 
 
 def find_python(version):
-    """A working interpreter for version ('3.8'), or None."""
+    """A working CPython for version ('3.8'), or None."""
     roots = [os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv")]
     candidates = sorted(glob.glob(os.path.join(roots[0], "versions", version + ".*", "bin", "python3")))
     candidates.append(shutil.which("python" + version))
@@ -2781,11 +2791,13 @@ def find_python(version):
     return None
 
 
-@pytest.mark.parametrize("version", ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13", "3.14"])
+@pytest.mark.parametrize("version", ["3.6", "3.7", "3.8", "3.9", "3.10", "3.11", "3.12", "3.13",
+                                     "3.14", "pypy3"])
 def test_runs_on_every_python(server, version):
-    python = find_python(version)
+    python = shutil.which("pypy3") if version == "pypy3" else find_python(version)
     if python is None:
-        pytest.skip("no Python %s on this machine" % version)
+        pytest.skip("no %s on this machine (pyenv for CPython; apt-get install pypy3 for PyPy)"
+                    % ("PyPy 3" if version == "pypy3" else "Python " + version))
     server.add(stream_reply("caf\u00e9 ", "ok"))
     proc = subprocess.run([python, CHAT_PY, "hi"], stdin=subprocess.DEVNULL, capture_output=True,
                           env=clean_env(OPENAI_BASE_URL=server.url), timeout=60)
