@@ -291,6 +291,8 @@ DEFAULT_RETRIES = 2
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}   # worth asking again later
 MAX_RETRY_WAIT = 60.0           # seconds, whatever Retry-After asks for
 MAX_LIST_ITEMS = 1024           # tool calls (or other indexed items) in one reply
+MIN_SECRET = 8                  # a run of a secret this long is never shown
+MAX_TIMEOUT = 86400             # seconds: the longest --timeout or --tool-timeout
 MAX_IMAGE_BYTES = 20 * 2**20    # the API's own limit for one image (and for audio here)
 MAX_FILE_BYTES = 32 * 2**20     # the API's own limit for one PDF
 DEFAULT_TOOL_TIMEOUT = 60.0     # seconds a --tool-exec command may run
@@ -554,10 +556,20 @@ def check_params(params, flags=True):
                          "\"top_logprobs\" needs \"logprobs\": true")
 
 
+def loads(text):
+    """json.loads, where nesting too deep to parse is a ValueError like any
+    other bad JSON rather than a RecursionError (a hostile server or file
+    can nest 200,000 deep)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def parse_value(text):
     """A /set or --param value: JSON when it parses, else the text itself."""
     try:
-        return json.loads(text)
+        return loads(text)
     except ValueError:
         return text
 
@@ -622,7 +634,7 @@ def iter_chunks(reads):
 def parse_event(event):
     """Return the chunk dict an event carries; raise APIError if it carries an error."""
     try:
-        chunk = json.loads(event.data)
+        chunk = loads(event.data)
     except ValueError:
         chunk = None
     if type(chunk) is dict and "error" not in chunk and event.event == "message":
@@ -796,7 +808,7 @@ class ChatAccumulator:
         """Merge one chunk; raise StreamError if it is not shaped like one."""
         try:
             self._add(chunk)
-        except (AttributeError, TypeError, ValueError) as exc:
+        except (AttributeError, TypeError, ValueError, RecursionError) as exc:
             raise StreamError("the server sent a chunk this client cannot read (%s): %s"
                               % (exc, _one_line(repr(chunk))[:200])) from None
 
@@ -896,7 +908,7 @@ def error_message(body):
     if isinstance(body, (bytes, str)):
         text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
         try:
-            data = json.loads(text)
+            data = loads(text)
         except ValueError:
             return _first_line(text) or "(empty body)", None, None
     if isinstance(data, dict):
@@ -1462,7 +1474,7 @@ class Client:
         if hint:
             text += " - " + hint
         try:
-            parsed = json.loads(body)
+            parsed = loads(body)
         except ValueError:
             parsed = None
         cls = {401: AuthenticationError, 403: AuthenticationError, 429: RateLimitError}
@@ -1499,7 +1511,7 @@ class Client:
             raise StreamError("the server's answer is over %d MiB; giving up" % (MAX_BODY >> 20))
         content_type = response.headers.get("Content-Type") or "no content type"
         try:
-            data = json.loads(body.decode("utf-8"))
+            data = loads(body.decode("utf-8"))
         except UnicodeDecodeError:
             raise StreamError("the server's answer is not UTF-8 text") from None
         except ValueError:
@@ -1597,12 +1609,18 @@ def parse_conversation(data):
 
 
 def read_json_file(path, what):
-    """The JSON in a file; a UsageError naming what it is for if that fails."""
+    """The JSON in a file of at most MAX_BODY bytes; a UsageError naming what
+    it is for if that fails."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        with open(path, "rb") as f:
+            data = f.read(MAX_BODY + 1)
     except OSError as exc:
         raise UsageError("cannot read %s %s: %s" % (what, path, exc.strerror)) from None
+    if len(data) > MAX_BODY:
+        raise UsageError("%s %s is over %d MiB; that is not something to send"
+                         % (what, path, MAX_BODY >> 20))
+    try:
+        return loads(data.decode("utf-8"))
     except ValueError as exc:   # not UTF-8 is a ValueError too
         raise UsageError("%s %s is not valid JSON: %s" % (what, path, exc)) from None
 
@@ -1758,12 +1776,32 @@ def _is_terminal(stream):
         return False
 
 
-def _redact(text, secrets):
-    """text with every secret in it blanked out."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+def secret_runs(secrets):
+    """Every run of MIN_SECRET characters of the secrets long enough to be
+    ones (a local server's key "x" is not: blanking it would blank every x)."""
+    return frozenset(secret[i:i + MIN_SECRET] for secret in secrets
+                     if secret and len(secret) >= MIN_SECRET
+                     for i in range(len(secret) - MIN_SECRET + 1))
+
+
+def _redact(text, runs):
+    """text with every stretch made of secret runs blanked out as ***, so an
+    echo cut off mid-key shows nothing of it either."""
+    if not runs or len(text) < MIN_SECRET:
+        return text
+    out, start, i, last = [], 0, 0, len(text) - MIN_SECRET
+    while i <= last:
+        if text[i:i + MIN_SECRET] in runs:
+            end = i + MIN_SECRET
+            while end < len(text) and text[end - MIN_SECRET + 1:end + 1] in runs:
+                end += 1
+            out.append(text[start:i])
+            out.append("***")
+            start = i = end
+        else:
+            i += 1
+    out.append(text[start:])
+    return "".join(out)
 
 
 class _ErrorStream:
@@ -1773,10 +1811,10 @@ class _ErrorStream:
 
     def __init__(self, stream, *, colour=False, secrets=()):
         self._stream, self.colour = stream, colour
-        self.secrets = [secret for secret in secrets if secret]
+        self._runs = secret_runs(secrets)
 
     def write(self, text):
-        return self._stream.write(_redact(text, self.secrets))
+        return self._stream.write(_redact(text, self._runs))
 
     def __getattr__(self, name):   # flush, isatty, fileno, ...
         return getattr(self._stream, name)
@@ -1972,7 +2010,7 @@ class ReplyPrinter(Printer):
         function = call.get("function") or {}
         arguments = function.get("arguments") or ""
         try:
-            shown = json.dumps(json.loads(arguments or "{}"), indent=2, ensure_ascii=False)
+            shown = json.dumps(loads(arguments or "{}"), indent=2, ensure_ascii=False)
         except ValueError:
             shown = "%s\n(the arguments are not valid JSON)" % arguments
         _note(self.err, "%sthe model calls %s%s:" % (
@@ -1992,12 +2030,15 @@ class ReplyPrinter(Printer):
     def _show_logprobs(self, label, tokens):
         lines = ["%slogprobs, token by token:" % label]
         for item in tokens:
-            line = "  %-20s %6.2f%%" % (json.dumps(item.get("token"), ensure_ascii=False),
-                                       100 * math.exp(item.get("logprob", -1e9)))
-            others = [t for t in item.get("top_logprobs") or () if t.get("token") != item.get("token")]
+            if not isinstance(item, dict):
+                continue   # not a token: nothing to show
+            line = "  %-20s %s" % (json.dumps(item.get("token"), ensure_ascii=False),
+                                   _probability(item.get("logprob")))
+            others = [t for t in item.get("top_logprobs") or ()
+                      if isinstance(t, dict) and t.get("token") != item.get("token")]
             if others:
-                line += "   " + "  ".join("%s %.2f%%" % (json.dumps(t.get("token"), ensure_ascii=False),
-                                                       100 * math.exp(t.get("logprob", -1e9)))
+                line += "   " + "  ".join("%s %s" % (json.dumps(t.get("token"), ensure_ascii=False),
+                                                     _probability(t.get("logprob")).strip())
                                           for t in others)
             lines.append(line)
         _note(self.err, lines[0])
@@ -2031,6 +2072,13 @@ class ReplyPrinter(Printer):
             audio = wav_bytes(audio)
         write_atomically(self.audio_out, audio)
         _note(self.err, "the spoken reply is in %s" % self.audio_out)
+
+
+def _probability(logprob):
+    """A log probability as a percentage; "?" for what is not one."""
+    if isinstance(logprob, bool) or not isinstance(logprob, (int, float)) or logprob != logprob:
+        return "     ?"
+    return "%6.2f%%" % (100 * math.exp(min(logprob, 0.0)))   # a logprob above 0 is a lie
 
 
 def _usage_details(usage):
@@ -2484,7 +2532,7 @@ class Tools:
         function = call.get("function") or {}
         name, arguments = function.get("name"), function.get("arguments") or "{}"
         try:
-            json.loads(arguments)
+            loads(arguments)
         except ValueError:
             return ("error: the arguments were not valid JSON, so the tool was not run: %s"
                     % arguments[:300])
@@ -2502,7 +2550,10 @@ class Tools:
             return run_tool_command(argv, arguments, self.timeout)
         if self.ask is None:
             return "error: chat.py has no command for the tool %s" % name
-        answer = self.ask("result of %s (text, or @FILE)> " % name)
+        try:
+            answer = self.ask("result of %s (text, or @FILE)> " % name)
+        except EOFError:   # Ctrl-D, or the end of a script
+            return "error: the user gave no result"
         if answer.startswith("@"):
             try:
                 with open(answer[1:].strip(), encoding="utf-8", errors="replace") as f:
@@ -2516,7 +2567,7 @@ def consent_question(name, arguments, argv):
     """The y/N question for running argv: the tool's name and its complete
     arguments, pretty-printed, so that what is approved is what runs."""
     try:
-        shown = json.dumps(json.loads(arguments), indent=2, ensure_ascii=False)
+        shown = json.dumps(loads(arguments), indent=2, ensure_ascii=False)
     except ValueError:
         shown = arguments
     return "chat.py: run the tool %s, that is `%s`, with these arguments?\n%s[y/N] " % (
@@ -2921,11 +2972,12 @@ def check_connection(chat, out):
     with retries=0 to diagnose now rather than wait and retry.
     """
     client, failed = chat.client, []
+    runs = secret_runs([client.api_key])
 
     def say(status, text):
         if status == "FAIL":
             failed.append(text)
-        _say(out, _redact("%-5s %s\n" % (status, text), [client.api_key]))
+        _say(out, _redact("%-5s %s\n" % (status, text), runs))
 
     key = "a key" if client.api_key else "no key"
     _say(out, "Checking %s with model %s and %s.\n" % (client.shown_url, chat.model, key))
@@ -3021,6 +3073,8 @@ def _parser():
 
     class Parser(argparse.ArgumentParser):
         def error(self, message):   # one line, exit 2, as for every usage error
+            # A mistyped --api_key=sk-... must not be echoed: no value after "=".
+            message = re.sub(r"(--?[\w-]+)=\S+", r"\1=...", message)
             raise UsageError("%s (see chat.py --help)" % message)
 
     parser = Parser(prog="chat.py", add_help=False)
@@ -3202,13 +3256,17 @@ def _tools(args, ask, err):
     commands = {}
     for item in args.tool_exec:
         name, equals, command = item.partition("=")
-        argv = shlex.split(command) if equals else []
+        try:
+            argv = shlex.split(command) if equals else []
+        except ValueError as exc:   # an unbalanced quote
+            raise UsageError("--tool-exec %s: %s" % (name.strip(), exc)) from None
         if not name.strip() or not argv:
             raise UsageError("--tool-exec takes NAME=COMMAND, e.g. get_time='date -u', not %r"
                              % item)
         commands[name.strip()] = argv
-    if args.max_tool_rounds < 0 or not args.tool_timeout > 0:
-        raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0")
+    if args.max_tool_rounds < 0 or not 0 < args.tool_timeout <= MAX_TIMEOUT:
+        raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0 "
+                         "and at most %d seconds" % MAX_TIMEOUT)
     def consent(name, arguments, argv):
         answer = ask_terminal(consent_question(name, arguments, argv))
         return None if answer is None else answer.lower() in ("y", "yes")
@@ -3263,8 +3321,9 @@ def _settings(args, environ):
                 "the password in the URL" if in_url else "the API key", host,
                 "" if in_url or key_source != "OPENAI_API_KEY" else
                 ", or unset OPENAI_API_KEY if that server needs no key"))
-    if not args.timeout > 0:
-        raise UsageError("--timeout must be a number of seconds above 0")
+    if not 0 < args.timeout <= MAX_TIMEOUT:   # inf, nan and 1e300 cannot be waited for
+        raise UsageError("--timeout must be a number of seconds above 0 and at most %d"
+                         % MAX_TIMEOUT)
     if args.retries < 0:
         raise UsageError("--retries must be 0 or more")
     if args.max_context is not None and args.max_context < 1:
@@ -3374,42 +3433,105 @@ def _colour_wanted(args, environ, stream):
             and environ.get("TERM") != "dumb" and _is_terminal(stream))
 
 
+class _Stdout:
+    """stdout as chat.py writes to it: a write that fails (a full disk, a
+    closed descriptor) is a ChatError that says so, not a traceback."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as exc:   # ValueError: written after close
+            raise ChatError("cannot write to stdout: %s" % (
+                getattr(exc, "strerror", None) or exc)) from None
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise ChatError("cannot write to stdout: %s" % (
+                getattr(exc, "strerror", None) or exc)) from None
+
+    def __getattr__(self, name):   # isatty, fileno, ...
+        return getattr(self._stream, name)
+
+
+def _forgiving(name):
+    """sys.stdin, sys.stdout or sys.stderr, made to turn what its encoding
+    cannot take into U+FFFD instead of failing (a pipe of Latin-1, a reply
+    for a C locale); None if the process was started with it closed."""
+    stream = getattr(sys, name)
+    if stream is None or hasattr(stream, "reconfigure"):
+        if stream is not None:
+            stream.reconfigure(errors="replace")
+        return stream
+    if not hasattr(stream, "buffer") or _is_terminal(stream):   # Python 3.6
+        return stream
+    stream = io.TextIOWrapper(stream.detach(), encoding=stream.encoding, errors="replace",
+                              line_buffering=stream.line_buffering)
+    setattr(sys, name, stream)
+    return stream
+
+
+def _silence(stream):
+    """Point a failed stdout at /dev/null, so nothing is tried again at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+
+
 def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     """Run chat.py; return the exit status.  Every argument defaults to the process's own."""
-    argv = sys.argv[1:] if argv is None else argv
-    stdin = sys.stdin if stdin is None else stdin
-    out = sys.stdout if stdout is None else stdout
-    stderr = sys.stderr if stderr is None else stderr
+    if argv is None:   # bytes that are not UTF-8 become U+FFFD rather than fail later
+        argv = [os.fsencode(arg).decode("utf-8", "replace") for arg in sys.argv[1:]]
+    stdin = _forgiving("stdin") if stdin is None else stdin
+    stderr = _forgiving("stderr") if stderr is None else stderr
     environ = os.environ if environ is None else environ
-    for stream in (out, stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="replace")   # an odd character never kills a reply
+    if stderr is None:   # started with 2>&-
+        stderr = open(os.devnull, "w")
     err = _ErrorStream(stderr)   # until the settings are known: no colour, no key yet
+    raw = _forgiving("stdout") if stdout is None else stdout
+    if raw is None:   # started with >&-
+        _note(err, "error: stdout is closed: there is nowhere to put the answer")
+        return 2
+    out = _Stdout(raw)
     try:
         args = _parser().parse_args(argv)
         if args.help or args.manual:
             out.write(HELP if args.help else __doc__)
+            out.flush()
             return 0
         if args.version:
             out.write("chat.py %s\n" % __version__)
+            out.flush()
             return 0
         settings = _settings(args, environ)
         err = _ErrorStream(stderr, colour=_colour_wanted(args, environ, stderr),
                            secrets=_secrets(settings))
-        return _run(args, settings, stdin, out, err, environ)
+        status = _run(args, settings, stdin, out, err, environ)
+        out.flush()
+        return status
     except ChatError as exc:
         _note(err, "error: %s" % exc)
+        if str(exc).startswith("cannot write to stdout"):
+            _silence(raw)
         return exc.exit_code
     except KeyboardInterrupt:
         _say(err, "\n[interrupted]\n")
         return 130
     except BrokenPipeError:
-        # The reader went away (e.g. `| head`); say nothing more on a dead pipe.
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, out.fileno())
-        except (OSError, ValueError, AttributeError):
-            pass
+        _silence(raw)   # the reader went away (e.g. `| head`): nothing more to say there
+        return 1
+    except (RecursionError, MemoryError):   # the last net: bounds should catch these first
+        _note(err, "error: the answer is too large or too deeply nested to handle")
         return 1
 
 
