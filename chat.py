@@ -286,7 +286,7 @@ DEFAULT_TIMEOUT = 60.0
 READ_SIZE = 65536               # bytes asked of the socket per read
 MAX_LINE_BYTES = 16 * 2**20     # one SSE line longer than this is an error
 MAX_ERROR_BODY = 2**20          # bytes of an error response worth reading
-MAX_BODY = 64 * 2**20           # a whole JSON answer larger than this is an error
+MAX_BODY = 64 * 2**20           # a whole answer (JSON or stream) or file larger than this is an error
 DEFAULT_RETRIES = 2
 RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}   # worth asking again later
 MAX_RETRY_WAIT = 60.0           # seconds, whatever Retry-After asks for
@@ -1402,11 +1402,12 @@ class Client:
                 del self.headers[existing]
             self.headers[name] = value
 
-    def request(self, method, path, payload=None):
+    def request(self, method, path, payload=None, probe=False):
         """Send one request, retrying what may work later; return the open response.
 
         Only failures before any response byte are retried, so no text is ever
-        shown twice.  Raises the ChatError that says what went wrong.
+        shown twice.  Raises the ChatError that says what went wrong.  A probe
+        (a diagnosis of its own) is neither retried nor explained.
         """
         headers = dict(self.headers)
         data = None
@@ -1422,7 +1423,8 @@ class Client:
         if self.proxies is not None:
             handlers.append(urllib.request.ProxyHandler(self.proxies))
         opener = urllib.request.build_opener(*handlers)
-        for attempt in range(self.retries + 1):
+        retries = 0 if probe else self.retries
+        for attempt in range(retries + 1):
             retry_headers = {}
             try:
                 return opener.open(request, timeout=self.timeout)
@@ -1433,7 +1435,7 @@ class Client:
                     body = b""
                 finally:
                     exc.close()
-                error, cause = self._status_error(exc.code, exc.headers, body), exc
+                error, cause = self._status_error(exc.code, exc.headers, body, probe), exc
                 retry_headers = exc.headers
                 why = "HTTP %d" % exc.code if exc.code in RETRY_STATUSES else None
             except (urllib.error.URLError, OSError) as exc:
@@ -1446,14 +1448,18 @@ class Client:
                 error, cause = APIConnectionError("%s did not answer with valid HTTP (%s)"
                                                   % (self.shown_url, reason)), exc
                 why = None
-            if why is None or attempt == self.retries:
+            if why is None or attempt == retries:
                 raise error from cause
             delay = retry_delay(attempt, retry_headers)
-            self.on_retry("%s; retry %d of %d in %.1fs" % (why, attempt + 1, self.retries, delay))
+            self.on_retry("%s; retry %d of %d in %.1fs" % (why, attempt + 1, retries, delay))
             self.sleep(delay)
 
-    def _status_error(self, status, headers, body):
+    def _status_error(self, status, headers, body, probe=False):
         message, type_, code = error_message(body)
+        try:
+            parsed = loads(body)
+        except ValueError:
+            parsed = None
         label = "HTTP %d" % status
         if type_ or code:
             label += " (%s)" % ", ".join(str(x) for x in (type_, code) if x)
@@ -1461,11 +1467,16 @@ class Client:
         if status in (301, 302, 303, 307, 308):
             hint = "the server redirects to %s; use that as --base-url" % headers.get("Location")
         elif status == 401:
-            hint = "check OPENAI_API_KEY (or --api-key)"
+            hint = "the key was refused: check OPENAI_API_KEY, --api-key or --api-key-file"
         elif status == 403:
             hint = "the key is not allowed to use this model or endpoint"
-        elif status == 404:
-            hint = "check --base-url (usually ends in /v1) and --model"
+        elif status in (404, 405, 501) and not probe:
+            hint = self.path_hint().lstrip(" -")
+            if not hint and parsed is None:   # a web page, not an API's JSON error
+                hint = ("this does not look like an OpenAI-compatible API; "
+                        "chat.py --check tells what is there")
+            elif not hint:
+                hint = "check --base-url (usually ends in /v1) and --model"
         elif status == 429:
             hint = "rate limited or out of quota; wait, then try again"
         elif status >= 500 and type_ is None and code is None:
@@ -1473,12 +1484,26 @@ class Client:
         text = "%s: %s" % (label, message)
         if hint:
             text += " - " + hint
-        try:
-            parsed = loads(body)
-        except ValueError:
-            parsed = None
         cls = {401: AuthenticationError, 403: AuthenticationError, 429: RateLimitError}
         return cls.get(status, APIError)(text, status, type_, code, parsed)
+
+    def path_hint(self):
+        """If the base URL looks like a common mistake, how to fix it; else ""."""
+        parts = urlsplit(self.base_url)
+        path = parts.path.rstrip("/")
+        root = "%s://%s" % (parts.scheme, parts.netloc)
+        if path.endswith(("/api", "/api/chat", "/api/generate")):
+            return " - that is Ollama's own API; its OpenAI API is at --base-url %s/v1" % root
+        if parts.port == 11434 and not path.endswith("/v1"):
+            return " - Ollama's OpenAI API is at --base-url %s/v1" % root
+        if not path.endswith("/v1") and "/openai/" not in path + "/":
+            try:
+                with self.request("GET", "/v1/models", probe=True) as response:
+                    self.read_json(response)
+                return " - the API answers at --base-url %s/v1" % self.shown_url
+            except ChatError:
+                pass
+        return ""
 
     def _connection_error(self, reason):
         where = self.shown_url
@@ -1548,7 +1573,9 @@ class Client:
             yield from iter_chunks(self._reads(response))
 
     def _reads(self, response):
+        """The stream's bytes as they arrive, at most MAX_BODY of them in all."""
         read1 = response.read1   # returns what has arrived, without waiting for more
+        left = MAX_BODY
         while True:
             try:
                 data = read1(READ_SIZE)
@@ -1556,6 +1583,10 @@ class Client:
                 raise self._read_error(exc) from exc
             if not data:
                 return
+            left -= len(data)
+            if left < 0:
+                raise StreamError("the reply passed %d MiB, more than any reply should be; "
+                                  "it was cut there" % (MAX_BODY >> 20))
             yield data
 
     def complete_from(self, response):
@@ -1570,8 +1601,12 @@ class Client:
         if isinstance(exc, (socket.timeout, TimeoutError)):
             return APITimeoutError("the server sent nothing for %gs and the reply was "
                                    "abandoned (--timeout sets the limit)" % self.timeout)
+        if isinstance(exc, (http.client.IncompleteRead, http.client.RemoteDisconnected,
+                            ConnectionResetError)):
+            return StreamError("the server closed the connection in the middle of the reply")
         return StreamError("the connection broke during the reply (%s)"
-                           % (_one_line(str(exc)) or type(exc).__name__))
+                           % (getattr(exc, "strerror", None) or _one_line(str(exc))
+                              or type(exc).__name__))
 
 
 def _no_redirect_handler():
@@ -2983,7 +3018,7 @@ def check_connection(chat, out):
     _say(out, "Checking %s with model %s and %s.\n" % (client.shown_url, chat.model, key))
     models, problem, started = None, None, time.monotonic()
     try:
-        response = client.request("GET", "/models")
+        response = client.request("GET", "/models", probe=True)
     except APIConnectionError as exc:
         say("FAIL", "reachable: %s" % exc)
         return 1
@@ -3004,7 +3039,7 @@ def check_connection(chat, out):
             except ChatError as exc:
                 models, problem = None, exc
     if problem is not None:
-        hint = _wrong_path_hint(client)
+        hint = client.path_hint()
         say("FAIL" if hint else "warn", "OpenAI-compatible: GET /models failed: %s%s"
             % (problem, hint))
         if hint:
@@ -3044,25 +3079,6 @@ def check_connection(chat, out):
             "%d chunks" % chunks if chunks >= 0 else "no [DONE] at the end"))
         break
     return 1 if failed else 0
-
-
-def _wrong_path_hint(client):
-    """If the base URL looks like a common mistake, how to fix it; else ""."""
-    parts = urlsplit(client.base_url)
-    path = parts.path.rstrip("/")
-    root = "%s://%s" % (parts.scheme, parts.netloc)
-    if path.endswith(("/api", "/api/chat", "/api/generate")):
-        return " - that is Ollama's own API; its OpenAI API is at --base-url %s/v1" % root
-    if parts.port == 11434 and not path.endswith("/v1"):
-        return " - Ollama's OpenAI API is at --base-url %s/v1" % root
-    if not path.endswith("/v1") and "/openai/" not in path + "/":
-        try:
-            with client.request("GET", "/v1/models") as response:
-                client.read_json(response)
-            return " - the API answers at --base-url %s/v1" % client.shown_url
-        except ChatError:
-            pass
-    return ""
 
 
 # ---------------------------------------------------------------------------

@@ -851,7 +851,7 @@ ERROR_CASES = [
      b'{"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error",'
      b' "code": "invalid_api_key"}}',
      "HTTP 401 (invalid_request_error, invalid_api_key): Incorrect API key provided. - "
-     "check OPENAI_API_KEY (or --api-key)"),
+     "the key was refused: check OPENAI_API_KEY, --api-key or --api-key-file"),
     (404, {"Content-Type": "application/json"},
      b'{"error": {"message": "The model `nope` does not exist", "type": "invalid_request_error",'
      b' "code": "model_not_found"}}',
@@ -1285,8 +1285,8 @@ def test_check_rejected_key(server):
     server.add(Reply(b'{"error": {"message": "Incorrect API key"}}', status=401))
     status, out, _ = check(server, env={"OPENAI_API_KEY": "sk-bad"})
     assert status == 1
-    assert out.splitlines()[-1] == ("FAIL  key: HTTP 401: Incorrect API key - check "
-                                    "OPENAI_API_KEY (or --api-key)")
+    assert out.splitlines()[-1] == ("FAIL  key: HTTP 401: Incorrect API key - the key was "
+                                    "refused: check OPENAI_API_KEY, --api-key or --api-key-file")
 
 
 def test_check_missing_v1(server):
