@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """chat.py - a console chat client for the OpenAI Chat Completions API.
 
-One file, standard library only, Python 3.8+.  Works with api.openai.com and
-any OpenAI-compatible server (Ollama, vLLM, llama.cpp, LM Studio, OpenRouter,
-Groq, Azure-style gateways).
+One file, standard library only, Python 3.6+ or PyPy 3.  Works with
+api.openai.com and any OpenAI-compatible server (Ollama, vLLM, llama.cpp,
+LM Studio, OpenRouter, Groq, DeepSeek, Azure-style gateways).
 
 Usage:
   chat.py [options]                 chat in the terminal
@@ -32,10 +32,15 @@ Options:
                         /chat/completions is fine, and a URL without a scheme
                         means http:// for local hosts, https:// otherwise
   --api-key KEY         API key (env OPENAI_API_KEY); not needed for a local
-                        server (localhost, a private address, a bare hostname)
+                        server (localhost, a private address, a bare hostname).
+                        Other users can read it in the process list: prefer
+                        OPENAI_API_KEY or --api-key-file
   --api-key-file FILE   read the API key from the first line of FILE
-  --allow-insecure-key  send the key over plain http to another machine
-                        (refused otherwise: anyone on the path could read it)
+  --allow-insecure-key  send the key over plain http to another machine, server
+                        or proxy (refused otherwise: anyone on the path could
+                        read it).  A base URL with user:password@ is sent with
+                        Basic authentication instead of the key, under the
+                        same rule; this machine is never reached by a proxy
   --organization ID     OpenAI-Organization header (env OPENAI_ORG_ID)
   --project ID          OpenAI-Project header (env OPENAI_PROJECT_ID)
   -H, --header 'NAME: VALUE'
@@ -425,11 +430,15 @@ _tuple_new = tuple.__new__   # builds a ServerSentEvent without a Python-level c
 
 class SSEDecoder:
     """Turn lines into ServerSentEvents by the WHATWG "interpreting an event
-    stream" rules.  Feed every line, empty ones included, to decode()."""
+    stream" rules.  Feed every line, empty ones included, to decode().
+    max_event bounds one event's data lines (each counted with its 64 bytes
+    of keeping), so an event that never ends cannot take all memory."""
 
-    def __init__(self):
+    def __init__(self, max_event=MAX_LINE_BYTES):
+        self.max_event = max_event
         self._event = ""
         self._data = []
+        self._size = 0           # what this event's data lines cost so far
         self._last_id = ""       # persists across events, as the spec says
         self._retry = None
 
@@ -437,7 +446,7 @@ class SSEDecoder:
         """Take one line; return the event it completes, or None."""
         if not line:                             # dispatch the event
             data, event = self._data, self._event or "message"
-            self._data, self._event = [], ""
+            self._data, self._event, self._size = [], "", 0
             if not data:                         # no data: dropped, type and all
                 return None
             return _tuple_new(ServerSentEvent, (event, "\n".join(data), self._last_id,
@@ -449,6 +458,10 @@ class SSEDecoder:
             value = value[1:]
         if field == "data":
             self._data.append(value)
+            self._size += len(value) + 64
+            if self._size > self.max_event:
+                raise StreamError("the server sent an event over %d MiB; giving up"
+                                  % (self.max_event >> 20))
         elif field == "event":
             self._event = value
         elif field == "id":
@@ -563,13 +576,19 @@ def loads(text):
     try:
         return json.loads(text)
     except RecursionError:
-        raise ValueError("nested too deeply") from None
+        raise TooDeep("nested too deeply") from None
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than Python's recursion allows."""
 
 
 def parse_value(text):
     """A /set or --param value: JSON when it parses, else the text itself."""
     try:
         return loads(text)
+    except TooDeep:
+        raise UsageError("that value is JSON nested too deeply to send") from None
     except ValueError:
         return text
 

@@ -12,6 +12,7 @@ import json
 import os
 import pty
 import re
+import resource
 import select
 import shlex
 import shutil
@@ -38,15 +39,16 @@ CHAT_PY = os.path.join(HERE, "chat.py")
 # ---------------------------------------------------------------------------
 
 class Reply:
-    """One scripted response.  body is bytes, or a list of pieces sent one at a
-    time: bytes are written and flushed, a number is a pause in seconds, a
-    threading.Event is waited for (10 s at most).  status None closes the
-    connection without answering."""
+    """One scripted response.  body is bytes, or a list (or a generator) of
+    pieces sent one at a time: bytes are written and flushed, a number is a
+    pause in seconds, a threading.Event is waited for (10 s at most).  status
+    None closes the connection without answering; cut closes a chunked body
+    without its last chunk."""
 
-    def __init__(self, body=b"", status=200, headers=None, chunked=None):
-        self.body, self.status = body, status
+    def __init__(self, body=b"", status=200, headers=None, chunked=None, cut=False):
+        self.body, self.status, self.cut = body, status, cut
         self.headers = {"Content-Type": "application/json"} if headers is None else headers
-        self.chunked = isinstance(body, list) if chunked is None else chunked
+        self.chunked = not isinstance(body, bytes) if chunked is None else chunked
         self.finished = threading.Event()   # set once the body was written or refused
         self.disconnected = False           # the client went away mid-body
 
@@ -108,7 +110,7 @@ class LoopbackServer:
                     self.send_header("Connection", "close")   # body ends when we close
                     self.close_connection = True
                 self.end_headers()
-                pieces = reply.body if isinstance(reply.body, list) else [reply.body]
+                pieces = [reply.body] if isinstance(reply.body, bytes) else reply.body
                 for piece in pieces:
                     if isinstance(piece, (int, float)):
                         time.sleep(piece)
@@ -119,7 +121,9 @@ class LoopbackServer:
                             piece = b"%x\r\n%s\r\n" % (len(piece), piece)
                         self.wfile.write(piece)
                         self.wfile.flush()
-                if reply.chunked:
+                if reply.cut:
+                    self.close_connection = True
+                elif reply.chunked:
                     self.wfile.write(b"0\r\n\r\n")
                     self.wfile.flush()
 
@@ -2285,6 +2289,272 @@ def wav_bytes_for_test(pcm):
         w.setframerate(16000)
         w.writeframes(pcm)
     return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# Hardening: credentials, hostile input, bounds, messages.
+# ---------------------------------------------------------------------------
+
+def run_child(server, *args, stdin=b"", env=None, shell_redirect=""):
+    """Run `python chat.py ARGS` (with an optional shell redirection of its
+    stdout); return (status, stdout, stderr, peak RSS in MiB) of the child."""
+    command = [sys.executable, CHAT_PY] + list(args)
+    if shell_redirect:
+        command = ["/bin/sh", "-c", 'exec "$@" ' + shell_redirect, "sh"] + command
+    environ = clean_env(**({"OPENAI_BASE_URL": server.url} if server else {}))
+    environ.update(env or {})
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=environ, start_new_session=True)
+    out, err = proc.communicate(stdin, timeout=120)
+    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024.0
+    return proc.returncode, out, err.decode("utf-8", "replace"), rss
+
+
+def assert_one_line(status, err, *statuses):
+    assert status in statuses, (status, err)
+    assert "Traceback" not in err and err.count("\n") == 1 and err.startswith("chat.py: error: "), err
+
+
+def test_credentials_in_the_url_are_masked_and_sent_as_basic(server):
+    url = server.url.replace("http://", "http://alice:pa55-w0rd-secret@") + "?api-key=QUERY-SECRET-42"
+    server.add(stream_reply("hi"), Reply(b"no", status=404, headers={"Content-Type": "text/plain"}),
+               Reply(b"no", status=404, headers={"Content-Type": "text/plain"}))
+    status, out, err = run_main(None, "-i", "--base-url", url, stdin="hello\n/curl\nagain\n")
+    assert status == 1, err
+    request = server.requests[0]
+    assert request["path"] == "/v1/chat/completions?api-key=QUERY-SECRET-42"
+    assert request["headers"]["authorization"] == "Basic " + base64.b64encode(
+        b"alice:pa55-w0rd-secret").decode()
+    assert "pa55-w0rd-secret" not in err and "QUERY-SECRET-42" not in err
+    assert '?api-key=$API_KEY"' in err and "-H \"Authorization: $AUTHORIZATION\"" in err
+    status, _, err, _ = run_child(None, "--check", "--base-url", url)   # and in --check
+    assert "QUERY-SECRET-42" not in err and "pa55-w0rd" not in err
+
+
+def test_a_password_in_a_plain_http_url_to_another_machine_is_refused():
+    status, out, err = run_main(None, "--base-url", "http://bob:secret-password@10.1.2.3/v1", "hi")
+    assert (status, out) == (2, "") and "refusing to send the password in the URL" in err
+    assert "secret-password" not in err
+
+
+@pytest.mark.parametrize("echo", ["whole", "cut"])
+def test_credentials_quoted_back_are_blanked(server, echo):
+    key = "sk-" + "k3Y" * 54   # 165 characters
+    header = "hdr-" + "S3cr" * 10
+    quoted = (key if echo == "whole" else key[:146]) + " and " + header[:20]
+    server.add(Reply(json.dumps({"error": {"message": "bad: " + quoted}}).encode(), status=400))
+    status, _, err = run_main(server, "-H", "api-key: " + header, "hi", env={"OPENAI_API_KEY": key})
+    assert status == 1 and "bad: *** and ***" in err
+    assert key[3:11] not in err and header[4:12] not in err
+
+
+def test_a_short_key_is_not_a_secret_to_blank(server):
+    server.add(Reply(b'{"error": {"message": "no model x at /x/xx"}}', status=400))
+    status, _, err = run_main(server, "hi", env={"OPENAI_API_KEY": "x"})
+    assert status == 1 and "no model x at /x/xx" in err
+
+
+def test_a_mistyped_key_flag_is_not_echoed():
+    status, _, err, _ = run_child(None, "--api_key=sk-typo-0123456789abcdef", "hi")
+    assert_one_line(status, err, 2)
+    assert "0123456789" not in err and "--api_key=..." in err
+
+
+DEEP = 200000
+
+
+@pytest.mark.parametrize("name,reply", [
+    ("a chunk", lambda: Reply(b"data: " + b"[" * DEEP + b"]" * DEEP + b"\n\n", headers=SSE)),
+    ("a whole answer", lambda: Reply(b'{"choices": ' + b"[" * DEEP + b"]" * DEEP + b"}")),
+    ("an error", lambda: Reply(b'{"error": ' + b"[" * DEEP + b"]" * DEEP + b"}", status=400)),
+])
+def test_json_nested_200000_deep_is_one_line(server, name, reply):
+    server.add(reply())
+    status, _, err, _ = run_child(server, "--retries", "0", "hi")
+    assert_one_line(status, err, 1)
+
+
+def test_tool_arguments_nested_200000_deep_are_refused_not_run(server, tmp_path):
+    deep = "[" * DEEP + "]" * DEEP
+    server.add(sse_reply(chunk(delta={"tool_calls": [{"index": 0, "id": "c", "type": "function",
+                                                      "function": {"name": "f", "arguments": deep}}]}),
+                         chunk(finish="tool_calls")), stream_reply("ok"))
+    status, out, err, _ = run_child(server, "--yes", "--tool-exec", "f=true", "hi")
+    assert (status, out) == (0, b"ok\n") and "Traceback" not in err
+    assert server.requests[1]["body"]["messages"][-1]["content"].startswith(
+        "error: the arguments were not valid JSON")
+
+
+@pytest.mark.parametrize("headers", [{"Retry-After": "nan"}, {"retry-after-ms": "NaN"},
+                                     {"retry-after-ms": "-5000"}, {"Retry-After": "inf"}])
+def test_unreadable_retry_waits_fall_back(server, headers):
+    server.add(busy(503, **headers), stream_reply("fine"))
+    assert run_main(server, "--retries", "1", "hi")[:2] == (0, "fine\n")
+
+
+@pytest.mark.parametrize("logprobs", [
+    {"content": [{"token": "a", "logprob": 1000, "top_logprobs": [{"token": "b", "logprob": 1e308}]}]},
+    {"content": [42, None, "x"]},
+    {"content": [{"token": "a", "logprob": "high", "top_logprobs": [7]}]},
+])
+def test_logprobs_that_lie_are_shown_without_a_traceback(server, logprobs):
+    server.add(sse_reply(dict(chunk("a"), choices=[{"index": 0, "delta": {"content": "a"},
+                                                    "logprobs": logprobs}]), chunk(finish="stop")))
+    status, out, err = run_main(server, "--logprobs", "hi")
+    assert (status, out) == (0, "a\n") and "logprobs, token by token" in err
+
+
+def test_ctrl_d_at_a_typed_tool_result_is_no_result(server):
+    server.add(sse_reply(chunk(delta={"tool_calls": [{"index": 0, "id": "c", "type": "function",
+                                                      "function": {"name": "f", "arguments": "{}"}}]}),
+                         chunk(finish="tool_calls")), stream_reply("ok"))
+    status, out, err = run_main(server, "-i", stdin="go\n")   # the script ends at the question
+    assert (status, out) == (0, "ok\n")
+    assert server.requests[1]["body"]["messages"][-1]["content"] == "error: the user gave no result"
+
+
+def nested_file(tmp_path, name):
+    path = tmp_path / name
+    path.write_text("[" * 100000 + "]" * 100000)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", [
+    "timeout inf", "timeout huge", "param nested", "tools nested", "load nested",
+    "unclosed IPv6", "long label", "header not Latin-1", "organization not Latin-1",
+    "unbalanced tool-exec",
+])
+def test_command_lines_that_used_to_crash(server, tmp_path, case):
+    args = {
+        "timeout inf": ["--timeout", "inf"],
+        "timeout huge": ["--timeout", "1e300"],
+        "param nested": ["--param", "x=" + "[" * 60000 + "]" * 60000],   # argv's limit: 128 KiB
+        "tools nested": ["--tools", nested_file(tmp_path, "tools.json")],
+        "load nested": ["--load", nested_file(tmp_path, "chat.json")],
+        "unclosed IPv6": ["--base-url", "http://[::1"],
+        "long label": ["--base-url", "http://%s.example/v1" % ("a" * 64)],
+        "header not Latin-1": ["-H", "X-Price: 5 \u20ac"],
+        "organization not Latin-1": ["--organization", "\u00e9quipe-\u20ac"],
+        "unbalanced tool-exec": ["--tool-exec", "x='a"],
+    }[case]
+    status, out, err, _ = run_child(server, *args, "hi")
+    assert_one_line(status, err, 2)
+    assert server.requests == []
+
+
+def test_a_non_ascii_path_is_percent_encoded(server):
+    server.add(stream_reply("ok"))
+    assert run_main(None, "--base-url", server.url + "/caf\u00e9", "hi")[:2] == (0, "ok\n")
+    assert server.requests[0]["path"] == "/v1/caf%C3%A9/chat/completions"
+
+
+def test_an_argument_that_is_not_utf8_is_sent_and_saved(server, tmp_path):
+    path = tmp_path / "chat.json"
+    server.add(stream_reply("ok"))
+    proc = subprocess.run([sys.executable.encode(), CHAT_PY.encode(), b"--save", str(path).encode(),
+                           b"caf\xe9 au lait"], capture_output=True,
+                          env=clean_env(OPENAI_BASE_URL=server.url), timeout=60)
+    assert (proc.returncode, proc.stdout) == (0, b"ok\n"), proc.stderr
+    assert json.loads(path.read_text())["messages"][0]["content"] == "caf\ufffd au lait"
+
+
+def test_piped_input_that_is_not_valid_text(server):
+    server.add(stream_reply("ok"))
+    status, out, err, _ = run_child(server, stdin=b"caf\xe9 \xff\xfe\n")
+    assert (status, out) == (0, b"ok\n"), err
+    assert server.requests[0]["body"]["messages"][0]["content"] == "caf\ufffd \ufffd\ufffd"
+
+
+@pytest.mark.parametrize("redirect", [">&-", ">/dev/full"])
+@pytest.mark.parametrize("args", [["--help"], ["hi"]])
+def test_a_closed_or_full_stdout_is_one_line(server, redirect, args):
+    server.add(stream_reply("ok"))
+    status, _, err, _ = run_child(server, *args, shell_redirect=redirect)
+    assert_one_line(status, err, 1, 2)
+
+
+def test_an_event_that_never_ends_is_bounded(server):
+    lines = (b"data: x\n" * 50000 for _ in range(10))   # 4 MB of data lines, one event
+    server.add(Reply(lines, headers=SSE))
+    status, _, err, rss = run_child(server, "hi")
+    assert_one_line(status, err, 1)
+    assert "an event over 16 MiB" in err and rss < 200
+
+
+def test_an_endless_reply_is_cut_at_64_mib_keeping_what_was_shown(server, tmp_path):
+    piece = b"data: " + json.dumps(chunk("y" * 65000)).encode() + b"\n\n"
+    server.add(Reply((piece for _ in range(2000)), headers=SSE))   # 130 MB if all sent
+    path = tmp_path / "chat.json"
+    status, out, err, rss = run_child(server, "-i", "--save", str(path), stdin=b"go\n")
+    assert status == 1 and "the reply passed 64 MiB" in err and "Traceback" not in err
+    assert len(out) > 60 * 2**20 and rss < 600
+    kept = json.loads(path.read_text())["messages"][-1]["content"]
+    assert len(kept) > 60 * 2**20 and set(kept) == {"y"}
+
+
+def test_tool_calls_are_bounded_and_index_less_fragments_join_in_constant_time(server):
+    many = [{"index": i, "id": "c%d" % i, "type": "function", "function": {"name": "f", "arguments": ""}}
+            for i in range(2000)]
+    server.add(sse_reply(chunk(delta={"tool_calls": many})))
+    status, _, err = run_main(server, "hi")
+    assert status == 1 and "more than 1024 items in one list" in err
+    first = {"index": 0, "id": "c", "type": "function", "function": {"name": "f", "arguments": ""}}
+    acc = accumulate(chunk(delta={"tool_calls": [first]}),
+                     *[chunk(delta={"tool_calls": [{"function": {"arguments": "x"}}]})
+                       for _ in range(40000)])
+    calls = acc.result()["choices"][0]["message"]["tool_calls"]
+    assert len(calls) == 1 and len(calls[0]["function"]["arguments"]) == 40000
+
+
+def test_loading_a_huge_file_reads_at_most_64_mib(server, tmp_path):
+    huge = tmp_path / "huge.json"
+    with open(huge, "wb") as f:
+        f.truncate(2**30)   # 1 GB on paper
+    status, _, err, rss = run_child(server, "--load", str(huge), "hi")
+    assert_one_line(status, err, 2)
+    assert "is over 64 MiB" in err and rss < 400
+
+
+def test_set_model_is_model_and_what_set_cannot_change_is_refused(server):
+    server.add(stream_reply("a"))
+    status, out, err = run_main(server, "-i", stdin="/set model other\n/model\nhi\n/set messages []\n")
+    assert status == 2 and "model: other" in err
+    assert server.requests[0]["body"]["model"] == "other"
+    assert "/set cannot change messages: /load, /reset and /undo change the conversation" in err
+    status, _, err = run_main(server, "-i", stdin="/set stream false\n")
+    assert status == 2 and "start chat.py with --no-stream" in err
+
+
+def test_a_connection_closed_mid_reply_is_said_in_words(server):
+    server.add(Reply(sse(chunk("part"), done=False), headers=SSE, cut=True))
+    status, out, err = run_main(server, "hi")
+    assert status == 1 and "the server closed the connection in the middle of the reply" in err
+    assert "IncompleteRead" not in err
+
+
+def test_a_plain_web_server_is_named_as_not_an_api(server):
+    server.add(Reply(b"<html><title>Error response</title>Unsupported method</html>", status=501,
+                     headers={"Content-Type": "text/html"}),
+               Reply(b"<html>not found</html>", status=404, headers={"Content-Type": "text/html"}))
+    status, _, err = run_main(server, "--retries", "0", "hi")
+    assert status == 1 and "does not look like an OpenAI-compatible API; chat.py --check" in err
+    assert "try again later" not in err
+
+
+def test_a_chat_404_without_v1_gets_the_hint_check_gives(server):
+    root = server.url[:-len("/v1")]
+    server.add(Reply(b"404 page not found", status=404, headers={"Content-Type": "text/plain"}),
+               Reply(json.dumps({"data": []}).encode()))
+    status, _, err = run_main(None, "--base-url", root, "hi")
+    assert status == 1 and "the API answers at --base-url %s/v1" % root in err
+
+
+def test_the_clear_text_hint_names_where_the_key_came_from():
+    status, _, err = run_main(None, "--base-url", "http://10.9.8.7/v1", "--api-key", "sk-123456789", "hi")
+    assert status == 2 and "unset OPENAI_API_KEY" not in err
+    status, _, err = run_main(None, "--base-url", "http://10.9.8.7/v1", "hi",
+                              env={"OPENAI_API_KEY": "sk-123456789"})
+    assert status == 2 and "unset OPENAI_API_KEY" in err
 
 
 # ---------------------------------------------------------------------------
