@@ -29,10 +29,12 @@ import json
 import os
 import pty
 import select
+import shutil
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -144,9 +146,15 @@ class Server:
 # Measuring a child process.
 # ---------------------------------------------------------------------------
 
+SCRATCH = tempfile.mkdtemp(prefix="chat-bench-")   # state and config of the runs
+
+
 def clean_env(**extra):
+    """No keys, proxies, user config or kept conversations of the user's."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("OPENAI_") and "proxy" not in k.lower()}
+    env.update(XDG_STATE_HOME=os.path.join(SCRATCH, "state"),
+               XDG_CONFIG_HOME=os.path.join(SCRATCH, "config"))
     env.update(extra)
     return env
 
@@ -246,7 +254,7 @@ def until_prompt(runs=11):
         pid, fd = pty.fork()
         if pid == 0:
             os.execve(PYTHON, [PYTHON, CHAT_PY, "--base-url", "http://127.0.0.1:9/v1"],
-                      clean_env(TERM="dumb", XDG_STATE_HOME="/tmp/chat-bench-state"))
+                      clean_env(TERM="dumb"))
         seen = b""
         while not seen.endswith(b"> "):
             if not select.select([fd], [], [], 10)[0]:
@@ -372,4 +380,7 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        shutil.rmtree(SCRATCH, ignore_errors=True)

@@ -57,11 +57,22 @@ Options:
                         been shown
   --check               diagnose the connection: server, API path, key, model,
                         a one-token streamed request; exit 0 if all works
+  -c, --continue        carry on the most recent conversation (one-shot or in
+                        the chat); its turns go on in the same kept file
+  --resume ID           carry on the kept conversation ID (see --list)
+  --list [TEXT]         list the kept conversations, newest first: ID, date,
+                        model, turns, first line; TEXT keeps those that
+                        mention it
+  --no-log              keep nothing of this run (also: log = false)
+  -p, --profile NAME    use the config file's [NAME] (env CHAT_PY_PROFILE)
+  --config FILE         the config file (default: see "The config file")
+  --models              print the server's model ids, one a line, sorted
   --save FILE           save the conversation after every turn, as a request
                         body (model, messages, parameters): curl -d @FILE
                         replays it; written atomically, mode 0600, no key
   --load FILE           resume a conversation saved with --save or /save, or
-                        a JSON list of messages
+                        a JSON list of messages; --load F --save F with no F
+                        yet starts one that is saved to F
   --max-context TOKENS  keep requests within TOKENS by dropping the oldest
                         exchanges (never the system message or the last user
                         message); counts with the server's own usage report
@@ -140,11 +151,44 @@ Help:
   --manual              this manual
   --version             show the version and exit
 
+Conversations kept:
+  Every conversation, in the chat or one-shot, is kept after each turn as a
+  replayable request body (as --save writes it) in
+  $XDG_STATE_HOME/chat.py/conversations/ (default ~/.local/state/...): the
+  folder is yours alone (0700), each file 0600, written atomically, never
+  the key.  --list shows them, -c and --resume ID carry one on, --no-log (or
+  log = false in the config) keeps nothing.  A file there that is not a
+  conversation is skipped with a notice.
+
+The config file:
+  $XDG_CONFIG_HOME/chat.py/config.ini (default ~/.config/chat.py/config.ini,
+  or --config FILE).  [default] always applies; [NAME] when chosen with
+  -p NAME (or CHAT_PY_PROFILE).  Keys: base_url, model, api_key_env (the
+  variable that holds the key), api_key_command (run without a shell; its
+  first output line is the key, e.g. from a password manager), api_key,
+  organization, project, headers (lines of 'Name: value'), system,
+  system_role, params (a JSON object of request fields), timeout, retries,
+  log, markdown, color.  Precedence: flags, then the chosen profile, then
+  the OPENAI_* variables, then [default], then the built-in defaults.  An
+  unknown profile or key, or a value that fails its check, is a usage error
+  naming the file, the section and the key; a file holding a key (api_key,
+  or a credential header) that others can read is refused until chmod 600.
+    [default]
+    model = gpt-4o-mini
+    [local]
+    base_url = localhost:11434/v1
+    model = llama3.2
+    [work]
+    base_url = https://gateway.example.com/v1
+    api_key_command = pass show work/openai
+
 Environment:
   OPENAI_API_KEY, OPENAI_BASE_URL, OPENAI_MODEL, OPENAI_ORG_ID,
-  OPENAI_PROJECT_ID are used when the matching flag is not given.
-  XDG_STATE_HOME holds the console's input history
-  (default ~/.local/state/chat.py/history).
+  OPENAI_PROJECT_ID are used when the matching flag is not given (a chosen
+  profile comes before them).  CHAT_PY_PROFILE names a profile.
+  XDG_STATE_HOME holds the console's input history and the kept
+  conversations; XDG_CONFIG_HOME the config file.  VISUAL or EDITOR is the
+  editor /edit runs.
   HTTPS_PROXY, HTTP_PROXY and NO_PROXY are honoured; TLS certificates are
   always verified (SSL_CERT_FILE names a private CA bundle).
 
@@ -168,6 +212,11 @@ In the chat:
   /audio FILE           attach recorded speech (WAV or MP3) to the next message
   /file FILE            attach a PDF or a text file to the next message
   /usage                show the tokens used in this session
+  /models               list the server's models (Tab after /model completes them)
+  /edit [TEXT]          write the next message in $VISUAL or $EDITOR; an empty
+                        file or a failed editor sends nothing
+  /copy [code]          put the last reply (or its last code block) on the
+                        clipboard, through the terminal (OSC 52; works over SSH)
   /curl [TEXT]          show a curl command for the request that sending TEXT
                         would make (no TEXT: the last request, as /retry would
                         send it); the key shows as $OPENAI_API_KEY
@@ -175,7 +224,10 @@ In the chat:
   \"\"\"                   on a line of its own: start or end a block of lines,
                         sent as one message (for pasting)
   TEXT\\                 a backslash at the end of a line continues it
-  Tab                   completes command names
+  (a paste)             several lines pasted at the prompt are one message
+  Tab                   completes command names, file names after /save,
+                        /load, /image, /audio and /file (~ works there too),
+                        and model ids after /model
   Ctrl-C                abandon the line being typed, or stop the reply being
                         written (its text stays in the conversation)
 
@@ -204,7 +256,9 @@ From Python (every option after the first arguments is keyword-only):
 import argparse
 import atexit
 import base64
+import configparser
 import difflib
+import glob
 import http.client
 import io
 import ipaddress
@@ -214,6 +268,7 @@ import mimetypes
 import os
 import random
 import re
+import select
 import shlex
 import socket
 import ssl
@@ -298,6 +353,8 @@ MAX_RETRY_WAIT = 60.0           # seconds, whatever Retry-After asks for
 MAX_LIST_ITEMS = 1024           # tool calls (or other indexed items) in one reply
 MIN_SECRET = 8                  # a run of a secret this long is never shown
 MAX_TIMEOUT = 86400             # seconds: the longest --timeout or --tool-timeout
+LIST_LIMIT = 100                # conversations --list shows at the most
+PASTE_WAIT = 0.02               # seconds: lines closer together than this were pasted
 MAX_IMAGE_BYTES = 20 * 2**20    # the API's own limit for one image (and for audio here)
 MAX_FILE_BYTES = 32 * 2**20     # the API's own limit for one PDF
 DEFAULT_TOOL_TIMEOUT = 60.0     # seconds a --tool-exec command may run
@@ -1693,6 +1750,77 @@ def save_conversation(path, body):
     write_atomically(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
+class ConversationLog:
+    """Every conversation kept, one file each, as a replayable request body
+    (as --save writes it) in folder: made 0700, files 0600, written
+    atomically, never the key.  A conversation's ID is its file's name."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def new_path(self, clock=time.time):
+        """The file for a new conversation, named by the time it started."""
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(clock()))
+        return os.path.join(self.folder, "%s-%s.json" % (stamp, os.urandom(2).hex()))
+
+    def save(self, path, body):
+        """Keep body in path; a ChatError if the folder or the file cannot be written."""
+        try:
+            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ChatError("cannot keep the conversation in %s: %s"
+                            % (self.folder, exc.strerror)) from None
+        save_conversation(path, body)
+
+    def entries(self, notify=None):
+        """(ID, path, modified, body) of each kept conversation, newest first.
+        A file that is not a conversation is skipped, with one notice."""
+        try:
+            names = [n for n in os.listdir(self.folder) if n.endswith(".json")]
+        except OSError:
+            return []
+        found, skipped = [], []
+        for name in names:
+            path = os.path.join(self.folder, name)
+            try:
+                modified = os.stat(path).st_mtime
+                body = read_json_file(path, "the conversation")
+                parse_conversation(body)
+            except (OSError, UsageError):
+                skipped.append(name)
+                continue
+            found.append((name[:-5], path, modified, body))
+        if skipped and notify:
+            notify("skipped %d file%s in %s that %s not conversations: %s" % (
+                len(skipped), "" if len(skipped) == 1 else "s", self.folder,
+                "is" if len(skipped) == 1 else "are", ", ".join(sorted(skipped)[:3])))
+        return sorted(found, key=lambda entry: (entry[2], entry[0]), reverse=True)
+
+    def find(self, wanted, notify=None):
+        """The path of the conversation whose ID is wanted (or starts so)."""
+        entries = self.entries(notify)
+        exact = [path for id, path, _, _ in entries if id == wanted]
+        matches = exact or [path for id, path, _, _ in entries if id.startswith(wanted)]
+        if len(matches) != 1:
+            raise UsageError("%s conversation has the ID %s; chat.py --list shows them" % (
+                "no" if not matches else "more than one", wanted))
+        return matches[0]
+
+
+def conversation_summary(id, modified, body):
+    """One line of --list: ID, date, model, turns, the first user line."""
+    messages = body.get("messages") if isinstance(body, dict) else body
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    first = users[0].get("content") if users else ""
+    if isinstance(first, list):
+        first = " ".join(p.get("text", "") for p in first if isinstance(p, dict))
+    first = _one_line(str(first or ""))
+    return "%s  %s  %s  %d turn%s  %s" % (
+        id, time.strftime("%Y-%m-%d %H:%M", time.localtime(modified)),
+        (body.get("model") if isinstance(body, dict) else None) or "-", len(users),
+        "" if len(users) == 1 else "s", first[:60] + ("..." if len(first) > 60 else ""))
+
+
 def write_atomically(path, data):
     """Write data to path, readable by the owner only.
 
@@ -2644,7 +2772,11 @@ class Console:
     Tools that answer tool calls (default: the user types each result).
     new_printer(): a Printer for the next reply (default: a ReplyPrinter on
     out and err).  attachments: content parts (images, audio, files) for the
-    first message.
+    first message.  keep(chat): keeps the conversation after every turn
+    (default: write it to save_path).  more_waiting(): True when more input
+    is already there, as when lines are pasted (a paste is one message).
+    models(): the server's model ids (default: asked for once).  editor:
+    the command /edit runs (default: vi).
     """
 
     COMMANDS = {   # name: (method, argument, what it does; None: not listed)
@@ -2668,14 +2800,23 @@ class Console:
         "/audio": ("do_audio", "FILE", "attach recorded speech (WAV or MP3) to the next message"),
         "/file": ("do_file", "FILE", "attach a PDF or a text file to the next message"),
         "/usage": ("do_usage", "", "show the tokens used in this session"),
+        "/models": ("do_models", "", "list the models the server offers"),
+        "/edit": ("do_edit", "[TEXT]", "write the next message in your editor ($VISUAL, $EDITOR)"),
+        "/copy": ("do_copy", "[code]", "copy the last reply (or its last code block) to "
+                                       "the clipboard"),
     }
+    FILE_COMMANDS = ("/save", "/load", "/image", "/audio", "/file")   # their argument is a path
 
     def __init__(self, chat, read_line, out, err, *, piped=False, save_path=None,
-                 line_buffer=None, tools=None, new_printer=None, attachments=(), prompt="> ",
-                 more_prompt="... "):
+                 line_buffer=None, tools=None, new_printer=None, attachments=(), keep=None,
+                 more_waiting=None, models=None, editor=None, prompt="> ", more_prompt="... "):
         self.chat, self.read_line, self.out, self.err = chat, read_line, out, err
         self.piped, self.save_path, self.line_buffer = piped, save_path, line_buffer
         self.prompt, self.more_prompt = prompt, more_prompt
+        self.keep = keep or (lambda chat: self.save_path and save_conversation(
+            self.save_path, chat.body()))
+        self.more_waiting, self.editor = more_waiting, editor or "vi"
+        self.models = models or _once(lambda: list_models(chat.client))
         self.tools = tools or Tools(ask=read_line)
         self.new_printer = new_printer or (lambda: ReplyPrinter(
             out, err, n=chat.params.get("n", 1)))
@@ -2731,6 +2872,11 @@ class Console:
                     break
                 lines.append(line)
             return "\n".join(lines), False
+        pasted = [line]
+        while self.more_waiting and self.more_waiting():   # the rest of a paste
+            pasted.append(self.read_line(self.more_prompt))
+        if len(pasted) > 1:
+            return "\n".join(pasted), False   # a paste is one message, never a command
         while line.endswith("\\"):
             line = line[:-1] + "\n" + self.read_line(self.more_prompt)
         return line, True
@@ -2744,8 +2890,11 @@ class Console:
             _note(self.err, "unknown command %s%s - /help lists them (start a message with "
                   "// to send a slash)" % (name, "; did you mean %s?" % close[0] if close else ""))
             return None
+        argument = argument.strip()
+        if name.lower() in self.FILE_COMMANDS:
+            argument = os.path.expanduser(argument)
         try:
-            return getattr(self, entry[0])(argument.strip())
+            return getattr(self, entry[0])(argument)
         except ChatError as exc:
             return self._failed(exc)
 
@@ -2759,11 +2908,10 @@ class Console:
             _dim(self.err, "[interrupted]\n")
         except ChatError as exc:
             status = self._failed(exc)
-        if self.save_path:
-            try:
-                save_conversation(self.save_path, self.chat.body())
-            except ChatError as exc:
-                _note(self.err, "error: %s (the conversation is still here)" % exc)
+        try:
+            self.keep(self.chat)
+        except ChatError as exc:
+            _note(self.err, "error: %s (the conversation is still here)" % exc)
         return status
 
     def _failed(self, exc):
@@ -2883,6 +3031,38 @@ class Console:
         _note(self.err, "the next message takes %d attachment%s" % (
             len(self.attachments), "" if len(self.attachments) == 1 else "s"))
 
+    def do_models(self, argument):
+        _say(self.err, "".join("  %s\n" % model for model in self.models()) or
+             "  (the server lists no models)\n")
+
+    def do_edit(self, argument):
+        text = edit_text(self.editor, argument)
+        if text is None:
+            _note(self.err, "nothing sent: the editor left no text (or failed)")
+            return None
+        return self.send(text)
+
+    def do_copy(self, argument):
+        replies = [m for m in self.chat.messages if m.get("role") == "assistant"
+                   and isinstance(m.get("content"), str) and m["content"]]
+        if not replies:
+            raise UsageError("there is no reply to copy yet")
+        text = replies[-1]["content"]
+        if argument == "code":
+            blocks = re.findall(r"(?ms)^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1", text)
+            if not blocks:
+                raise UsageError("the last reply has no fenced code block")
+            text = blocks[-1][1]
+        elif argument:
+            raise UsageError("/copy takes nothing, or code")
+        terminal = next((s for s in (self.err, self.out) if _is_terminal(s)), None)
+        if terminal is None:
+            raise UsageError("/copy needs a terminal: it asks the terminal to set the clipboard")
+        # OSC 52: the terminal (over SSH too) puts the base64 text on the clipboard.
+        terminal.write("\x1b]52;c;%s\x07" % base64.b64encode(text.encode("utf-8")).decode("ascii"))
+        terminal.flush()
+        _note(self.err, "copied %d characters" % len(text))
+
     def do_usage(self, argument):
         t = self.chat.totals
         counted = ("%d prompt + %d completion = %d tokens" % (
@@ -2894,6 +3074,26 @@ class Console:
     def do_curl(self, argument):
         _say(self.err, curl_command(self.chat.client, self.chat.next_payload(argument or None))
              + "\n")
+
+
+def edit_text(editor, initial=""):
+    """The text the user writes in editor (a command line, run without a
+    shell) in a private temporary file, removed afterwards; None if the
+    editor failed or left the file empty."""
+    fd, path = tempfile.mkstemp(prefix="chat-", suffix=".md")   # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(initial)
+        try:
+            status = subprocess.call(shlex.split(editor) + [path])
+        except (OSError, ValueError) as exc:
+            raise UsageError("cannot run the editor %s: %s" % (
+                editor, getattr(exc, "strerror", None) or exc)) from None
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    finally:
+        os.unlink(path)
+    return text.strip("\n") if status == 0 and text.strip() else None
 
 
 _SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie")
@@ -2951,28 +3151,36 @@ def _piped_reader(stream):
     return read_line
 
 
-def _terminal_reader(out, err, environ, commands):
-    """(read_line, line_buffer) for a terminal: readline's line editing, a
-    history file and Tab completion of commands, where Python has readline."""
+def _terminal_reader(out, err, environ, commands, complete_argument=None):
+    """(read_line, line_buffer, more_waiting) for a terminal: readline's line
+    editing, a history file, Tab completion of commands and of what follows
+    them (complete_argument(command, text) gives the candidates), where
+    Python has readline; more_waiting() tells a paste from typing."""
     try:
         import readline
     except ImportError:
         readline = None
     if readline is not None:
-        state = environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-        path = os.path.join(state, "chat.py", "history")
+        path = os.path.join(_state_home(environ), "chat.py", "history")
         try:
             readline.read_history_file(path)
         except OSError:
             pass
         readline.set_history_length(1000)
         atexit.register(_save_history, readline, path)
+        found = []
 
         def complete(text, state):
-            if not readline.get_line_buffer().startswith("/"):
-                return None
-            matches = [name + " " for name in commands if name.startswith(text)]
-            return matches[state] if state < len(matches) else None
+            line = readline.get_line_buffer()
+            if state == 0:
+                found[:] = []
+                if not line.startswith("/"):
+                    pass
+                elif readline.get_begidx() == 0:
+                    found[:] = [name + " " for name in commands if name.startswith(text)]
+                elif complete_argument:
+                    found[:] = complete_argument(line.split(" ", 1)[0].lower(), text)
+            return found[state] if state < len(found) else None
         readline.set_completer(complete)
         readline.set_completer_delims(" \t\n")
         if "libedit" in (readline.__doc__ or ""):   # macOS's readline
@@ -3001,7 +3209,43 @@ def _terminal_reader(out, err, environ, commands):
             raise
         typed["last"] = line
         return line
-    return read_line, lambda: typed["now"]
+
+    def more_waiting():
+        # Pasted lines arrive together: after one, the next is already there.
+        # Nobody types the next line within PASTE_WAIT of pressing Enter.
+        try:
+            return bool(select.select([sys.stdin], [], [], PASTE_WAIT)[0])
+        except (OSError, ValueError, TypeError):   # no select() on this stdin
+            return False
+    return read_line, lambda: typed["now"], more_waiting
+
+
+def _completer(models):
+    """complete(command, text): what Tab may put after a /command: file
+    names after those that take a file, model ids (models()) after /model."""
+    def complete(command, text):
+        if command in Console.FILE_COMMANDS:
+            expanded = os.path.expanduser(text)
+            return [text + path[len(expanded):] + ("/" if os.path.isdir(path) else " ")
+                    for path in sorted(glob.glob(glob.escape(expanded) + "*"))]
+        if command == "/model":
+            try:
+                return [model + " " for model in models() if model.startswith(text)]
+            except ChatError:
+                return []
+        return []
+    return complete
+
+
+def _once(function):
+    """function, called only until it first succeeds; its result kept."""
+    kept = []
+
+    def call():
+        if not kept:
+            kept.append(function())
+        return kept[0]
+    return call
 
 
 def _save_history(readline, path):
@@ -3127,15 +3371,22 @@ def _parser():
     add("-H", "--header", action="append", default=[])
     add("--no-stream", action="store_true")
     add("-o", "--output", choices=("text", "json"), default="text")
-    add("--timeout", type=float, default=DEFAULT_TIMEOUT)
-    add("--retries", type=int, default=DEFAULT_RETRIES)
+    add("--timeout", type=float)
+    add("--retries", type=int)
     add("--check", action="store_true")
     add("--save")
     add("--load")
     add("--max-context", type=int)
     add("--no-color", action="store_true")
     add("--no-markdown", action="store_true")
-    add("--system-role", choices=("system", "developer"), default="system")
+    add("--system-role", choices=("system", "developer"))
+    add("--config")
+    add("-p", "--profile")
+    add("--no-log", action="store_true")
+    add("-c", "--continue", dest="resume_last", action="store_true")
+    add("--resume", metavar="ID")
+    add("--list", nargs="?", const="", metavar="TEXT")
+    add("--models", action="store_true")
     add("--temperature", type=float)
     add("--top-p", type=float)
     add("-n", type=int)
@@ -3323,21 +3574,187 @@ def _read_key_file(path):
     return key
 
 
-def _settings(args, environ):
-    """Resolve flags, then environment, then defaults, into the Client's
-    keyword arguments plus base_url and model; raise UsageError if unusable."""
-    def pick(flag, name, default=None):
-        value = flag if flag is not None else environ.get(name)
-        return value.strip() if value and value.strip() else default
+# ---------------------------------------------------------------------------
+# Settings: flags, the config file's profiles, the environment.
+# ---------------------------------------------------------------------------
 
-    base_url = normalize_base_url(pick(args.base_url, "OPENAI_BASE_URL", DEFAULT_BASE_URL))
+def _config_bool(text):
+    value = {"1": True, "yes": True, "true": True, "on": True,
+             "0": False, "no": False, "false": False, "off": False}.get(text.lower())
+    if value is None:
+        raise ValueError("true or false")
+    return value
+
+
+def _config_number(kind, low, high):
+    def parse(text):
+        value = kind(text)
+        if not low <= value <= high:   # nan fails this too
+            raise ValueError
+        return value
+    return parse
+
+
+def _config_params(text):
+    value = loads(text)
+    if not isinstance(value, dict):
+        raise ValueError
+    check_params(value, flags=False)
+    return value
+
+
+def _config_headers(text):
+    return [_parse_header(line, i + 1) for i, line in enumerate(
+        line for line in text.splitlines() if line.strip())]
+
+
+def _config_choice(*choices):
+    def parse(text):
+        if text not in choices:
+            raise ValueError
+        return text
+    return parse
+
+
+# Config key: (how its text becomes a value, what it must be).
+CONFIG_KEYS = {
+    "base_url": (str, "a URL"),
+    "model": (str, "a model name"),
+    "api_key": (str, "a key (the file must then be readable by you alone)"),
+    "api_key_env": (str, "the name of an environment variable holding the key"),
+    "api_key_command": (shlex.split, "a command whose first output line is the key"),
+    "organization": (str, "an organization id"),
+    "project": (str, "a project id"),
+    "headers": (_config_headers, "lines of 'Name: value'"),
+    "system": (str, "a system message"),
+    "system_role": (_config_choice("system", "developer"), "system or developer"),
+    "params": (_config_params, "a JSON object of request fields"),
+    "timeout": (_config_number(float, 1e-3, MAX_TIMEOUT), "seconds, above 0"),
+    "retries": (_config_number(int, 0, 100), "a whole number from 0 to 100"),
+    "log": (_config_bool, "true or false"),
+    "markdown": (_config_bool, "true or false"),
+    "color": (_config_bool, "true or false"),
+}
+
+
+def read_config(path, profile, explicit):
+    """([default] and [profile] of the config file at path, each a dict of
+    checked values).  A missing file is no config unless explicit (--config).
+    Raises UsageError naming the file, the section and the key at fault."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_BODY).decode("utf-8")
+            mode = os.fstat(f.fileno()).st_mode
+    except FileNotFoundError:
+        if explicit:
+            raise UsageError("cannot read the config file %s: it does not exist" % path) from None
+        text, mode = "", 0o600
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError("cannot read the config file %s: %s" % (
+            path, getattr(exc, "strerror", None) or "it is not UTF-8 text")) from None
+    parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as exc:
+        raise UsageError("the config file %s is not valid: %s" % (path, _one_line(str(exc)))) from None
+    if profile is not None and not parser.has_section(profile):
+        raise UsageError("the config file %s has no profile [%s]%s" % (
+            path, profile, "; it has " + ", ".join("[%s]" % n for n in parser.sections())
+            if parser.sections() else ""))
+    sections = {}
+    for name in parser.sections():
+        checked = {}
+        for key, raw in parser.items(name):
+            if key not in CONFIG_KEYS:
+                raise UsageError("%s [%s]: unknown key %s; the keys are %s"
+                                 % (path, name, key, ", ".join(sorted(CONFIG_KEYS))))
+            parse, what = CONFIG_KEYS[key]
+            try:
+                checked[key] = parse(raw.strip())
+            except (ValueError, UsageError) as exc:
+                detail = str(exc) if isinstance(exc, UsageError) else what
+                raise UsageError("%s [%s] %s: %s" % (path, name, key, detail)) from None
+        literal = "api_key" in checked or any(is_secret_header(h) for h, _ in checked.get("headers", ()))
+        if literal and mode & 0o077:
+            raise UsageError("the config file %s holds a key in [%s] and others can read it; "
+                             "make it yours alone: chmod 600 %s" % (path, name, path))
+        sections[name] = checked
+    return sections.get("default", {}), sections.get(profile, {}) if profile else {}
+
+
+def config_key(section, environ, where):
+    """The API key a config section names: literally, by an environment
+    variable, or as the first line a command prints (run without a shell,
+    so a password manager can supply it); None if it names none."""
+    if "api_key" in section:
+        return section["api_key"]
+    if "api_key_env" in section:
+        key = environ.get(section["api_key_env"], "").strip()
+        if not key:
+            raise UsageError("%s api_key_env: %s is not set" % (where, section["api_key_env"]))
+        return key
+    if "api_key_command" in section:
+        argv = section["api_key_command"]
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise UsageError("%s api_key_command: cannot run %s: %s" % (
+                where, argv[0] if argv else "it", getattr(exc, "strerror", None) or exc)) from None
+        lines = proc.stdout.decode("utf-8", "replace").splitlines()
+        if proc.returncode != 0 or not lines or not lines[0].strip():
+            raise UsageError("%s api_key_command: %s %s" % (
+                where, argv[0] if argv else "", "exited with status %d" % proc.returncode
+                if proc.returncode else "printed no key"))
+        return lines[0].strip()
+    return None
+
+
+def config_path(args, environ):
+    """The config file: --config FILE, else $XDG_CONFIG_HOME/chat.py/config.ini."""
+    if args.config:
+        return os.path.expanduser(args.config)
+    home = environ.get("XDG_CONFIG_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".config")
+    return os.path.join(home, "chat.py", "config.ini")
+
+
+def _settings(args, environ):
+    """Resolve every setting: the flag, then the chosen profile of the config
+    file, then the OPENAI_* environment variables, then the config's
+    [default], then the built-in default.  Returns the Client's keyword
+    arguments plus base_url, model and the rest _run needs; raises
+    UsageError if the result is unusable."""
+    path = config_path(args, environ)
+    profile_name = args.profile or environ.get("CHAT_PY_PROFILE") or None
+    base, profile = read_config(path, profile_name, explicit=bool(args.config))
+
+    def pick(flag, key, variable=None, default=None):
+        if flag is not None:
+            return flag
+        if key in profile:
+            return profile[key]
+        value = (environ.get(variable) or "").strip() if variable else ""
+        if value:
+            return value
+        return base.get(key, default)
+
+    base_url = normalize_base_url(pick(args.base_url, "base_url", "OPENAI_BASE_URL",
+                                       DEFAULT_BASE_URL))
     if args.api_key is not None and args.api_key_file:
         raise UsageError("give --api-key or --api-key-file, not both")
-    if args.api_key_file:
-        api_key, key_source = _read_key_file(args.api_key_file), "--api-key-file"
-    else:
-        api_key = pick(args.api_key, "OPENAI_API_KEY")
-        key_source = "--api-key" if args.api_key is not None else "OPENAI_API_KEY"
+    api_key, key_source = None, "OPENAI_API_KEY"
+    for source, get in (
+            ("--api-key-file", lambda: args.api_key_file and _read_key_file(args.api_key_file)),
+            ("--api-key", lambda: args.api_key),
+            ("%s [%s]" % (path, profile_name), lambda: config_key(
+                profile, environ, "%s [%s]" % (path, profile_name))),
+            ("OPENAI_API_KEY", lambda: (environ.get("OPENAI_API_KEY") or "").strip()),
+            ("%s [default]" % path, lambda: config_key(base, environ, "%s [default]" % path))):
+        api_key = get()
+        if api_key:
+            key_source = source
+            break
     parts = urlsplit(base_url)
     scheme, host = parts.scheme, parts.hostname
     in_url = parts.username is not None   # user:password@: sent as Basic instead of the key
@@ -3356,20 +3773,30 @@ def _settings(args, environ):
                 "the password in the URL" if in_url else "the API key", host,
                 "" if in_url or key_source != "OPENAI_API_KEY" else
                 ", or unset OPENAI_API_KEY if that server needs no key"))
-    if not 0 < args.timeout <= MAX_TIMEOUT:   # inf, nan and 1e300 cannot be waited for
+    timeout = pick(args.timeout, "timeout", default=DEFAULT_TIMEOUT)
+    if not 0 < timeout <= MAX_TIMEOUT:   # inf, nan and 1e300 cannot be waited for
         raise UsageError("--timeout must be a number of seconds above 0 and at most %d"
                          % MAX_TIMEOUT)
-    if args.retries < 0:
+    retries = pick(args.retries, "retries", default=DEFAULT_RETRIES)
+    if retries < 0:
         raise UsageError("--retries must be 0 or more")
     if args.max_context is not None and args.max_context < 1:
         raise UsageError("--max-context must be a number of tokens above 0")
-    headers = [_parse_header(h, i + 1) for i, h in enumerate(args.header)]
-    organization = _header_value(pick(args.organization, "OPENAI_ORG_ID"), "--organization")
-    project = _header_value(pick(args.project, "OPENAI_PROJECT_ID"), "--project")
+    headers = (base.get("headers", []) + profile.get("headers", [])
+               + [_parse_header(h, i + 1) for i, h in enumerate(args.header)])
+    organization = _header_value(pick(args.organization, "organization", "OPENAI_ORG_ID"),
+                                 "--organization")
+    project = _header_value(pick(args.project, "project", "OPENAI_PROJECT_ID"), "--project")
     return {"base_url": base_url, "api_key": api_key, "organization": organization,
-            "project": project, "headers": headers,
-            "proxies": proxies_for(host, environ),
-            "model": pick(args.model, "OPENAI_MODEL", DEFAULT_MODEL)}
+            "project": project, "headers": headers, "proxies": proxies_for(host, environ),
+            "timeout": timeout, "retries": retries,
+            "model": pick(args.model, "model", "OPENAI_MODEL", DEFAULT_MODEL),
+            "system": pick(args.system, "system"),
+            "system_role": pick(args.system_role, "system_role", default="system"),
+            "params": dict(base.get("params", {}), **profile.get("params", {})),
+            "log": not args.no_log and pick(None, "log", default=True),
+            "markdown": not args.no_markdown and pick(None, "markdown", default=True),
+            "color": not args.no_color and pick(None, "color", default=True)}
 
 
 def _secrets(settings):
@@ -3379,23 +3806,56 @@ def _secrets(settings):
             + [value for name, value in settings["headers"] if is_secret_header(name)])
 
 
+def _state_home(environ):
+    return environ.get("XDG_STATE_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".local", "state")
+
+
+def list_models(client):
+    """The model ids the server lists (GET /models), sorted."""
+    with client.request("GET", "/models") as response:
+        models = client.read_json(response).get("data")
+    if not isinstance(models, list):
+        raise StreamError("the server's /models answer has no \"data\" list of models")
+    return sorted(str(m.get("id")) for m in models if isinstance(m, dict) and m.get("id"))
+
+
 def _run(args, settings, stdin, out, err, environ):
-    """Everything after the settings: --check, one-shot, or the console."""
+    """Everything after the settings: a listing, --check, one-shot, or the console."""
+    notify = lambda text: _note(err, text)   # noqa: E731
     if args.interactive and args.output == "json":
         raise UsageError("--output json prints one document, so it works with one-shot "
                          "prompts, not with -i")
-    base_url, model = settings.pop("base_url"), settings.pop("model")
-    client = Client(base_url, timeout=args.timeout, on_retry=lambda text: _note(err, text),
-                    retries=0 if args.check else args.retries,   # --check diagnoses now
-                    **settings)
-    params = _request_params(args)
-    chat = Chat(client, model, system=args.system, params=params, stream=not args.no_stream,
-                max_context=args.max_context, notify=lambda text: _note(err, text),
-                system_role=args.system_role)
-    if args.load:   # the file's model and fields, but flags win over it
-        chat.load(args.load, model=args.model, params=params)
+    log = ConversationLog(os.path.join(_state_home(environ), "chat.py", "conversations"))
+    if args.list is not None:
+        return _list_conversations(log, args.list, out, notify)
+    if sum(map(bool, (args.load, args.resume_last, args.resume))) > 1:
+        raise UsageError("give one of --load, -c and --resume")
+    client = Client(settings["base_url"], api_key=settings["api_key"],
+                    organization=settings["organization"], project=settings["project"],
+                    headers=settings["headers"], proxies=settings["proxies"],
+                    timeout=settings["timeout"], on_retry=notify,
+                    retries=0 if args.check else settings["retries"])   # --check diagnoses now
+    if args.models:
+        _show(out, "".join(model + "\n" for model in list_models(client)))
+        return 0
+    flags = _request_params(args)
+    chat = Chat(client, settings["model"], system=settings["system"],
+                params=dict(settings["params"], **flags), stream=not args.no_stream,
+                max_context=args.max_context, notify=notify, system_role=settings["system_role"])
+    carry_on = (log.entries(notify)[:1] or [(None, None)])[0][1] if args.resume_last else (
+        log.find(args.resume, notify) if args.resume else None)
+    if args.resume_last and carry_on is None:
+        raise UsageError("there is no conversation to continue yet (%s is empty)" % log.folder)
+    load = carry_on or args.load
+    if load and not (load == args.load and args.save and not os.path.exists(load)
+                     and os.path.abspath(args.save) == os.path.abspath(load)):
+        chat.load(load, model=args.model, params=flags)   # the file's, but flags win
         if args.system:
             chat.set_system(args.system)
+    log_path = None
+    if settings["log"]:   # a resumed conversation goes on in its own file
+        log_path = carry_on or log.new_path()
     if args.check:
         return check_connection(chat, out)
     piped = stdin is not None and not stdin.isatty()
@@ -3405,7 +3865,7 @@ def _run(args, settings, stdin, out, err, environ):
         prompt = "\n\n".join(t for t in (prompt, piped_text.strip("\n")) if t.strip())
         if not prompt:
             raise UsageError("nothing to send: give a PROMPT or pipe some text in")
-    markdown = not args.no_markdown and _colour_wanted(args, environ, out)
+    markdown = settings["markdown"] and _colour_wanted(settings, environ, out)
     attachments = ([image_part(path) for path in args.image]   # all read before any request
                    + [audio_part(path) for path in args.audio]
                    + [file_part(path) for path in args.file])
@@ -3417,17 +3877,22 @@ def _run(args, settings, stdin, out, err, environ):
                             audio_format=(chat.params.get("audio") or {}).get("format"),
                             markdown=markdown)
 
+    keep = _keeper(args.save, log, log_path, notify)
+    models = _once(lambda: list_models(client))   # for /models and Tab after /model
     if prompt and not args.interactive:
-        return _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer)
+        return _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer, keep)
     if stdin is None:
         raise UsageError("no input to chat with: give a PROMPT")
     if piped:
-        read_line, line_buffer = _piped_reader(stdin), None
+        read_line, line_buffer, waiting = _piped_reader(stdin), None, None
     else:
-        read_line, line_buffer = _terminal_reader(out, err, environ, Console.COMMANDS)
+        read_line, line_buffer, waiting = _terminal_reader(
+            out, err, environ, Console.COMMANDS, _completer(models))
     console = Console(chat, read_line, out, err, piped=piped, save_path=args.save,
                       line_buffer=line_buffer, tools=_tools(args, read_line, err),
-                      new_printer=new_printer, attachments=attachments)
+                      new_printer=new_printer, attachments=attachments, keep=keep,
+                      more_waiting=waiting, models=models,
+                      editor=environ.get("VISUAL") or environ.get("EDITOR"))
     if not piped:
         _say(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
              % (__version__, chat.model, chat.client.shown_url))
@@ -3438,10 +3903,42 @@ def _run(args, settings, stdin, out, err, environ):
     return console.run()
 
 
-def _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer):
+def _keeper(save_path, log, log_path, notify):
+    """keep(chat): write the conversation to --save's file and to the log,
+    after every turn.  A failure to keep it in the log is a notice, never
+    the end of the chat; one to write --save's file is an error."""
+    def keep(chat):
+        body = chat.body()
+        if log_path and chat.messages:
+            try:
+                log.save(log_path, body)
+            except ChatError as exc:
+                notify("error: %s (the conversation is still here)" % exc)
+        if save_path:
+            save_conversation(save_path, body)
+    return keep
+
+
+def _list_conversations(log, text, out, notify):
+    """--list [TEXT]: the kept conversations, newest first, one a line."""
+    wanted = text.lower()
+    shown = 0
+    for id, path, modified, body in log.entries(notify):
+        messages = body.get("messages") if isinstance(body, dict) else body
+        if wanted and not any(wanted in json.dumps(m.get("content"), ensure_ascii=False).lower()
+                              for m in messages if isinstance(m, dict)):
+            continue
+        _show(out, conversation_summary(id, modified, body) + "\n")
+        shown += 1
+        if shown == LIST_LIMIT:
+            break
+    return 0
+
+
+def _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer, keep):
     """Send one prompt (and answer its tool calls); print the reply or the document."""
     ask = None
-    if stdin is not None and stdin.isatty():   # someone to ask before a tool runs
+    if stdin is not None and stdin.isatty():   # someone to type a tool's result
         ask = lambda question: (_say(err, question), stdin.readline().strip())[1]   # noqa: E731
     tools = _tools(args, ask, err)
     printer = lambda: new_printer(show_text=args.output == "text")   # noqa: E731
@@ -3450,8 +3947,7 @@ def _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer):
         if tools.commands:
             completion = chat.follow_tools(completion, tools, printer)
     finally:
-        if args.save:
-            save_conversation(args.save, chat.body())
+        keep(chat)
     if args.output == "json":
         _show(out, json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
     else:
@@ -3462,9 +3958,10 @@ def _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer):
     return 0
 
 
-def _colour_wanted(args, environ, stream):
-    """Colour on stream: a terminal, and neither --no-color, NO_COLOR nor TERM=dumb."""
-    return (not args.no_color and not environ.get("NO_COLOR")   # no-color.org
+def _colour_wanted(settings, environ, stream):
+    """Colour on stream: a terminal, and neither --no-color (color = false),
+    NO_COLOR nor TERM=dumb."""
+    return (settings["color"] and not environ.get("NO_COLOR")   # no-color.org
             and environ.get("TERM") != "dumb" and _is_terminal(stream))
 
 
@@ -3549,7 +4046,7 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
             out.flush()
             return 0
         settings = _settings(args, environ)
-        err = _ErrorStream(stderr, colour=_colour_wanted(args, environ, stderr),
+        err = _ErrorStream(stderr, colour=_colour_wanted(settings, environ, stderr),
                            secrets=_secrets(settings))
         status = _run(args, settings, stdin, out, err, environ)
         out.flush()

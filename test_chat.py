@@ -176,6 +176,17 @@ def no_proxies(monkeypatch):
             monkeypatch.delenv(name)
 
 
+@pytest.fixture(autouse=True)
+def own_folders(monkeypatch, tmp_path_factory):
+    """Every test keeps its conversations, history and config in folders of
+    its own, never the user's: subprocesses inherit these, run_main passes them."""
+    root = tmp_path_factory.mktemp("xdg")
+    for name in ("XDG_STATE_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(name, str(root / name.lower()))
+    monkeypatch.delenv("CHAT_PY_PROFILE", raising=False)
+    return root
+
+
 @pytest.fixture
 def server():
     s = LoopbackServer()
@@ -224,6 +235,7 @@ def completion(text, finish="stop", **extra):
 def run_main(server, *args, stdin="", env=None):
     """Run chat.main() in this process; return (status, stdout, stderr)."""
     environ = {"OPENAI_BASE_URL": server.url} if server else {}
+    environ.update((k, os.environ[k]) for k in ("XDG_STATE_HOME", "XDG_CONFIG_HOME"))
     environ.update(env or {})
     out, err = io.StringIO(), io.StringIO()
     status = chat.main(list(args), stdin=io.StringIO(stdin), stdout=out, stderr=err,
