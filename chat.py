@@ -2875,7 +2875,7 @@ class Console:
         pasted = [line]
         while self.more_waiting and self.more_waiting():   # the rest of a paste
             pasted.append(self.read_line(self.more_prompt))
-        if len(pasted) > 1:
+        if len(pasted) > 1 or "\n" in line:   # (a bracketed paste comes as one line)
             return "\n".join(pasted), False   # a paste is one message, never a command
         while line.endswith("\\"):
             line = line[:-1] + "\n" + self.read_line(self.more_prompt)

@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import wave
@@ -2567,6 +2568,241 @@ def test_the_clear_text_hint_names_where_the_key_came_from():
     status, _, err = run_main(None, "--base-url", "http://10.9.8.7/v1", "hi",
                               env={"OPENAI_API_KEY": "sk-123456789"})
     assert status == 2 and "unset OPENAI_API_KEY" in err
+
+
+# ---------------------------------------------------------------------------
+# Conversations kept, named endpoints, the console's paste, editor and clipboard.
+# ---------------------------------------------------------------------------
+
+def kept_folder():
+    return os.path.join(os.environ["XDG_STATE_HOME"], "chat.py", "conversations")
+
+
+def test_every_conversation_is_kept_and_c_carries_on_the_last(server):
+    server.add(stream_reply("Lima."), stream_reply("About ten million."))
+    env = {"OPENAI_API_KEY": "sk-never-kept-0123456789"}
+    assert run_main(server, "capital of Peru?", env=env)[:2] == (0, "Lima.\n")
+    assert run_main(server, "-c", "and its population?", env=env)[:2] == (0, "About ten million.\n")
+    assert server.requests[1]["body"]["messages"] == [
+        {"role": "user", "content": "capital of Peru?"}, {"role": "assistant", "content": "Lima."},
+        {"role": "user", "content": "and its population?"}]
+    folder = kept_folder()
+    files = os.listdir(folder)
+    assert len(files) == 1   # -c went on in the same file
+    assert os.stat(folder).st_mode & 0o777 == 0o700
+    path = os.path.join(folder, files[0])
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    kept = open(path).read()
+    assert "sk-never-kept" not in kept and len(json.loads(kept)["messages"]) == 4
+
+
+def test_list_resume_and_no_log(server):
+    server.add(stream_reply("one"), stream_reply("two"), stream_reply("three"), stream_reply("four"))
+    run_main(server, "first about llamas")
+    time.sleep(0.01)   # (newest first is by the files' times)
+    run_main(server, "second about alpacas")
+    status, before, _ = run_main(server, "--list")
+    assert status == 0 and len(before.splitlines()) == 2
+    newest, oldest = before.splitlines()
+    assert "second about alpacas" in newest and "1 turn" in newest and "gpt-4o-mini" in newest
+    assert run_main(server, "--no-log", "third, not kept")[0] == 0
+    assert run_main(server, "--list")[1] == before
+    assert run_main(server, "--list", "LLAMA")[1] == oldest + "\n"   # any message, any case
+    old_id = oldest.split()[0]
+    status, out, _ = run_main(server, "--resume", old_id, "more")
+    assert (status, out) == (0, "four\n")
+    assert [m["content"] for m in server.requests[-1]["body"]["messages"]] == [
+        "first about llamas", "one", "more"]
+    assert run_main(server, "--list")[1].splitlines()[0].startswith(old_id)   # now the newest
+
+
+def test_foreign_files_are_skipped_with_one_notice(server):
+    server.add(stream_reply("ok"))
+    run_main(server, "hi")
+    with open(os.path.join(kept_folder(), "broken.json"), "w") as f:
+        f.write("{not json")
+    with open(os.path.join(kept_folder(), "other.json"), "w") as f:
+        f.write('{"some": "thing"}')
+    status, out, err = run_main(server, "--list")
+    assert status == 0 and len(out.splitlines()) == 1
+    assert err.count("\n") == 1 and "skipped 2 files" in err
+
+
+def test_continue_with_nothing_kept_is_a_usage_error(server):
+    status, _, err = run_main(server, "-c", "hi")
+    assert status == 2 and "no conversation to continue yet" in err and server.requests == []
+
+
+def test_load_and_save_the_same_missing_file_starts_it(server, tmp_path):
+    path = tmp_path / "new.json"
+    server.add(stream_reply("fresh"))
+    assert run_main(server, "--load", str(path), "--save", str(path), "hi")[:2] == (0, "fresh\n")
+    assert len(json.loads(path.read_text())["messages"]) == 2
+
+
+def write_config(text, mode=0o600):
+    folder = os.path.join(os.environ["XDG_CONFIG_HOME"], "chat.py")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "config.ini")
+    with open(path, "w") as f:
+        f.write(text)
+    os.chmod(path, mode)
+    return path
+
+
+def test_a_profile_beats_the_environment_which_beats_default(server):
+    other = LoopbackServer()
+    try:
+        write_config("[default]\nbase_url = %s\nmodel = default-model\n[work]\nbase_url = %s\n"
+                     "model = work-model\nparams = {\"temperature\": 0.25}\n" % (other.url, server.url))
+        server.add(stream_reply("from the profile"))
+        other.add(stream_reply("from the environment"))
+        env = {"OPENAI_BASE_URL": other.url}
+        assert run_main(None, "-p", "work", "hi", env=env)[:2] == (0, "from the profile\n")
+        assert server.requests[0]["body"]["model"] == "work-model"
+        assert server.requests[0]["body"]["temperature"] == 0.25
+        # [default] loses to OPENAI_BASE_URL; its model still applies.
+        env = {"OPENAI_BASE_URL": server.url}
+        server.add(stream_reply("env wins"))
+        assert run_main(None, "hi", env=env)[:2] == (0, "env wins\n")
+        assert server.requests[1]["body"]["model"] == "default-model" and other.requests == []
+        server.add(stream_reply("by variable"))   # CHAT_PY_PROFILE chooses too; flags beat all
+        assert run_main(None, "-m", "flag-model", "hi", env={"CHAT_PY_PROFILE": "work"})[0] == 0
+        assert server.requests[2]["body"]["model"] == "flag-model"
+    finally:
+        other.close()
+
+
+def test_api_key_command_supplies_the_key(server, tmp_path):
+    script = tmp_path / "vault.py"
+    script.write_text("print('sk-from-the-vault-123456')\nprint('second line ignored')\n")
+    write_config("[default]\nbase_url = %s\napi_key_command = %s %s\n" % (
+        server.url, sys.executable, script))
+    server.add(stream_reply("ok"))
+    assert run_main(None, "hi")[0] == 0
+    assert server.requests[0]["headers"]["authorization"] == "Bearer sk-from-the-vault-123456"
+
+
+def test_api_key_env_names_the_variable(server):
+    write_config("[router]\nbase_url = %s\napi_key_env = ROUTER_KEY\n" % server.url)
+    server.add(stream_reply("ok"))
+    assert run_main(None, "-p", "router", "hi", env={"ROUTER_KEY": "sk-router-0123456789"})[0] == 0
+    assert server.requests[0]["headers"]["authorization"] == "Bearer sk-router-0123456789"
+    status, _, err = run_main(None, "-p", "router", "hi")
+    assert status == 2 and "[router] api_key_env: ROUTER_KEY is not set" in err
+
+
+def test_a_readable_config_with_a_key_is_refused(server):
+    path = write_config("[default]\nbase_url = %s\napi_key = sk-literal-0123456789\n" % server.url,
+                        mode=0o644)
+    status, _, err = run_main(None, "hi")
+    assert status == 2 and "chmod 600 %s" % path in err and "sk-literal" not in err
+    os.chmod(path, 0o600)
+    server.add(stream_reply("ok"))
+    assert run_main(None, "hi")[0] == 0
+    assert server.requests[0]["headers"]["authorization"] == "Bearer sk-literal-0123456789"
+
+
+@pytest.mark.parametrize("config,args,words", [
+    ("[default]\nmodel = m\n", ["-p", "nope"], "has no profile [nope]; it has [default]"),
+    ("[default]\nmodle = m\n", [], "[default]: unknown key modle"),
+    ("[work]\ntimeout = soon\n", ["-p", "work"], "[work] timeout: seconds, above 0"),
+    ("[work]\nparams = {\"temperature\": 9}\n", ["-p", "work"],
+     '[work] params: "temperature" must be a number from 0 to 2, not 9'),
+    ("[default]\nlog = maybe\n", [], "[default] log: true or false"),
+    ("not an ini file\n", [], "is not valid"),
+])
+def test_config_errors_name_the_file_section_and_key(server, config, args, words):
+    path = write_config(config)
+    status, out, err = run_main(server, *args, "hi")
+    assert (status, out) == (2, "") and words in err and path in err and err.count("\n") == 1
+    assert server.requests == []
+
+
+def test_config_log_false_keeps_nothing(server):
+    write_config("[default]\nlog = false\n")
+    server.add(stream_reply("ok"))
+    assert run_main(server, "hi")[0] == 0
+    assert not os.path.exists(kept_folder())
+
+
+def test_models_are_listed_sorted(server):
+    server.add(Reply(json.dumps({"object": "list", "data": [
+        {"id": "zeta"}, {"id": "alpha"}, {"id": "mu\x1b[2J"}]}).encode()))
+    status, out, _ = run_main(server, "--models")
+    assert (status, out) == (0, "alpha\nmu\x1b[2J\nzeta\n")   # a pipe gets the exact ids
+    assert server.requests[0]["method"] == "GET" and server.requests[0]["path"] == "/v1/models"
+
+
+def test_models_in_the_chat(server):
+    server.add(Reply(json.dumps({"data": [{"id": "b"}, {"id": "a"}]}).encode()))
+    status, _, err = run_main(server, "-i", stdin="/models\n/models\n")
+    assert status == 0 and err.count("  a\n  b\n") == 2 and len(server.requests) == 1   # asked once
+
+
+def test_tilde_is_expanded_in_file_arguments(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    server.add(stream_reply("ok"))
+    status, _, err = run_main(server, "-i", stdin="hi\n/save ~/saved.json\n")
+    assert status == 0 and (tmp_path / "saved.json").exists(), err
+
+
+def test_a_paste_is_one_message_and_typing_is_unchanged(server):
+    server.add(stream_reply("Got all four."), stream_reply("one"), stream_reply("two"))
+    status, data = on_terminal(server, keys=[
+        (rb"> ", b"line one\rline two\r/not a command\rline four\r"),   # pasted: arrives at once
+        (rb"Got all four\.[\s\S]*> ", b"typed\r"),
+        (rb"one[\s\S]*> ", b"again\r"),
+        (rb"two[\s\S]*> ", b"\x04")], env={"TERM": "dumb"})
+    assert status == 0, data
+    assert server.requests[0]["body"]["messages"] == [
+        {"role": "user", "content": "line one\nline two\n/not a command\nline four"}]
+    assert [m["content"] for m in server.requests[2]["body"]["messages"]] == [
+        "line one\nline two\n/not a command\nline four", "Got all four.", "typed", "one", "again"]
+
+
+def test_a_bracketed_paste_is_one_message_too(server):
+    server.add(stream_reply("Got it."))
+    status, data = on_terminal(server, keys=[
+        (rb"> ", b"\x1b[200~/etc/hosts says\rsecond line\x1b[201~\r"), (rb"Got it\.[\s\S]*> ", b"\x04")])
+    assert status == 0 and b"unknown command" not in data
+    assert server.requests[0]["body"]["messages"][0]["content"] == "/etc/hosts says\nsecond line"
+
+
+def test_edit_sends_what_the_editor_wrote(server, tmp_path):
+    editor, seen = tmp_path / "editor.py", tmp_path / "seen.json"
+    editor.write_text(
+        "import json, os, sys\n"
+        "open(sys.argv[1], 'a').write('written in the editor\\nline 2\\n')\n"
+        "json.dump([sys.argv[1], os.stat(sys.argv[1]).st_mode & 0o777], open(%r, 'w'))\n" % str(seen))
+    server.add(stream_reply("ok"))
+    status, data = on_terminal(server, keys=[(rb"> ", b"/edit\r"), (rb"ok[\s\S]*> ", b"\x04")],
+                               env={"TERM": "dumb", "VISUAL": "%s %s" % (sys.executable, editor)})
+    assert status == 0
+    assert server.requests[0]["body"]["messages"][0]["content"] == "written in the editor\nline 2"
+    path, mode = json.loads(seen.read_text())
+    assert mode == 0o600 and not os.path.exists(path)   # private, and removed afterwards
+
+
+def test_edit_with_an_empty_file_or_a_failing_editor_sends_nothing(server):
+    for editor in ("true", "false"):
+        status, data = on_terminal(server, keys=[(rb"> ", b"/edit\r"), (rb"nothing sent[\s\S]*> ", b"\x04")],
+                                   env={"TERM": "dumb", "VISUAL": editor})
+        assert status == 0 and b"nothing sent: the editor left no text" in data
+    assert server.requests == []
+
+
+def test_copy_writes_the_last_reply_through_osc_52(server):
+    reply = "Here:\n```sh\nls -la\n```\nDone."
+    server.add(stream_reply(reply))
+    status, data = on_terminal(server, keys=[
+        (rb"> ", b"hi\r"), (rb"Done\.[\s\S]*> ", b"/copy\r"), (rb"copied[\s\S]*> ", b"/copy code\r"),
+        (rb"copied 7[\s\S]*> ", b"\x04")], env={"TERM": "dumb"})
+    assert status == 0
+    whole = base64.b64encode(reply.encode()).decode()
+    code = base64.b64encode(b"ls -la\n").decode()
+    assert ("\x1b]52;c;%s\x07" % whole).encode() in data
+    assert ("\x1b]52;c;%s\x07" % code).encode() in data
 
 
 # ---------------------------------------------------------------------------
