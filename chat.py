@@ -3826,9 +3826,7 @@ def _run(args, settings, stdin, out, err, environ):
     if args.interactive and args.output == "json":
         raise UsageError("--output json prints one document, so it works with one-shot "
                          "prompts, not with -i")
-    log = ConversationLog(os.path.join(_state_home(environ), "chat.py", "conversations"))
-    if args.list is not None:
-        return _list_conversations(log, args.list, out, notify)
+    log = _conversation_log(environ)
     if sum(map(bool, (args.load, args.resume_last, args.resume))) > 1:
         raise UsageError("give one of --load, -c and --resume")
     client = Client(settings["base_url"], api_key=settings["api_key"],
@@ -3901,6 +3899,10 @@ def _run(args, settings, stdin, out, err, environ):
         if status is not None:
             return status
     return console.run()
+
+
+def _conversation_log(environ):
+    return ConversationLog(os.path.join(_state_home(environ), "chat.py", "conversations"))
 
 
 def _keeper(save_path, log, log_path, notify):
@@ -4045,6 +4047,9 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
             out.write("chat.py %s\n" % __version__)
             out.flush()
             return 0
+        if args.list is not None:   # needs no server, no key, no config
+            return _list_conversations(_conversation_log(environ), args.list, out,
+                                       lambda text: _note(err, text))
         settings = _settings(args, environ)
         err = _ErrorStream(stderr, colour=_colour_wanted(settings, environ, stderr),
                            secrets=_secrets(settings))

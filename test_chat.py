@@ -2608,6 +2608,7 @@ def test_list_resume_and_no_log(server):
     assert run_main(server, "--no-log", "third, not kept")[0] == 0
     assert run_main(server, "--list")[1] == before
     assert run_main(server, "--list", "LLAMA")[1] == oldest + "\n"   # any message, any case
+    assert run_main(None, "--list")[:2] == (0, before)   # no server, no key needed to list
     old_id = oldest.split()[0]
     status, out, _ = run_main(server, "--resume", old_id, "more")
     assert (status, out) == (0, "four\n")
