@@ -1336,6 +1336,14 @@ def endpoint_url(base_url, path):
 _SECRET_NAME = re.compile(r"(?i)key|token|sig|secret|passw|auth|credential")
 
 
+_SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie")
+
+
+def is_secret_header(name):
+    """True for a header whose value is a credential (Authorization, api-key...)."""
+    return bool(_SECRET_HEADER.search(name))
+
+
 def _query_items(query):
     return [item.partition("=") for item in query.split("&") if item]
 
@@ -1626,6 +1634,14 @@ class Client:
             raise APIError("the server reported an error: " + message,
                            response.status, type_, code)
         return data
+
+    def models(self):
+        """The model ids the server lists (GET /models), sorted."""
+        with self.request("GET", "/models") as response:
+            models = self.read_json(response).get("data")
+        if not isinstance(models, list):
+            raise StreamError("the server's /models answer has no \"data\" list of models")
+        return sorted(str(m.get("id")) for m in models if isinstance(m, dict) and m.get("id"))
 
     def complete(self, payload):
         """Send a non-streamed chat request; return the chat.completion dict."""
@@ -2816,7 +2832,7 @@ class Console:
         self.keep = keep or (lambda chat: self.save_path and save_conversation(
             self.save_path, chat.body()))
         self.more_waiting, self.editor = more_waiting, editor or "vi"
-        self.models = models or _once(lambda: list_models(chat.client))
+        self.models = models or _once(lambda: chat.client.models())
         self.tools = tools or Tools(ask=read_line)
         self.new_printer = new_printer or (lambda: ReplyPrinter(
             out, err, n=chat.params.get("n", 1)))
@@ -3096,14 +3112,6 @@ def edit_text(editor, initial=""):
     return text.strip("\n") if status == 0 and text.strip() else None
 
 
-_SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie")
-
-
-def is_secret_header(name):
-    """True for a header whose value is a credential (Authorization, api-key...)."""
-    return bool(_SECRET_HEADER.search(name))
-
-
 def _shell_variable(name):
     return "$" + re.sub(r"\W", "_", name).upper()
 
@@ -3345,87 +3353,8 @@ def check_connection(chat, out):
 
 
 # ---------------------------------------------------------------------------
-# The command line.
+# Settings: flags, the config file's profiles, the environment.
 # ---------------------------------------------------------------------------
-
-def _parser():
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):   # one line, exit 2, as for every usage error
-            # A mistyped --api_key=sk-... must not be echoed: no value after "=".
-            message = re.sub(r"(--?[\w-]+)=\S+", r"\1=...", message)
-            raise UsageError("%s (see chat.py --help)" % message)
-
-    parser = Parser(prog="chat.py", add_help=False)
-    add = parser.add_argument
-    add("prompt", nargs="*")
-    add("-m", "--model")
-    add("-s", "--system")
-    add("-i", "--interactive", action="store_true")
-    add("--base-url")
-    add("--api-key")
-    add("--api-key-file")
-    add("--allow-insecure-key", action="store_true")
-    add("--organization")
-    add("--project")
-    add("-H", "--header", action="append", default=[])
-    add("--no-stream", action="store_true")
-    add("-o", "--output", choices=("text", "json"), default="text")
-    add("--timeout", type=float)
-    add("--retries", type=int)
-    add("--check", action="store_true")
-    add("--save")
-    add("--load")
-    add("--max-context", type=int)
-    add("--no-color", action="store_true")
-    add("--no-markdown", action="store_true")
-    add("--system-role", choices=("system", "developer"))
-    add("--config")
-    add("-p", "--profile")
-    add("--no-log", action="store_true")
-    add("-c", "--continue", dest="resume_last", action="store_true")
-    add("--resume", metavar="ID")
-    add("--list", nargs="?", const="", metavar="TEXT")
-    add("--models", action="store_true")
-    add("--temperature", type=float)
-    add("--top-p", type=float)
-    add("-n", type=int)
-    add("--max-tokens", type=int)
-    add("--max-completion-tokens", type=int)
-    add("--stop", action="append", default=[])
-    add("--presence-penalty", type=float)
-    add("--frequency-penalty", type=float)
-    add("--logit-bias", action="append", default=[])
-    add("--logprobs", action="store_true")
-    add("--top-logprobs", type=int)
-    add("--seed", type=int)
-    add("--user")
-    add("--service-tier")
-    add("--response-format", choices=("json_object", "text"))
-    add("--json-schema")
-    add("--tools")
-    add("--tool-choice")
-    add("--no-parallel-tool-calls", action="store_true")
-    add("--functions")
-    add("--function-call")
-    add("--usage", action="store_true")
-    add("--param", action="append", default=[])
-    add("--image", action="append", default=[])
-    add("--audio", action="append", default=[])
-    add("--file", action="append", default=[])
-    add("--audio-out")
-    add("--voice", default="alloy")
-    add("--reasoning-effort")
-    add("--hide-reasoning", action="store_true")
-    add("--tool-exec", action="append", default=[])
-    add("--yes", action="store_true")
-    add("--max-tool-rounds", type=int, default=DEFAULT_TOOL_ROUNDS)
-    add("--tool-timeout", type=float, default=DEFAULT_TOOL_TIMEOUT)
-    add("-h", "--help", action="store_true")
-    add("--manual", action="store_true")
-    add("--version", action="store_true")
-    return parser
-
 
 def _parse_header(text, number):
     name, colon, value = text.partition(":")
@@ -3447,121 +3376,6 @@ def _header_value(value, where):
     return value
 
 
-def _json_schema(path):
-    """response_format.json_schema from a file: a bare schema, or {name, schema, strict}."""
-    data = read_json_file(path, "--json-schema")
-    if not isinstance(data, dict):
-        raise UsageError("--json-schema %s must hold a JSON object (a schema)" % path)
-    if isinstance(data.get("schema"), dict) and isinstance(data.get("name"), str):
-        return dict({"strict": True}, **data)
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", os.path.splitext(os.path.basename(path))[0])[:64]
-    return {"name": name or "schema", "schema": data, "strict": True}
-
-
-def _request_params(args):
-    """The body fields the flags ask for: only those set, checked."""
-    params = {key: value for key, value in (
-        ("temperature", args.temperature), ("top_p", args.top_p), ("n", args.n),
-        ("max_tokens", args.max_tokens), ("max_completion_tokens", args.max_completion_tokens),
-        ("presence_penalty", args.presence_penalty),
-        ("frequency_penalty", args.frequency_penalty), ("top_logprobs", args.top_logprobs),
-        ("seed", args.seed), ("user", args.user), ("service_tier", args.service_tier))
-        if value is not None}
-    if args.stop:
-        params["stop"] = args.stop
-    for item in args.logit_bias:
-        token, _, bias = item.partition("=")
-        try:
-            params.setdefault("logit_bias", {})[str(int(token))] = parse_value(bias)
-        except ValueError:
-            raise UsageError("--logit-bias takes TOKEN_ID=BIAS, e.g. 50256=-100, not %r"
-                             % item) from None
-    if args.logprobs:
-        params["logprobs"] = True
-    if args.response_format and args.json_schema:
-        raise UsageError("give --response-format or --json-schema, not both")
-    if args.response_format:
-        params["response_format"] = {"type": args.response_format}
-    if args.json_schema:
-        params["response_format"] = {"type": "json_schema",
-                                     "json_schema": _json_schema(args.json_schema)}
-    if args.tools:
-        tools = read_json_file(args.tools, "--tools")
-        if isinstance(tools, list):   # bare function definitions are welcome too
-            tools = [t if not isinstance(t, dict) or "type" in t or "name" not in t
-                     else {"type": "function", "function": t} for t in tools]
-        params["tools"] = tools
-    if args.tool_choice:
-        params["tool_choice"] = (args.tool_choice if args.tool_choice in ("auto", "none", "required")
-                                 else {"type": "function", "function": {"name": args.tool_choice}})
-    if args.no_parallel_tool_calls:
-        params["parallel_tool_calls"] = False
-    if args.functions:
-        params["functions"] = read_json_file(args.functions, "--functions")
-    if args.function_call:
-        params["function_call"] = (args.function_call if args.function_call in ("auto", "none")
-                                   else {"name": args.function_call})
-    if (args.usage or args.output == "json") and not args.no_stream:
-        params["stream_options"] = {"include_usage": True}   # the document's usage
-    if args.reasoning_effort:
-        params["reasoning_effort"] = args.reasoning_effort
-    if args.audio_out:
-        params["modalities"] = ["text", "audio"]
-        params["audio"] = {"voice": args.voice,
-                           "format": _audio_format(args.audio_out, not args.no_stream)}
-    for item in args.param:
-        key, equals, value = item.partition("=")
-        if not key.strip() or not equals:
-            raise UsageError("--param takes KEY=JSON, e.g. --param reasoning_effort='\"low\"', "
-                             "not %r" % item)
-        params[key.strip()] = parse_value(value)
-    check_params(params)
-    return params
-
-
-def _audio_format(path, streaming):
-    """The audio format to ask for, to write --audio-out's file."""
-    extension = os.path.splitext(path)[1].lower().lstrip(".")
-    if streaming:   # the API streams audio only as raw 16-bit PCM
-        if extension in ("wav", "pcm"):
-            return "pcm16"
-        raise UsageError("a streamed reply's audio comes as PCM: name --audio-out FILE.wav "
-                         "(or .pcm), or add --no-stream for .%s" % (extension or "FORMAT"))
-    formats = {"wav": "wav", "mp3": "mp3", "flac": "flac", "opus": "opus", "aac": "aac",
-               "pcm": "pcm16"}
-    if extension not in formats:
-        raise UsageError("--audio-out names its format by its extension: .wav, .mp3, .flac, "
-                         ".opus, .aac or .pcm")
-    return formats[extension]
-
-
-def _tools(args, ask, err):
-    """The Tools that --tool-exec, --yes, --tool-timeout and --max-tool-rounds
-    describe; ask(question) reads a tool's result typed by the user (None:
-    nobody to ask).  Consent to run a command is asked on the terminal."""
-    commands = {}
-    for item in args.tool_exec:
-        name, equals, command = item.partition("=")
-        try:
-            argv = shlex.split(command) if equals else []
-        except ValueError as exc:   # an unbalanced quote
-            raise UsageError("--tool-exec %s: %s" % (name.strip(), exc)) from None
-        if not name.strip() or not argv:
-            raise UsageError("--tool-exec takes NAME=COMMAND, e.g. get_time='date -u', not %r"
-                             % item)
-        commands[name.strip()] = argv
-    if args.max_tool_rounds < 0 or not 0 < args.tool_timeout <= MAX_TIMEOUT:
-        raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0 "
-                         "and at most %d seconds" % MAX_TIMEOUT)
-    def consent(name, arguments, argv):
-        answer = ask_terminal(consent_question(name, arguments, argv))
-        return None if answer is None else answer.lower() in ("y", "yes")
-
-    return Tools(commands, consent=consent, confirm=args.yes, ask=ask,
-                 notify=lambda text: _note(err, text), timeout=args.tool_timeout,
-                 max_rounds=args.max_tool_rounds)
-
-
 def _read_key_file(path):
     try:
         with open(path, encoding="utf-8") as f:
@@ -3573,10 +3387,6 @@ def _read_key_file(path):
         raise UsageError("--api-key-file %s has no key on its first line" % path)
     return key
 
-
-# ---------------------------------------------------------------------------
-# Settings: flags, the config file's profiles, the environment.
-# ---------------------------------------------------------------------------
 
 def _config_bool(text):
     value = {"1": True, "yes": True, "true": True, "on": True,
@@ -3806,18 +3616,207 @@ def _secrets(settings):
             + [value for name, value in settings["headers"] if is_secret_header(name)])
 
 
+# ---------------------------------------------------------------------------
+# The command line.
+# ---------------------------------------------------------------------------
+
+def _parser():
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):   # one line, exit 2, as for every usage error
+            # A mistyped --api_key=sk-... must not be echoed: no value after "=".
+            message = re.sub(r"(--?[\w-]+)=\S+", r"\1=...", message)
+            raise UsageError("%s (see chat.py --help)" % message)
+
+    parser = Parser(prog="chat.py", add_help=False)
+    add = parser.add_argument
+    add("prompt", nargs="*")
+    add("-m", "--model")
+    add("-s", "--system")
+    add("-i", "--interactive", action="store_true")
+    add("--base-url")
+    add("--api-key")
+    add("--api-key-file")
+    add("--allow-insecure-key", action="store_true")
+    add("--organization")
+    add("--project")
+    add("-H", "--header", action="append", default=[])
+    add("--no-stream", action="store_true")
+    add("-o", "--output", choices=("text", "json"), default="text")
+    add("--timeout", type=float)
+    add("--retries", type=int)
+    add("--check", action="store_true")
+    add("--save")
+    add("--load")
+    add("--max-context", type=int)
+    add("--no-color", action="store_true")
+    add("--no-markdown", action="store_true")
+    add("--system-role", choices=("system", "developer"))
+    add("--config")
+    add("-p", "--profile")
+    add("--no-log", action="store_true")
+    add("-c", "--continue", dest="resume_last", action="store_true")
+    add("--resume", metavar="ID")
+    add("--list", nargs="?", const="", metavar="TEXT")
+    add("--models", action="store_true")
+    add("--temperature", type=float)
+    add("--top-p", type=float)
+    add("-n", type=int)
+    add("--max-tokens", type=int)
+    add("--max-completion-tokens", type=int)
+    add("--stop", action="append", default=[])
+    add("--presence-penalty", type=float)
+    add("--frequency-penalty", type=float)
+    add("--logit-bias", action="append", default=[])
+    add("--logprobs", action="store_true")
+    add("--top-logprobs", type=int)
+    add("--seed", type=int)
+    add("--user")
+    add("--service-tier")
+    add("--response-format", choices=("json_object", "text"))
+    add("--json-schema")
+    add("--tools")
+    add("--tool-choice")
+    add("--no-parallel-tool-calls", action="store_true")
+    add("--functions")
+    add("--function-call")
+    add("--usage", action="store_true")
+    add("--param", action="append", default=[])
+    add("--image", action="append", default=[])
+    add("--audio", action="append", default=[])
+    add("--file", action="append", default=[])
+    add("--audio-out")
+    add("--voice", default="alloy")
+    add("--reasoning-effort")
+    add("--hide-reasoning", action="store_true")
+    add("--tool-exec", action="append", default=[])
+    add("--yes", action="store_true")
+    add("--max-tool-rounds", type=int, default=DEFAULT_TOOL_ROUNDS)
+    add("--tool-timeout", type=float, default=DEFAULT_TOOL_TIMEOUT)
+    add("-h", "--help", action="store_true")
+    add("--manual", action="store_true")
+    add("--version", action="store_true")
+    return parser
+
+
+def _json_schema(path):
+    """response_format.json_schema from a file: a bare schema, or {name, schema, strict}."""
+    data = read_json_file(path, "--json-schema")
+    if not isinstance(data, dict):
+        raise UsageError("--json-schema %s must hold a JSON object (a schema)" % path)
+    if isinstance(data.get("schema"), dict) and isinstance(data.get("name"), str):
+        return dict({"strict": True}, **data)
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", os.path.splitext(os.path.basename(path))[0])[:64]
+    return {"name": name or "schema", "schema": data, "strict": True}
+
+
+def _request_params(args):
+    """The body fields the flags ask for: only those set, checked."""
+    params = {key: value for key, value in (
+        ("temperature", args.temperature), ("top_p", args.top_p), ("n", args.n),
+        ("max_tokens", args.max_tokens), ("max_completion_tokens", args.max_completion_tokens),
+        ("presence_penalty", args.presence_penalty),
+        ("frequency_penalty", args.frequency_penalty), ("top_logprobs", args.top_logprobs),
+        ("seed", args.seed), ("user", args.user), ("service_tier", args.service_tier))
+        if value is not None}
+    if args.stop:
+        params["stop"] = args.stop
+    for item in args.logit_bias:
+        token, _, bias = item.partition("=")
+        try:
+            params.setdefault("logit_bias", {})[str(int(token))] = parse_value(bias)
+        except ValueError:
+            raise UsageError("--logit-bias takes TOKEN_ID=BIAS, e.g. 50256=-100, not %r"
+                             % item) from None
+    if args.logprobs:
+        params["logprobs"] = True
+    if args.response_format and args.json_schema:
+        raise UsageError("give --response-format or --json-schema, not both")
+    if args.response_format:
+        params["response_format"] = {"type": args.response_format}
+    if args.json_schema:
+        params["response_format"] = {"type": "json_schema",
+                                     "json_schema": _json_schema(args.json_schema)}
+    if args.tools:
+        tools = read_json_file(args.tools, "--tools")
+        if isinstance(tools, list):   # bare function definitions are welcome too
+            tools = [t if not isinstance(t, dict) or "type" in t or "name" not in t
+                     else {"type": "function", "function": t} for t in tools]
+        params["tools"] = tools
+    if args.tool_choice:
+        params["tool_choice"] = (args.tool_choice if args.tool_choice in ("auto", "none", "required")
+                                 else {"type": "function", "function": {"name": args.tool_choice}})
+    if args.no_parallel_tool_calls:
+        params["parallel_tool_calls"] = False
+    if args.functions:
+        params["functions"] = read_json_file(args.functions, "--functions")
+    if args.function_call:
+        params["function_call"] = (args.function_call if args.function_call in ("auto", "none")
+                                   else {"name": args.function_call})
+    if (args.usage or args.output == "json") and not args.no_stream:
+        params["stream_options"] = {"include_usage": True}   # the document's usage
+    if args.reasoning_effort:
+        params["reasoning_effort"] = args.reasoning_effort
+    if args.audio_out:
+        params["modalities"] = ["text", "audio"]
+        params["audio"] = {"voice": args.voice,
+                           "format": _audio_format(args.audio_out, not args.no_stream)}
+    for item in args.param:
+        key, equals, value = item.partition("=")
+        if not key.strip() or not equals:
+            raise UsageError("--param takes KEY=JSON, e.g. --param reasoning_effort='\"low\"', "
+                             "not %r" % item)
+        params[key.strip()] = parse_value(value)
+    check_params(params)
+    return params
+
+
+def _audio_format(path, streaming):
+    """The audio format to ask for, to write --audio-out's file."""
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    if streaming:   # the API streams audio only as raw 16-bit PCM
+        if extension in ("wav", "pcm"):
+            return "pcm16"
+        raise UsageError("a streamed reply's audio comes as PCM: name --audio-out FILE.wav "
+                         "(or .pcm), or add --no-stream for .%s" % (extension or "FORMAT"))
+    formats = {"wav": "wav", "mp3": "mp3", "flac": "flac", "opus": "opus", "aac": "aac",
+               "pcm": "pcm16"}
+    if extension not in formats:
+        raise UsageError("--audio-out names its format by its extension: .wav, .mp3, .flac, "
+                         ".opus, .aac or .pcm")
+    return formats[extension]
+
+
+def _tools(args, ask, err):
+    """The Tools that --tool-exec, --yes, --tool-timeout and --max-tool-rounds
+    describe; ask(question) reads a tool's result typed by the user (None:
+    nobody to ask).  Consent to run a command is asked on the terminal."""
+    commands = {}
+    for item in args.tool_exec:
+        name, equals, command = item.partition("=")
+        try:
+            argv = shlex.split(command) if equals else []
+        except ValueError as exc:   # an unbalanced quote
+            raise UsageError("--tool-exec %s: %s" % (name.strip(), exc)) from None
+        if not name.strip() or not argv:
+            raise UsageError("--tool-exec takes NAME=COMMAND, e.g. get_time='date -u', not %r"
+                             % item)
+        commands[name.strip()] = argv
+    if args.max_tool_rounds < 0 or not 0 < args.tool_timeout <= MAX_TIMEOUT:
+        raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0 "
+                         "and at most %d seconds" % MAX_TIMEOUT)
+    def consent(name, arguments, argv):
+        answer = ask_terminal(consent_question(name, arguments, argv))
+        return None if answer is None else answer.lower() in ("y", "yes")
+
+    return Tools(commands, consent=consent, confirm=args.yes, ask=ask,
+                 notify=lambda text: _note(err, text), timeout=args.tool_timeout,
+                 max_rounds=args.max_tool_rounds)
+
+
 def _state_home(environ):
     return environ.get("XDG_STATE_HOME") or os.path.join(
         environ.get("HOME") or os.path.expanduser("~"), ".local", "state")
-
-
-def list_models(client):
-    """The model ids the server lists (GET /models), sorted."""
-    with client.request("GET", "/models") as response:
-        models = client.read_json(response).get("data")
-    if not isinstance(models, list):
-        raise StreamError("the server's /models answer has no \"data\" list of models")
-    return sorted(str(m.get("id")) for m in models if isinstance(m, dict) and m.get("id"))
 
 
 def _run(args, settings, stdin, out, err, environ):
@@ -3835,7 +3834,7 @@ def _run(args, settings, stdin, out, err, environ):
                     timeout=settings["timeout"], on_retry=notify,
                     retries=0 if args.check else settings["retries"])   # --check diagnoses now
     if args.models:
-        _show(out, "".join(model + "\n" for model in list_models(client)))
+        _show(out, "".join(model + "\n" for model in client.models()))
         return 0
     flags = _request_params(args)
     chat = Chat(client, settings["model"], system=settings["system"],
@@ -3876,7 +3875,7 @@ def _run(args, settings, stdin, out, err, environ):
                             markdown=markdown)
 
     keep = _keeper(args.save, log, log_path, notify)
-    models = _once(lambda: list_models(client))   # for /models and Tab after /model
+    models = _once(lambda: client.models())   # for /models and Tab after /model
     if prompt and not args.interactive:
         return _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer, keep)
     if stdin is None:
