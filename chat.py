@@ -1738,14 +1738,7 @@ def parse_conversation(data):
 def read_json_file(path, what):
     """The JSON in a file of at most MAX_BODY bytes; a UsageError naming what
     it is for if that fails."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_BODY + 1)
-    except OSError as exc:
-        raise UsageError("cannot read %s %s: %s" % (what, path, exc.strerror)) from None
-    if len(data) > MAX_BODY:
-        raise UsageError("%s %s is over %d MiB; that is not something to send"
-                         % (what, path, MAX_BODY >> 20))
+    data = read_bounded(path, what, MAX_BODY)
     try:
         return loads(data.decode("utf-8"))
     except ValueError as exc:   # not UTF-8 is a ValueError too
@@ -1879,17 +1872,17 @@ def wav_bytes(pcm):
     return buffer.getvalue()
 
 
-def read_attachment(path, what, limit):
-    """The bytes of a file to attach, at most limit of them; a UsageError
-    naming what it is for otherwise.  The size the file system reports is
-    not trusted (/dev/zero reports 0): the reading stops past the limit."""
+def read_bounded(path, what, limit):
+    """The bytes of a file, at most limit of them; a UsageError naming what
+    it is for otherwise.  The size the file system reports is not trusted
+    (/dev/zero reports 0): the reading stops past the limit."""
     try:
         with open(path, "rb") as f:
             data = f.read(limit + 1)
     except OSError as exc:
-        raise UsageError("cannot read the %s %s: %s" % (what, path, exc.strerror)) from None
+        raise UsageError("cannot read %s %s: %s" % (what, path, exc.strerror)) from None
     if len(data) > limit:
-        raise UsageError("the %s %s is over %d MB, the limit" % (what, path, limit // 2**20))
+        raise UsageError("%s %s is over %d MiB, the limit" % (what, path, limit >> 20))
     return data
 
 
@@ -1901,7 +1894,7 @@ def image_part(source):
     """An image_url content part: a URL as it is, a local file as a data: URL."""
     if source.startswith(("http://", "https://", "data:")):
         return {"type": "image_url", "image_url": {"url": source}}
-    data = read_attachment(source, "image", MAX_IMAGE_BYTES)
+    data = read_bounded(source, "the image", MAX_IMAGE_BYTES)
     mime = next((m for magic, m in _IMAGE_MAGIC if data.startswith(magic)), None)
     if mime is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         mime = "image/webp"
@@ -1914,7 +1907,7 @@ def image_part(source):
 
 def audio_part(path):
     """An input_audio content part for recorded speech: WAV or MP3, told by content."""
-    data = read_attachment(path, "audio file", MAX_IMAGE_BYTES)
+    data = read_bounded(path, "the audio file", MAX_IMAGE_BYTES)
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         format = "wav"
     elif data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
@@ -1928,7 +1921,7 @@ def audio_part(path):
 def file_part(path):
     """A content part for a document: a PDF as a file part, UTF-8 text as a
     text part marked with the file's name, so the model can tell files apart."""
-    data = read_attachment(path, "file", MAX_FILE_BYTES)
+    data = read_bounded(path, "the file", MAX_FILE_BYTES)
     name = os.path.basename(path)
     if data.startswith(b"%PDF-"):
         return {"type": "file", "file": {"filename": name,

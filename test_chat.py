@@ -2057,8 +2057,8 @@ def test_bad_images_are_refused(server, tmp_path):
         f.truncate(21 * 2**20)   # sparse: 21 MB on paper
     text = tmp_path / "notes.txt"
     text.write_text("not a picture")
-    for path, words in ((big, "the image %s is over 20 MB, the limit" % big),
-                        ("/dev/zero", "the image /dev/zero is over 20 MB"),   # reports size 0
+    for path, words in ((big, "the image %s is over 20 MiB, the limit" % big),
+                        ("/dev/zero", "the image /dev/zero is over 20 MiB"),   # reports size 0
                         (text, "does not look like an image")):
         status, _, err = run_main(server, "--image", str(path), "hi")
         assert status == 2 and words in err
@@ -2246,8 +2246,8 @@ def test_recorded_speech_pdfs_and_text_files_become_parts(server, tmp_path):
 @pytest.mark.parametrize("flag,content,words", [
     ("--audio", b"plain words", "is neither WAV nor MP3 audio"),
     ("--file", b"\x89PNG\r\n\x1a\n\0\0", "is neither a PDF nor UTF-8 text"),
-    ("--file", None, "the file /dev/zero is over 32 MB"),
-    ("--audio", None, "the audio file /dev/zero is over 20 MB"),
+    ("--file", None, "the file /dev/zero is over 32 MiB"),
+    ("--audio", None, "the audio file /dev/zero is over 20 MiB"),
 ])
 def test_attachments_that_are_not_what_the_flag_takes(server, tmp_path, flag, content, words):
     path = "/dev/zero"
