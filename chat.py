@@ -710,8 +710,8 @@ def iter_chunks(reads):
 def parse_event(event):
     """Return the chunk dict an event carries; raise APIError if it carries an error."""
     try:
-        chunk = loads(event.data)
-    except ValueError:
+        chunk = json.loads(event.data)   # (not loads(): this is the hot path)
+    except (ValueError, RecursionError):   # RecursionError: nested 200,000 deep
         chunk = None
     if type(chunk) is dict and "error" not in chunk and event.event == "message":
         return chunk   # the usual case, decided in one test
@@ -769,6 +769,7 @@ def _expect(value, types, what):
 
 # Strings that name a thing rather than carry its text: set, never joined.
 _LABELS = frozenset(("role", "id", "type", "format", "object", "model"))
+_SET_ONCE = _LABELS | {"name"}
 # Fields whose value must be text where it is not null.
 _TEXTS = frozenset(("content", "refusal", "reasoning_content", "reasoning"))
 
@@ -818,14 +819,12 @@ def merge_delta(into, delta, texts=_TEXTS):
             continue
         old = into.get(key)
         if type(value) is str:
-            if key in _LABELS:
-                into[key] = value
-            elif old is None:
-                into[key] = _TextBuilder(value)
-            elif key == "name" and str(old) == value:
-                pass   # OpenAI sends a tool's name once; some servers in every piece
-            else:
-                old.add(value)   # an AttributeError if old was not text
+            if old is not None and key not in _SET_ONCE:
+                old.add(value)   # the usual case; an AttributeError if old was not text
+            elif key in _LABELS or old is None:
+                into[key] = value if key in _LABELS else _TextBuilder(value)
+            elif str(old) != value:   # "name": OpenAI sends it once, some servers in
+                old.add(value)        # every piece; joined only if it differs
         elif key in texts:
             raise TypeError("%s is %s" % (key, type(value).__name__))
         elif isinstance(value, dict):
@@ -1755,8 +1754,17 @@ def load_conversation(path):
 
 
 def save_conversation(path, body):
-    """Write body to path as JSON, atomically, readable by the owner only."""
-    write_atomically(path, (json.dumps(body, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
+    """Write body to path as JSON, atomically, readable by the owner only:
+    a field a line and a message a line, readable and quick to write (json's
+    indent= would use its slow pure-Python encoder on every turn)."""
+    fields = []
+    for key, value in body.items():
+        if key == "messages" and isinstance(value, list) and value:
+            value = "[\n    %s\n  ]" % ",\n    ".join(json.dumps(m, ensure_ascii=False) for m in value)
+        else:
+            value = json.dumps(value, ensure_ascii=False)
+        fields.append("  %s: %s" % (json.dumps(key), value))
+    write_atomically(path, ("{\n%s\n}\n" % ",\n".join(fields)).encode("utf-8"))
 
 
 class ConversationLog:
@@ -1956,8 +1964,23 @@ def _say(stream, text, style=None):
 def _show(out, text):
     """Write text that came from the server to stdout: exact into a pipe or a
     file, where it is data; through the sanitizer onto a terminal."""
-    out.write(sanitize(text) if _is_terminal(out) else text)
-    out.flush()
+    _write_out(out, sanitize(text) if _is_terminal(out) else text)
+
+
+def _write_out(out, text):
+    """Write text to stdout and flush; a write that fails (a full disk, a
+    closed descriptor) is a ChatError that says so, not a traceback."""
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        raise   # the reader went away: main() says nothing more
+    except (OSError, ValueError) as exc:   # ValueError: written after a close
+        raise _stdout_failed(exc) from None
+
+
+def _stdout_failed(exc):
+    return ChatError("cannot write to stdout: %s" % (getattr(exc, "strerror", None) or exc))
 
 
 def _is_terminal(stream):
@@ -2115,9 +2138,10 @@ class ReplyPrinter(Printer):
             if self._current is None:
                 self._switch_to(index)
             if index == self._current:
-                thought = delta.get("reasoning_content") or delta.get("reasoning")
-                if thought and self.reasoning:
-                    self._think(thought)
+                if self.reasoning:
+                    thought = delta.get("reasoning_content") or delta.get("reasoning")
+                    if thought:
+                        self._think(thought)
                 if text:
                     self._write(text)
             elif text:
@@ -2153,8 +2177,13 @@ class ReplyPrinter(Printer):
             text = sanitize(text)
             if self._highlighter:
                 text = self._highlighter.feed(text)
-        self.out.write(text)
-        self.out.flush()
+        try:   # (not _write_out: this is the hot path, and a try costs nothing)
+            self.out.write(text)
+            self.out.flush()
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise _stdout_failed(exc) from None
 
     def end_line(self):
         """End the text with a newline, if it has none, so notices start
@@ -2165,8 +2194,7 @@ class ReplyPrinter(Printer):
         if not self._ends_line:
             self._write("\n")
         if self._highlighter:
-            self.out.write(self._highlighter.end())
-            self.out.flush()
+            _write_out(self.out, self._highlighter.end())
 
     def finish(self, completion):
         """Show what was held back, then notices: refusals, cut-offs, tool calls,
@@ -3948,7 +3976,6 @@ def _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer, kee
         calls = tool_calls(((completion.get("choices") or [{}])[0]).get("message") or {})
         if calls:   # left for the caller to answer
             _show(out, json.dumps(calls, indent=2, ensure_ascii=False) + "\n")
-    out.flush()
     return 0
 
 
@@ -3957,35 +3984,6 @@ def _colour_wanted(settings, environ, stream):
     NO_COLOR nor TERM=dumb."""
     return (settings["color"] and not environ.get("NO_COLOR")   # no-color.org
             and environ.get("TERM") != "dumb" and _is_terminal(stream))
-
-
-class _Stdout:
-    """stdout as chat.py writes to it: a write that fails (a full disk, a
-    closed descriptor) is a ChatError that says so, not a traceback."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, text):
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except (OSError, ValueError) as exc:   # ValueError: written after close
-            raise ChatError("cannot write to stdout: %s" % (
-                getattr(exc, "strerror", None) or exc)) from None
-
-    def flush(self):
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise ChatError("cannot write to stdout: %s" % (
-                getattr(exc, "strerror", None) or exc)) from None
-
-    def __getattr__(self, name):   # isatty, fileno, ...
-        return getattr(self._stream, name)
 
 
 def _forgiving(name):
@@ -4028,16 +4026,14 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     if raw is None:   # started with >&-
         _note(err, "error: stdout is closed: there is nowhere to put the answer")
         return 2
-    out = _Stdout(raw)
+    out = raw
     try:
         args = _parser().parse_args(argv)
         if args.help or args.manual:
-            out.write(HELP if args.help else __doc__)
-            out.flush()
+            _write_out(out, HELP if args.help else __doc__)
             return 0
         if args.version:
-            out.write("chat.py %s\n" % __version__)
-            out.flush()
+            _write_out(out, "chat.py %s\n" % __version__)
             return 0
         if args.list is not None:   # needs no server, no key, no config
             return _list_conversations(_conversation_log(environ), args.list, out,
@@ -4046,7 +4042,7 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
         err = _ErrorStream(stderr, colour=_colour_wanted(settings, environ, stderr),
                            secrets=_secrets(settings))
         status = _run(args, settings, stdin, out, err, environ)
-        out.flush()
+        _write_out(out, "")   # flushed here, or the failure would come at exit
         return status
     except ChatError as exc:
         _note(err, "error: %s" % exc)
