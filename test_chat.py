@@ -2876,11 +2876,17 @@ def read_until(fd, pattern, timeout=10, data=b""):
     return data
 
 
+def default_sigint():
+    """A child that is to get Ctrl-C must not inherit SIGINT ignored, as it is
+    when the tests themselves run as a shell's background job."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_chat(server, *args, stdin=subprocess.DEVNULL):
     """Start `python chat.py ARGS` against the server, with pipes for stdout and stderr."""
     return subprocess.Popen([sys.executable, CHAT_PY] + list(args), stdin=stdin,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=clean_env(OPENAI_BASE_URL=server.url))
+                            env=clean_env(OPENAI_BASE_URL=server.url), preexec_fn=default_sigint)
 
 
 def interrupt_after(proc, text):
@@ -2965,6 +2971,7 @@ def test_terminal_chat_with_history_file(server, tmp_path):
     server.add(stream_reply("Hello there."))
     pid, fd = pty.fork()
     if pid == 0:   # the child: chat.py on a terminal
+        default_sigint()
         os.execve(sys.executable, [sys.executable, CHAT_PY],
                   clean_env(OPENAI_BASE_URL=server.url, XDG_STATE_HOME=str(tmp_path),
                             TERM="dumb"))
@@ -2992,6 +2999,7 @@ def test_terminal_ctrl_c_mid_reply_then_twice_to_leave(server, tmp_path, no_colo
         env["NO_COLOR"] = "1"
     pid, fd = pty.fork()
     if pid == 0:
+        default_sigint()
         os.execve(sys.executable, [sys.executable, CHAT_PY], env)
     try:
         read_until(fd, rb"> ")
@@ -3044,6 +3052,7 @@ def on_terminal(server, *args, keys=(), env=None, stdin=None, timeout=20):
         read_end, write_end = os.pipe()
     pid, fd = pty.fork()
     if pid == 0:
+        default_sigint()
         if stdin is not None:
             os.dup2(read_end, 0)
         os.execve(sys.executable, [sys.executable, CHAT_PY] + list(args), environ)

@@ -22,14 +22,14 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGETS = [
+TARGETS = [   # the pure core, as issue 10 names it; the accumulator is four pieces now
     "LineDecoder", "SSEDecoder", "iter_chunks", "parse_event", "ChatAccumulator",
-    "retry_delay", "normalize_base_url", "Chat._fit", "fit_messages",
+    "merge_delta", "_Indexed", "_finished", "_TextBuilder",
+    "retry_delay", "normalize_base_url", "Chat._fit",
 ]
 # The tests that exercise the pure core; the slow terminal and interpreter
 # tests are left out (they test the edges, not these functions).
-DESELECT = ("not every_python and not terminal and not ctrl_c and not e2e "
-            "and not first_token and not tls and not proxies")
+DESELECT = "not every_python and not e2e and not paste"
 TIMEOUT = 120
 
 SWAPS = {
@@ -161,6 +161,8 @@ def run_one(source, mutant, scratch_root):
                 timeout=TIMEOUT)
         except subprocess.TimeoutExpired:
             return "hung"
+        if mutant is None and proc.returncode != 0:
+            print(proc.stdout.decode("utf-8", "replace")[-3000:])
         return "survived" if proc.returncode == 0 else "killed"
     finally:
         shutil.rmtree(folder, ignore_errors=True)
