@@ -2770,6 +2770,17 @@ def test_a_bracketed_paste_is_one_message_too(server):
     assert server.requests[0]["body"]["messages"][0]["content"] == "/etc/hosts says\nsecond line"
 
 
+def test_tab_completes_file_names_and_model_ids(server, tmp_path):
+    (tmp_path / "notes-for-tab.json").write_text("[]")
+    server.add(Reply(json.dumps({"data": [{"id": "zz-model"}, {"id": "gpt-tab-test"}]}).encode()))
+    status, data = on_terminal(server, env={"TERM": "dumb"}, keys=[
+        (rb"> ", b"/load " + str(tmp_path / "notes-f").encode() + b"\t"),
+        (rb"notes-for-tab\.json ", b"\x15/model gpt-t\t"),   # Ctrl-U clears the line
+        (rb"gpt-tab-test ", b"\x15\x04")])
+    assert status == 0, data
+    assert [r["path"] for r in server.requests] == ["/v1/models"]
+
+
 def test_edit_sends_what_the_editor_wrote(server, tmp_path):
     editor, seen = tmp_path / "editor.py", tmp_path / "seen.json"
     editor.write_text(
