@@ -2,13 +2,14 @@
 # make check  byte-compile, and prove with vermin that chat.py runs on Python 3.6+
 # make e2e    the end-to-end tests against llama.cpp's server with a real model
 # make bench  measure chat.py against a minimal floor (not part of make test)
+# make mutate mutation-test the pure core (.ci/mutate.py; about half an hour)
 # make run    start a chat
 PYTHON ?= python3
 VENV   := .venv
 PYTEST := pytest==8.3.5 hypothesis==6.113.0 pyte==0.8.2 wcwidth==0.2.13
 VERMIN := vermin==1.9.2
 
-.PHONY: test e2e check bench run clean
+.PHONY: test e2e check bench mutate run clean
 PYTEST_ARGS ?=
 
 test:
@@ -25,6 +26,9 @@ check: $(VENV)/.vermin
 
 bench:
 	$(PYTHON) bench.py
+
+mutate: $(VENV)/.pytest
+	$(VENV)/bin/python .ci/mutate.py
 
 run:
 	$(PYTHON) chat.py
