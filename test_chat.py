@@ -336,8 +336,24 @@ def test_line_decoder_gives_each_line_once():
 
 
 def test_decoder_rejects_text_that_is_not_utf8():
-    with pytest.raises(chat.StreamError, match="not UTF-8"):
+    with pytest.raises(chat.StreamError, match="^the server sent text that is not UTF-8$"):
         decode([b"data: \xff\xfe\n\n"])
+
+
+def test_line_decoder_limit_is_exact():
+    exactly = chat.LineDecoder(max_line=10)
+    assert exactly.feed(b"x" * 10) == []             # at the limit: fine
+    with pytest.raises(chat.StreamError, match="^the server sent a line longer than 0 MiB"):
+        exactly.feed(b"x")                           # one byte over
+    after_a_line = chat.LineDecoder(max_line=10)
+    assert after_a_line.feed(b"a\n") == ["a"]
+    assert after_a_line.feed(b"y" * 10) == []        # the count starts afresh
+    with pytest.raises(chat.StreamError):            # a read that ends one line and
+        chat.LineDecoder(max_line=10).feed(b"a\n" + b"z" * 11)   # starts a long one
+
+
+def test_line_decoder_a_stream_may_open_with_an_empty_line():
+    assert chat.LineDecoder().feed(b"\nb\n") == ["", "b"]
 
 
 def test_decoder_bounds_an_endless_line():
@@ -3467,6 +3483,21 @@ def test_e2e_llama_cpp_schema_extension(e2e):
     person = json.loads(out)
     assert isinstance(person, dict) and set(schema["required"]) <= set(person)
     assert isinstance(person["name"], str) and type(person["age"]) is int
+
+
+@pytest.mark.e2e
+def test_e2e_models_lists_the_served_model(e2e):
+    status, out, err = e2e("--models")
+    assert status == 0 and "gemma" in out.splitlines(), err
+
+
+@pytest.mark.e2e
+def test_e2e_json_output_asks_for_usage_without_breaking_the_server(e2e):
+    # llama-cpp-python's server takes stream_options and ignores it (usage stays
+    # null there; OpenAI fills it).  Its models here stream no reasoning either.
+    status, out, err = e2e("-o", "json", "--max-tokens", "8", "Say hi.")
+    assert status == 0, err
+    assert "usage" in json.loads(out)
 
 
 @pytest.mark.e2e
