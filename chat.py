@@ -1318,11 +1318,15 @@ def normalize_base_url(url):
 
 
 def shown_url_safely(url):
-    """shown_url, for a URL that may not even parse."""
+    """shown_url, for a URL that may not even parse: then what would be its
+    user and password, and its secret-looking query values, are masked by
+    pattern."""
     try:
         return shown_url(url)
     except ValueError:
-        return "(a URL that does not parse)"
+        url = re.sub(r"//[^/?#]*@", "//***@", url)
+        return re.sub(r"(?i)([?&][^=&]*(?:key|token|sig|secret|passw|auth|credential)[^=&]*=)[^&#]*",
+                      r"\1***", url)
 
 
 def endpoint_url(base_url, path):

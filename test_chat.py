@@ -2360,6 +2360,12 @@ def test_credentials_in_the_url_are_masked_and_sent_as_basic(server):
     assert "QUERY-SECRET-42" not in err and "pa55-w0rd" not in err
 
 
+def test_a_url_that_does_not_parse_is_shown_masked():
+    status, _, err = run_main(None, "--base-url", "http://me:pa55word-long@[::1/v1?token=T0KEN-VALUE", "hi")
+    assert status == 2 and "http://***@[::1/v1?token=*** is not a URL" in err
+    assert "pa55word" not in err and "T0KEN" not in err
+
+
 def test_a_password_in_a_plain_http_url_to_another_machine_is_refused():
     status, out, err = run_main(None, "--base-url", "http://bob:secret-password@10.1.2.3/v1", "hi")
     assert (status, out) == (2, "") and "refusing to send the password in the URL" in err
