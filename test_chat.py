@@ -291,8 +291,8 @@ DECODER_CASES = [
     ("id persists", [b"id: 7\ndata: a\n\ndata: b\n\n"], [ev("a", id="7"), ev("b", id="7")]),
     ("id with NUL ignored", [b"id: 1\ndata: a\n\nid: 2\x003\ndata: b\n\n"],
      [ev("a", id="1"), ev("b", id="1")]),
-    ("retry digits only", [b"retry: 5000\ndata: a\n\nretry: 5x\ndata: b\n\n"],
-     [ev("a", retry=5000), ev("b", retry=5000)]),
+    ("retry digits only", [b"retry: 5000\ndata: a\n\nretry: 5x\ndata: b\n\nretry: X1\ndata: c\n\n"],
+     [ev("a", retry=5000), ev("b", retry=5000), ev("c", retry=5000)]),
     ("no data: nothing dispatched, type reset", [b"event: x\n\ndata: a\n\n"], [ev("a")]),
     ("blank lines alone", [b"\n\n\r\n"], []),
     ("partial event at EOF dropped", [b"data: a\n\ndata: b\n"], [ev("a")]),
@@ -350,6 +350,17 @@ def test_line_decoder_limit_is_exact():
     assert after_a_line.feed(b"y" * 10) == []        # the count starts afresh
     with pytest.raises(chat.StreamError):            # a read that ends one line and
         chat.LineDecoder(max_line=10).feed(b"a\n" + b"z" * 11)   # starts a long one
+
+
+def test_sse_decoder_event_limit_is_exact():
+    # Each data line costs its length and 64 bytes of keeping.
+    decoder = chat.SSEDecoder(max_event=2 * (3 + 64))
+    assert decoder.decode("data: abc") is None and decoder.decode("data: def") is None
+    assert decoder.decode("") == ev("abc\ndef")    # exactly at the limit: fine
+    assert decoder.decode("data: abc") is None     # the count starts afresh
+    assert decoder.decode("data: def") is None
+    with pytest.raises(chat.StreamError, match="^the server sent an event over 0 MiB; giving up$"):
+        decoder.decode("data: g")
 
 
 def test_line_decoder_a_stream_may_open_with_an_empty_line():
@@ -542,6 +553,23 @@ def test_accumulator_choice_without_index_is_choice_0():
 def test_a_chunk_with_error_null_is_an_ordinary_chunk():
     body = b"data: " + json.dumps(dict(chunk("fine"), error=None)).encode() + b"\n\ndata: [DONE]\n\n"
     assert [c["choices"][0]["delta"]["content"] for c in chat.iter_chunks([body])] == ["fine"]
+
+
+@pytest.mark.parametrize("start", [b"event: delta\n", b"id: 7\n", b"retry: 100\n", b"data: {}\n\n"])
+def test_a_stream_cut_after_any_field_is_an_early_close(start):
+    with pytest.raises(chat.IncompleteStreamError):
+        list(chat.iter_chunks([start]))
+
+
+def test_a_foreign_answer_is_named_by_its_first_line():
+    with pytest.raises(chat.StreamError, match="^the answer is not an event stream: Hello there$"):
+        list(chat.iter_chunks([b"Hello there\nmore\n"]))
+
+
+def test_llama_cpp_error_field_with_or_without_a_space():
+    for line in (b'error: {"message": "out of memory"}\n\n', b'error:{"message": "out of memory"}\n\n'):
+        with pytest.raises(chat.APIError, match="^the server reported an error: out of memory$"):
+            list(chat.iter_chunks([line]))
 
 
 def test_keep_alive_then_cut_is_an_early_close_not_a_foreign_answer():
