@@ -904,7 +904,7 @@ def test_error_inside_the_stream_is_raised(server):
 def test_data_that_is_not_json(server):
     server.add(Reply([b"data: {not json\n\n"], headers={"Content-Type": "text/event-stream"}))
     status, _, err = run_main(server, "hi")
-    assert status == 1 and "not a JSON object: '{not json'" in err
+    assert (status, err) == (1, "chat.py: error: the server sent data that is not a JSON object: '{not json'\n")
 
 
 ERROR_CASES = [
