@@ -532,6 +532,33 @@ def test_accumulator_index_less_fragment_joins_the_latest_call():
     assert [c["function"]["arguments"] for c in calls] == ["", "{}"]
 
 
+def test_accumulator_text_after_an_empty_first_piece():
+    acc = accumulate(chunk(delta={"role": "assistant", "content": ""}), chunk("x"))
+    assert acc.text() == "x"   # what Ctrl-C keeps after one token
+
+
+def test_accumulator_index_less_fragment_with_a_known_id_joins_that_call():
+    two = [{"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{"}},
+           {"index": 1, "id": "c2", "type": "function", "function": {"name": "g", "arguments": "{}"}}]
+    acc = accumulate(chunk(delta={"tool_calls": two}),
+                     chunk(delta={"tool_calls": [{"id": "c1", "function": {"arguments": "}"}}]}))
+    calls = acc.result()["choices"][0]["message"]["tool_calls"]
+    assert [c["function"]["arguments"] for c in calls] == ["{}", "{}"]
+
+
+def test_accumulator_list_bound_is_exact_and_errors_say_what():
+    def calls(n):
+        return chunk(delta={"tool_calls": [{"index": i, "id": "c%d" % i, "type": "function",
+                                            "function": {"name": "f", "arguments": ""}} for i in range(n)]})
+    assert len(accumulate(calls(1024)).result()["choices"][0]["message"]["tool_calls"]) == 1024
+    for bad, why in ((calls(1025), "more than 1024 items in one list"),
+                     (chunk(delta={"tool_calls": [7]}), "a list item is int"),
+                     (chunk(delta={"tool_calls": [{"index": "0"}]}), "index is str")):
+        with pytest.raises(chat.StreamError, match=r"^the server sent a chunk this client cannot "
+                                                   r"read \(%s\): " % why):
+            accumulate(bad)
+
+
 def test_accumulator_null_content_beside_tool_calls_keeps_the_call():
     call = {"index": 0, "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
     acc = accumulate(chunk("Let me look. "), chunk(delta={"content": None, "tool_calls": [call]}),
