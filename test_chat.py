@@ -680,6 +680,9 @@ def test_top_level_fields_take_the_first_non_empty_value():
 def test_a_choice_that_was_not_asked_for_is_left_out():
     acc = accumulate(chunk("real", 0), chunk("\x1b[2Jforged", 1), chunk(index=0, finish="stop"))
     assert [c["index"] for c in acc.result()["choices"]] == [0] and acc.unrequested == 1
+    default = chat.ChatAccumulator()   # n is 1 unless said otherwise
+    default.add(chunk("extra", 1))
+    assert default.choices == {} and default.unrequested == 1
 
 
 def test_accumulator_legacy_function_call():

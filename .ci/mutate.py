@@ -173,7 +173,14 @@ def main():
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--only", help="only mutants whose description contains this")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument("--targets", help="comma-separated names to mutate instead of TARGETS")
+    parser.add_argument("-k", dest="select", help="run only the tests pytest -k selects")
     args = parser.parse_args()
+    global DESELECT
+    if args.targets:
+        TARGETS[:] = args.targets.split(",")
+    if args.select:
+        DESELECT = "(%s) and (%s)" % (DESELECT, args.select)
     source = open(os.path.join(HERE, "chat.py")).read()
     mutants = enumerate_mutants(source)
     if args.only:
