@@ -175,6 +175,7 @@ def main():
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument("--targets", help="comma-separated names to mutate instead of TARGETS")
     parser.add_argument("-k", dest="select", help="run only the tests pytest -k selects")
+    parser.add_argument("--rerun", help="only the mutants listed as survived in this earlier output")
     args = parser.parse_args()
     global DESELECT
     if args.targets:
@@ -185,6 +186,10 @@ def main():
     mutants = enumerate_mutants(source)
     if args.only:
         mutants = [m for m in mutants if args.only in m[0]]
+    if args.rerun:
+        wanted = {line.split(None, 1)[1].rstrip("\n") for line in open(args.rerun)
+                  if line.startswith(("survived ", "hung "))}
+        mutants = [m for m in mutants if m[0] in wanted]
     if args.list:
         for m in mutants:
             print(m[0])
