@@ -765,9 +765,27 @@ def test_error_message(body, expected):
     ("api.groq.com/openai/v1", "https://api.groq.com/openai/v1"),
     ("https://x.example/openai/deployments/d?api-version=2024-06-01",
      "https://x.example/openai/deployments/d?api-version=2024-06-01"),
+    ("  https://api.openai.com/v1 \n", "https://api.openai.com/v1"),     # pasted with spaces
+    ("https://h.example/v1/X/", "https://h.example/v1/X"),
+    ("https://h.example/caf\u00e9/v1?q=\u00e9", "https://h.example/caf%C3%A9/v1?q=%C3%A9"),
 ])
 def test_normalize_base_url(given, expected):
     assert chat.normalize_base_url(given) == expected
+
+
+@pytest.mark.parametrize("given,words", [
+    ("localhost:port/v1", "--base-url http://localhost:port/v1 is not a URL (Port could not be cast "
+                          "to integer value as 'port'), e.g. https://api.openai.com/v1 or "
+                          "localhost:11434/v1"),
+    ("ftp://files.example/v1", "--base-url ftp://files.example/v1 is not an http(s) URL, e.g. "
+                               "https://api.openai.com/v1 or localhost:11434/v1"),
+    ("https://%s.example/v1" % ("a" * 64), "--base-url https://%s.example/v1: %s.example is not a "
+                                           "valid host name" % ("a" * 64, "a" * 64)),
+])
+def test_normalize_base_url_refuses_with_the_reason(given, words):
+    with pytest.raises(chat.UsageError) as caught:
+        chat.normalize_base_url(given)
+    assert str(caught.value) == words
 
 
 def test_endpoint_keeps_the_query_last():
@@ -1045,6 +1063,10 @@ def test_silent_server_times_out(server):
 def test_retry_delay(attempt, headers, expected):
     now = 1445412485.0   # 2015-10-21 07:28:05 UTC
     assert chat.retry_delay(attempt, headers, now=now, jitter=0.0) == pytest.approx(expected)
+
+
+def test_retry_delay_without_headers():
+    assert chat.retry_delay(0, None, jitter=0.0) == 0.5
 
 
 def test_retry_delay_jitter_shortens_the_wait():
@@ -1766,6 +1788,55 @@ def test_unwritable_folder_keeps_the_old_file_and_the_chat(server, tmp_path):
     assert saved.read_text() == '{"messages": []}'
     assert server.requests[1]["body"]["messages"][:2] == [
         {"role": "user", "content": "hello"}, {"role": "assistant", "content": "kept"}]
+
+
+def fit(messages, limit, measured=None):
+    """Chat._fit on messages (each 36 characters: 13 tokens by the estimate);
+    returns (what it kept, what it said)."""
+    said = []
+    c = chat.Chat(None, "m", max_context=limit, notify=said.append)
+    c.messages = messages
+    if measured:
+        c._measured = measured   # as a server's usage report leaves it
+    return c._fit(messages), said
+
+
+def msg(role, i):
+    return {"role": role, "content": "%s %02d %s" % (role[:4], i, "x" * 28)}
+
+
+FIT = [msg("system", 0), msg("user", 1), msg("assistant", 2), msg("user", 3), msg("assistant", 4),
+       msg("user", 5)]   # 6 messages: 6 * (36 // 4 + 4) = 78 tokens
+
+
+def test_fit_exact_boundaries():
+    assert all(len(m["content"]) == 36 for m in FIT)
+    kept, said = fit(FIT, 78)
+    assert kept is FIT and said == []                         # exactly at the limit: as it is
+    kept, said = fit(FIT, 77)
+    assert kept == [FIT[0]] + FIT[3:]                         # the oldest exchange goes...
+    assert said == ["dropped the 2 oldest messages to stay within 77 tokens of context"]
+    kept, _ = fit(FIT, 52)
+    assert kept == [FIT[0]] + FIT[3:]                         # ...4 left is 52: enough
+    kept, said = fit(FIT, 51)
+    assert kept == [FIT[0], FIT[5]]                           # down to the last user message
+    assert said == ["dropped the 4 oldest messages to stay within 51 tokens of context"]
+
+
+def test_fit_keeps_what_cannot_go_and_counts_users_one_by_one():
+    alone = [msg("system", 0), msg("user", 1)]
+    kept, said = fit(alone, 5)
+    assert kept is alone and said == []                       # nothing can go: sent as it is
+    users = [msg("system", 0), msg("user", 1), msg("user", 2), msg("assistant", 3), msg("user", 4)]
+    kept, said = fit(users, 64)                               # 65 tokens: one message must go
+    assert kept == [users[0]] + users[2:]
+    assert said == ["dropped the 1 oldest message to stay within 64 tokens of context"]
+
+
+def test_fit_trusts_the_servers_count_before_its_own_estimate():
+    # The server counted 200 tokens for this conversation; our estimate says 78.
+    kept, said = fit(FIT, 100, measured=(6, 200))
+    assert kept == [FIT[0]] + FIT[3:] and len(said) == 1
 
 
 def test_max_context_drops_the_oldest_exchanges(server):
