@@ -532,6 +532,19 @@ def test_accumulator_index_less_fragment_joins_the_latest_call():
     assert [c["function"]["arguments"] for c in calls] == ["", "{}"]
 
 
+def test_accumulator_fills_what_a_sparse_tool_call_left_out():
+    acc = accumulate(chunk(delta={"tool_calls": [{"index": 0, "function": {"name": "f"}}]}),
+                     chunk(delta={"tool_calls": [{"index": 1}]}))
+    assert acc.result()["choices"][0]["message"]["tool_calls"] == [
+        {"id": None, "type": "function", "function": {"name": "f", "arguments": ""}},
+        {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}]
+
+
+def test_accumulator_choice_index_must_be_a_number():
+    with pytest.raises(chat.StreamError, match=r"cannot read \(index is str\)"):
+        accumulate({"choices": [{"index": "0", "delta": {"content": "x"}}]})
+
+
 def test_accumulator_text_after_an_empty_first_piece():
     acc = accumulate(chunk(delta={"role": "assistant", "content": ""}), chunk("x"))
     assert acc.text() == "x"   # what Ctrl-C keeps after one token
