@@ -1760,15 +1760,19 @@ def load_conversation(path):
 def save_conversation(path, body):
     """Write body to path as JSON, atomically, readable by the owner only:
     a field a line and a message a line, readable and quick to write (json's
-    indent= would use its slow pure-Python encoder on every turn)."""
-    fields = []
-    for key, value in body.items():
-        if key == "messages" and isinstance(value, list) and value:
-            value = "[\n    %s\n  ]" % ",\n    ".join(json.dumps(m, ensure_ascii=False) for m in value)
-        else:
-            value = json.dumps(value, ensure_ascii=False)
-        fields.append("  %s: %s" % (json.dumps(key), value))
-    write_atomically(path, ("{\n%s\n}\n" % ",\n".join(fields)).encode("utf-8"))
+    indent= would use its slow pure-Python encoder on every turn), written
+    piece by piece rather than built whole in memory first."""
+    def pieces():
+        for n, (key, value) in enumerate(body.items()):
+            yield "%s  %s: " % ("{\n" if n == 0 else ",\n", json.dumps(key))
+            if key == "messages" and isinstance(value, list) and value:
+                for i, message in enumerate(value):
+                    yield "%s    %s" % ("[\n" if i == 0 else ",\n", json.dumps(message, ensure_ascii=False))
+                yield "\n  ]"
+            else:
+                yield json.dumps(value, ensure_ascii=False)
+        yield "\n}\n" if body else "{}\n"
+    write_atomically(path, (piece.encode("utf-8") for piece in pieces()))
 
 
 class ConversationLog:
@@ -1843,7 +1847,8 @@ def conversation_summary(id, modified, body):
 
 
 def write_atomically(path, data):
-    """Write data to path, readable by the owner only.
+    """Write data (bytes, or an iterable of bytes) to path, readable by the
+    owner only.
 
     The bytes go to a temporary file in the same folder, are flushed to disk,
     then renamed over path: a crash or a full disk leaves the old file whole.
@@ -1855,13 +1860,19 @@ def write_atomically(path, data):
         raise ChatError("cannot save to %s: %s" % (path, exc.strerror)) from None
     try:
         with os.fdopen(fd, "wb") as f:   # mkstemp made it 0600
-            f.write(data)
+            for piece in [data] if isinstance(data, bytes) else data:
+                f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, path)
-    except OSError as exc:
-        os.unlink(temporary)
-        raise ChatError("cannot save to %s: %s" % (path, exc.strerror)) from None
+    except BaseException as exc:   # whatever ends the write, no temporary file stays
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise ChatError("cannot save to %s: %s" % (path, exc.strerror)) from None
+        raise
     try:   # make the rename itself durable
         folder_fd = os.open(folder, os.O_RDONLY)
         try:
