@@ -2386,7 +2386,7 @@ def test_audio_out_without_streaming_writes_the_named_format(server, tmp_path):
 
 def test_recorded_speech_pdfs_and_text_files_become_parts(server, tmp_path):
     wav = tmp_path / "q.wav"
-    wav.write_bytes(wav_bytes_for_test(b"\0\1" * 100))
+    wav.write_bytes(chat.wav_bytes(b"\0\1" * 100))
     pdf = tmp_path / "paper.pdf"
     pdf.write_bytes(b"%PDF-1.7\n% tiny\n")
     notes = tmp_path / "notes.txt"
@@ -2457,17 +2457,6 @@ def test_usage_details_are_shown(server):
     assert status == 0
     assert ("usage: 100 prompt + 50 completion = 150 tokens (cached 64, reasoning 30, "
             "prediction accepted 5, prediction rejected 2)") in err
-
-
-def wav_bytes_for_test(pcm):
-    import io as io_
-    buffer = io_.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(16000)
-        w.writeframes(pcm)
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------------------
