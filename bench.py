@@ -95,7 +95,8 @@ def render(pieces):
 
 class Server:
     """Answers each POST with the next script: a list of byte strings to send,
-    where a threading.Event means "note the time, then wait for this"."""
+    where a threading.Event means "note when the bytes before it were
+    written, then wait for this"."""
 
     def __init__(self, script):
         self.script = script          # callable(n) -> list for the nth request
@@ -129,11 +130,13 @@ class Server:
             while len(body) < length:
                 body += conn.recv(65536)
             try:
+                sent_at = None
                 for piece in self.script(n):
                     if isinstance(piece, threading.Event):
-                        self.marks.append(time.perf_counter())
+                        self.marks.append(sent_at)   # when the bytes before it went out
                         piece.wait(10)
                     else:
+                        sent_at = time.perf_counter()   # taken before: the reader may be faster
                         conn.sendall(piece)
             except OSError:
                 pass
@@ -282,6 +285,8 @@ def first_token_latency(runs=11):
         while b"FIRST" not in seen:
             seen += os.read(proc.stdout.fileno(), 4096)
         arrived = time.perf_counter()
+        while not server.marks:   # the server thread notes it just after writing
+            time.sleep(0.001)
         delays.append(arrived - server.marks[0])
         go_on.set()
         proc.communicate(timeout=30)
