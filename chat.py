@@ -307,13 +307,17 @@ The server and the model:
                         e.g. localhost:11434/v1 for Ollama
   -m, --model NAME      the model (env OPENAI_MODEL, default gpt-4o-mini)
   --api-key-file FILE   read the key from FILE (else env OPENAI_API_KEY)
+  -p, --profile NAME    an endpoint named in ~/.config/chat.py/config.ini
+  --models              list the server's models
   --check               diagnose the connection, the key and the model
 
-The conversation:
+The conversation (every one is kept; --no-log keeps nothing):
+  -c, --continue        carry on the last conversation
+  --list [TEXT], --resume ID   find a kept conversation, carry it on
   -s, --system TEXT     the system message
-  --save FILE           keep the conversation in FILE after every turn
-  --load FILE           carry on a conversation saved with --save
-  --image PATH|URL      attach an image to the prompt (repeatable)
+  --save FILE, --load FILE   keep a conversation in FILE, carry it on
+  --image PATH|URL, --file FILE, --audio FILE   attach an image, a PDF or
+                        text file, recorded speech (each repeatable)
   --max-context TOKENS  drop the oldest exchanges to stay within TOKENS
 
 The reply:
