@@ -1801,39 +1801,58 @@ class ConversationLog:
                             % (self.folder, exc.strerror)) from None
         save_conversation(path, body)
 
-    def entries(self, notify=None):
-        """(ID, path, modified, body) of each kept conversation, newest first.
-        A file that is not a conversation is skipped, with one notice."""
+    def entries(self, notify=None, prefix=""):
+        """(ID, path, modified, body) of the kept conversations whose ID starts
+        with prefix, newest first, each file read only when its turn comes.
+        A file that is not a conversation is skipped; the skipped get one
+        notice when the iteration ends (close() it when stopping early)."""
         try:
-            names = [n for n in os.listdir(self.folder) if n.endswith(".json")]
+            names = [n for n in os.listdir(self.folder) if n.endswith(".json")
+                     and n.startswith(prefix)]
         except OSError:
-            return []
-        found, skipped = [], []
+            return
+        dated = []
         for name in names:
-            path = os.path.join(self.folder, name)
             try:
-                modified = os.stat(path).st_mtime
-                body = read_json_file(path, "the conversation")
-                parse_conversation(body)
-            except (OSError, UsageError):
-                skipped.append(name)
-                continue
-            found.append((name[:-5], path, modified, body))
-        if skipped and notify:
-            notify("skipped %d file%s in %s that %s not conversations: %s" % (
-                len(skipped), "" if len(skipped) == 1 else "s", self.folder,
-                "is" if len(skipped) == 1 else "are", ", ".join(sorted(skipped)[:3])))
-        return sorted(found, key=lambda entry: (entry[2], entry[0]), reverse=True)
+                dated.append((os.stat(os.path.join(self.folder, name)).st_mtime, name))
+            except OSError:
+                pass
+        skipped = []
+        try:
+            for modified, name in sorted(dated, reverse=True):
+                path = os.path.join(self.folder, name)
+                try:
+                    body = read_json_file(path, "the conversation")
+                    parse_conversation(body)
+                except UsageError:
+                    skipped.append(name)
+                    continue
+                yield name[:-5], path, modified, body
+        finally:
+            if skipped and notify:
+                notify("skipped %d file%s in %s that %s not conversations: %s" % (
+                    len(skipped), "" if len(skipped) == 1 else "s", self.folder,
+                    "is" if len(skipped) == 1 else "are", ", ".join(sorted(skipped)[:3])))
+
+    def latest(self, notify=None):
+        """The path of the most recent conversation, or None."""
+        entries = self.entries(notify)
+        try:
+            return next(entries)[1]
+        except StopIteration:
+            return None
+        finally:
+            entries.close()
 
     def find(self, wanted, notify=None):
         """The path of the conversation whose ID is wanted (or starts so)."""
-        entries = self.entries(notify)
-        exact = [path for id, path, _, _ in entries if id == wanted]
-        matches = exact or [path for id, path, _, _ in entries if id.startswith(wanted)]
-        if len(matches) != 1:
+        matches = [(id, path) for id, path, _, _ in self.entries(notify, prefix=wanted)]
+        exact = [path for id, path in matches if id == wanted]
+        paths = exact or [path for _, path in matches]
+        if len(paths) != 1:
             raise UsageError("%s conversation has the ID %s; chat.py --list shows them" % (
-                "no" if not matches else "more than one", wanted))
-        return matches[0]
+                "no" if not paths else "more than one", wanted))
+        return paths[0]
 
 
 def conversation_summary(id, modified, body):
@@ -3880,8 +3899,8 @@ def _run(args, settings, stdin, out, err, environ):
     chat = Chat(client, settings["model"], system=settings["system"],
                 params=dict(settings["params"], **flags), stream=not args.no_stream,
                 max_context=args.max_context, notify=notify, system_role=settings["system_role"])
-    carry_on = (log.entries(notify)[:1] or [(None, None)])[0][1] if args.resume_last else (
-        log.find(args.resume, notify) if args.resume else None)
+    carry_on = (log.latest(notify) if args.resume_last else
+                log.find(args.resume, notify) if args.resume else None)
     if args.resume_last and carry_on is None:
         raise UsageError("there is no conversation to continue yet (%s is empty)" % log.folder)
     load = carry_on or args.load
@@ -3964,15 +3983,19 @@ def _list_conversations(log, text, out, notify):
     """--list [TEXT]: the kept conversations, newest first, one a line."""
     wanted = text.lower()
     shown = 0
-    for id, path, modified, body in log.entries(notify):
-        messages = body.get("messages") if isinstance(body, dict) else body
-        if wanted and not any(wanted in json.dumps(m.get("content"), ensure_ascii=False).lower()
-                              for m in messages if isinstance(m, dict)):
-            continue
-        _show(out, conversation_summary(id, modified, body) + "\n")
-        shown += 1
-        if shown == LIST_LIMIT:
-            break
+    entries = log.entries(notify)
+    try:
+        for id, path, modified, body in entries:
+            messages = body.get("messages") if isinstance(body, dict) else body
+            if wanted and not any(wanted in json.dumps(m.get("content"), ensure_ascii=False).lower()
+                                  for m in messages if isinstance(m, dict)):
+                continue
+            _show(out, conversation_summary(id, modified, body) + "\n")
+            shown += 1
+            if shown == LIST_LIMIT:
+                break
+    finally:
+        entries.close()   # the notice of skipped files, if any
     return 0
 
 
