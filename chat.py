@@ -2265,14 +2265,9 @@ class ReplyPrinter(Printer):
 
     def _show_call(self, label, call):
         function = call.get("function") or {}
-        arguments = function.get("arguments") or ""
-        try:
-            shown = json.dumps(loads(arguments or "{}"), indent=2, ensure_ascii=False)
-        except ValueError:
-            shown = "%s\n(the arguments are not valid JSON)" % arguments
         _note(self.err, "%sthe model calls %s%s:" % (
             label, function.get("name"), " (%s)" % call["id"] if call.get("id") else ""))
-        _dim(self.err, "".join("  %s\n" % line for line in shown.splitlines()))
+        _dim(self.err, indented_arguments(function.get("arguments")))
 
     def _show_sources(self, label, annotations):
         cited = [a.get("url_citation") for a in annotations or ()
@@ -2823,13 +2818,18 @@ class Tools:
 def consent_question(name, arguments, argv):
     """The y/N question for running argv: the tool's name and its complete
     arguments, pretty-printed, so that what is approved is what runs."""
-    try:
-        shown = json.dumps(loads(arguments), indent=2, ensure_ascii=False)
-    except ValueError:
-        shown = arguments
     return "chat.py: run the tool %s, that is `%s`, with these arguments?\n%s[y/N] " % (
-        name, " ".join(shlex.quote(word) for word in argv),
-        "".join("  %s\n" % line for line in shown.splitlines()))
+        name, " ".join(shlex.quote(word) for word in argv), indented_arguments(arguments))
+
+
+def indented_arguments(arguments):
+    """A tool call's arguments as people read them: pretty-printed JSON, every
+    line indented, in full; text that is not JSON shown as it is, and said so."""
+    try:
+        shown = json.dumps(loads(arguments or "{}"), indent=2, ensure_ascii=False)
+    except ValueError:
+        shown = "%s\n(the arguments are not valid JSON)" % arguments
+    return "".join("  %s\n" % line for line in shown.splitlines())
 
 
 # ---------------------------------------------------------------------------
