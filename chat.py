@@ -3,6 +3,3879 @@
 
 One file, standard library only, Python 3.6+ or PyPy 3.  Works with
 api.openai.com and any OpenAI-compatible server (Ollama, vLLM, llama.cpp,
+LM Studio, OpenRouter, Groq, DeepSeek, Azure-style gateways).  From the
+shell, `chat.py --help` is the summary and `chat.py --manual` the manual.
+
+From Python (every option after the first arguments is keyword-only):
+
+    import sys, chat
+    client = chat.Client("http://localhost:8080/v1")       # api_key=... for others
+    conversation = chat.Chat(client, "gemma", system="Answer in one line.")
+    completion = conversation.send("What is SSE?")         # the chat.completion dict
+    print(completion["choices"][0]["message"]["content"])
+    conversation.send("And WebSockets?", chat.ReplyPrinter(sys.stdout, sys.stderr))
+    # ReplyPrinter shows the reply as it streams; conversation.messages is the
+    # history, conversation.body() the request body that --save writes.
+
+One turn, and where each step lives.  The reference client is the first
+half of this file, up to and including Chat, and uses nothing after it; the
+application (terminal, files, tools, console, settings, main) follows.
+
+    Chat.send(text)             the user message joins a copy of the history
+      fit_context               the oldest exchanges dropped to fit the context
+      build_payload             {"model", "messages", "stream": true, ...}
+      Client.stream             POST {base}/chat/completions; retried only
+                                before any byte of an answer arrived
+        LineDecoder.feed        bytes -> text lines (CRLF, LF or CR)
+        SSEDecoder.decode       lines -> events (event, data, id, retry)
+        parse_event             event -> chunk dict; an error event raises
+      ChatAccumulator.add       chunks -> a message per choice (merge_delta)
+      Printer.chunk             each chunk shown as it arrives
+      ChatAccumulator.result    the whole chat.completion
+      history_message           the reply as the API takes it back
+    Chat.messages               the history + the user message + the reply
+
+    An error (an HTTP status, an error event, a broken stream): the history
+      is as it was, but for text already shown, kept as a cut-short reply.
+    A cut-off (finish_reason "length", or Ctrl-C): the reply is kept and
+      Chat.cut_short is set; Chat.continue_reply() asks for the rest.
+    A refusal a change can fix (max_tokens where max_completion_tokens is
+      wanted; a context too long): Chat._recover changes the request and it
+      is sent once more, once per kind of fix.
+"""
+import argparse
+import atexit
+import base64
+import configparser
+import difflib
+import glob
+import http.client
+import io
+import ipaddress
+import json
+import math
+import mimetypes
+import os
+import random
+import re
+import select
+import shlex
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import wave
+from collections import namedtuple
+from email.utils import parsedate_to_datetime
+from urllib.parse import urlsplit, urlunsplit
+# readline alone is imported where it is used, and only for a terminal: importing
+# it changes how input() reads and may write to the terminal.
+
+__version__ = "0.1.0"
+__all__ = [
+    "ChatError", "UsageError", "APIError", "AuthenticationError", "RateLimitError",
+    "APIConnectionError", "APITimeoutError", "StreamError", "IncompleteStreamError",
+    "OutputError", "LineDecoder", "SSEDecoder", "ServerSentEvent", "iter_chunks",
+    "ChatAccumulator", "merge_delta", "check_params", "fit_context", "Client", "Chat",
+    "Printer", "ReplyPrinter", "Tools", "Console", "main",
+]
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_TIMEOUT = 60.0          # seconds to connect, and to wait for each next byte
+DEFAULT_RETRIES = 2
+RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}   # worth asking again later
+MAX_RETRY_WAIT = 60.0           # seconds, whatever Retry-After asks for
+READ_SIZE = 65536               # bytes asked of the socket per read
+MAX_LINE_BYTES = 16 * 2**20     # one SSE line (or one event's data) longer than this is an error
+MAX_ERROR_BODY = 2**20          # bytes of an error response worth reading
+MAX_BODY = 64 * 2**20           # a whole answer (JSON or stream) or file larger than this is an error
+MAX_LIST_ITEMS = 1024           # tool calls (or other indexed items) in one reply
+MAX_TIMEOUT = 86400             # seconds: the longest --timeout or --tool-timeout
+CHARS_PER_TOKEN = 4             # the estimate for text the server has not counted yet
+TOKENS_PER_MESSAGE = 4          # what each message costs beyond its text
+MIN_SECRET = 8                  # a run of a secret this long is never shown
+LIST_LIMIT = 100                # conversations --list shows at the most
+PASTE_WAIT = 0.02               # seconds: lines closer together than this were pasted
+MAX_IMAGE_BYTES = 20 * 2**20    # the API's own limit for one image
+MAX_AUDIO_BYTES = 20 * 2**20    # and for one recording
+MAX_FILE_BYTES = 32 * 2**20     # and for one PDF
+MAX_CONFIG_BYTES = 2**20        # a config file larger than this is refused
+KEY_COMMAND_TIMEOUT = 60.0      # seconds api_key_command may take
+DEFAULT_TOOL_TIMEOUT = 60.0     # seconds a --tool-exec command may run
+DEFAULT_TOOL_ROUNDS = 8         # rounds of tool calls and results in one turn
+DEFAULT_VOICE = "alloy"         # the voice --audio-out asks for
+CONTINUE_PROMPT = ("Continue your last reply exactly where it stopped, without repeating "
+                   "anything or adding an introduction.")
+# Python 3.7 named the certificate error; 3.6 raises its base class.
+_CERTIFICATE_ERROR = getattr(ssl, "SSLCertVerificationError", ssl.CertificateError)
+_IMAGE_MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
+                (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif")]
+
+
+# ---------------------------------------------------------------------------
+# Errors: one class per failure the user can act on.
+# Lifting: needs nothing.
+# ---------------------------------------------------------------------------
+
+
+class ChatError(Exception):
+    """Base class of every error chat.py reports; str() is the one line shown."""
+    exit_code = 1
+
+
+class UsageError(ChatError):
+    """The command line or the settings are wrong; nothing was sent."""
+    exit_code = 2
+
+
+class APIError(ChatError):
+    """The server answered with an error (an HTTP status or an error event)."""
+
+    def __init__(self, message, status=None, type=None, code=None, body=None):
+        super().__init__(message)
+        self.status, self.type, self.code, self.body = status, type, code, body
+
+
+class AuthenticationError(APIError):
+    """The server refused the API key (401) or its permissions (403)."""
+
+
+class RateLimitError(APIError):
+    """The server said too many requests or no quota left (429)."""
+
+
+class APIConnectionError(ChatError):
+    """No HTTP answer: refused, unresolvable, TLS failure, reset."""
+
+
+class APITimeoutError(APIConnectionError):
+    """The server did not send anything for --timeout seconds."""
+
+
+class StreamError(ChatError):
+    """The response stream was malformed or ended too early."""
+
+
+class IncompleteStreamError(StreamError):
+    """The stream closed before [DONE]; fine if every choice had finished."""
+
+
+class OutputError(ChatError):
+    """Writing failed: stdout (a full disk, a closed descriptor) or a saved file."""
+
+
+class StdoutError(OutputError):
+    """stdout cannot be written to; nothing more should be tried there."""
+
+
+# ---------------------------------------------------------------------------
+# Server-Sent Events: bytes -> lines -> events.  Pure, no I/O.
+# https://html.spec.whatwg.org/multipage/server-sent-events.html
+# Lifting: needs StreamError and the MAX_LINE_BYTES constant.
+# ---------------------------------------------------------------------------
+
+
+class LineDecoder:
+    """Split a byte stream into text lines at CRLF, LF or a lone CR.
+
+    Bytes become text one complete line at a time, so a UTF-8 character split
+    across network reads survives.  A leading byte order mark is dropped.  An
+    unfinished line is kept as the pieces that arrived and joined once, when
+    its line ending comes, so a long line costs what its bytes cost.
+    """
+
+    def __init__(self, max_line=MAX_LINE_BYTES):
+        self.max_line = max_line
+        self._pieces = []        # bytes of the unfinished last line
+        self._size = 0           # their total length
+        self._skip_lf = False    # the last byte was a CR: an LF next ends the same line
+        self._started = False    # a first line was returned (the BOM rule)
+
+    def feed(self, data):
+        """Return the lines completed by data, without their line endings."""
+        if self._skip_lf and data:
+            self._skip_lf = False
+            if data[:1] == b"\n":
+                data = data[1:]
+        end = len(data) - 1                                # the last line ending:
+        if data[end:] not in (b"\n", b"\r"):               # usually the last byte
+            end = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        if end < 0:                                        # no line ends here
+            if data:
+                self._pieces.append(data)
+                self._size += len(data)
+                self._check_size()
+            return []
+        complete = data if end + 1 == len(data) else data[:end + 1]
+        if self._pieces:
+            self._pieces.append(complete)
+            complete = b"".join(self._pieces)
+        rest = data[end + 1:]
+        self._pieces, self._size = ([rest], len(rest)) if rest else ([], 0)
+        self._check_size()
+        # A CR as the very last byte: the LF of its CRLF may open the next read.
+        self._skip_lf = not rest and data[end] == 13
+        try:
+            # Decoding whole lines at once is safe: CR and LF never occur inside
+            # a UTF-8 multi-byte character.
+            text = complete.decode("utf-8")
+        except UnicodeDecodeError:
+            raise StreamError("the server sent text that is not UTF-8") from None
+        if "\r" in text:
+            text = text.replace("\r\n", "\n").replace("\r", "\n")
+        lines = text.split("\n")
+        lines.pop()   # the empty string after the last line ending
+        if not self._started:
+            self._started = True
+            if lines[0][:1] == "\ufeff":
+                lines[0] = lines[0][1:]
+        return lines
+
+    def _check_size(self):
+        if self._size > self.max_line:
+            raise StreamError("the server sent a line longer than %d MiB; giving up"
+                              % (self.max_line >> 20))
+ServerSentEvent = namedtuple("ServerSentEvent", "event data id retry")
+ServerSentEvent.__doc__ = "One dispatched event: type, data, last event ID, retry (ms or None)."
+_tuple_new = tuple.__new__   # builds a ServerSentEvent without a Python-level call
+
+
+class SSEDecoder:
+    """Turn lines into ServerSentEvents by the WHATWG "interpreting an event
+    stream" rules.  Feed every line, empty ones included, to decode().
+    max_event bounds one event's data lines (each counted with its 64 bytes
+    of keeping), so an event that never ends cannot take all memory."""
+
+    def __init__(self, max_event=MAX_LINE_BYTES):
+        self.max_event = max_event
+        self._event = ""
+        self._data = []
+        self._size = 0           # what this event's data lines cost so far
+        self._last_id = ""       # persists across events, as the spec says
+        self._retry = None
+
+    def decode(self, line):
+        """Take one line; return the event it completes, or None."""
+        if not line:                             # dispatch the event
+            data, event = self._data, self._event or "message"
+            self._data, self._event, self._size = [], "", 0
+            if not data:                         # no data: dropped, type and all
+                return None
+            return _tuple_new(ServerSentEvent, (event, "\n".join(data), self._last_id,
+                                                self._retry))
+        if line[0] == ":":                       # a comment, e.g. a keep-alive
+            return None
+        field, _, value = line.partition(":")    # no colon: the value is ""
+        if value[:1] == " ":
+            value = value[1:]
+        if field == "data":
+            self._data.append(value)
+            self._size += len(value) + 64
+            if self._size > self.max_event:
+                raise StreamError("the server sent an event over %d MiB; giving up"
+                                  % (self.max_event >> 20))
+        elif field == "event":
+            self._event = value
+        elif field == "id":
+            if "\0" not in value:                # the spec ignores such an id
+                self._last_id = value
+        elif field == "retry":
+            if value and not value.strip("0123456789"):   # ASCII digits only
+                self._retry = int(value)
+        return None                              # any other field is ignored
+
+
+# ---------------------------------------------------------------------------
+# The Chat Completions protocol: the request body, the chunks of a reply
+# merged into a message, errors in words, the history.  Pure, no I/O.
+# Lifting: needs the errors above and the SSE decoders.
+# ---------------------------------------------------------------------------
+
+
+def build_payload(model, messages, stream=True, params=None):
+    """Return the request body for POST /chat/completions."""
+    payload = {"model": model, "messages": messages}
+    payload.update(params or {})
+    payload["stream"] = stream
+    return payload
+
+
+def _is_number(value, low=None, high=None):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return (low is None or value >= low) and (high is None or value <= high)
+
+
+def _is_whole(value, low=None, high=None):
+    return isinstance(value, int) and _is_number(value, low, high)
+
+
+def _is_tool_choice(value):
+    return value in ("auto", "none", "required") or isinstance(value, dict)
+
+
+def _is_function_list(value, wrapped):
+    return isinstance(value, list) and all(
+        isinstance(item, dict) and isinstance(
+            (item.get("function") if wrapped else item) or {}, dict) and
+        isinstance(((item.get("function") or {}) if wrapped else item).get("name"), str)
+        for item in value)
+# Body field: (the flag that sets it, what it must be, the test).  Fields not
+# listed here (set with --param or /set) are sent as they are.
+PARAM_RULES = {
+    "temperature": ("--temperature", "a number from 0 to 2", lambda v: _is_number(v, 0, 2)),
+    "top_p": ("--top-p", "a number from 0 to 1", lambda v: _is_number(v, 0, 1)),
+    "n": ("-n", "a whole number, 1 or more", lambda v: _is_whole(v, 1)),
+    "max_tokens": ("--max-tokens", "a whole number, 1 or more", lambda v: _is_whole(v, 1)),
+    "max_completion_tokens": ("--max-completion-tokens", "a whole number, 1 or more",
+                              lambda v: _is_whole(v, 1)),
+    "stop": ("--stop", "a string, or at most 4 of them",
+             lambda v: isinstance(v, str) or isinstance(v, list) and len(v) <= 4
+             and all(isinstance(s, str) for s in v)),
+    "presence_penalty": ("--presence-penalty", "a number from -2 to 2",
+                         lambda v: _is_number(v, -2, 2)),
+    "frequency_penalty": ("--frequency-penalty", "a number from -2 to 2",
+                          lambda v: _is_number(v, -2, 2)),
+    "logit_bias": ("--logit-bias", "token IDs each mapped to a number from -100 to 100",
+                   lambda v: isinstance(v, dict) and all(
+                       k.isdigit() and _is_number(b, -100, 100) for k, b in v.items())),
+    "logprobs": ("--logprobs", "true or false", lambda v: isinstance(v, bool)),
+    "top_logprobs": ("--top-logprobs", "a whole number from 0 to 20",
+                     lambda v: _is_whole(v, 0, 20)),
+    "seed": ("--seed", "a whole number", _is_whole),
+    "user": ("--user", "a string", lambda v: isinstance(v, str)),
+    "service_tier": ("--service-tier", "a string", lambda v: isinstance(v, str)),
+    "response_format": ("--response-format", 'an object such as {"type": "json_object"}',
+                        lambda v: isinstance(v, dict) and isinstance(v.get("type"), str)),
+    "tools": ("--tools", "a list of tool definitions, each with a function name",
+              lambda v: _is_function_list(v, wrapped=True)),
+    "tool_choice": ("--tool-choice", "auto, none, required or a tool", _is_tool_choice),
+    "parallel_tool_calls": ("--no-parallel-tool-calls", "true or false",
+                            lambda v: isinstance(v, bool)),
+    "functions": ("--functions", "a list of function definitions, each with a name",
+                  lambda v: _is_function_list(v, wrapped=False)),
+    "function_call": ("--function-call", "auto, none or a function",
+                      lambda v: v in ("auto", "none") or isinstance(v, dict)),
+    "stream_options": ("--usage", "an object", lambda v: isinstance(v, dict)),
+    "reasoning_effort": ("--reasoning-effort", "a level such as low, medium or high",
+                         lambda v: isinstance(v, str) and v.isalpha() and v.islower()),
+    "modalities": ("--audio-out", 'a list such as ["text", "audio"]',
+                   lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v)),
+    "audio": ("--voice", "an object with a voice and a format",
+              lambda v: isinstance(v, dict) and isinstance(v.get("voice"), str)
+              and isinstance(v.get("format"), str)),
+}
+
+
+def check_params(params, by_flag=True):
+    """Raise UsageError if a field is off, naming it and what it takes: by its
+    flag (by_flag=True), else by its name as sent (a /set, a loaded file)."""
+    for key, value in params.items():
+        flag, what, test = PARAM_RULES.get(key, (None, None, None))
+        if test is not None and not test(value):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)   # the user typed 5, not 5.0
+            raise UsageError("%s must be %s, not %s" % (
+                flag if by_flag else json.dumps(key), what, json.dumps(value)))
+    if "top_logprobs" in params and params.get("logprobs") is not True:
+        raise UsageError("--top-logprobs needs --logprobs" if by_flag else
+                         "\"top_logprobs\" needs \"logprobs\": true")
+
+
+def parse_json(text):
+    """json.loads, where nesting too deep to parse is a ValueError like any
+    other bad JSON rather than a RecursionError (a hostile server or file
+    can nest 200,000 deep)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise TooDeep("nested too deeply") from None
+
+
+class TooDeep(ValueError):
+    """JSON nested deeper than Python's recursion allows."""
+
+
+def parse_value(text):
+    """A /set or --param value: JSON when it parses, else the text itself."""
+    try:
+        return parse_json(text)
+    except TooDeep:
+        raise UsageError("that value is JSON nested too deeply to send") from None
+    except ValueError:
+        return text
+
+
+def user_content(text, parts=()):
+    """A user message's content: the text, with text parts (files) after it;
+    or, where there are other parts (images, audio, PDFs), a list of parts."""
+    texts = [p["text"] for p in parts if p.get("type") == "text"]
+    others = [p for p in parts if p.get("type") != "text"]
+    text = "\n\n".join([text] + texts) if text else "\n\n".join(texts)
+    if not others:
+        return text
+    return [{"type": "text", "text": text}] + others
+
+
+def iter_chunks(reads):
+    """Yield the chunk dicts of an event stream given as byte strings, until [DONE].
+
+    Raises APIError for an error the server sends inside the stream,
+    StreamError for a stream that is not one, and IncompleteStreamError
+    (after the last chunk) when the bytes end before [DONE].
+    """
+    decoder, events = LineDecoder(), SSEDecoder()
+    first, last = None, ()   # the first line and the last lines: to explain an ending
+    for data in reads:
+        lines = decoder.feed(data)
+        if lines:
+            if first is None:
+                first = lines[0]
+            last = lines
+        for line in lines:
+            event = events.decode(line)
+            if event is None:
+                continue
+            if event.data == "[DONE]":
+                return
+            yield parse_event(event)
+    for line in reversed(last):
+        if line.startswith("error:"):
+            # llama.cpp's server reports a failure as an "error:" field, which
+            # the SSE rules ignore; it is the best explanation of the ending.
+            parse_event(ServerSentEvent("error", line[6:].strip(), "", None))
+    if first and first.partition(":")[0] not in ("", "data", "event", "id", "retry"):
+        raise StreamError("the answer is not an event stream: %s" % _first_line(first))
+    raise IncompleteStreamError("the server closed the stream before the reply was complete")
+
+
+def parse_event(event):
+    """Return the chunk dict an event carries; raise APIError if it carries an error."""
+    try:
+        chunk = json.loads(event.data)   # (not parse_json(): the hot path; see except)
+    except (ValueError, RecursionError):   # RecursionError: nested 200,000 deep
+        chunk = None
+    if type(chunk) is dict and "error" not in chunk and event.event == "message":
+        return chunk   # the usual case, decided in one test
+    if event.event == "error" or isinstance(chunk, dict) and chunk.get("error"):
+        message, type_, code = error_message(event.data if chunk is None else chunk)
+        raise APIError("the server reported an error: " + message,
+                       None, type_, code)
+    if not isinstance(chunk, dict):
+        raise StreamError("the server sent data that is not a JSON object: %r"
+                          % event.data[:200])
+    return chunk
+
+
+def completion_to_chunk(completion):
+    """Recast a whole chat.completion as one chunk, so one path shows both."""
+    chunk = {k: v for k, v in completion.items() if k != "choices"}
+    try:
+        chunk["choices"] = [
+            {"index": c.get("index", 0), "delta": c.get("message") or {},
+             "finish_reason": c.get("finish_reason"), "logprobs": c.get("logprobs")}
+            for c in completion.get("choices") or ()]
+    except (AttributeError, TypeError):
+        raise StreamError("the server's answer has choices this client cannot read: %s"
+                          % _one_line(json.dumps(completion))[:200]) from None
+    return chunk
+
+
+class _TextBuilder(list):
+    """A string built from many small pieces: a list of the latest pieces,
+    the rest already joined into one string (head), so a long reply costs
+    about its own size rather than 50 bytes a token."""
+
+    __slots__ = ("head",)
+
+    def __init__(self, first=""):
+        super().__init__()
+        self.head = first
+
+    def compact(self):
+        """Join the waiting pieces onto the head."""
+        if len(self):
+            # With the only reference in a local, CPython grows the string in
+            # place instead of copying it: the text is held once, not twice.
+            head, self.head = self.head, ""
+            head += "".join(self)
+            self.head = head
+            self.clear()
+
+    def add(self, piece):
+        """Append a piece, compacting every 256 of them."""
+        self.append(piece)
+        if len(self) >= 256:
+            self.compact()
+
+    def __bool__(self):
+        return bool(self.head) or len(self) > 0
+
+    def __str__(self):
+        self.compact()
+        return self.head
+
+
+def _expect(value, types, what):
+    # bool is an int to isinstance, never to the API
+    if not isinstance(value, types) or isinstance(value, bool):
+        raise TypeError("%s is %s" % (what, type(value).__name__))
+    return value
+# Strings that name a thing rather than carry its text: set, never joined.
+_LABELS = frozenset(("role", "id", "type", "format", "object", "model"))
+_SET_ONCE = _LABELS | {"name"}
+# Fields whose value must be text where it is not null.
+_TEXTS = frozenset(("content", "refusal", "reasoning_content", "reasoning"))
+
+
+class _Indexed(dict):
+    """A list streamed as objects that carry an "index" (tool_calls): index ->
+    the object merged so far, plus the ids seen, so that a fragment without an
+    index (some servers leave it out) finds its call in constant time."""
+
+    __slots__ = ("ids", "last")
+
+    def __init__(self):
+        super().__init__()
+        self.ids, self.last = {}, None
+
+    def merge(self, items):
+        for item in items:
+            if not isinstance(item, dict):
+                raise TypeError("a list item is %s" % type(item).__name__)
+            index = _expect(item.get("index"), (int, type(None)), "index")
+            if index is None:   # a new id is a new item; no id continues the last one
+                new_id = item.get("id")
+                index = self.ids.get(new_id) if new_id else self.last
+                if index is None:
+                    index = max(self) + 1 if self else 0
+            into = self.get(index)
+            if into is None:
+                if len(self) >= MAX_LIST_ITEMS:
+                    raise ValueError("more than %d items in one list" % MAX_LIST_ITEMS)
+                into = self[index] = {}
+            merge_delta(into, item, ())
+            if isinstance(item.get("id"), str):
+                self.ids[item["id"]] = index
+            if self.last is None or index > self.last:
+                self.last = index
+
+
+def merge_delta(into, delta, texts=_TEXTS):
+    """Merge one streamed delta dict into what arrived before it, by the API's
+    shapes: strings are joined (labels such as id, type and role are set;
+    a name repeated whole is kept once); objects are merged key by key by the
+    same rule; lists of objects that carry an "index" are merged by index;
+    other lists are extended; numbers are set; null never erases anything.
+    The keys in texts (at this level only) must hold strings."""
+    for key, value in delta.items():
+        if value is None:
+            continue
+        old = into.get(key)
+        if type(value) is str:
+            if old is not None and key not in _SET_ONCE:
+                old.add(value)   # the usual case; an AttributeError if old was not text
+            elif key in _LABELS or old is None:
+                into[key] = value if key in _LABELS else _TextBuilder(value)
+            elif str(old) != value:   # "name": OpenAI sends it once, some servers in
+                old.add(value)        # every piece; joined only if it differs
+        elif key in texts:
+            raise TypeError("%s is %s" % (key, type(value).__name__))
+        elif isinstance(value, dict):
+            if old is None:
+                old = into[key] = {}
+            merge_delta(_expect(old, dict, key), value, ())
+        elif isinstance(value, list):
+            if old is None:
+                indexed = key == "tool_calls" or any(
+                    isinstance(item, dict) and "index" in item for item in value)
+                old = into[key] = _Indexed() if indexed else []
+            if isinstance(old, _Indexed):
+                old.merge(value)
+            else:
+                _expect(old, list, key).extend(value)
+        else:
+            into[key] = value
+
+
+def _finished(value):
+    """A merged value as plain JSON: text joined, indexed lists in order."""
+    if isinstance(value, _TextBuilder):
+        return str(value)
+    if isinstance(value, _Indexed):
+        return [_finished({k: v for k, v in value[i].items() if k != "index"})
+                for i in sorted(value)]
+    if isinstance(value, dict):
+        return {k: _finished(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finished(v) for v in value]
+    return value
+
+
+class ChatAccumulator:
+    """Build the finished chat.completion from streamed chunk dicts.
+
+    Every delta field is merged by one rule (merge_delta), so content,
+    refusal, reasoning, tool_calls, the legacy function_call, audio and
+    annotations all arrive whole; logprobs are merged the same way.  The
+    top-level fields take the first non-empty value each; usage comes from a
+    final chunk whose choices are empty.  n: the choices asked for; a choice
+    at or past it is left out, its index kept in unrequested.
+    """
+
+    TOP_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
+
+    def __init__(self, n=1):
+        self.n = n
+        self.top = {}
+        self.usage = None
+        self.choices = {}       # index -> the choice being built
+        self.unrequested = None   # the first index past n the server sent
+        self._id = ()           # the chunk id whose top-level fields were read
+
+    def add(self, chunk):
+        """Merge one chunk; raise StreamError if it is not shaped like one."""
+        try:
+            self._add(chunk)
+        except (AttributeError, TypeError, ValueError, RecursionError) as exc:
+            raise StreamError("the server sent a chunk this client cannot read (%s): %s"
+                              % (exc, _one_line(repr(chunk))[:200])) from None
+
+    def _add(self, chunk):
+        if chunk.get("id") != self._id:   # top-level fields: read once per id
+            self._id = chunk.get("id")
+            for key in self.TOP_FIELDS:
+                if key not in self.top and chunk.get(key):
+                    self.top[key] = chunk[key]
+        if chunk.get("usage"):
+            self.usage = _expect(chunk["usage"], dict, "usage")
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            if type(index) is not int:
+                raise TypeError("index is %s" % type(index).__name__)
+            c = self.choices.get(index)
+            if c is None:
+                if not 0 <= index < self.n:
+                    if self.unrequested is None:
+                        self.unrequested = index
+                    continue
+                c = self.choices[index] = {"message": {}, "logprobs": {}, "finish_reason": None}
+            delta = choice.get("delta")
+            if delta:
+                merge_delta(c["message"], delta)
+            if choice.get("logprobs"):
+                merge_delta(c["logprobs"], choice["logprobs"], ())
+            if choice.get("finish_reason"):
+                c["finish_reason"] = choice["finish_reason"]
+
+    @property
+    def finished(self):
+        """True when at least one choice arrived and every choice has finished."""
+        return bool(self.choices) and all(
+            c["finish_reason"] for c in self.choices.values())
+
+    def text(self, index=0):
+        """The content received so far for one choice."""
+        c = self.choices.get(index)
+        return str(c["message"].get("content") or "") if c else ""
+
+    def result(self):
+        """Return the reply in the shape of a non-streamed chat.completion."""
+        choices = []
+        for index in sorted(self.choices):
+            c = self.choices[index]
+            message = {"role": "assistant", "content": None}
+            message.update(_finished(c["message"]))
+            for call in message.get("tool_calls") or ():
+                call.setdefault("id", None)
+                call.setdefault("type", "function")
+                function = call.setdefault("function", {})
+                function.setdefault("name", "")
+                function.setdefault("arguments", "")
+            choices.append({"index": index, "message": message,
+                            "logprobs": _finished(c["logprobs"]) or None,
+                            "finish_reason": c["finish_reason"]})
+        completion = {"id": self.top.get("id"), "object": "chat.completion",
+                      "created": self.top.get("created"), "model": self.top.get("model")}
+        for key in ("system_fingerprint", "service_tier"):
+            if key in self.top:
+                completion[key] = self.top[key]
+        completion["choices"] = choices
+        completion["usage"] = self.usage
+        return completion
+REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
+
+
+def history_message(message):
+    """The assistant message to keep in history: only fields the API accepts back.
+
+    Reasoning stays only on a message that made tool calls: DeepSeek's
+    thinking mode answers 400 without it there (and ignores it elsewhere),
+    OpenRouter wants reasoning_details back with the calls.  A spoken reply
+    is kept as its transcript; Chat refers to its audio by id while it lives.
+    """
+    kept = {"role": "assistant", "content": message.get("content")}
+    for key in ("tool_calls", "function_call", "refusal"):
+        if message.get(key):
+            kept[key] = message[key]
+    calls = "tool_calls" in kept or "function_call" in kept
+    if calls:
+        kept.update((key, message[key]) for key in REASONING_FIELDS if message.get(key))
+    audio = message.get("audio")
+    if kept["content"] is None and isinstance(audio, dict) and audio.get("transcript"):
+        kept["content"] = audio["transcript"]
+    if kept["content"] is None and not calls:
+        kept["content"] = ""
+    return kept
+
+
+def tool_calls(message):
+    """The calls a reply makes: its tool_calls, or a legacy function_call as one."""
+    calls = list(message.get("tool_calls") or ())
+    if not calls and message.get("function_call"):
+        calls = [{"id": None, "type": "function", "function": message["function_call"]}]
+    return calls
+
+
+def tool_result(call, content):
+    """The message that answers a call: role tool with the call's id, or role
+    function for a legacy function_call."""
+    if call.get("id") is None:
+        return {"role": "function", "name": (call.get("function") or {}).get("name"),
+                "content": content}
+    return {"role": "tool", "tool_call_id": call["id"], "content": content}
+
+
+def error_message(body):
+    """Return (message, type, code) from an error body: the API's JSON or not."""
+    data = body
+    if isinstance(body, (bytes, str)):
+        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        try:
+            data = parse_json(text)
+        except ValueError:
+            return _first_line(text) or "(empty body)", None, None
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict):
+            message = error.get("message") or error.get("detail") or error.get("msg")
+            if isinstance(message, list):      # FastAPI's validation errors
+                message = "; ".join(str(m.get("msg", m)) if isinstance(m, dict)
+                                    else str(m) for m in message)
+            if message:
+                return _server_words(message), error.get("type"), error.get("code")
+        elif isinstance(error, str) and error:
+            return _server_words(error), None, None
+    return _one_line(json.dumps(data))[:300], None, None
+
+
+def _server_words(message):
+    """A server's message on one line, without the Python traceback some
+    servers (llama-cpp-python among them) append to it."""
+    return _one_line(re.split(r"\n\s*(?:Traceback \(most recent call last\)|File \")",
+                              str(message), maxsplit=1)[0])
+
+
+def _one_line(text):
+    return " ".join(text.split())
+
+
+def _first_line(text):
+    """The most telling line of a non-JSON body: an HTML title, else the first."""
+    lower = text.lower()
+    start = lower.find("<title>")
+    if start >= 0:
+        end = lower.find("</title>", start)
+        title = _one_line(text[start + 7:end if end > 0 else None])
+        if title:
+            return title[:200]
+    for line in text.splitlines():
+        if line.strip():
+            return _one_line(line)[:200]
+    return ""
+
+
+def parse_conversation(data):
+    """Return (model or None, messages, params) from a saved conversation.
+
+    Accepts a Chat Completions request body or a bare list of messages;
+    raises UsageError for anything else.
+    """
+    if isinstance(data, list):
+        data = {"messages": data}
+    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
+        raise UsageError("it is not a conversation: expected a request body with a "
+                         "\"messages\" list, or a list of messages")
+    for i, message in enumerate(data["messages"]):
+        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
+                and isinstance(message.get("content"), (str, list, type(None)))):
+            raise UsageError("message %d is not a message: each needs a \"role\" and a "
+                             "\"content\"" % (i + 1))
+    model = data.get("model")
+    params = {k: v for k, v in data.items()
+              if k not in ("model", "messages", "stream", "stream_options")}
+    return (model if isinstance(model, str) and model else None), data["messages"], params
+
+
+def renamed_max_tokens(params, exc):
+    """params with max_tokens renamed to max_completion_tokens if exc is the
+    server refusing max_tokens for that reason (newer OpenAI models do); else None."""
+    text = str(exc)
+    if ("max_tokens" not in params or getattr(exc, "status", None) != 400
+            or "max_tokens" not in text or "max_completion_tokens" not in text):
+        return None
+    renamed = dict(params)
+    renamed["max_completion_tokens"] = renamed.pop("max_tokens")
+    return renamed
+
+
+def _system_count(messages):
+    """How many system or developer messages open the conversation."""
+    n = 0
+    while n < len(messages) and messages[n].get("role") in ("system", "developer"):
+        n += 1
+    return n
+
+
+def _chars(message):
+    """Characters of a message that count toward its tokens (~85 an image)."""
+    chars = 0
+    content = message.get("content")
+    if isinstance(content, list):   # content parts: count the text
+        chars += sum(len(p.get("text") or "") if p.get("type") == "text" else 340
+                     for p in content if isinstance(p, dict))
+    elif isinstance(content, str):
+        chars += len(content)
+    if message.get("tool_calls"):
+        chars += len(json.dumps(message["tool_calls"]))
+    return chars
+
+
+def _token_estimate(chars, count):
+    """Tokens for count messages of chars characters in all: CHARS_PER_TOKEN
+    characters a token, plus TOKENS_PER_MESSAGE a message."""
+    return chars // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE * count
+
+
+def estimate_tokens(messages):
+    """About how many tokens messages take, by _token_estimate."""
+    return _token_estimate(sum(_chars(m) for m in messages), len(messages))
+
+
+def fit_context(messages, limit, tokens=None):
+    """(messages without their oldest exchanges, so that they fit in limit
+    tokens; how many messages were dropped).
+
+    tokens: what messages take, where it is known better than the estimate
+    (the server's own count).  Never drops the system messages that open
+    the conversation or the last user message; a conversation that is only
+    its last exchange goes as it is.  Returns the very same list when
+    nothing had to go.  Linear in the messages: each is measured once.
+    """
+    if not limit or (estimate_tokens(messages) if tokens is None else tokens) <= limit:
+        return messages, 0
+    start = _system_count(messages)
+    sizes = [_chars(m) for m in messages]
+    chars, count = sum(sizes), len(messages)   # once cut, our own estimate counts
+    cut = start   # messages[start:cut] are dropped
+    for i in range(start + 1, len(messages)):
+        if cut > start and _token_estimate(chars, count) <= limit:
+            break
+        if messages[i].get("role") == "user":   # drop everything before it
+            chars -= sum(sizes[cut:i])
+            count -= i - cut
+            cut = i
+    if cut == start:
+        return messages, 0
+    return messages[:start] + messages[cut:], cut - start
+
+
+def _context_error(exc):
+    """True if the server says the request does not fit its context."""
+    text = "%s %s %s" % (exc, exc.type, exc.code)
+    return any(word in text.lower() for word in (
+        "context_length_exceeded", "context length", "context window", "context size",
+        "exceed_context_size", "maximum context", "too many tokens", "prompt is too long"))
+
+
+def _context_numbers(exc):
+    """(context size, tokens the server counted) as a context error states them;
+    None for what it does not say."""
+    body = exc.body if isinstance(exc.body, dict) else {}
+    error = body.get("error") if isinstance(body.get("error"), dict) else body
+    if isinstance(error.get("n_ctx"), int):   # llama.cpp says it in fields
+        counted = error.get("n_prompt_tokens")
+        return error["n_ctx"], counted if isinstance(counted, int) else None
+    limit = re.search(r"(?:maximum context length|context (?:length|window|size))"
+                      r"[^0-9]{0,40}(\d{2,8})", str(exc))
+    counted = re.search(r"(?:resulted in|requested|you requested|prompt has) (\d{2,8})", str(exc))
+    return (int(limit.group(1)) if limit else None,
+            int(counted.group(1)) if counted else None)
+
+
+# ---------------------------------------------------------------------------
+# HTTP: the one place that touches the network.
+# Lifting: needs the errors, the protocol's stream functions and the constants.
+# ---------------------------------------------------------------------------
+
+
+def normalize_base_url(url):
+    """Accept a base URL as people paste it; return scheme://host[:port]/path[?query].
+
+    A missing scheme means http:// for a local host, https:// otherwise; a
+    trailing /chat/completions is dropped; a path or query that is not ASCII
+    is percent-encoded.  Raises UsageError for what cannot be sent.
+    """
+    url = url.strip()
+    example = "e.g. https://api.openai.com/v1 or localhost:11434/v1"
+    try:
+        if "://" not in url:
+            host = urlsplit("//" + url).hostname or ""
+            url = ("http://" if is_local_host(host) else "https://") + url
+        parts = urlsplit(url)
+        parts.port   # a port that is not a number raises here
+        host = parts.hostname
+    except ValueError as exc:
+        raise UsageError("--base-url %s is not a URL (%s), %s"
+                         % (shown_url_safely(url), exc, example)) from None
+    if parts.scheme not in ("http", "https") or not host:
+        raise UsageError("--base-url %s is not an http(s) URL, %s" % (shown_url_safely(url), example))
+    try:
+        host.encode("idna")   # a label over 63 characters, or empty, fails here
+    except UnicodeError:
+        raise UsageError("--base-url %s: %s is not a valid host name"
+                         % (shown_url_safely(url), host)) from None
+    path = parts.path.rstrip("/")
+    if path.endswith("/chat/completions"):
+        path = path[:-len("/chat/completions")]
+    path = urllib.parse.quote(path, safe="/%:@!$&'()*+,;=-._~")
+    query = urllib.parse.quote(parts.query, safe="/%:@!$&'()*+,;=-._~?")
+    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
+
+
+def shown_url_safely(url):
+    """shown_url, for a URL that may not even parse: then what would be its
+    user and password, and its secret-looking query values, are masked by
+    pattern."""
+    try:
+        return shown_url(url)
+    except ValueError:
+        url = re.sub(r"//[^/?#]*@", "//***@", url)
+        return re.sub(r"(?i)([?&][^=&]*(?:key|token|sig|secret|passw|auth|credential)[^=&]*=)[^&#]*",
+                      r"\1***", url)
+
+
+def endpoint_url(base_url, path):
+    """base_url + path, keeping a query string (Azure's api-version) at the end."""
+    base, sep, query = base_url.partition("?")
+    return base + path + sep + query
+# Query parameters whose values are credentials: shown as ***, in /curl as $NAME.
+_SECRET_NAME = re.compile(r"(?i)key|token|sig|secret|passw|auth|credential")
+_SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie")
+
+
+def is_secret_header(name):
+    """True for a header whose value is a credential (Authorization, api-key...)."""
+    return bool(_SECRET_HEADER.search(name))
+
+
+def _query_items(query):
+    return [item.partition("=") for item in query.split("&") if item]
+
+
+def shown_url(url):
+    """url as it may be shown anywhere: a user and password in it, and the
+    values of secret-looking query parameters (key, api-key, token, sig...),
+    replaced by ***."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rpartition("@")[2]
+    query = "&".join(name + equals + ("***" if equals and _SECRET_NAME.search(name) else value)
+                     for name, equals, value in _query_items(parts.query))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def url_secrets(url):
+    """The credentials a URL carries: its user and password, and the values
+    of its secret-looking query parameters."""
+    parts = urlsplit(url)
+    found = [parts.username, parts.password]
+    found += [value for name, equals, value in _query_items(parts.query)
+              if equals and _SECRET_NAME.search(name)]
+    return [urllib.parse.unquote(secret) for secret in found if secret]
+
+
+def proxies_for(host, environ):
+    """The proxies to reach host with, from environ as urllib reads them
+    (lower-case names win, NO_PROXY honoured); none at all for this machine,
+    so that nothing meant for localhost ever passes through a proxy."""
+    proxies = {}
+    for name, value in environ.items():
+        lower = name.lower()
+        if value and lower.endswith("_proxy") and (name == lower or lower[:-6] not in proxies):
+            proxies[lower[:-6]] = value
+    if is_loopback_host(host) or urllib.request.proxy_bypass_environment(host, proxies):
+        return {}
+    proxies.pop("no", None)
+    return proxies
+
+
+def _ip_address(host):
+    try:
+        return ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return None
+
+
+def is_loopback_host(host):
+    """True for this machine: localhost, 127.0.0.0/8, ::1."""
+    host = (host or "").lower()
+    address = _ip_address(host)
+    if address is None:
+        return host == "localhost" or host.endswith(".localhost")
+    return address.is_loopback
+
+
+def is_local_host(host):
+    """True for hosts that may serve without a key: loopback, private, bare names."""
+    host = (host or "").lower()
+    address = _ip_address(host)
+    if address is None:
+        return "." not in host or host.endswith(
+            (".localhost", ".local", ".internal", ".lan", ".home.arpa"))
+    return address.is_loopback or address.is_private or address.is_link_local
+
+
+def retry_delay(attempt, headers, now=None, jitter=None):
+    """Seconds to wait before retry number attempt+1: the server's
+    retry-after-ms or Retry-After (seconds or an HTTP date) if it sent one,
+    else exponential backoff with jitter; never over MAX_RETRY_WAIT."""
+    headers = headers or {}
+    milliseconds, after = headers.get("retry-after-ms"), headers.get("Retry-After")
+    try:
+        if milliseconds:
+            seconds = float(milliseconds) / 1000
+        elif after:
+            try:
+                seconds = float(after)
+            except ValueError:
+                seconds = parsedate_to_datetime(after).timestamp() - (now or time.time())
+        else:
+            seconds = None
+        if seconds is not None and math.isfinite(seconds):   # "nan" is a float too
+            return min(max(seconds, 0.0), MAX_RETRY_WAIT)
+    except (TypeError, ValueError, OverflowError):
+        pass   # an unreadable header: fall back to backoff
+    if jitter is None:
+        jitter = random.random()
+    return min(0.5 * 2 ** attempt, MAX_RETRY_WAIT) * (1 - 0.25 * jitter)
+
+
+def path_hint(base_url):
+    """If base_url looks like a common mistake, how to fix it; else "".
+    Pure: it sends nothing (--check probes the server itself)."""
+    parts = urlsplit(base_url)
+    path = parts.path.rstrip("/")
+    root = shown_url("%s://%s" % (parts.scheme, parts.netloc))
+    if path.endswith(("/api", "/api/chat", "/api/generate")):
+        return "that is Ollama's own API; its OpenAI API is at --base-url %s/v1" % root
+    if parts.port == 11434 and not path.endswith("/v1"):
+        return "Ollama's OpenAI API is at --base-url %s/v1" % root
+    if not path.endswith("/v1") and "/openai/" not in path + "/":
+        return ("the API is usually at a path ending in /v1, e.g. --base-url %s/v1 "
+                "(chat.py --check looks for it)" % shown_url(base_url))
+    return ""
+
+
+def _shell_variable(name):
+    return "$" + re.sub(r"\W", "_", name).upper()
+
+
+def _double_quoted(text):
+    return '"%s"' % re.sub(r'(["\\`$])', r"\\\1", text)
+
+
+class Client:
+    """Sends requests to one OpenAI-compatible server.
+
+    base_url: normalized base URL; a user and password in it are sent as
+    HTTP Basic authentication instead of the key.  api_key: sent as a Bearer
+    token if given.  proxies: scheme -> proxy URL (None: urllib's own choice
+    from the environment; {}: none).
+    organization, project: the OpenAI-Organization / OpenAI-Project headers.
+    headers: extra (name, value) pairs, overriding the defaults by name.
+    timeout: seconds for connecting and for each wait for the next byte.
+    retries: how often to retry a request the server may take later (see
+    RETRY_STATUSES); on_retry(text) hears of each; sleep waits between them.
+    """
+
+    def __init__(self, base_url, *, api_key=None, organization=None, project=None,
+                 headers=(), timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES,
+                 proxies=None, on_retry=None, sleep=None):
+        parts = urlsplit(base_url)
+        basic = None
+        if parts.username is not None:   # user:password@host: HTTP Basic, not in the URL
+            basic = "%s:%s" % (urllib.parse.unquote(parts.username),
+                               urllib.parse.unquote(parts.password or ""))
+            base_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        self.base_url = base_url
+        self.shown_url = shown_url(base_url)   # the one to put in messages
+        self.api_key = None if basic else api_key
+        self.proxies = proxies
+        self.timeout = timeout
+        self.retries = retries
+        self.on_retry = on_retry or (lambda text: None)
+        self.sleep = sleep or time.sleep
+        self.headers = {
+            "Content-Type": "application/json",
+            "User-Agent": "chat.py/%s (Python %d.%d)" % ((__version__,) + sys.version_info[:2]),
+        }
+        if basic:
+            self.headers["Authorization"] = "Basic " + base64.b64encode(
+                basic.encode("utf-8")).decode("ascii")
+        elif api_key:
+            self.headers["Authorization"] = "Bearer " + api_key
+        if organization:
+            self.headers["OpenAI-Organization"] = organization
+        if project:
+            self.headers["OpenAI-Project"] = project
+        for name, value in headers:
+            for existing in [k for k in self.headers if k.lower() == name.lower()]:
+                del self.headers[existing]
+            self.headers[name] = value
+
+    def request(self, method, path, payload=None, probe=False):
+        """Send one request, retrying what may work later; return the open response.
+
+        Only failures before any response byte are retried, so no text is ever
+        shown twice.  Raises the ChatError that says what went wrong.  A probe
+        (a diagnosis of its own) is neither retried nor explained.
+        """
+        headers = dict(self.headers)
+        data = None
+        if payload is not None:
+            data = json.dumps(payload).encode("utf-8")
+            if payload.get("stream"):
+                headers.setdefault("Accept", "text/event-stream")
+        else:
+            del headers["Content-Type"]
+        request = urllib.request.Request(endpoint_url(self.base_url, path), data=data,
+                                         headers=headers, method=method)
+        handlers = [_no_redirect_handler()]
+        if self.proxies is not None:
+            handlers.append(urllib.request.ProxyHandler(self.proxies))
+        opener = urllib.request.build_opener(*handlers)
+        retries = 0 if probe else self.retries
+        for attempt in range(retries + 1):
+            retry_headers = {}
+            try:
+                return opener.open(request, timeout=self.timeout)
+            except urllib.error.HTTPError as exc:
+                try:
+                    body = exc.read(MAX_ERROR_BODY)
+                except (OSError, http.client.HTTPException, AttributeError):
+                    body = b""
+                finally:
+                    exc.close()
+                error, cause = self._status_error(exc.code, exc.headers, body, probe), exc
+                retry_headers = exc.headers
+                why = "HTTP %d" % exc.code if exc.code in RETRY_STATUSES else None
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                error, cause = self._connection_error(reason), exc
+                why = ("connection refused" if isinstance(reason, ConnectionRefusedError) else
+                       "connection reset" if isinstance(reason, ConnectionResetError) else None)
+            except http.client.HTTPException as exc:   # the answer was not HTTP at all
+                reason = _one_line(str(exc)) or type(exc).__name__
+                error, cause = APIConnectionError("%s did not answer with valid HTTP (%s)"
+                                                  % (self.shown_url, reason)), exc
+                why = None
+            if why is None or attempt == retries:
+                raise error from cause
+            delay = retry_delay(attempt, retry_headers)
+            self.on_retry("%s; retry %d of %d in %.1fs" % (why, attempt + 1, retries, delay))
+            self.sleep(delay)
+
+    def _status_error(self, status, headers, body, probe=False):
+        message, type_, code = error_message(body)
+        try:
+            parsed = parse_json(body)
+        except ValueError:
+            parsed = None
+        label = "HTTP %d" % status
+        if type_ or code:
+            label += " (%s)" % ", ".join(str(x) for x in (type_, code) if x)
+        hint = ""
+        if status in (301, 302, 303, 307, 308):
+            hint = "the server redirects to %s; use that as --base-url" % headers.get("Location")
+        elif status == 401:
+            hint = "the key was refused: check OPENAI_API_KEY, --api-key or --api-key-file"
+        elif status == 403:
+            hint = "the key is not allowed to use this model or endpoint"
+        elif status in (404, 405, 501) and not probe:
+            hint = path_hint(self.base_url)
+            if not hint and parsed is None:   # a web page, not an API's JSON error
+                hint = ("this does not look like an OpenAI-compatible API; check --base-url "
+                        "(chat.py --check looks for the API there)")
+            elif not hint:
+                hint = "check --base-url (usually ends in /v1) and --model"
+        elif status == 429:
+            hint = "rate limited or out of quota; wait, then try again"
+        elif status >= 500 and type_ is None and code is None:
+            hint = "the server failed; try again later"   # it did not say why
+        text = "%s: %s" % (label, message)
+        if hint:
+            text += " - " + hint
+        cls = {401: AuthenticationError, 403: AuthenticationError, 429: RateLimitError}
+        return cls.get(status, APIError)(text, status, type_, code, parsed)
+
+    def curl(self, payload):
+        """A curl command line that sends payload as this client would, minus secrets.
+
+        The key appears as $OPENAI_API_KEY, any other header that looks like a
+        credential as a shell variable named after it, and so does a secret
+        query parameter of the URL (?api-key=$API_KEY), never as its value.
+        """
+        first = "curl -N " if payload.get("stream") else "curl "   # -N: show the stream as it comes
+        url = endpoint_url(self.base_url, "/chat/completions")
+        base, _, query = url.partition("?")
+        if any(equals and _SECRET_NAME.search(name) for name, equals, _ in _query_items(query)):
+            shown = _double_quoted(base + "?")[:-1] + "&".join(
+                _double_quoted(name + equals)[1:-1] + (
+                    _shell_variable(name) if _SECRET_NAME.search(name)
+                    else _double_quoted(value)[1:-1])
+                for name, equals, value in _query_items(query)) + '"'
+        else:
+            shown = shlex.quote(url)
+        parts = [first + shown]
+        for name, value in self.headers.items():
+            if name.lower() == "authorization" and self.api_key and self.api_key in value:
+                parts.append('-H "%s: %s"' % (name, value.replace(self.api_key, "$OPENAI_API_KEY")))
+            elif is_secret_header(name):
+                parts.append('-H "%s: %s"' % (name, _shell_variable(name)))
+            else:
+                parts.append("-H " + shlex.quote("%s: %s" % (name, value)))
+        parts.append("-d " + shlex.quote(json.dumps(payload, ensure_ascii=False)))
+        return " \\\n  ".join(parts)
+
+    def _connection_error(self, reason):
+        where = self.shown_url
+        if isinstance(reason, (socket.timeout, TimeoutError)):
+            return APITimeoutError("no answer from %s within %gs - is the server up? "
+                                   "(--timeout sets the limit)" % (where, self.timeout))
+        if isinstance(reason, ConnectionRefusedError):
+            return APIConnectionError("cannot connect to %s: connection refused - is the "
+                                      "server running there?" % where)
+        if isinstance(reason, socket.gaierror):
+            return APIConnectionError("cannot find the host of %s - check --base-url and "
+                                      "your network" % where)
+        if isinstance(reason, _CERTIFICATE_ERROR):
+            return APIConnectionError("the TLS certificate of %s is not trusted (%s); for a "
+                                      "private CA set SSL_CERT_FILE"
+                                      % (where, getattr(reason, "verify_message", None) or reason))
+        if isinstance(reason, ssl.SSLError):
+            return APIConnectionError("TLS failed with %s: %s - is it an https server?"
+                                      % (where, _one_line(str(reason))))
+        return APIConnectionError("cannot connect to %s: %s"
+                                  % (where, _one_line(str(reason)) or type(reason).__name__))
+
+    def read_json(self, response):
+        """Read a whole JSON answer (bounded); raise a ChatError if it is not one."""
+        try:
+            body = response.read(MAX_BODY + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._read_error(exc) from exc
+        if len(body) > MAX_BODY:
+            raise StreamError("the server's answer is over %d MiB; giving up" % (MAX_BODY >> 20))
+        content_type = response.headers.get("Content-Type") or "no content type"
+        try:
+            data = parse_json(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise StreamError("the server's answer is not UTF-8 text") from None
+        except ValueError:
+            raise StreamError("HTTP %d with %s from %s is not JSON: %s" % (
+                response.status, content_type, self.shown_url,
+                _first_line(body.decode("utf-8")) or "(empty body)")) from None
+        if not isinstance(data, dict):
+            raise StreamError("the server answered with JSON that is not an object")
+        if data.get("error"):
+            message, type_, code = error_message(data)
+            raise APIError("the server reported an error: " + message,
+                           response.status, type_, code)
+        return data
+
+    def models(self):
+        """The model ids the server lists (GET /models), sorted."""
+        with self.request("GET", "/models") as response:
+            models = self.read_json(response).get("data")
+        if not isinstance(models, list):
+            raise StreamError("the server's /models answer has no \"data\" list of models")
+        return sorted(str(m.get("id")) for m in models if isinstance(m, dict) and m.get("id"))
+
+    def complete(self, payload):
+        """Send a non-streamed chat request; return the chat.completion dict."""
+        with self.request("POST", "/chat/completions", payload) as response:
+            return self.complete_from(response)
+
+    def stream(self, payload):
+        """Send a streamed chat request; yield each chunk dict until [DONE].
+
+        An error inside the stream is raised, never yielded.  A stream that
+        closes before [DONE] raises IncompleteStreamError after its last chunk.
+        A server that answers a stream request with plain JSON is accepted.
+        """
+        with self.request("POST", "/chat/completions", payload) as response:
+            content_type = (response.headers.get("Content-Type") or "").lower()
+            if "json" in content_type:
+                yield completion_to_chunk(self.complete_from(response))
+                return
+            if "html" in content_type:
+                self.read_json(response)   # raises, naming the page's title
+            yield from iter_chunks(self._reads(response))
+
+    def _reads(self, response):
+        """The stream's bytes as they arrive, at most MAX_BODY of them in all."""
+        read1 = response.read1   # returns what has arrived, without waiting for more
+        left = MAX_BODY
+        while True:
+            try:
+                data = read1(READ_SIZE)
+            except (OSError, http.client.HTTPException) as exc:
+                raise self._read_error(exc) from exc
+            if not data:
+                return
+            left -= len(data)
+            if left < 0:
+                raise StreamError("the reply passed %d MiB, more than any reply should be; "
+                                  "it was cut there" % (MAX_BODY >> 20))
+            yield data
+
+    def complete_from(self, response):
+        """The chat.completion in a JSON answer that is already open."""
+        data = self.read_json(response)
+        if not isinstance(data.get("choices"), list):
+            raise StreamError("the server's answer has no choices: %s"
+                              % _one_line(json.dumps(data))[:200])
+        return data
+
+    def _read_error(self, exc):
+        if isinstance(exc, (socket.timeout, TimeoutError)):
+            return APITimeoutError("the server sent nothing for %gs and the reply was "
+                                   "abandoned (--timeout sets the limit)" % self.timeout)
+        if isinstance(exc, (http.client.IncompleteRead, http.client.RemoteDisconnected,
+                            ConnectionResetError)):
+            return StreamError("the server closed the connection in the middle of the reply")
+        return StreamError("the connection broke during the reply (%s)"
+                           % (getattr(exc, "strerror", None) or _one_line(str(exc))
+                              or type(exc).__name__))
+
+
+def _no_redirect_handler():
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args):
+            return None   # the 3xx then arrives as an HTTPError we explain
+    return NoRedirect()
+
+
+# ---------------------------------------------------------------------------
+# The conversation: Chat keeps the history and sends its turns.
+# Lifting: needs everything above; cut the file after Chat and it still streams.
+# ---------------------------------------------------------------------------
+
+
+class Printer:
+    """Receives a reply as it arrives, and shows nothing: the default for
+    Chat.send() from Python.  ReplyPrinter shows replies; a subclass of
+    either can show them some other way."""
+
+    def chunk(self, chunk):
+        """Take one chat.completion.chunk dict, as it arrives."""
+
+    def end_line(self):
+        """The reply stopped early (an error, Ctrl-C): finish what was shown."""
+
+    def finish(self, completion):
+        """Take the whole chat.completion once the reply is complete."""
+
+
+class Chat:
+    """A conversation: the API's own messages list plus how to extend it.
+
+    client: the Client to send with.  model: the model name.  system: the
+    system message, if any.  params: extra body fields, checked as the flags
+    are.  stream: ask for SSE.  max_context: the most tokens a request may
+    hold (None: no bound until the server reports one).  notify(text) hears
+    of trimming and retries.  system_role: "system", or "developer" as newer
+    reasoning models expect.
+    """
+
+    def __init__(self, client, model, *, system=None, params=None, stream=True,
+                 max_context=None, notify=None, system_role="system"):
+        self.client, self.model, self.stream = client, model, stream
+        self.params = dict(params or {})
+        check_params(self.params)
+        self.system_role = system_role
+        self.messages = [{"role": system_role, "content": system}] if system else []
+        self.totals = dict.fromkeys(("requests", "prompt_tokens", "completion_tokens",
+                                     "total_tokens"), 0)
+        self.max_context = max_context
+        self.notify = notify or (lambda text: None)
+        self.cut_short = False   # the last reply was cut short (Ctrl-C, error, length)
+        self._measured = None    # (n, tokens): the server's count for messages[:n]
+        self._audio = {}         # id(message) -> (message, audio id, expires_at)
+
+    def body(self):
+        """The conversation as a Chat Completions request body, as saved."""
+        body = {"model": self.model, "messages": self.messages}
+        body.update(self.params)
+        return body
+
+    def load(self, body, *, model=None, params=None):
+        """Make the chat what a saved conversation holds (body: the parsed
+        JSON of a request body, or a list of messages): its messages, its
+        model and its request fields, with model and params, where given,
+        winning over the body's.  A body that is not a conversation, or holds
+        a field that is off, raises UsageError and leaves the chat as it was."""
+        loaded_model, messages, loaded = parse_conversation(body)
+        merged = dict(loaded, **(params or {}))
+        check_params(merged, by_flag=False)
+        self.messages, self.params = messages, merged
+        self.model = model or loaded_model or self.model
+        self.cut_short, self._measured = False, None
+
+    def set_model(self, model):
+        """Ask model for the following replies."""
+        if not model.strip():
+            raise UsageError("a model needs a name")
+        self.model = model.strip()
+
+    def set_param(self, key, value):
+        """Send key: value in every following request; checked first."""
+        if key in ("model", "messages", "stream"):
+            raise UsageError("%s is not a request field to set: the chat sets it" % key)
+        params = dict(self.params, **{key: value})
+        check_params(params, by_flag=False)
+        self.params = params
+
+    def unset_param(self, key):
+        """Stop sending key; refused where the fields left would be off."""
+        if key not in self.params:
+            raise UsageError("%s is not set" % (key or "that field"))
+        params = {k: v for k, v in self.params.items() if k != key}
+        try:
+            check_params(params, by_flag=False)
+        except UsageError as exc:
+            raise UsageError("%s stays: without it, %s" % (key, exc)) from None
+        self.params = params
+
+    def next_payload(self, content=None):
+        """The request body that sending content would make; without content,
+        the one retry() would send."""
+        messages = self.messages
+        if content is not None:
+            messages = messages + [{"role": "user", "content": content}]
+        else:
+            last = self._last_user()
+            if last is not None and messages[-1].get("role") == "assistant":
+                messages = messages[:last + 1]
+        return build_payload(self.model, messages, self.stream, self.params)
+
+    def send(self, content, printer=None):
+        """Send one user turn; return the chat.completion (printer, if given,
+        shows it as it arrives).
+
+        On success the user message and the reply join the history; on any
+        error the history is as it was.  Text already shown when Ctrl-C or an
+        error ends the reply is kept, so /continue and the next turn see it.
+        """
+        return self._exchange(self.messages + [{"role": "user", "content": content}], printer)
+
+    def reply(self, printer=None):
+        """Ask for the next reply to the conversation as it stands."""
+        return self._exchange(self.messages, printer)
+
+    def continue_reply(self, printer=None):
+        """Ask for more of a reply that was cut short; append it to that reply."""
+        if not (self.cut_short and self.messages
+                and self.messages[-1].get("role") == "assistant"):
+            raise UsageError("nothing to continue: the last reply was complete")
+        cut_reply = self.messages[-1]
+        ask = {"role": "user", "content": CONTINUE_PROMPT}
+        before = self.messages
+        completion = self._exchange(self.messages + [ask], printer)
+        more = self.messages[-1]
+        joined = dict(more, content=(cut_reply.get("content") or "") + (more.get("content") or ""))
+        self.messages = before[:-1] + [joined]   # one reply, as if never cut
+        return completion
+
+    def retry(self, printer=None):
+        """Send the last user message again, in place of its reply."""
+        last = self._last_user()
+        if last is None:
+            raise UsageError("nothing to retry yet")
+        before = self.messages
+        self.messages = before[:last]
+        try:
+            return self.send(before[last]["content"], printer)
+        except BaseException:
+            if len(self.messages) == last:   # nothing was kept: put the old reply back
+                self.messages = before
+            raise
+
+    def undo(self):
+        """Drop the last exchange: the last user message and all after it."""
+        last = self._last_user()
+        if last is None:
+            raise UsageError("nothing to undo")
+        self.messages = self.messages[:last]
+        self.cut_short = False
+
+    def reset(self):
+        """Forget the conversation, keeping the system message."""
+        self.messages = self.messages[:_system_count(self.messages)]
+        self.cut_short, self._measured = False, None
+
+    def set_system(self, text):
+        """Replace the system message (or add one at the start)."""
+        count = _system_count(self.messages)
+        role = self.messages[0]["role"] if count else self.system_role
+        self.messages = [{"role": role, "content": text}] + self.messages[count:]
+
+    def follow_tools(self, completion, tools, new_printer=Printer):
+        """Answer the tool calls of a reply and send the results back, round
+        after round, until a reply calls no tool or tools.max_rounds is reached.
+        new_printer() gives the printer for each reply.  Returns the last
+        chat.completion."""
+        for rounds in range(tools.max_rounds + 1):
+            choices = completion.get("choices") or [{}]
+            calls = tool_calls(choices[0].get("message") or {})
+            if not calls:
+                break
+            if rounds == tools.max_rounds:
+                self.notify("stopped after %d rounds of tool calls (--max-tool-rounds)" % rounds)
+                break
+            results = []
+            try:
+                for call in calls:
+                    results.append(tool_result(call, tools.answer(call)))
+            finally:   # every call gets an answer, so the conversation stays valid
+                self.messages = self.messages + results + [
+                    tool_result(call, "error: cancelled by the user") for call in calls[len(results):]]
+            completion = self.reply(new_printer())
+        return completion
+
+    def _last_user(self):
+        for i in range(len(self.messages) - 1, -1, -1):
+            if self.messages[i].get("role") == "user":
+                return i
+        return None
+
+    def _exchange(self, messages, printer):
+        """Send messages and show the reply; on success they and the reply
+        become the history.  A request the server refuses in a way a change
+        can fix (see _recover) is sent again, changed, once per kind of fix."""
+        printer = printer or Printer()
+        messages = self._fit(messages)
+        tried = set()
+        while True:
+            accumulator = ChatAccumulator(self.params.get("n", 1))
+            try:
+                completion = self._request(messages, printer, accumulator)
+                break
+            except APIError as exc:
+                printer.end_line()
+                fixed = None if accumulator.text() else self._recover(exc, messages, tried)
+                if fixed is None:
+                    self._keep_shown(messages, accumulator)
+                    raise
+                messages = fixed
+            except (ChatError, KeyboardInterrupt):
+                printer.end_line()
+                self._keep_shown(messages, accumulator)
+                raise
+        printer.finish(completion)
+        self._record(messages, completion)
+        return completion
+
+    def _request(self, messages, printer, accumulator):
+        """One request; its reply goes through accumulator and printer."""
+        payload = build_payload(self.model, self._sendable(messages), self.stream, self.params)
+        if not self.stream:
+            completion = self.client.complete(payload)
+            chunk = completion_to_chunk(completion)
+            accumulator.add(chunk)   # checks its shape before it is shown
+            completion["choices"] = [c for c in completion["choices"]   # as asked for
+                                     if c.get("index", 0) in accumulator.choices]
+            printer.chunk(chunk)
+            self._report_unrequested(accumulator)
+            return completion
+        if self.max_context and "stream_options" not in payload:
+            payload["stream_options"] = {"include_usage": True}   # for the real count
+        chunks = self.client.stream(payload)
+        try:
+            for chunk in chunks:
+                accumulator.add(chunk)   # first: what Ctrl-C finds shown is in here
+                printer.chunk(chunk)
+        except IncompleteStreamError:
+            if not accumulator.finished:   # some servers never send [DONE]
+                raise
+        finally:
+            chunks.close()   # on Ctrl-C this closes the connection at once
+        self._report_unrequested(accumulator)
+        return accumulator.result()
+
+    def _sendable(self, messages):
+        """messages as sent: a spoken reply refers to its audio by id, as the
+        API expects, until the audio expires; then its transcript stands."""
+        if not self._audio:
+            return messages
+        now = time.time()
+        for key, (message, _, expires) in list(self._audio.items()):
+            if isinstance(expires, (int, float)) and now >= expires:
+                del self._audio[key]
+        return [{"role": "assistant", "audio": {"id": self._audio[id(m)][1]}}
+                if id(m) in self._audio and self._audio[id(m)][0] is m else m
+                for m in messages]
+
+    def _report_unrequested(self, accumulator):
+        if accumulator.unrequested is not None:
+            self.notify("the server sent choice %d, which was not asked for (n is %d); "
+                        "it was left out" % (accumulator.unrequested + 1, accumulator.n))
+
+    def _recover(self, exc, messages, tried):
+        """The messages to send again after the server refused them with exc,
+        where a change may help (each kind once); else None."""
+        if "rename" not in tried:
+            renamed = renamed_max_tokens(self.params, exc)
+            if renamed is not None:
+                tried.add("rename")
+                self.params = renamed
+                self.notify("the server wants max_completion_tokens instead of max_tokens; "
+                            "sending that from now on")
+                return messages
+        if "trim" not in tried and _context_error(exc):
+            tried.add("trim")
+            limit, counted = _context_numbers(exc)
+            self.max_context = limit or self.max_context
+            # Our count was too low, whatever the limit: cut a quarter at least,
+            # and where the server gave its own count, scale ours to match it.
+            estimate = self._tokens(messages)
+            target = estimate * 3 // 4
+            if limit and counted and counted > limit:
+                target = min(target, estimate * limit * 9 // (counted * 10))
+            elif limit:
+                target = min(target, limit)
+            shorter = self._fit(messages, max(target, 1))
+            if shorter is not messages:
+                return shorter
+        return None
+
+    def _record(self, messages, completion):
+        """A reply arrived whole: keep it, and what the server counted."""
+        choices = completion.get("choices") or [{}]
+        message = choices[0].get("message") or {}
+        kept = history_message(message)
+        self.messages = messages + [kept]
+        audio = message.get("audio")
+        if isinstance(audio, dict) and isinstance(audio.get("id"), str):
+            self._audio[id(kept)] = (kept, audio["id"], audio.get("expires_at"))
+        self.cut_short = choices[0].get("finish_reason") == "length"
+        usage = completion.get("usage") or {}
+        self.totals["requests"] += 1
+        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+            if isinstance(usage.get(key), int):
+                self.totals[key] += usage[key]
+        if isinstance(usage.get("prompt_tokens"), int):
+            self._measured = (len(self.messages),
+                              usage["prompt_tokens"] + (usage.get("completion_tokens") or 0))
+
+    def _keep_shown(self, messages, accumulator):
+        shown = accumulator.text()
+        if shown:   # the user read it: keep it
+            self.messages = messages + [{"role": "assistant", "content": shown}]
+            self.cut_short = True
+
+    def _tokens(self, messages):
+        """Tokens messages would take: the server's own count where it gave one."""
+        n, tokens = self._measured or (0, 0)
+        if n > min(len(messages), len(self.messages)) or any(
+                a is not b for a, b in zip(messages[:n], self.messages[:n])):
+            n, tokens = 0, 0   # not the conversation the server counted
+        return tokens + estimate_tokens(messages[n:])
+
+    def _fit(self, messages, limit=None):
+        """messages fitted to limit (default: max_context) by fit_context."""
+        limit = limit or self.max_context
+        if not limit:
+            return messages
+        fitted, dropped = fit_context(messages, limit, self._tokens(messages))
+        if dropped:
+            self.notify("dropped the %d oldest message%s to stay within %d tokens of context"
+                        % (dropped, "" if dropped == 1 else "s", limit))
+        return fitted
+
+
+# ---------------------------------------------------------------------------
+# Text for a terminal: the one sanitizer, the streams chat.py writes to,
+# secrets kept off the screen, consent asked on the terminal.
+# Lifting: needs the standard library only.
+# ---------------------------------------------------------------------------
+# What a terminal would act on rather than show: C0 controls but tab and
+# newline, DEL, C1 controls, and the bidirectional overrides and isolates.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def _visible(match):
+    code = ord(match.group())
+    if code < 0x20:
+        return "^" + chr(code + 64)   # ESC shows as ^[, as cat -v and git show it
+    if code == 0x7f:
+        return "^?"
+    return ("\\x%02x" if code <= 0x9f else "\\u%04x") % code
+
+
+def sanitize(text):
+    """text made safe for a terminal: every control character, and the
+    escape sequences ESC or CSI would start, shown as visible escapes
+    (^[, \\x9b, \\u202e) instead of acted on; newline and tab kept."""
+    return text if _UNSAFE.search(text) is None else _UNSAFE.sub(_visible, text)
+
+
+def _is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):   # no such method, or a closed stream
+        return False
+
+
+def _say(stream, text, style=None):
+    """The way to stderr (and to --check's stdout): text through the
+    sanitizer, then in colour style where the stream shows colour, flushed."""
+    text = sanitize(text)
+    if style and getattr(stream, "colour", False):
+        body = text.rstrip("\n")   # colour the words, not the line ending
+        if body:
+            text = "\x1b[%sm%s\x1b[0m%s" % (style, body, text[len(body):])
+    stream.write(text)
+    stream.flush()   # every time: before Python 3.9 a piped stderr is block-buffered
+
+
+def _show(out, text):
+    """Write text that came from the server to stdout: exact into a pipe or a
+    file, where it is data; through the sanitizer onto a terminal."""
+    _write_out(out, sanitize(text) if _is_terminal(out) else text)
+
+
+def _write_out(out, text):
+    """Write text to stdout and flush; a write that fails (a full disk, a
+    closed descriptor) is a ChatError that says so, not a traceback."""
+    try:
+        out.write(text)
+        out.flush()
+    except BrokenPipeError:
+        raise   # the reader went away: main() says nothing more
+    except (OSError, ValueError) as exc:   # ValueError: written after a close
+        raise _stdout_failed(exc) from None
+
+
+def _stdout_failed(exc):
+    return StdoutError("cannot write to stdout: %s" % (getattr(exc, "strerror", None) or exc))
+
+
+def secret_runs(secrets):
+    """Every run of MIN_SECRET characters of the secrets long enough to be
+    ones (a local server's key "x" is not: blanking it would blank every x)."""
+    return frozenset(secret[i:i + MIN_SECRET] for secret in secrets
+                     if secret and len(secret) >= MIN_SECRET
+                     for i in range(len(secret) - MIN_SECRET + 1))
+
+
+def _redact(text, runs):
+    """text with every stretch made of secret runs blanked out as ***, so an
+    echo cut off mid-key shows nothing of it either."""
+    if not runs or len(text) < MIN_SECRET:
+        return text
+    out, start, i, last = [], 0, 0, len(text) - MIN_SECRET
+    while i <= last:
+        if text[i:i + MIN_SECRET] in runs:
+            end = i + MIN_SECRET
+            while end < len(text) and text[end - MIN_SECRET + 1:end + 1] in runs:
+                end += 1
+            out.append(text[start:i])
+            out.append("***")
+            start = i = end
+        else:
+            i += 1
+    out.append(text[start:])
+    return "".join(out)
+
+
+class _ErrorStream:
+    """stderr as chat.py writes to it: every secret blanked out of what is
+    written (servers quote requests, proxies quote headers, and the key must
+    never show), and colour, where the terminal should get it."""
+
+    def __init__(self, stream, *, colour=False, secrets=()):
+        self._stream, self.colour = stream, colour
+        self._runs = secret_runs(secrets)
+
+    def write(self, text):
+        return self._stream.write(_redact(text, self._runs))
+
+    def __getattr__(self, name):   # flush, isatty, fileno, ...
+        return getattr(self._stream, name)
+
+
+def ask_terminal(question):
+    """Show question on the controlling terminal and return the line typed
+    there; None if the process has none.  Never reads stdin, which may be a
+    script: consent comes from the person at the terminal.  Ctrl-D answers
+    "" (no); Ctrl-C raises KeyboardInterrupt, to stop the whole turn."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | getattr(os, "O_NOCTTY", 0))
+    except OSError:
+        return None
+    try:
+        os.write(fd, sanitize(question).encode("utf-8", "replace"))
+        answer = b""
+        try:
+            answer = os.read(fd, 4096)   # the terminal hands over one whole line
+        finally:
+            if not answer.endswith(b"\n"):
+                os.write(fd, b"\n")   # Ctrl-C or Ctrl-D: leave the question's line
+        return answer.decode("utf-8", "replace").strip()
+    finally:
+        os.close(fd)
+
+
+def _prompt(err, text):
+    """A prompt for input(), sanitized, in colour where err shows colour;
+    readline wants the colour codes between \\001 and \\002 to measure it."""
+    text = sanitize(text)
+    if not getattr(err, "colour", False):
+        return text
+    return "\001\x1b[1;36m\002%s\001\x1b[0m\002" % text
+
+
+def _dim(err, text):
+    _say(err, text, "2")
+
+
+def _note(err, text):
+    _say(err, "chat.py: %s\n" % text, "31" if text.startswith("error:") else "2")
+
+
+# ---------------------------------------------------------------------------
+# Markdown highlighted as it streams.  Pure: text in, styled text out.
+# Lifting: needs the standard library only.
+# ---------------------------------------------------------------------------
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
+_HEADING = re.compile(r" {0,3}#{1,6}(?: |$)")
+_LIST = re.compile(r" *(?:[-*+]|\d{1,9}[.)])(?: |$)")
+_QUOTE = re.compile(r" {0,3}>")
+# Line starts that may still become one of the above once more text comes.
+_UNDECIDED = re.compile(r" *(?:#{1,6}|`{1,}|~{1,}|[-*+]|\d{1,9}[.)]?)?$")
+_SPECIAL = re.compile(r"[`*_\]\n]")
+_SPECIAL_IN_LINK = re.compile(r"[`*_\])\n]")
+
+
+class MarkdownHighlighter:
+    """Colour markdown for a terminal as it streams: headings, bold, italic,
+    inline code, fenced code blocks and their language label, list markers,
+    block quotes and link targets.
+
+    feed() takes the text as it arrives and returns it with ANSI colour
+    codes added: no character is removed, added or moved, so the screen
+    shows exactly the reply and copying from it gives the exact text.
+    Nothing already returned is ever redrawn.  A line's first characters are
+    held back only until its kind is known (a "#" may start a heading, a "`"
+    a fence), and a run of markup characters at the end of a piece until the
+    next character shows whether it opens or closes.  end() returns what is
+    held back and resets the colours.
+    """
+
+    HEADING, BOLD, ITALIC, CODE = "1;36", "1", "3", "33"
+    BLOCK, FENCE, LABEL, QUOTE, MARKER, LINK = "32", "2", "1;32", "2", "36", "4;34"
+
+    def __init__(self):
+        self._held = ""          # text not yet returned
+        self._at_start = True    # the next character starts a line
+        self._fence = None       # the fence that opened the code block we are in
+        self._block = ""         # the style of the whole line
+        self._bold = self._italic = False
+        self._code = 0           # the length of the backticks that opened inline code
+        self._link = False       # inside a link's (target)
+        self._previous = "\n"    # the character before the held text
+        self._active = ""        # the codes in force on the terminal
+
+    def feed(self, text):
+        """Return text with colour codes, less what must wait for more text."""
+        data, self._held = self._held + text, ""
+        out = []
+        self._scan(data, out, final=False)
+        return "".join(out)
+
+    def end(self):
+        """Return what was held back, then reset the terminal's colours."""
+        data, self._held = self._held, ""
+        out = []
+        self._scan(data, out, final=True)
+        self._style(out, "")
+        return "".join(out)
+
+    def _style(self, out, codes):
+        if codes != self._active:
+            out.append("\x1b[0m" if not codes else
+                       "\x1b[%sm" % codes if not self._active else "\x1b[0;%sm" % codes)
+            self._active = codes
+
+    def _inline_style(self):
+        codes = [self._block] if self._block else []
+        if self._code:
+            codes.append(self.CODE)
+        else:
+            codes += [c for c, on in ((self.BOLD, self._bold), (self.ITALIC, self._italic)) if on]
+        if self._link:
+            codes.append(self.LINK)
+        return ";".join(codes)
+
+    def _scan(self, data, out, final):
+        i, n = 0, len(data)
+        while i < n:
+            if self._at_start:
+                i = self._line_start(data, i, out, final)
+                if i < 0:
+                    return
+                continue
+            if self._fence is not None:   # a code block's line: no markdown in it
+                j = data.find("\n", i)
+                j = n if j < 0 else j
+                out.append(data[i:j])
+                i = j
+                if j < n:
+                    self._end_line(out)
+                    i += 1
+                continue
+            match = (_SPECIAL_IN_LINK if self._link else _SPECIAL).search(data, i)
+            j = n if match is None else match.start()
+            if j > i:
+                out.append(data[i:j])
+                self._previous = data[j - 1]
+                i = j
+            if match is None:
+                return
+            char = data[i]
+            if char == "\n":
+                self._end_line(out)
+                i += 1
+            elif char == "]":
+                if i + 1 == n and not final:
+                    self._held = data[i:]
+                    return
+                out.append("]")
+                self._previous = "]"
+                i += 1
+                if i < n and data[i] == "(" and not self._code:
+                    self._link = True
+                    self._style(out, self._inline_style())
+            elif char == ")":   # the end of a link's target
+                out.append(")")
+                self._link = False
+                self._style(out, self._inline_style())
+                self._previous = ")"
+                i += 1
+            else:
+                j = i
+                while j < n and data[j] == char:
+                    j += 1
+                if j == n and not final:   # the run may go on, or what follows matters
+                    self._held = data[i:]
+                    return
+                self._run(data[i:j], data[j] if j < n else " ", out)
+                self._previous = char
+                i = j
+
+    def _run(self, run, after, out):
+        """A run of ` or * or _: code, bold or italic opening or closing."""
+        char, before = run[0], self._previous
+        if char == "`":
+            if not self._code:
+                self._code = len(run)
+                self._style(out, self._inline_style())
+                out.append(run)
+            else:
+                out.append(run)
+                if len(run) == self._code:
+                    self._code = 0
+                    self._style(out, self._inline_style())
+            return
+        if self._code:
+            out.append(run)
+            return
+        space_after, space_before = after.isspace(), before.isspace()
+        punct_after = not after.isalnum() and not space_after
+        punct_before = not before.isalnum() and not space_before
+        left = not space_after and (not punct_after or space_before or punct_before)
+        right = not space_before and (not punct_before or space_after or punct_after)
+        if char == "_":   # no emphasis inside words: snake_case stays plain
+            can_open = left and (not right or punct_before)
+            can_close = right and (not left or punct_after)
+        else:
+            can_open, can_close = left, right
+        styles = ["_bold"] if len(run) == 2 else ["_italic"] if len(run) == 1 else ["_bold", "_italic"]
+        closing = [name for name in styles if getattr(self, name) and can_close]
+        opening = [name for name in styles if not getattr(self, name) and can_open]
+        for name in opening:
+            setattr(self, name, True)
+        self._style(out, self._inline_style())
+        out.append(run)
+        for name in closing:
+            setattr(self, name, False)
+        self._style(out, self._inline_style())
+
+    def _line_start(self, data, i, out, final):
+        """Decide what kind of line starts at i, write its marker; return where
+        the rest of the line starts, or -1 if the start must wait for more."""
+        end = data.find("\n", i)
+        complete = end >= 0 or final
+        line = data[i:] if end < 0 else data[i:end]
+        if self._fence is not None:
+            fence = _FENCE.match(line)
+            closing = (fence and fence.group(1)[0] == self._fence[0]
+                       and len(fence.group(1)) >= len(self._fence)
+                       and not line[fence.end():].strip())
+            if closing:
+                if not complete:
+                    self._held = data[i:]
+                    return -1
+                self._style(out, self.FENCE)
+                out.append(line)
+                self._fence = None
+                self._at_start = False
+                return i + len(line)
+            if not complete and _UNDECIDED.match(line) and line.strip(" `~") == "":
+                self._held = data[i:]
+                return -1
+            self._block = self.BLOCK
+            self._style(out, self.BLOCK)
+            self._at_start = False
+            return i
+        if not complete and _UNDECIDED.match(line):
+            self._held = data[i:]
+            return -1
+        self._at_start = False
+        fence = _FENCE.match(line)
+        if fence and not (fence.group(1)[0] == "`" and "`" in line[fence.end():]):
+            if not complete:   # the language label ends with the line
+                self._held, self._at_start = data[i:], True
+                return -1
+            self._fence = fence.group(1)
+            self._style(out, self.FENCE)
+            out.append(line[:fence.end()])
+            self._style(out, self.LABEL)
+            out.append(line[fence.end():])
+            return i + len(line)
+        if _HEADING.match(line) or _QUOTE.match(line):   # the whole line is styled
+            self._block = self.HEADING if _HEADING.match(line) else self.QUOTE
+            self._style(out, self._block)
+            return i
+        marker = _LIST.match(line)
+        if marker:
+            self._style(out, self.MARKER)
+            out.append(line[:marker.end()])
+            self._style(out, "")
+            self._previous = " "
+            return i + marker.end()
+        return i
+
+    def _end_line(self, out):
+        """Inline styles end with their line; so does a heading or a quote."""
+        self._block, self._bold, self._italic, self._code, self._link = "", False, False, 0, False
+        self._style(out, "")
+        out.append("\n")
+        self._previous, self._at_start = "\n", True
+
+
+# ---------------------------------------------------------------------------
+# Showing a reply: text as it arrives, then notices.
+# Lifting: needs the terminal text and markdown sections, Printer and tool_calls.
+# ---------------------------------------------------------------------------
+
+
+class ReplyPrinter(Printer):
+    """Write a reply's text to out as it arrives; notices go to err.
+
+    With n > 1, the first unfinished choice streams live and the others are
+    held until it finishes, each under its own label on err; a choice at or
+    past n is never shown.  show_text: write the text at all (not with
+    --output json).  reasoning: show the live choice's reasoning on err, dim,
+    as it arrives.  usage: after the reply, show its token counts and speed;
+    logprobs: show each token's probability.  audio_out, audio_format: where
+    to write a spoken reply, and the format it was asked for.  markdown:
+    highlight the text as markdown (on a terminal only).  clock: a monotonic
+    clock, for the timing.  On a terminal the text goes through the
+    sanitizer; into a pipe or a file it is written exactly as it came.
+    """
+
+    def __init__(self, out, err, *, n=1, show_text=True, reasoning=True, usage=False,
+                 logprobs=False, audio_out=None, audio_format=None, markdown=False,
+                 clock=time.monotonic):
+        self.out, self.err, self.n, self.show_text = out, err, n, show_text
+        self.terminal = _is_terminal(out)
+        self.markdown = markdown and self.terminal
+        self._highlighter = MarkdownHighlighter() if self.markdown else None
+        self.reasoning, self.usage, self.logprobs = reasoning and show_text, usage, logprobs
+        self.audio_out, self.audio_format, self.clock = audio_out, audio_format, clock
+        self._started, self._first = clock(), None   # for time to first token
+        self._current = None     # the choice being written
+        self._held = {}          # index -> text waiting its turn
+        self._finished = set()
+        self._ends_line = True   # no text, or text ending in a newline
+        self._thinking = False   # reasoning is on err and its line is open
+
+    def chunk(self, chunk):
+        """Show one chunk's text (and the live choice's reasoning)."""
+        if self._first is None:
+            self._first = self.clock()
+        if not self.show_text:
+            return
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            if not 0 <= index < self.n:
+                continue
+            delta = choice.get("delta") or {}
+            text = delta.get("content") or (delta.get("audio") or {}).get("transcript")
+            if self._current is None:
+                self._switch_to(index)
+            if index == self._current:
+                if self.reasoning:
+                    thought = delta.get("reasoning_content") or delta.get("reasoning")
+                    if thought:
+                        self._think(thought)
+                if text:
+                    self._write(text)
+            elif text:
+                self._held.setdefault(index, []).append(text)
+            if choice.get("finish_reason"):
+                self._finished.add(index)
+                if index == self._current and self._held:
+                    self._switch_to(min(self._held))
+                    while self._current in self._finished and self._held:
+                        self._switch_to(min(self._held))
+
+    def _switch_to(self, index):
+        self.end_line()
+        self._current = index
+        if self.n > 1:
+            _note(self.err, "choice %d:" % (index + 1))
+        held = self._held.pop(index, None)
+        if held:
+            self._write("".join(held))
+
+    def _think(self, text):
+        if not self._thinking:
+            self.end_line()
+            self._thinking = True
+        _dim(self.err, text)
+
+    def _write(self, text):
+        if self._thinking:   # the answer starts: end the reasoning's line
+            self._thinking = False
+            _say(self.err, "\n\n")
+        self._ends_line = text[-1] == "\n"   # first, in case Ctrl-C lands mid-write
+        if self.terminal:
+            text = sanitize(text)
+            if self._highlighter:
+                text = self._highlighter.feed(text)
+        try:   # (not _write_out: this is the hot path, and a try costs nothing)
+            self.out.write(text)
+            self.out.flush()
+        except BrokenPipeError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise _stdout_failed(exc) from None
+
+    def end_line(self):
+        """End the text with a newline, if it has none, so notices start
+        afresh, with the terminal's colours reset."""
+        if self._thinking:
+            self._thinking = False
+            _say(self.err, "\n")
+        if not self._ends_line:
+            self._write("\n")
+        if self._highlighter:
+            _write_out(self.out, self._highlighter.end())
+
+    def finish(self, completion):
+        """Show what was held back, then notices: refusals, cut-offs, tool calls,
+        sources, logprobs and usage; write the audio, if any."""
+        if self.show_text:
+            for index in sorted(self._held):
+                self._switch_to(index)
+            self.end_line()
+        for choice in completion.get("choices") or ():
+            message = choice.get("message") or {}
+            label = "choice %d: " % (choice.get("index", 0) + 1) if self.n > 1 else ""
+            if message.get("refusal"):
+                _note(self.err, "%sthe model refused: %s" % (label, message["refusal"]))
+            reason = choice.get("finish_reason")
+            if reason == "length":
+                _note(self.err, "%sthe reply was cut off at the token limit "
+                      "(finish_reason: length)" % label)
+            elif reason == "content_filter":
+                _note(self.err, "%sthe reply was stopped by the content filter "
+                      "(finish_reason: content_filter)" % label)
+            for call in tool_calls(message):
+                self._show_call(label, call)
+            self._show_sources(label, message.get("annotations"))
+            if self.logprobs and choice.get("logprobs"):
+                self._show_logprobs(label, choice["logprobs"].get("content") or [])
+            if self.audio_out and choice.get("index", 0) == 0:
+                self._save_audio((message.get("audio") or {}).get("data"))
+        if self.usage:
+            self._show_usage(completion.get("usage"))
+
+    def _show_call(self, label, call):
+        function = call.get("function") or {}
+        _note(self.err, "%sthe model calls %s%s:" % (
+            label, function.get("name"), " (%s)" % call["id"] if call.get("id") else ""))
+        _dim(self.err, indented_arguments(function.get("arguments")))
+
+    def _show_sources(self, label, annotations):
+        cited = [a.get("url_citation") for a in annotations or ()
+                 if isinstance(a, dict) and a.get("type") == "url_citation"]
+        cited = [c for c in cited if isinstance(c, dict) and c.get("url")]
+        if cited:
+            _note(self.err, "%ssources:" % label)
+            _dim(self.err, "".join("  [%d] %s%s\n" % (
+                i, "%s - " % c["title"] if c.get("title") else "", c["url"])
+                for i, c in enumerate(cited, 1)))
+
+    def _show_logprobs(self, label, tokens):
+        lines = ["%slogprobs, token by token:" % label]
+        for item in tokens:
+            if not isinstance(item, dict):
+                continue   # not a token: nothing to show
+            line = "  %-20s %s" % (json.dumps(item.get("token"), ensure_ascii=False),
+                                   _probability(item.get("logprob")))
+            others = [t for t in item.get("top_logprobs") or ()
+                      if isinstance(t, dict) and t.get("token") != item.get("token")]
+            if others:
+                line += "   " + "  ".join("%s %s" % (json.dumps(t.get("token"), ensure_ascii=False),
+                                                     _probability(t.get("logprob")).strip())
+                                          for t in others)
+            lines.append(line)
+        _note(self.err, lines[0])
+        _dim(self.err, "".join(line + "\n" for line in lines[1:]))
+
+    def _show_usage(self, usage):
+        now = self.clock()
+        timing = ""
+        if self._first is not None:
+            timing = "; first token after %d ms" % ((self._first - self._started) * 1000)
+        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
+            rate = ""
+            if self._first is not None and now > self._first:
+                rate = "; %.1f tokens/s" % (usage["completion_tokens"] / (now - self._first))
+            _note(self.err, "usage: %s prompt + %s completion = %s tokens%s%s%s" % (
+                usage.get("prompt_tokens"), usage["completion_tokens"],
+                usage.get("total_tokens"), _usage_details(usage), timing, rate))
+        else:
+            _note(self.err, "usage: the server reported none%s" % timing)
+
+    def _save_audio(self, data):
+        if not data:
+            _note(self.err, "the reply has no audio; nothing was written to %s" % self.audio_out)
+            return
+        try:
+            audio = base64.b64decode(data)
+        except (ValueError, TypeError):
+            _note(self.err, "error: the server's audio is not base64; nothing was written")
+            return
+        if self.audio_format == "pcm16" and self.audio_out.lower().endswith(".wav"):
+            audio = wav_bytes(audio)
+        write_atomically(self.audio_out, audio)
+        _note(self.err, "the spoken reply is in %s" % self.audio_out)
+
+
+def _probability(logprob):
+    """A log probability as a percentage; "?" for what is not one."""
+    if isinstance(logprob, bool) or not isinstance(logprob, (int, float)) or logprob != logprob:
+        return "     ?"
+    return "%6.2f%%" % (100 * math.exp(min(logprob, 0.0)))   # a logprob above 0 is a lie
+
+
+def _usage_details(usage):
+    """The details a usage report gives beyond its totals, in parentheses, or ""."""
+    shown = []
+    for group, key, name in (
+            ("prompt_tokens_details", "cached_tokens", "cached"),
+            ("prompt_tokens_details", "audio_tokens", "audio in"),
+            ("completion_tokens_details", "reasoning_tokens", "reasoning"),
+            ("completion_tokens_details", "audio_tokens", "audio out"),
+            ("completion_tokens_details", "accepted_prediction_tokens", "prediction accepted"),
+            ("completion_tokens_details", "rejected_prediction_tokens", "prediction rejected")):
+        value = (usage.get(group) or {}).get(key) if isinstance(usage.get(group), dict) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value:
+            shown.append("%s %d" % (name, value))
+    return " (%s)" % ", ".join(shown) if shown else ""
+
+
+# ---------------------------------------------------------------------------
+# Files: conversations saved and kept, attachments read.
+# Lifting: needs the errors and parse_conversation.
+# ---------------------------------------------------------------------------
+
+
+def read_bounded(path, what, limit):
+    """The bytes of a file, at most limit of them; a UsageError naming what
+    it is for otherwise.  The size the file system reports is not trusted
+    (/dev/zero reports 0): the reading stops past the limit."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise UsageError("cannot read %s %s: %s" % (what, path, exc.strerror)) from None
+    if len(data) > limit:
+        raise UsageError("%s %s is over %d MiB, the limit" % (what, path, limit >> 20))
+    return data
+
+
+def read_json_file(path, what):
+    """The JSON in a file of at most MAX_BODY bytes; a UsageError naming what
+    it is for if that fails."""
+    data = read_bounded(path, what, MAX_BODY)
+    try:
+        return parse_json(data.decode("utf-8"))
+    except ValueError as exc:   # not UTF-8 is a ValueError too
+        raise UsageError("%s %s is not valid JSON: %s" % (what, path, exc)) from None
+
+
+def load_conversation(chat, path, *, model=None, params=None):
+    """chat.load() the conversation saved at path; a UsageError names the file."""
+    body = read_json_file(path, "the conversation")
+    try:
+        chat.load(body, model=model, params=params)
+    except UsageError as exc:
+        raise UsageError("cannot load %s: %s" % (path, exc)) from None
+
+
+def save_conversation(path, body):
+    """Write body to path as JSON, atomically, readable by the owner only:
+    a field a line and a message a line, readable and quick to write (json's
+    indent= would use its slow pure-Python encoder on every turn), written
+    piece by piece rather than built whole in memory first."""
+    def pieces():
+        for n, (key, value) in enumerate(body.items()):
+            yield "%s  %s: " % ("{\n" if n == 0 else ",\n", json.dumps(key))
+            if key == "messages" and isinstance(value, list) and value:
+                for i, message in enumerate(value):
+                    yield "%s    %s" % ("[\n" if i == 0 else ",\n", json.dumps(message, ensure_ascii=False))
+                yield "\n  ]"
+            else:
+                yield json.dumps(value, ensure_ascii=False)
+        yield "\n}\n" if body else "{}\n"
+    write_atomically(path, (piece.encode("utf-8") for piece in pieces()))
+
+
+def write_atomically(path, data):
+    """Write data (bytes, or an iterable of bytes) to path, readable by the
+    owner only.
+
+    The bytes go to a temporary file in the same folder, are flushed to disk,
+    then renamed over path: a crash or a full disk leaves the old file whole.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, temporary = tempfile.mkstemp(prefix=".chat-", suffix=".tmp", dir=folder)
+    except OSError as exc:
+        raise OutputError("cannot save to %s: %s" % (path, exc.strerror)) from None
+    try:
+        with os.fdopen(fd, "wb") as f:   # mkstemp made it 0600
+            for piece in [data] if isinstance(data, bytes) else data:
+                f.write(piece)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException as exc:   # whatever ends the write, no temporary file stays
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise OutputError("cannot save to %s: %s" % (path, exc.strerror)) from None
+        raise
+    try:   # make the rename itself durable
+        folder_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(folder_fd)
+        finally:
+            os.close(folder_fd)
+    except OSError:
+        pass
+
+
+class ConversationLog:
+    """Every conversation kept, one file each, as a replayable request body
+    (as --save writes it) in folder: made 0700, files 0600, written
+    atomically, never the key.  A conversation's ID is its file's name."""
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def new_path(self, clock=time.time):
+        """The file for a new conversation, named by the time it started."""
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(clock()))
+        return os.path.join(self.folder, "%s-%s.json" % (stamp, os.urandom(2).hex()))
+
+    def save(self, path, body):
+        """Keep body in path; a ChatError if the folder or the file cannot be written."""
+        try:
+            os.makedirs(self.folder, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise OutputError("cannot keep the conversation in %s: %s"
+                            % (self.folder, exc.strerror)) from None
+        save_conversation(path, body)
+
+    def entries(self, notify=None, prefix=""):
+        """(ID, path, modified, body) of the kept conversations whose ID starts
+        with prefix, newest first, each file read only when its turn comes.
+        A file that is not a conversation is skipped; the skipped get one
+        notice when the iteration ends (close() it when stopping early)."""
+        try:
+            names = [n for n in os.listdir(self.folder) if n.endswith(".json")
+                     and n.startswith(prefix)]
+        except OSError:
+            return
+        dated = []
+        for name in names:
+            try:
+                dated.append((os.stat(os.path.join(self.folder, name)).st_mtime, name))
+            except OSError:
+                pass
+        skipped = []
+        try:
+            for modified, name in sorted(dated, reverse=True):
+                path = os.path.join(self.folder, name)
+                try:
+                    body = read_json_file(path, "the conversation")
+                    parse_conversation(body)
+                except UsageError:
+                    skipped.append(name)
+                    continue
+                yield name[:-5], path, modified, body
+        finally:
+            if skipped and notify:
+                notify("skipped %d file%s in %s that %s not conversations: %s" % (
+                    len(skipped), "" if len(skipped) == 1 else "s", self.folder,
+                    "is" if len(skipped) == 1 else "are", ", ".join(sorted(skipped)[:3])))
+
+    def latest(self, notify=None):
+        """The path of the most recent conversation, or None."""
+        entries = self.entries(notify)
+        try:
+            return next(entries)[1]
+        except StopIteration:
+            return None
+        finally:
+            entries.close()
+
+    def find(self, wanted, notify=None):
+        """The path of the conversation whose ID is wanted (or starts so)."""
+        matches = [(id, path) for id, path, _, _ in self.entries(notify, prefix=wanted)]
+        exact = [path for id, path in matches if id == wanted]
+        paths = exact or [path for _, path in matches]
+        if len(paths) != 1:
+            raise UsageError("%s conversation has the ID %s; chat.py --list shows them" % (
+                "no" if not paths else "more than one", wanted))
+        return paths[0]
+
+
+def conversation_summary(id, modified, body):
+    """One line of --list: ID, date, model, turns, the first user line."""
+    messages = body.get("messages") if isinstance(body, dict) else body
+    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+    first = users[0].get("content") if users else ""
+    if isinstance(first, list):
+        first = " ".join(p.get("text", "") for p in first if isinstance(p, dict))
+    first = _one_line(str(first or ""))
+    return "%s  %s  %s  %d turn%s  %s" % (
+        id, time.strftime("%Y-%m-%d %H:%M", time.localtime(modified)),
+        (body.get("model") if isinstance(body, dict) else None) or "-", len(users),
+        "" if len(users) == 1 else "s", first[:60] + ("..." if len(first) > 60 else ""))
+
+
+def wav_bytes(pcm):
+    """A WAV file holding pcm: 16-bit little-endian mono at 24 kHz, the
+    format the API streams audio in."""
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(24000)
+        w.writeframes(pcm)
+    return buffer.getvalue()
+
+
+def _data_url(mime, data):
+    return "data:%s;base64,%s" % (mime, base64.b64encode(data).decode("ascii"))
+
+
+def image_part(source):
+    """An image_url content part: a URL as it is, a local file as a data: URL."""
+    if source.startswith(("http://", "https://", "data:")):
+        return {"type": "image_url", "image_url": {"url": source}}
+    data = read_bounded(source, "the image", MAX_IMAGE_BYTES)
+    mime = next((m for magic, m in _IMAGE_MAGIC if data.startswith(magic)), None)
+    if mime is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        mime = "image/webp"
+    if mime is None:
+        mime = mimetypes.guess_type(source)[0]
+    if not mime or not mime.startswith("image/"):
+        raise UsageError("%s does not look like an image (PNG, JPEG, GIF or WebP)" % source)
+    return {"type": "image_url", "image_url": {"url": _data_url(mime, data)}}
+
+
+def audio_part(path):
+    """An input_audio content part for recorded speech: WAV or MP3, told by content."""
+    data = read_bounded(path, "the audio file", MAX_IMAGE_BYTES)
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        format = "wav"
+    elif data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
+        format = "mp3"
+    else:
+        raise UsageError("%s is neither WAV nor MP3 audio; --audio takes those two" % path)
+    return {"type": "input_audio", "input_audio": {
+        "data": base64.b64encode(data).decode("ascii"), "format": format}}
+
+
+def file_part(path):
+    """A content part for a document: a PDF as a file part, UTF-8 text as a
+    text part marked with the file's name, so the model can tell files apart."""
+    data = read_bounded(path, "the file", MAX_FILE_BYTES)
+    name = os.path.basename(path)
+    if data.startswith(b"%PDF-"):
+        return {"type": "file", "file": {"filename": name,
+                                         "file_data": _data_url("application/pdf", data)}}
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\0" in text:
+        raise UsageError("%s is neither a PDF nor UTF-8 text; --file takes those (images go "
+                         "with --image, recorded speech with --audio)" % path)
+    return {"type": "text", "text": '<file name="%s">\n%s%s</file>' % (
+        name, text, "" if text.endswith("\n") or not text else "\n")}
+
+
+# ---------------------------------------------------------------------------
+# Tools: answering the model's calls, with the user's consent.
+# Lifting: needs the errors, parse_value's loads and tool_calls.
+# ---------------------------------------------------------------------------
+
+
+def run_tool_command(argv, arguments, timeout):
+    """Run argv (no shell) with the call's arguments as JSON on stdin; return
+    its stdout, or an error result the model can read."""
+    try:
+        proc = subprocess.run(argv, input=arguments.encode("utf-8"), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "error: the command ran longer than %gs and was stopped" % timeout
+    except OSError as exc:
+        return "error: cannot run %s: %s" % (argv[0], exc.strerror)
+    output = proc.stdout.decode("utf-8", "replace")
+    if proc.returncode != 0:
+        why = _one_line(proc.stderr.decode("utf-8", "replace"))[-500:] or output[-500:]
+        return "error: the command exited with status %d: %s" % (proc.returncode, why)
+    return output
+
+
+class Tools:
+    """Answers the model's tool calls.
+
+    commands: tool name -> argv to run for it (--tool-exec).  consent(name,
+    arguments, argv): True if the user agrees to run argv with arguments,
+    False if not, None where nobody can be asked.  confirm: run commands
+    without asking (--yes).  ask(prompt): a line typed by the user, the
+    result of a tool with no command; None where nobody can be asked.
+    notify(text) hears of a command not run for want of consent.  timeout:
+    seconds a command may run.  max_rounds: rounds of calls and results
+    before chat.py stops.
+    """
+
+    def __init__(self, commands=None, *, consent=None, confirm=False, ask=None, notify=None,
+                 timeout=DEFAULT_TOOL_TIMEOUT, max_rounds=DEFAULT_TOOL_ROUNDS):
+        self.commands, self.consent, self.confirm = commands or {}, consent, confirm
+        self.ask, self.notify = ask, notify or (lambda text: None)
+        self.timeout, self.max_rounds = timeout, max_rounds
+
+    def answer(self, call):
+        """The result to send back for one call."""
+        function = call.get("function") or {}
+        name, arguments = function.get("name"), function.get("arguments") or "{}"
+        try:
+            parse_json(arguments)
+        except ValueError:
+            return ("error: the arguments were not valid JSON, so the tool was not run: %s"
+                    % arguments[:300])
+        argv = self.commands.get(name)
+        if argv is not None:
+            if not self.confirm:
+                agreed = self.consent(name, arguments, argv) if self.consent else None
+                if agreed is None:
+                    self.notify("%s was not run: there is no terminal to ask for consent on "
+                                "(chat.py --yes would have run it)" % name)
+                    return ("error: not run: running tools needs the user's consent "
+                            "(chat.py --yes)")
+                if not agreed:
+                    return "error: the user chose not to run this tool"
+            return run_tool_command(argv, arguments, self.timeout)
+        if self.ask is None:
+            return "error: chat.py has no command for the tool %s" % name
+        try:
+            answer = self.ask("result of %s (text, or @FILE)> " % name)
+        except EOFError:   # Ctrl-D, or the end of a script
+            return "error: the user gave no result"
+        if answer.startswith("@"):
+            try:
+                with open(answer[1:].strip(), encoding="utf-8", errors="replace") as f:
+                    return f.read()
+            except OSError as exc:
+                return "error: the user's file could not be read: %s" % exc.strerror
+        return answer
+
+
+def consent_question(name, arguments, argv):
+    """The y/N question for running argv: the tool's name and its complete
+    arguments, pretty-printed, so that what is approved is what runs."""
+    return "chat.py: run the tool %s, that is `%s`, with these arguments?\n%s[y/N] " % (
+        name, " ".join(shlex.quote(word) for word in argv), indented_arguments(arguments))
+
+
+def indented_arguments(arguments):
+    """A tool call's arguments as people read them: pretty-printed JSON, every
+    line indented, in full; text that is not JSON shown as it is, and said so."""
+    try:
+        shown = json.dumps(parse_json(arguments or "{}"), indent=2, ensure_ascii=False)
+    except ValueError:
+        shown = "%s\n(the arguments are not valid JSON)" % arguments
+    return "".join("  %s\n" % line for line in shown.splitlines())
+
+
+# ---------------------------------------------------------------------------
+# The console: the chat loop and its /commands.
+# Lifting: needs Chat, the printer, the files and tools sections.
+# ---------------------------------------------------------------------------
+
+
+class Console:
+    """The chat loop: reads input, runs /commands, sends turns.
+
+    chat: the Chat.  read_line(prompt): the next line; raises EOFError at the
+    end of input and KeyboardInterrupt on Ctrl-C.  out, err: where replies and
+    notices go.  piped: input is a script (the first failed turn ends the run).
+    save_path: where to save after every turn (--save).  line_buffer(): what
+    is typed at the prompt so far, where the terminal can tell.  tools: the
+    Tools that answer tool calls (default: the user types each result).
+    new_printer(): a Printer for the next reply (default: a ReplyPrinter on
+    out and err).  attachments: content parts (images, audio, files) for the
+    first message.  keep(chat): keeps the conversation after every turn
+    (default: write it to save_path).  more_waiting(): True when more input
+    is already there, as when lines are pasted (a paste is one message).
+    models(): the server's model ids (default: asked for once).  editor:
+    the command /edit runs (default: vi).
+    """
+
+    COMMANDS = {   # name: (method, argument, what it does; None: not listed)
+        "/help": ("do_help", "", "list the commands"),
+        "/exit": ("do_exit", "", "leave (so do /quit, Ctrl-D, and Ctrl-C twice)"),
+        "/quit": ("do_exit", "", None),
+        "/reset": ("do_reset", "", "clear the conversation, keep the system message"),
+        "/system": ("do_system", "[TEXT]", "show or set the system message"),
+        "/model": ("do_model", "[NAME]", "show or set the model"),
+        "/history": ("do_history", "", "show the conversation"),
+        "/undo": ("do_undo", "", "drop the last exchange"),
+        "/retry": ("do_retry", "", "ask again for the last reply"),
+        "/continue": ("do_continue", "", "ask for more of a reply that was cut short"),
+        "/save": ("do_save", "[FILE]", "save the conversation as a request body"),
+        "/load": ("do_load", "FILE", "load a saved conversation (or a list of messages)"),
+        "/curl": ("do_curl", "[TEXT]", "show a curl command for the next request"),
+        "/set": ("do_set", "KEY VALUE", "set a request field (VALUE is JSON or text)"),
+        "/unset": ("do_unset", "KEY", "stop sending a request field"),
+        "/params": ("do_params", "", "show the fields sent with each request"),
+        "/image": ("do_image", "PATH|URL", "attach an image to the next message"),
+        "/audio": ("do_audio", "FILE", "attach recorded speech (WAV or MP3) to the next message"),
+        "/file": ("do_file", "FILE", "attach a PDF or a text file to the next message"),
+        "/usage": ("do_usage", "", "show the tokens used in this session"),
+        "/models": ("do_models", "", "list the models the server offers"),
+        "/edit": ("do_edit", "[TEXT]", "write the next message in your editor ($VISUAL, $EDITOR)"),
+        "/copy": ("do_copy", "[code]", "copy the last reply (or its last code block) to "
+                                       "the clipboard"),
+    }
+    FILE_COMMANDS = ("/save", "/load", "/image", "/audio", "/file")   # their argument is a path
+
+    def __init__(self, chat, read_line, out, err, *, piped=False, save_path=None,
+                 line_buffer=None, tools=None, new_printer=None, attachments=(), keep=None,
+                 more_waiting=None, models=None, editor=None, prompt="> ", more_prompt="... "):
+        self.chat, self.read_line, self.out, self.err = chat, read_line, out, err
+        self.piped, self.save_path, self.line_buffer = piped, save_path, line_buffer
+        self.prompt, self.more_prompt = prompt, more_prompt
+        self.keep = keep or (lambda chat: self.save_path and save_conversation(
+            self.save_path, chat.body()))
+        self.more_waiting, self.editor = more_waiting, editor or "vi"
+        self.models = models or _once(lambda: chat.client.models())
+        self.tools = tools or Tools(ask=read_line)
+        self.new_printer = new_printer or (lambda: ReplyPrinter(
+            out, err, n=chat.params.get("n", 1)))
+        self.attachments = list(attachments)   # /image, /audio, /file: for the next message
+
+    def run(self):
+        """Chat until the input ends or the user leaves; return the exit status."""
+        armed = False   # Ctrl-C at an empty prompt once: a second one leaves
+        while True:
+            try:
+                message, typed = self.read_message()
+            except EOFError:
+                return 0
+            except KeyboardInterrupt:
+                typed = self.line_buffer().strip() if self.line_buffer else ""
+                _say(self.err, "\n")
+                if not typed and armed:
+                    return 0
+                armed = not typed
+                if armed and not self.piped:
+                    _dim(self.err, "(Ctrl-C again or Ctrl-D to leave)\n")
+                continue
+            armed = False
+            text = message.strip()
+            if not text:
+                continue
+            if typed and text.startswith("/") and not text.startswith("//"):
+                status = self.command(text)
+            else:
+                status = self.send(text[1:] if typed and text.startswith("//") else message)
+            if status is not None:
+                return status
+
+    def send(self, text):
+        """Send text, with what is attached to it, as one turn."""
+        content = user_content(text, self.attachments)
+        self.attachments = []
+        return self.turn(lambda printer: self.chat.send(content, printer))
+
+    def read_message(self):
+        """One message: a line, lines joined by a trailing backslash, or a block
+        between two lines of three double quotes.  Returns (text, typed), typed
+        being False for a block (which is never a command)."""
+        line = self.read_line(self.prompt)
+        if line.strip() == '"""':
+            lines = []
+            while True:
+                try:
+                    line = self.read_line(self.more_prompt)
+                except EOFError:
+                    break   # the input ended inside the block: send what came
+                if line.strip() == '"""':
+                    break
+                lines.append(line)
+            return "\n".join(lines), False
+        pasted = [line]
+        while self.more_waiting and self.more_waiting():   # the rest of a paste
+            pasted.append(self.read_line(self.more_prompt))
+        if len(pasted) > 1 or "\n" in line:   # (a bracketed paste comes as one line)
+            return "\n".join(pasted), False   # a paste is one message, never a command
+        while line.endswith("\\"):
+            line = line[:-1] + "\n" + self.read_line(self.more_prompt)
+        return line, True
+
+    def command(self, text):
+        """Run one /command; return an exit status to leave, else None."""
+        name, _, argument = text.partition(" ")
+        entry = self.COMMANDS.get(name.lower())
+        if entry is None:
+            close = difflib.get_close_matches(name.lower(), self.COMMANDS, 1)
+            _note(self.err, "unknown command %s%s - /help lists them (start a message with "
+                  "// to send a slash)" % (name, "; did you mean %s?" % close[0] if close else ""))
+            return None
+        argument = argument.strip()
+        if name.lower() in self.FILE_COMMANDS:
+            argument = os.path.expanduser(argument)
+        try:
+            return getattr(self, entry[0])(argument)
+        except ChatError as exc:
+            return self._failed(exc)
+
+    def turn(self, action):
+        """Run action(printer), which talks to the model; report how it ended."""
+        status = None
+        try:
+            completion = action(self.new_printer())
+            self.chat.follow_tools(completion, self.tools, self.new_printer)
+        except KeyboardInterrupt:
+            _dim(self.err, "[interrupted]\n")
+        except ChatError as exc:
+            status = self._failed(exc)
+        try:
+            self.keep(self.chat)
+        except ChatError as exc:
+            _note(self.err, "error: %s (the conversation is still here)" % exc)
+        return status
+
+    def _failed(self, exc):
+        _note(self.err, "error: %s" % exc)
+        return exc.exit_code if self.piped else None
+
+    # The commands: each takes the text after its name.
+
+    def do_help(self, argument):
+        lines = ["  %-17s %s\n" % (("%s %s" % (name, arg)).strip(), what)
+                 for name, (_, arg, what) in self.COMMANDS.items() if what]
+        lines.append("  %-17s %s\n" % ("//TEXT", "send TEXT starting with one slash"))
+        lines.append('  %-17s %s\n' % ('"""', 'on its own line: start or end a block of lines'))
+        lines.append("  %-17s %s\n" % ("TEXT\\", "a backslash at the end continues the line"))
+        _say(self.err, "".join(lines))
+
+    def do_exit(self, argument):
+        return 0
+
+    def do_reset(self, argument):
+        self.chat.reset()
+        _note(self.err, "the conversation is cleared%s" % (
+            " (the system message stays)" if self.chat.messages else ""))
+
+    def do_system(self, argument):
+        if argument:
+            self.chat.set_system(argument)
+            _note(self.err, "the system message is set")
+        else:
+            system = self.chat.messages[:_system_count(self.chat.messages)]
+            _note(self.err, "system: %s" % (system[0]["content"] if system else "(none)"))
+
+    def do_model(self, argument):
+        if argument:
+            self.chat.set_model(argument)
+        _note(self.err, "model: %s" % self.chat.model)
+
+    def do_history(self, argument):
+        if not self.chat.messages:
+            _note(self.err, "the conversation is empty")
+        for i, message in enumerate(self.chat.messages, 1):
+            content = message.get("content")
+            if isinstance(content, list):
+                content = " ".join(p.get("text", "[%s]" % p.get("type")) for p in content
+                                   if isinstance(p, dict))
+            calls = ", ".join("%s(%s)" % ((c.get("function") or {}).get("name"),
+                                          (c.get("function") or {}).get("arguments"))
+                              for c in message.get("tool_calls") or ())
+            text = (content or "") + ("  [calls %s]" % calls if calls else "")
+            _say(self.err, "%3d %-9s %s\n" % (i, message.get("role"), text.replace("\n", "\n" + " " * 14)))
+
+    def do_undo(self, argument):
+        self.chat.undo()
+        _note(self.err, "the last exchange is gone; %d message%s left" % (
+            len(self.chat.messages), "" if len(self.chat.messages) == 1 else "s"))
+
+    def do_retry(self, argument):
+        return self.turn(self.chat.retry)
+
+    def do_continue(self, argument):
+        return self.turn(self.chat.continue_reply)
+
+    def do_save(self, argument):
+        path = argument or self.save_path
+        if not path:
+            raise UsageError("/save needs a file name (or start with --save FILE)")
+        save_conversation(path, self.chat.body())
+        self.save_path = path
+        _note(self.err, "saved %d messages to %s" % (len(self.chat.messages), path))
+
+    def do_load(self, argument):
+        if not argument:
+            raise UsageError("/load needs a file name")
+        load_conversation(self.chat, argument)
+        _note(self.err, "loaded %d messages from %s; model %s" % (
+            len(self.chat.messages), argument, self.chat.model))
+
+    def do_set(self, argument):
+        key, _, value = argument.partition(" ")
+        if not key or not value.strip():
+            raise UsageError("/set needs a field and a value, e.g. /set temperature 0.2")
+        if key == "model":
+            return self.do_model(value.strip())
+        if key in ("messages", "stream", "stream_options"):
+            raise UsageError("/set cannot change %s: %s" % (key, {
+                "messages": "/load, /reset and /undo change the conversation",
+                "stream": "start chat.py with --no-stream to have whole replies",
+                "stream_options": "start chat.py with --usage to ask for usage"}[key]))
+        self.chat.set_param(key, parse_value(value.strip()))
+        _note(self.err, "%s = %s" % (key, json.dumps(self.chat.params[key], ensure_ascii=False)))
+
+    def do_unset(self, argument):
+        if argument not in self.chat.params:
+            raise UsageError("%s is not set; /params shows what is" % (argument or "/unset KEY:"))
+        self.chat.unset_param(argument)
+        _note(self.err, "%s is no longer sent" % argument)
+
+    def do_params(self, argument):
+        shown = build_payload(self.chat.model, [], self.chat.stream, self.chat.params)
+        del shown["messages"]
+        _say(self.err, json.dumps(shown, indent=2, ensure_ascii=False) + "\n")
+
+    def do_image(self, argument):
+        self._attach(argument, image_part, "/image needs a file or a URL")
+
+    def do_audio(self, argument):
+        self._attach(argument, audio_part, "/audio needs a WAV or MP3 file")
+
+    def do_file(self, argument):
+        self._attach(argument, file_part, "/file needs a PDF or a text file")
+
+    def _attach(self, argument, part, usage):
+        if not argument:
+            raise UsageError(usage)
+        self.attachments.append(part(argument))
+        _note(self.err, "the next message takes %d attachment%s" % (
+            len(self.attachments), "" if len(self.attachments) == 1 else "s"))
+
+    def do_models(self, argument):
+        _say(self.err, "".join("  %s\n" % model for model in self.models()) or
+             "  (the server lists no models)\n")
+
+    def do_edit(self, argument):
+        text = edit_text(self.editor, argument)
+        if text is None:
+            _note(self.err, "nothing sent: the editor left no text (or failed)")
+            return None
+        return self.send(text)
+
+    def do_copy(self, argument):
+        replies = [m for m in self.chat.messages if m.get("role") == "assistant"
+                   and isinstance(m.get("content"), str) and m["content"]]
+        if not replies:
+            raise UsageError("there is no reply to copy yet")
+        text = replies[-1]["content"]
+        if argument == "code":
+            blocks = re.findall(r"(?ms)^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1", text)
+            if not blocks:
+                raise UsageError("the last reply has no fenced code block")
+            text = blocks[-1][1]
+        elif argument:
+            raise UsageError("/copy takes nothing, or code")
+        terminal = next((s for s in (self.err, self.out) if _is_terminal(s)), None)
+        if terminal is None:
+            raise UsageError("/copy needs a terminal: it asks the terminal to set the clipboard")
+        # OSC 52: the terminal (over SSH too) puts the base64 text on the clipboard.
+        terminal.write("\x1b]52;c;%s\x07" % base64.b64encode(text.encode("utf-8")).decode("ascii"))
+        terminal.flush()
+        _note(self.err, "copied %d characters" % len(text))
+
+    def do_usage(self, argument):
+        t = self.chat.totals
+        counted = ("%d prompt + %d completion = %d tokens" % (
+            t["prompt_tokens"], t["completion_tokens"], t["total_tokens"])
+            if t["total_tokens"] else "the server reported no usage")
+        _note(self.err, "this session: %d request%s, %s" % (
+            t["requests"], "" if t["requests"] == 1 else "s", counted))
+
+    def do_curl(self, argument):
+        _say(self.err, self.chat.client.curl(self.chat.next_payload(argument or None))
+             + "\n")
+
+
+def edit_text(editor, initial=""):
+    """The text the user writes in editor (a command line, run without a
+    shell) in a private temporary file, removed afterwards; None if the
+    editor failed or left the file empty."""
+    fd, path = tempfile.mkstemp(prefix="chat-", suffix=".md")   # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(initial)
+        try:
+            status = subprocess.call(shlex.split(editor) + [path])
+        except (OSError, ValueError) as exc:
+            raise UsageError("cannot run the editor %s: %s" % (
+                editor, getattr(exc, "strerror", None) or exc)) from None
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    finally:
+        os.unlink(path)
+    return text.strip("\n") if status == 0 and text.strip() else None
+
+
+def _piped_reader(stream):
+    """A read_line for piped input: no prompt, EOFError at the end."""
+    def read_line(prompt):
+        line = stream.readline()
+        if not line:
+            raise EOFError
+        return line.rstrip("\r\n")
+    return read_line
+
+
+def _terminal_reader(out, err, environ, commands, complete_argument=None):
+    """(read_line, line_buffer, more_waiting) for a terminal: readline's line
+    editing, a history file, Tab completion of commands and of what follows
+    them (complete_argument(command, text) gives the candidates), where
+    Python has readline; more_waiting() tells a paste from typing."""
+    try:
+        import readline
+    except ImportError:
+        readline = None
+    if readline is not None:
+        path = os.path.join(_state_home(environ), "chat.py", "history")
+        try:
+            readline.read_history_file(path)
+        except OSError:
+            pass
+        readline.set_history_length(1000)
+        atexit.register(_save_history, readline, path)
+        found = []
+
+        def complete(text, state):
+            line = readline.get_line_buffer()
+            if state == 0:
+                found[:] = []
+                if not line.startswith("/"):
+                    pass
+                elif readline.get_begidx() == 0:
+                    found[:] = [name + " " for name in commands if name.startswith(text)]
+                elif complete_argument:
+                    found[:] = complete_argument(line.split(" ", 1)[0].lower(), text)
+            return found[state] if state < len(found) else None
+        readline.set_completer(complete)
+        readline.set_completer_delims(" \t\n")
+        if "libedit" in (readline.__doc__ or ""):   # macOS's readline
+            readline.parse_and_bind("bind ^I rl_complete")
+        else:
+            readline.parse_and_bind("tab: complete")
+
+    typed = {"now": "", "last": None}   # what Ctrl-C interrupted; the last line read
+
+    def read_line(prompt):
+        typed["now"] = ""
+        try:
+            if out.isatty():   # readline draws the prompt; \001 \002 hide colour codes
+                line = input(_prompt(err, prompt))
+            else:
+                _say(err, prompt, "1;36")   # stdout is redirected: keep it for replies
+                line = input()
+        except EOFError:
+            _say(err, "\n")   # Ctrl-D: leave the terminal on a fresh line
+            raise
+        except KeyboardInterrupt:
+            # readline keeps the last line until the next one starts: a Ctrl-C
+            # just as input() begins must not count that line as typed.
+            buffer = readline.get_line_buffer() if readline else ""
+            typed["now"] = "" if buffer == typed["last"] else buffer
+            raise
+        typed["last"] = line
+        return line
+
+    def more_waiting():
+        # Pasted lines arrive together: after one, the next is already there.
+        # Nobody types the next line within PASTE_WAIT of pressing Enter.
+        try:
+            return bool(select.select([sys.stdin], [], [], PASTE_WAIT)[0])
+        except (OSError, ValueError, TypeError):   # no select() on this stdin
+            return False
+    return read_line, lambda: typed["now"], more_waiting
+
+
+def _completer(models):
+    """complete(command, text): what Tab may put after a /command: file
+    names after those that take a file, model ids (models()) after /model."""
+    def complete(command, text):
+        if command in Console.FILE_COMMANDS:
+            expanded = os.path.expanduser(text)
+            return [text + path[len(expanded):] + ("/" if os.path.isdir(path) else " ")
+                    for path in sorted(glob.glob(glob.escape(expanded) + "*"))]
+        if command == "/model":
+            try:
+                return [model + " " for model in models() if model.startswith(text)]
+            except ChatError:
+                return []
+        return []
+    return complete
+
+
+def _once(function):
+    """function, called only until it first succeeds; its result kept."""
+    kept = []
+
+    def call():
+        if not kept:
+            kept.append(function())
+        return kept[0]
+    return call
+
+
+def _save_history(readline, path):
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        readline.write_history_file(path)
+        os.chmod(path, 0o600)
+    except OSError:
+        pass
+
+
+# ---------------------------------------------------------------------------
+# The connection doctor (--check).
+# Lifting: needs Client and Chat.
+# ---------------------------------------------------------------------------
+
+
+def _probe_v1(client):
+    """--check's probe for a base URL without /v1: the hint to add it, if
+    the API answers there (one GET /v1/models); else ""."""
+    path = urlsplit(client.base_url).path.rstrip("/")
+    if path.endswith("/v1") or "/openai/" in path + "/":
+        return ""
+    try:
+        with client.request("GET", "/v1/models", probe=True) as response:
+            client.read_json(response)
+    except ChatError:
+        return ""
+    return "the API answers at --base-url %s/v1" % client.shown_url
+
+
+def check_connection(chat, out):
+    """Answer, in a few lines, whether chat can talk to its server; return 0 if so.
+
+    Is the base URL reachable; is it an OpenAI-compatible API (GET /models);
+    is the key accepted; is the model there; does a one-token streamed
+    request work.  Each failure names the likely fix.  Give it a client
+    with retries=0 to diagnose now rather than wait and retry.
+    """
+    client, failed = chat.client, []
+    runs = secret_runs([client.api_key])
+
+    def say(status, text):
+        if status == "FAIL":
+            failed.append(text)
+        _say(out, _redact("%-5s %s\n" % (status, text), runs))
+
+    key = "a key" if client.api_key else "no key"
+    _say(out, "Checking %s with model %s and %s.\n" % (client.shown_url, chat.model, key))
+    models, problem, started = None, None, time.monotonic()
+    try:
+        response = client.request("GET", "/models", probe=True)
+    except APIConnectionError as exc:
+        say("FAIL", "reachable: %s" % exc)
+        return 1
+    except APIError as exc:
+        say("ok", "reachable: the server answered HTTP %s" % exc.status)
+        if isinstance(exc, AuthenticationError):
+            say("FAIL", "key: %s" % exc)
+            return 1
+        problem = exc
+    else:
+        with response:
+            say("ok", "reachable: HTTP %d in %d ms" % (
+                response.status, (time.monotonic() - started) * 1000))
+            try:
+                models = client.read_json(response).get("data")
+                if not isinstance(models, list):
+                    raise StreamError("its JSON has no \"data\" list of models")
+            except ChatError as exc:
+                models, problem = None, exc
+    if problem is not None:
+        hint = _probe_v1(client) or path_hint(client.base_url)
+        say("FAIL" if hint else "warn", "OpenAI-compatible: GET /models failed: %s%s"
+            % (problem, " - " + hint if hint else ""))
+        if hint:
+            return 1
+    else:
+        say("ok", "OpenAI-compatible: GET /models lists %d model%s"
+            % (len(models), "" if len(models) == 1 else "s"))
+    if models is not None:
+        say("ok", "key: accepted" if client.api_key else "key: none sent, none asked for")
+        ids = [m.get("id") for m in models if isinstance(m, dict)]
+        if chat.model in ids:
+            say("ok", "model: %s is listed" % chat.model)
+        elif ids:
+            say("warn", "model: %s is not listed; the server lists %s"
+                % (chat.model, ", ".join(map(str, ids[:8])) + (", ..." if len(ids) > 8 else "")))
+    started = time.monotonic()
+    params = {"max_tokens": 1}
+    for _ in range(2):
+        try:
+            payload = build_payload(chat.model, [{"role": "user", "content": "Say OK."}],
+                                    True, params)
+            chunks = sum(1 for _ in client.stream(payload))
+        except IncompleteStreamError:
+            chunks = -1
+        except APIError as exc:
+            renamed = renamed_max_tokens(params, exc)
+            if renamed is not None:
+                params = renamed
+                continue
+            say("FAIL", "chat: %s" % exc)
+            break
+        except ChatError as exc:
+            say("FAIL", "chat: %s" % exc)
+            break
+        say("ok", "chat: a streamed one-token request answered in %d ms (%s)" % (
+            (time.monotonic() - started) * 1000,
+            "%d chunks" % chunks if chunks >= 0 else "no [DONE] at the end"))
+        break
+    return 1 if failed else 0
+
+
+# ---------------------------------------------------------------------------
+# Settings: flags, the config file's profiles, the environment.
+# ---------------------------------------------------------------------------
+
+
+def _parse_header(text, number):
+    name, colon, value = text.partition(":")
+    name, value = name.strip(), value.strip()
+    if not colon or not name or " " in name or any(c in text for c in "\r\n"):
+        # Not echoed: a mistyped header may well hold a key.
+        raise UsageError("-H number %d is not a header; write it as 'Name: value'" % number)
+    return name, _header_value(value, "-H number %d" % number)
+
+
+def _header_value(value, where):
+    """value, if HTTP can carry it (Latin-1, no line breaks); else a UsageError."""
+    if value is not None:
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise UsageError("%s has characters an HTTP header cannot carry (only Latin-1 "
+                             "text can go there)" % where) from None
+    return value
+
+
+def _read_key_file(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            key = f.readline().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError("cannot read --api-key-file %s: %s"
+                         % (path, getattr(exc, "strerror", None) or "not UTF-8 text")) from None
+    if not key:
+        raise UsageError("--api-key-file %s has no key on its first line" % path)
+    return key
+
+
+def _config_bool(text):
+    value = {"1": True, "yes": True, "true": True, "on": True,
+             "0": False, "no": False, "false": False, "off": False}.get(text.lower())
+    if value is None:
+        raise ValueError("true or false")
+    return value
+
+
+def _config_number(kind, low, high):
+    def parse(text):
+        value = kind(text)
+        if not low <= value <= high:   # nan fails this too
+            raise ValueError
+        return value
+    return parse
+
+
+def _config_params(text):
+    value = parse_json(text)
+    if not isinstance(value, dict):
+        raise ValueError
+    check_params(value, by_flag=False)
+    return value
+
+
+def _config_headers(text):
+    return [_parse_header(line, i + 1) for i, line in enumerate(
+        line for line in text.splitlines() if line.strip())]
+
+
+def _config_choice(*choices):
+    def parse(text):
+        if text not in choices:
+            raise ValueError
+        return text
+    return parse
+# Config key: (how its text becomes a value, what it must be).
+CONFIG_KEYS = {
+    "base_url": (str, "a URL"),
+    "model": (str, "a model name"),
+    "api_key": (str, "a key (the file must then be readable by you alone)"),
+    "api_key_env": (str, "the name of an environment variable holding the key"),
+    "api_key_command": (shlex.split, "a command whose first output line is the key"),
+    "organization": (str, "an organization id"),
+    "project": (str, "a project id"),
+    "headers": (_config_headers, "lines of 'Name: value'"),
+    "system": (str, "a system message"),
+    "system_role": (_config_choice("system", "developer"), "system or developer"),
+    "params": (_config_params, "a JSON object of request fields"),
+    "timeout": (_config_number(float, 1e-3, MAX_TIMEOUT), "seconds, above 0"),
+    "retries": (_config_number(int, 0, 100), "a whole number from 0 to 100"),
+    "log": (_config_bool, "true or false"),
+    "markdown": (_config_bool, "true or false"),
+    "color": (_config_bool, "true or false"),
+}
+
+
+def read_config(path, profile, explicit):
+    """([default] and [profile] of the config file at path, each a dict of
+    checked values).  A missing file is no config unless explicit (--config).
+    Raises UsageError naming the file, the section and the key at fault."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(MAX_BODY).decode("utf-8")
+            mode = os.fstat(f.fileno()).st_mode
+    except FileNotFoundError:
+        if explicit:
+            raise UsageError("cannot read the config file %s: it does not exist" % path) from None
+        text, mode = "", 0o600
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError("cannot read the config file %s: %s" % (
+            path, getattr(exc, "strerror", None) or "it is not UTF-8 text")) from None
+    parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
+    try:
+        parser.read_string(text, source=path)
+    except configparser.Error as exc:
+        raise UsageError("the config file %s is not valid: %s" % (path, _one_line(str(exc)))) from None
+    if profile is not None and not parser.has_section(profile):
+        raise UsageError("the config file %s has no profile [%s]%s" % (
+            path, profile, "; it has " + ", ".join("[%s]" % n for n in parser.sections())
+            if parser.sections() else ""))
+    sections = {}
+    for name in parser.sections():
+        checked = {}
+        for key, raw in parser.items(name):
+            if key not in CONFIG_KEYS:
+                raise UsageError("%s [%s]: unknown key %s; the keys are %s"
+                                 % (path, name, key, ", ".join(sorted(CONFIG_KEYS))))
+            parse, what = CONFIG_KEYS[key]
+            try:
+                checked[key] = parse(raw.strip())
+            except (ValueError, UsageError) as exc:
+                detail = str(exc) if isinstance(exc, UsageError) else what
+                raise UsageError("%s [%s] %s: %s" % (path, name, key, detail)) from None
+        literal = "api_key" in checked or any(is_secret_header(h) for h, _ in checked.get("headers", ()))
+        if literal and mode & 0o077:
+            raise UsageError("the config file %s holds a key in [%s] and others can read it; "
+                             "make it yours alone: chmod 600 %s" % (path, name, path))
+        sections[name] = checked
+    return sections.get("default", {}), sections.get(profile, {}) if profile else {}
+
+
+def config_key(section, environ, where):
+    """The API key a config section names: literally, by an environment
+    variable, or as the first line a command prints (run without a shell,
+    so a password manager can supply it); None if it names none."""
+    if "api_key" in section:
+        return section["api_key"]
+    if "api_key_env" in section:
+        key = environ.get(section["api_key_env"], "").strip()
+        if not key:
+            raise UsageError("%s api_key_env: %s is not set" % (where, section["api_key_env"]))
+        return key
+    if "api_key_command" in section:
+        argv = section["api_key_command"]
+        try:
+            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, timeout=60)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise UsageError("%s api_key_command: cannot run %s: %s" % (
+                where, argv[0] if argv else "it", getattr(exc, "strerror", None) or exc)) from None
+        lines = proc.stdout.decode("utf-8", "replace").splitlines()
+        if proc.returncode != 0 or not lines or not lines[0].strip():
+            raise UsageError("%s api_key_command: %s %s" % (
+                where, argv[0] if argv else "", "exited with status %d" % proc.returncode
+                if proc.returncode else "printed no key"))
+        return lines[0].strip()
+    return None
+
+
+def config_path(args, environ):
+    """The config file: --config FILE, else $XDG_CONFIG_HOME/chat.py/config.ini."""
+    if args.config:
+        return os.path.expanduser(args.config)
+    home = environ.get("XDG_CONFIG_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".config")
+    return os.path.join(home, "chat.py", "config.ini")
+
+
+def _settings(args, environ):
+    """Resolve every setting: the flag, then the chosen profile of the config
+    file, then the OPENAI_* environment variables, then the config's
+    [default], then the built-in default.  Returns the Client's keyword
+    arguments plus base_url, model and the rest _run needs; raises
+    UsageError if the result is unusable."""
+    path = config_path(args, environ)
+    profile_name = args.profile or environ.get("CHAT_PY_PROFILE") or None
+    base, profile = read_config(path, profile_name, explicit=bool(args.config))
+
+    def pick(flag, key, variable=None, default=None):
+        if flag is not None:
+            return flag
+        if key in profile:
+            return profile[key]
+        value = (environ.get(variable) or "").strip() if variable else ""
+        if value:
+            return value
+        return base.get(key, default)
+
+    base_url = normalize_base_url(pick(args.base_url, "base_url", "OPENAI_BASE_URL",
+                                       DEFAULT_BASE_URL))
+    if args.api_key is not None and args.api_key_file:
+        raise UsageError("give --api-key or --api-key-file, not both")
+    api_key, key_source = None, "OPENAI_API_KEY"
+    for source, get in (
+            ("--api-key-file", lambda: args.api_key_file and _read_key_file(args.api_key_file)),
+            ("--api-key", lambda: args.api_key),
+            ("%s [%s]" % (path, profile_name), lambda: config_key(
+                profile, environ, "%s [%s]" % (path, profile_name))),
+            ("OPENAI_API_KEY", lambda: (environ.get("OPENAI_API_KEY") or "").strip()),
+            ("%s [default]" % path, lambda: config_key(base, environ, "%s [default]" % path))):
+        api_key = get()
+        if api_key:
+            key_source = source
+            break
+    parts = urlsplit(base_url)
+    scheme, host = parts.scheme, parts.hostname
+    in_url = parts.username is not None   # user:password@: sent as Basic instead of the key
+    if not api_key and not in_url and not is_local_host(host):
+        raise UsageError(
+            "no API key: set OPENAI_API_KEY (or pass --api-key), or point --base-url "
+            "at a local server such as localhost:11434/v1")
+    if api_key and not all(" " < c < "\x7f" for c in api_key):
+        raise UsageError("the API key has spaces or characters that cannot be sent "
+                         "in a header (a stray quote?); check %s" % key_source)
+    if ((api_key or in_url) and scheme == "http" and not is_loopback_host(host)
+            and not args.allow_insecure_key):
+        raise UsageError(
+            "refusing to send %s in clear text to %s over plain http: use https, pass "
+            "--allow-insecure-key on a network you trust%s" % (
+                "the password in the URL" if in_url else "the API key", host,
+                "" if in_url or key_source != "OPENAI_API_KEY" else
+                ", or unset OPENAI_API_KEY if that server needs no key"))
+    timeout = pick(args.timeout, "timeout", default=DEFAULT_TIMEOUT)
+    if not 0 < timeout <= MAX_TIMEOUT:   # inf, nan and 1e300 cannot be waited for
+        raise UsageError("--timeout must be a number of seconds above 0 and at most %d"
+                         % MAX_TIMEOUT)
+    retries = pick(args.retries, "retries", default=DEFAULT_RETRIES)
+    if retries < 0:
+        raise UsageError("--retries must be 0 or more")
+    if args.max_context is not None and args.max_context < 1:
+        raise UsageError("--max-context must be a number of tokens above 0")
+    headers = (base.get("headers", []) + profile.get("headers", [])
+               + [_parse_header(h, i + 1) for i, h in enumerate(args.header)])
+    organization = _header_value(pick(args.organization, "organization", "OPENAI_ORG_ID"),
+                                 "--organization")
+    project = _header_value(pick(args.project, "project", "OPENAI_PROJECT_ID"), "--project")
+    return {"base_url": base_url, "api_key": api_key, "organization": organization,
+            "project": project, "headers": headers, "proxies": proxies_for(host, environ),
+            "timeout": timeout, "retries": retries,
+            "model": pick(args.model, "model", "OPENAI_MODEL", DEFAULT_MODEL),
+            "system": pick(args.system, "system"),
+            "system_role": pick(args.system_role, "system_role", default="system"),
+            "params": dict(base.get("params", {}), **profile.get("params", {})),
+            "log": not args.no_log and pick(None, "log", default=True),
+            "markdown": not args.no_markdown and pick(None, "markdown", default=True),
+            "color": not args.no_color and pick(None, "color", default=True)}
+
+
+def _secrets(settings):
+    """Everything the settings hold that must never be shown: the key, the
+    credentials in the base URL, and the values of credential headers."""
+    return ([settings["api_key"]] + url_secrets(settings["base_url"])
+            + [value for name, value in settings["headers"] if is_secret_header(name)])
+
+
+# ---------------------------------------------------------------------------
+# The command line.
+# ---------------------------------------------------------------------------
+
+
+def _parser():
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):   # one line, exit 2, as for every usage error
+            # A mistyped --api_key=sk-... must not be echoed: no value after "=".
+            message = re.sub(r"(--?[\w-]+)=\S+", r"\1=...", message)
+            raise UsageError("%s (see chat.py --help)" % message)
+
+    parser = Parser(prog="chat.py", add_help=False)
+    add = parser.add_argument
+    add("prompt", nargs="*")
+    add("-m", "--model")
+    add("-s", "--system")
+    add("-i", "--interactive", action="store_true")
+    add("--base-url")
+    add("--api-key")
+    add("--api-key-file")
+    add("--allow-insecure-key", action="store_true")
+    add("--organization")
+    add("--project")
+    add("-H", "--header", action="append", default=[])
+    add("--no-stream", action="store_true")
+    add("-o", "--output", choices=("text", "json"), default="text")
+    add("--timeout", type=float)
+    add("--retries", type=int)
+    add("--check", action="store_true")
+    add("--save")
+    add("--load")
+    add("--max-context", type=int)
+    add("--no-color", action="store_true")
+    add("--no-markdown", action="store_true")
+    add("--system-role", choices=("system", "developer"))
+    add("--config")
+    add("-p", "--profile")
+    add("--no-log", action="store_true")
+    add("-c", "--continue", dest="resume_last", action="store_true")
+    add("--resume", metavar="ID")
+    add("--list", nargs="?", const="", metavar="TEXT")
+    add("--models", action="store_true")
+    add("--temperature", type=float)
+    add("--top-p", type=float)
+    add("-n", type=int)
+    add("--max-tokens", type=int)
+    add("--max-completion-tokens", type=int)
+    add("--stop", action="append", default=[])
+    add("--presence-penalty", type=float)
+    add("--frequency-penalty", type=float)
+    add("--logit-bias", action="append", default=[])
+    add("--logprobs", action="store_true")
+    add("--top-logprobs", type=int)
+    add("--seed", type=int)
+    add("--user")
+    add("--service-tier")
+    add("--response-format", choices=("json_object", "text"))
+    add("--json-schema")
+    add("--tools")
+    add("--tool-choice")
+    add("--no-parallel-tool-calls", action="store_true")
+    add("--functions")
+    add("--function-call")
+    add("--usage", action="store_true")
+    add("--param", action="append", default=[])
+    add("--image", action="append", default=[])
+    add("--audio", action="append", default=[])
+    add("--file", action="append", default=[])
+    add("--audio-out")
+    add("--voice", default="alloy")
+    add("--reasoning-effort")
+    add("--hide-reasoning", action="store_true")
+    add("--tool-exec", action="append", default=[])
+    add("--yes", action="store_true")
+    add("--max-tool-rounds", type=int, default=DEFAULT_TOOL_ROUNDS)
+    add("--tool-timeout", type=float, default=DEFAULT_TOOL_TIMEOUT)
+    add("-h", "--help", action="store_true")
+    add("--manual", action="store_true")
+    add("--version", action="store_true")
+    return parser
+
+
+def _json_schema(path):
+    """response_format.json_schema from a file: a bare schema, or {name, schema, strict}."""
+    data = read_json_file(path, "--json-schema")
+    if not isinstance(data, dict):
+        raise UsageError("--json-schema %s must hold a JSON object (a schema)" % path)
+    if isinstance(data.get("schema"), dict) and isinstance(data.get("name"), str):
+        return dict({"strict": True}, **data)
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", os.path.splitext(os.path.basename(path))[0])[:64]
+    return {"name": name or "schema", "schema": data, "strict": True}
+
+
+def _request_params(args):
+    """The body fields the flags ask for: only those set, checked."""
+    params = {key: value for key, value in (
+        ("temperature", args.temperature), ("top_p", args.top_p), ("n", args.n),
+        ("max_tokens", args.max_tokens), ("max_completion_tokens", args.max_completion_tokens),
+        ("presence_penalty", args.presence_penalty),
+        ("frequency_penalty", args.frequency_penalty), ("top_logprobs", args.top_logprobs),
+        ("seed", args.seed), ("user", args.user), ("service_tier", args.service_tier))
+        if value is not None}
+    if args.stop:
+        params["stop"] = args.stop
+    for item in args.logit_bias:
+        token, _, bias = item.partition("=")
+        try:
+            params.setdefault("logit_bias", {})[str(int(token))] = parse_value(bias)
+        except ValueError:
+            raise UsageError("--logit-bias takes TOKEN_ID=BIAS, e.g. 50256=-100, not %r"
+                             % item) from None
+    if args.logprobs:
+        params["logprobs"] = True
+    if args.response_format and args.json_schema:
+        raise UsageError("give --response-format or --json-schema, not both")
+    if args.response_format:
+        params["response_format"] = {"type": args.response_format}
+    if args.json_schema:
+        params["response_format"] = {"type": "json_schema",
+                                     "json_schema": _json_schema(args.json_schema)}
+    if args.tools:
+        tools = read_json_file(args.tools, "--tools")
+        if isinstance(tools, list):   # bare function definitions are welcome too
+            tools = [t if not isinstance(t, dict) or "type" in t or "name" not in t
+                     else {"type": "function", "function": t} for t in tools]
+        params["tools"] = tools
+    if args.tool_choice:
+        params["tool_choice"] = (args.tool_choice if args.tool_choice in ("auto", "none", "required")
+                                 else {"type": "function", "function": {"name": args.tool_choice}})
+    if args.no_parallel_tool_calls:
+        params["parallel_tool_calls"] = False
+    if args.functions:
+        params["functions"] = read_json_file(args.functions, "--functions")
+    if args.function_call:
+        params["function_call"] = (args.function_call if args.function_call in ("auto", "none")
+                                   else {"name": args.function_call})
+    if (args.usage or args.output == "json") and not args.no_stream:
+        params["stream_options"] = {"include_usage": True}   # the document's usage
+    if args.reasoning_effort:
+        params["reasoning_effort"] = args.reasoning_effort
+    if args.audio_out:
+        params["modalities"] = ["text", "audio"]
+        params["audio"] = {"voice": args.voice,
+                           "format": _audio_format(args.audio_out, not args.no_stream)}
+    for item in args.param:
+        key, equals, value = item.partition("=")
+        if not key.strip() or not equals:
+            raise UsageError("--param takes KEY=JSON, e.g. --param reasoning_effort='\"low\"', "
+                             "not %r" % item)
+        params[key.strip()] = parse_value(value)
+    check_params(params)
+    return params
+
+
+def _audio_format(path, streaming):
+    """The audio format to ask for, to write --audio-out's file."""
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    if streaming:   # the API streams audio only as raw 16-bit PCM
+        if extension in ("wav", "pcm"):
+            return "pcm16"
+        raise UsageError("a streamed reply's audio comes as PCM: name --audio-out FILE.wav "
+                         "(or .pcm), or add --no-stream for .%s" % (extension or "FORMAT"))
+    formats = {"wav": "wav", "mp3": "mp3", "flac": "flac", "opus": "opus", "aac": "aac",
+               "pcm": "pcm16"}
+    if extension not in formats:
+        raise UsageError("--audio-out names its format by its extension: .wav, .mp3, .flac, "
+                         ".opus, .aac or .pcm")
+    return formats[extension]
+
+
+def _tools(args, ask, err):
+    """The Tools that --tool-exec, --yes, --tool-timeout and --max-tool-rounds
+    describe; ask(question) reads a tool's result typed by the user (None:
+    nobody to ask).  Consent to run a command is asked on the terminal."""
+    commands = {}
+    for item in args.tool_exec:
+        name, equals, command = item.partition("=")
+        try:
+            argv = shlex.split(command) if equals else []
+        except ValueError as exc:   # an unbalanced quote
+            raise UsageError("--tool-exec %s: %s" % (name.strip(), exc)) from None
+        if not name.strip() or not argv:
+            raise UsageError("--tool-exec takes NAME=COMMAND, e.g. get_time='date -u', not %r"
+                             % item)
+        commands[name.strip()] = argv
+    if args.max_tool_rounds < 0 or not 0 < args.tool_timeout <= MAX_TIMEOUT:
+        raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0 "
+                         "and at most %d seconds" % MAX_TIMEOUT)
+    def consent(name, arguments, argv):
+        answer = ask_terminal(consent_question(name, arguments, argv))
+        return None if answer is None else answer.lower() in ("y", "yes")
+
+    return Tools(commands, consent=consent, confirm=args.yes, ask=ask,
+                 notify=lambda text: _note(err, text), timeout=args.tool_timeout,
+                 max_rounds=args.max_tool_rounds)
+
+
+def _state_home(environ):
+    return environ.get("XDG_STATE_HOME") or os.path.join(
+        environ.get("HOME") or os.path.expanduser("~"), ".local", "state")
+
+
+def _run(args, settings, stdin, out, err, environ):
+    """Everything after the settings: a listing, --check, one-shot, or the console."""
+    notify = lambda text: _note(err, text)   # noqa: E731
+    if args.interactive and args.output == "json":
+        raise UsageError("--output json prints one document, so it works with one-shot "
+                         "prompts, not with -i")
+    log = _conversation_log(environ)
+    if sum(map(bool, (args.load, args.resume_last, args.resume))) > 1:
+        raise UsageError("give one of --load, -c and --resume")
+    client = Client(settings["base_url"], api_key=settings["api_key"],
+                    organization=settings["organization"], project=settings["project"],
+                    headers=settings["headers"], proxies=settings["proxies"],
+                    timeout=settings["timeout"], on_retry=notify,
+                    retries=0 if args.check else settings["retries"])   # --check diagnoses now
+    if args.models:
+        _show(out, "".join(model + "\n" for model in client.models()))
+        return 0
+    flags = _request_params(args)
+    chat = Chat(client, settings["model"], system=settings["system"],
+                params=dict(settings["params"], **flags), stream=not args.no_stream,
+                max_context=args.max_context, notify=notify, system_role=settings["system_role"])
+    carry_on = (log.latest(notify) if args.resume_last else
+                log.find(args.resume, notify) if args.resume else None)
+    if args.resume_last and carry_on is None:
+        raise UsageError("there is no conversation to continue yet (%s is empty)" % log.folder)
+    load = carry_on or args.load
+    if load and not (load == args.load and args.save and not os.path.exists(load)
+                     and os.path.abspath(args.save) == os.path.abspath(load)):
+        load_conversation(chat, load, model=args.model, params=flags)   # flags win
+        if args.system:
+            chat.set_system(args.system)
+    log_path = None
+    if settings["log"]:   # a resumed conversation goes on in its own file
+        log_path = carry_on or log.new_path()
+    if args.check:
+        return check_connection(chat, out)
+    piped = stdin is not None and not stdin.isatty()
+    prompt = " ".join(args.prompt)
+    if piped and not args.interactive:
+        piped_text = stdin.read()
+        prompt = "\n\n".join(t for t in (prompt, piped_text.strip("\n")) if t.strip())
+        if not prompt:
+            raise UsageError("nothing to send: give a PROMPT or pipe some text in")
+    markdown = settings["markdown"] and _colour_wanted(settings, environ, out)
+    attachments = ([image_part(path) for path in args.image]   # all read before any request
+                   + [audio_part(path) for path in args.audio]
+                   + [file_part(path) for path in args.file])
+
+    def new_printer(show_text=True):
+        return ReplyPrinter(out, err, n=chat.params.get("n", 1), show_text=show_text,
+                            reasoning=not args.hide_reasoning, usage=args.usage,
+                            logprobs=bool(chat.params.get("logprobs")), audio_out=args.audio_out,
+                            audio_format=(chat.params.get("audio") or {}).get("format"),
+                            markdown=markdown)
+
+    keep = _keeper(args.save, log, log_path, notify)
+    models = _once(lambda: client.models())   # for /models and Tab after /model
+    if prompt and not args.interactive:
+        return _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer, keep)
+    if stdin is None:
+        raise UsageError("no input to chat with: give a PROMPT")
+    if piped:
+        read_line, line_buffer, waiting = _piped_reader(stdin), None, None
+    else:
+        read_line, line_buffer, waiting = _terminal_reader(
+            out, err, environ, Console.COMMANDS, _completer(models))
+    console = Console(chat, read_line, out, err, piped=piped, save_path=args.save,
+                      line_buffer=line_buffer, tools=_tools(args, read_line, err),
+                      new_printer=new_printer, attachments=attachments, keep=keep,
+                      more_waiting=waiting, models=models,
+                      editor=environ.get("VISUAL") or environ.get("EDITOR"))
+    if not piped:
+        _say(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
+             % (__version__, chat.model, chat.client.shown_url))
+    if prompt:   # the first turn of -i
+        status = console.send(prompt)
+        if status is not None:
+            return status
+    return console.run()
+
+
+def _conversation_log(environ):
+    return ConversationLog(os.path.join(_state_home(environ), "chat.py", "conversations"))
+
+
+def _keeper(save_path, log, log_path, notify):
+    """keep(chat): write the conversation to --save's file and to the log,
+    after every turn.  A failure to keep it in the log is a notice, never
+    the end of the chat; one to write --save's file is an error."""
+    def keep(chat):
+        body = chat.body()
+        if log_path and chat.messages:
+            try:
+                log.save(log_path, body)
+            except ChatError as exc:
+                notify("error: %s (the conversation is still here)" % exc)
+        if save_path:
+            save_conversation(save_path, body)
+    return keep
+
+
+def _list_conversations(log, text, out, notify):
+    """--list [TEXT]: the kept conversations, newest first, one a line."""
+    wanted = text.lower()
+    shown = 0
+    entries = log.entries(notify)
+    try:
+        for id, path, modified, body in entries:
+            messages = body.get("messages") if isinstance(body, dict) else body
+            if wanted and not any(wanted in json.dumps(m.get("content"), ensure_ascii=False).lower()
+                                  for m in messages if isinstance(m, dict)):
+                continue
+            _show(out, conversation_summary(id, modified, body) + "\n")
+            shown += 1
+            if shown == LIST_LIMIT:
+                break
+    finally:
+        entries.close()   # the notice of skipped files, if any
+    return 0
+
+
+def _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer, keep):
+    """Send one prompt (and answer its tool calls); print the reply or the document."""
+    ask = None
+    if stdin is not None and stdin.isatty():   # someone to type a tool's result
+        ask = lambda question: (_say(err, question), stdin.readline().strip())[1]   # noqa: E731
+    tools = _tools(args, ask, err)
+    printer = lambda: new_printer(show_text=args.output == "text")   # noqa: E731
+    try:
+        completion = chat.send(user_content(prompt, attachments), printer())
+        if tools.commands:
+            completion = chat.follow_tools(completion, tools, printer)
+    finally:
+        keep(chat)
+    if args.output == "json":
+        _show(out, json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
+    else:
+        calls = tool_calls(((completion.get("choices") or [{}])[0]).get("message") or {})
+        if calls:   # left for the caller to answer
+            _show(out, json.dumps(calls, indent=2, ensure_ascii=False) + "\n")
+    return 0
+
+
+def _colour_wanted(settings, environ, stream):
+    """Colour on stream: a terminal, and neither --no-color (color = false),
+    NO_COLOR nor TERM=dumb."""
+    return (settings["color"] and not environ.get("NO_COLOR")   # no-color.org
+            and environ.get("TERM") != "dumb" and _is_terminal(stream))
+
+
+def _forgiving(name):
+    """sys.stdin, sys.stdout or sys.stderr, made to turn what its encoding
+    cannot take into U+FFFD instead of failing (a pipe of Latin-1, a reply
+    for a C locale); None if the process was started with it closed."""
+    stream = getattr(sys, name)
+    if stream is None or hasattr(stream, "reconfigure"):
+        if stream is not None:
+            stream.reconfigure(errors="replace")
+        return stream
+    if not hasattr(stream, "buffer") or _is_terminal(stream):   # Python 3.6
+        return stream
+    stream = io.TextIOWrapper(stream.detach(), encoding=stream.encoding, errors="replace",
+                              line_buffering=stream.line_buffering)
+    setattr(sys, name, stream)
+    return stream
+
+
+def _silence(stream):
+    """Point a failed stdout at /dev/null, so nothing is tried again at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+MANUAL = """\
+chat.py - a console chat client for the OpenAI Chat Completions API.
+
+One file, standard library only, Python 3.6+ or PyPy 3.  Works with
+api.openai.com and any OpenAI-compatible server (Ollama, vLLM, llama.cpp,
 LM Studio, OpenRouter, Groq, DeepSeek, Azure-style gateways).
 
 Usage:
@@ -242,3816 +4115,50 @@ Examples:
   chat.py --base-url localhost:11434/v1 -m llama3.2      # Ollama
   chat.py --base-url localhost:8080/v1                   # llama.cpp server
 
-From Python (every option after the first arguments is keyword-only):
-  import sys, chat
-  client = chat.Client("http://localhost:8080/v1")       # api_key=... for others
-  conversation = chat.Chat(client, "gemma", system="Answer in one line.")
-  completion = conversation.send("What is SSE?")         # the chat.completion dict
-  print(completion["choices"][0]["message"]["content"])
-  conversation.send("And WebSockets?", chat.ReplyPrinter(sys.stdout, sys.stderr))
-  # ReplyPrinter shows the reply as it streams; conversation.messages is the
-  # history, conversation.body() the request body that --save writes.
+From Python:
+  python3 -c 'import chat; help(chat)' shows the example and the map of one
+  turn; every class and function says what it takes.
+
 """
 
-import argparse
-import atexit
-import base64
-import configparser
-import difflib
-import glob
-import http.client
-import io
-import ipaddress
-import json
-import math
-import mimetypes
-import os
-import random
-import re
-import select
-import shlex
-import socket
-import ssl
-import subprocess
-import sys
-import tempfile
-import time
-import urllib.error
-import urllib.request
-import wave
-from collections import namedtuple
-from email.utils import parsedate_to_datetime
-import urllib.parse
-from urllib.parse import urlsplit, urlunsplit
-# readline alone is imported where it is used, and only for a terminal: importing
-# it changes how input() reads and may write to the terminal.
-
-__version__ = "0.1.0"
-__all__ = [
-    "ChatError", "UsageError", "APIError", "AuthenticationError",
-    "RateLimitError", "APIConnectionError", "APITimeoutError", "StreamError",
-    "LineDecoder", "SSEDecoder", "ServerSentEvent", "iter_chunks", "ChatAccumulator",
-    "check_params", "Client", "Chat", "Printer", "ReplyPrinter", "Tools", "Console", "main",
-]
-
 HELP = """\
-usage: chat.py [options] [PROMPT...]
+usage: chat.py [options] [PROMPT...]       chat.py --manual: every option
 
-  chat.py                         chat in the terminal (/help lists commands)
-  chat.py PROMPT...               one-shot: the reply goes to stdout, then exit
-  echo TEXT | chat.py [PROMPT]    one-shot with piped input
-  chat.py -i [PROMPT...]          keep chatting (piped stdin: a turn a line)
+  chat.py                       chat in the terminal (/help lists commands)
+  chat.py PROMPT...             one-shot: the reply goes to stdout, then exit
+  echo TEXT | chat.py [PROMPT]  one-shot with piped input
+  chat.py -i [PROMPT...]        keep chatting (piped stdin: a turn a line)
 
 The server and the model:
-  --base-url URL        the API (env OPENAI_BASE_URL; default api.openai.com),
+  --base-url URL        the API (env OPENAI_BASE_URL, default api.openai.com),
                         e.g. localhost:11434/v1 for Ollama
   -m, --model NAME      the model (env OPENAI_MODEL, default gpt-4o-mini)
   --api-key-file FILE   read the key from FILE (else env OPENAI_API_KEY)
   -p, --profile NAME    an endpoint named in ~/.config/chat.py/config.ini
-  --models              list the server's models
-  --check               diagnose the connection, the key and the model
+  --models, --check     list the models; diagnose the connection and key
 
-The conversation (every one is kept; --no-log keeps nothing):
+The conversation (each is kept; --no-log keeps nothing):
   -c, --continue        carry on the last conversation
   --list [TEXT], --resume ID   find a kept conversation, carry it on
   -s, --system TEXT     the system message
-  --save FILE, --load FILE   keep a conversation in FILE, carry it on
-  --image PATH|URL, --file FILE, --audio FILE   attach an image, a PDF or
-                        text file, recorded speech (each repeatable)
-  --max-context TOKENS  drop the oldest exchanges to stay within TOKENS
+  --save FILE, --load FILE     keep a conversation in FILE, carry it on
+  --image PATH|URL, --file FILE, --audio FILE   attach (each repeatable)
 
 The reply:
   -o, --output json     the whole chat.completion as JSON on stdout
-  --no-stream           ask for the whole reply at once
-  --temperature T, --max-tokens N, --seed N, --stop TEXT, -n N
-                        request fields, each checked before sending
+  --temperature T, --max-tokens N, --seed N, --stop TEXT, -n N, --no-stream
   --param KEY=JSON      any other request field
   --usage               show tokens used and speed after each reply
-  --no-color            no colour (so does NO_COLOR=1); --no-markdown: no
-                        markdown highlighting of replies
+  --no-color, --no-markdown    plain text (so does NO_COLOR=1)
 
 Tools:
   --tools FILE          tool definitions the model may call
   --tool-exec NAME=COMMAND   answer NAME's calls by running COMMAND (no shell)
   --yes                 run those commands without asking
 
-  -h, --help            this summary
-  --manual              the full manual: every option, the chat's commands,
-                        the environment and exit statuses
-  --version             the version
-
-Exit status: 0 success, 1 API or network failure, 2 usage error,
-130 interrupted.
+  -h, --help, --manual, --version
+Exit status: 0 success, 1 API or network failure, 2 usage error, 130 Ctrl-C.
 """
-
-DEFAULT_BASE_URL = "https://api.openai.com/v1"
-DEFAULT_MODEL = "gpt-4o-mini"
-DEFAULT_TIMEOUT = 60.0
-READ_SIZE = 65536               # bytes asked of the socket per read
-MAX_LINE_BYTES = 16 * 2**20     # one SSE line longer than this is an error
-MAX_ERROR_BODY = 2**20          # bytes of an error response worth reading
-MAX_BODY = 64 * 2**20           # a whole answer (JSON or stream) or file larger than this is an error
-DEFAULT_RETRIES = 2
-RETRY_STATUSES = {408, 409, 429, 500, 502, 503, 504}   # worth asking again later
-MAX_RETRY_WAIT = 60.0           # seconds, whatever Retry-After asks for
-MAX_LIST_ITEMS = 1024           # tool calls (or other indexed items) in one reply
-MIN_SECRET = 8                  # a run of a secret this long is never shown
-MAX_TIMEOUT = 86400             # seconds: the longest --timeout or --tool-timeout
-LIST_LIMIT = 100                # conversations --list shows at the most
-PASTE_WAIT = 0.02               # seconds: lines closer together than this were pasted
-MAX_IMAGE_BYTES = 20 * 2**20    # the API's own limit for one image (and for audio here)
-MAX_FILE_BYTES = 32 * 2**20     # the API's own limit for one PDF
-DEFAULT_TOOL_TIMEOUT = 60.0     # seconds a --tool-exec command may run
-DEFAULT_TOOL_ROUNDS = 8         # rounds of tool calls and results in one turn
-CONTINUE_PROMPT = ("Continue your last reply exactly where it stopped, without repeating "
-                   "anything or adding an introduction.")
-# Python 3.7 named the certificate error; 3.6 raises its base class.
-_CERTIFICATE_ERROR = getattr(ssl, "SSLCertVerificationError", ssl.CertificateError)
-_IMAGE_MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
-                (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif")]
-
-
-# ---------------------------------------------------------------------------
-# Errors: one class per failure the user can act on.
-# ---------------------------------------------------------------------------
-
-class ChatError(Exception):
-    """Base class of every error chat.py reports; str() is the one line shown."""
-    exit_code = 1
-
-
-class UsageError(ChatError):
-    """The command line or the settings are wrong; nothing was sent."""
-    exit_code = 2
-
-
-class APIError(ChatError):
-    """The server answered with an error (an HTTP status or an error event)."""
-
-    def __init__(self, message, status=None, type=None, code=None, body=None):
-        super().__init__(message)
-        self.status, self.type, self.code, self.body = status, type, code, body
-
-
-class AuthenticationError(APIError):
-    """The server refused the API key (401) or its permissions (403)."""
-
-
-class RateLimitError(APIError):
-    """The server said too many requests or no quota left (429)."""
-
-
-class APIConnectionError(ChatError):
-    """No HTTP answer: refused, unresolvable, TLS failure, reset."""
-
-
-class APITimeoutError(APIConnectionError):
-    """The server did not send anything for --timeout seconds."""
-
-
-class StreamError(ChatError):
-    """The response stream was malformed or ended too early."""
-
-
-class IncompleteStreamError(StreamError):
-    """The stream closed before [DONE]; fine if every choice had finished."""
-
-
-# ---------------------------------------------------------------------------
-# Server-Sent Events: bytes -> lines -> events.  Pure, no I/O.
-# https://html.spec.whatwg.org/multipage/server-sent-events.html
-# ---------------------------------------------------------------------------
-
-class LineDecoder:
-    """Split a byte stream into text lines at CRLF, LF or a lone CR.
-
-    Bytes become text one complete line at a time, so a UTF-8 character split
-    across network reads survives.  A leading byte order mark is dropped.  An
-    unfinished line is kept as the pieces that arrived and joined once, when
-    its line ending comes, so a long line costs what its bytes cost.
-    """
-
-    def __init__(self, max_line=MAX_LINE_BYTES):
-        self.max_line = max_line
-        self._pieces = []        # bytes of the unfinished last line
-        self._size = 0           # their total length
-        self._skip_lf = False    # the last byte was a CR: an LF next ends the same line
-        self._started = False    # a first line was returned (the BOM rule)
-
-    def feed(self, data):
-        """Return the lines completed by data, without their line endings."""
-        if self._skip_lf and data:
-            self._skip_lf = False
-            if data[:1] == b"\n":
-                data = data[1:]
-        end = len(data) - 1                                # the last line ending:
-        if data[end:] not in (b"\n", b"\r"):               # usually the last byte
-            end = max(data.rfind(b"\n"), data.rfind(b"\r"))
-        if end < 0:                                        # no line ends here
-            if data:
-                self._pieces.append(data)
-                self._size += len(data)
-                self._check_size()
-            return []
-        complete = data if end + 1 == len(data) else data[:end + 1]
-        if self._pieces:
-            self._pieces.append(complete)
-            complete = b"".join(self._pieces)
-        rest = data[end + 1:]
-        self._pieces, self._size = ([rest], len(rest)) if rest else ([], 0)
-        self._check_size()
-        # A CR as the very last byte: the LF of its CRLF may open the next read.
-        self._skip_lf = not rest and data[end] == 13
-        try:
-            # Decoding whole lines at once is safe: CR and LF never occur inside
-            # a UTF-8 multi-byte character.
-            text = complete.decode("utf-8")
-        except UnicodeDecodeError:
-            raise StreamError("the server sent text that is not UTF-8") from None
-        if "\r" in text:
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
-        lines = text.split("\n")
-        lines.pop()   # the empty string after the last line ending
-        if not self._started:
-            self._started = True
-            if lines[0][:1] == "\ufeff":
-                lines[0] = lines[0][1:]
-        return lines
-
-    def _check_size(self):
-        if self._size > self.max_line:
-            raise StreamError("the server sent a line longer than %d MiB; giving up"
-                              % (self.max_line >> 20))
-
-
-ServerSentEvent = namedtuple("ServerSentEvent", "event data id retry")
-ServerSentEvent.__doc__ = "One dispatched event: type, data, last event ID, retry (ms or None)."
-_tuple_new = tuple.__new__   # builds a ServerSentEvent without a Python-level call
-
-
-class SSEDecoder:
-    """Turn lines into ServerSentEvents by the WHATWG "interpreting an event
-    stream" rules.  Feed every line, empty ones included, to decode().
-    max_event bounds one event's data lines (each counted with its 64 bytes
-    of keeping), so an event that never ends cannot take all memory."""
-
-    def __init__(self, max_event=MAX_LINE_BYTES):
-        self.max_event = max_event
-        self._event = ""
-        self._data = []
-        self._size = 0           # what this event's data lines cost so far
-        self._last_id = ""       # persists across events, as the spec says
-        self._retry = None
-
-    def decode(self, line):
-        """Take one line; return the event it completes, or None."""
-        if not line:                             # dispatch the event
-            data, event = self._data, self._event or "message"
-            self._data, self._event, self._size = [], "", 0
-            if not data:                         # no data: dropped, type and all
-                return None
-            return _tuple_new(ServerSentEvent, (event, "\n".join(data), self._last_id,
-                                                self._retry))
-        if line[0] == ":":                       # a comment, e.g. a keep-alive
-            return None
-        field, _, value = line.partition(":")    # no colon: the value is ""
-        if value[:1] == " ":
-            value = value[1:]
-        if field == "data":
-            self._data.append(value)
-            self._size += len(value) + 64
-            if self._size > self.max_event:
-                raise StreamError("the server sent an event over %d MiB; giving up"
-                                  % (self.max_event >> 20))
-        elif field == "event":
-            self._event = value
-        elif field == "id":
-            if "\0" not in value:                # the spec ignores such an id
-                self._last_id = value
-        elif field == "retry":
-            if value and not value.strip("0123456789"):   # ASCII digits only
-                self._retry = int(value)
-        return None                              # any other field is ignored
-
-
-# ---------------------------------------------------------------------------
-# The Chat Completions protocol: payloads and chunk accumulation.  Pure.
-# ---------------------------------------------------------------------------
-
-def build_payload(model, messages, stream=True, params=None):
-    """Return the request body for POST /chat/completions."""
-    payload = {"model": model, "messages": messages}
-    payload.update(params or {})
-    payload["stream"] = stream
-    return payload
-
-
-def _is_number(value, low=None, high=None):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    return (low is None or value >= low) and (high is None or value <= high)
-
-
-def _is_whole(value, low=None, high=None):
-    return isinstance(value, int) and _is_number(value, low, high)
-
-
-def _is_tool_choice(value):
-    return value in ("auto", "none", "required") or isinstance(value, dict)
-
-
-def _is_function_list(value, wrapped):
-    return isinstance(value, list) and all(
-        isinstance(item, dict) and isinstance(
-            (item.get("function") if wrapped else item) or {}, dict) and
-        isinstance(((item.get("function") or {}) if wrapped else item).get("name"), str)
-        for item in value)
-
-
-# Body field: (the flag that sets it, what it must be, the test).  Fields not
-# listed here (set with --param or /set) are sent as they are.
-PARAM_RULES = {
-    "temperature": ("--temperature", "a number from 0 to 2", lambda v: _is_number(v, 0, 2)),
-    "top_p": ("--top-p", "a number from 0 to 1", lambda v: _is_number(v, 0, 1)),
-    "n": ("-n", "a whole number, 1 or more", lambda v: _is_whole(v, 1)),
-    "max_tokens": ("--max-tokens", "a whole number, 1 or more", lambda v: _is_whole(v, 1)),
-    "max_completion_tokens": ("--max-completion-tokens", "a whole number, 1 or more",
-                              lambda v: _is_whole(v, 1)),
-    "stop": ("--stop", "a string, or at most 4 of them",
-             lambda v: isinstance(v, str) or isinstance(v, list) and len(v) <= 4
-             and all(isinstance(s, str) for s in v)),
-    "presence_penalty": ("--presence-penalty", "a number from -2 to 2",
-                         lambda v: _is_number(v, -2, 2)),
-    "frequency_penalty": ("--frequency-penalty", "a number from -2 to 2",
-                          lambda v: _is_number(v, -2, 2)),
-    "logit_bias": ("--logit-bias", "token IDs each mapped to a number from -100 to 100",
-                   lambda v: isinstance(v, dict) and all(
-                       k.isdigit() and _is_number(b, -100, 100) for k, b in v.items())),
-    "logprobs": ("--logprobs", "true or false", lambda v: isinstance(v, bool)),
-    "top_logprobs": ("--top-logprobs", "a whole number from 0 to 20",
-                     lambda v: _is_whole(v, 0, 20)),
-    "seed": ("--seed", "a whole number", _is_whole),
-    "user": ("--user", "a string", lambda v: isinstance(v, str)),
-    "service_tier": ("--service-tier", "a string", lambda v: isinstance(v, str)),
-    "response_format": ("--response-format", 'an object such as {"type": "json_object"}',
-                        lambda v: isinstance(v, dict) and isinstance(v.get("type"), str)),
-    "tools": ("--tools", "a list of tool definitions, each with a function name",
-              lambda v: _is_function_list(v, wrapped=True)),
-    "tool_choice": ("--tool-choice", "auto, none, required or a tool", _is_tool_choice),
-    "parallel_tool_calls": ("--no-parallel-tool-calls", "true or false",
-                            lambda v: isinstance(v, bool)),
-    "functions": ("--functions", "a list of function definitions, each with a name",
-                  lambda v: _is_function_list(v, wrapped=False)),
-    "function_call": ("--function-call", "auto, none or a function",
-                      lambda v: v in ("auto", "none") or isinstance(v, dict)),
-    "stream_options": ("--usage", "an object", lambda v: isinstance(v, dict)),
-    "reasoning_effort": ("--reasoning-effort", "a level such as low, medium or high",
-                         lambda v: isinstance(v, str) and v.isalpha() and v.islower()),
-    "modalities": ("--audio-out", 'a list such as ["text", "audio"]',
-                   lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v)),
-    "audio": ("--voice", "an object with a voice and a format",
-              lambda v: isinstance(v, dict) and isinstance(v.get("voice"), str)
-              and isinstance(v.get("format"), str)),
-}
-
-
-def check_params(params, flags=True):
-    """Raise UsageError if a field is off, naming it and what it takes: by its
-    flag (flags=True), else by its name as sent (a /set, a loaded file)."""
-    for key, value in params.items():
-        flag, what, test = PARAM_RULES.get(key, (None, None, None))
-        if test is not None and not test(value):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)   # the user typed 5, not 5.0
-            raise UsageError("%s must be %s, not %s" % (
-                flag if flags else json.dumps(key), what, json.dumps(value)))
-    if "top_logprobs" in params and params.get("logprobs") is not True:
-        raise UsageError("--top-logprobs needs --logprobs" if flags else
-                         "\"top_logprobs\" needs \"logprobs\": true")
-
-
-def loads(text):
-    """json.loads, where nesting too deep to parse is a ValueError like any
-    other bad JSON rather than a RecursionError (a hostile server or file
-    can nest 200,000 deep)."""
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise TooDeep("nested too deeply") from None
-
-
-class TooDeep(ValueError):
-    """JSON nested deeper than Python's recursion allows."""
-
-
-def parse_value(text):
-    """A /set or --param value: JSON when it parses, else the text itself."""
-    try:
-        return loads(text)
-    except TooDeep:
-        raise UsageError("that value is JSON nested too deeply to send") from None
-    except ValueError:
-        return text
-
-
-def user_content(text, parts=()):
-    """A user message's content: the text, with text parts (files) after it;
-    or, where there are other parts (images, audio, PDFs), a list of parts."""
-    texts = [p["text"] for p in parts if p.get("type") == "text"]
-    others = [p for p in parts if p.get("type") != "text"]
-    text = "\n\n".join([text] + texts) if text else "\n\n".join(texts)
-    if not others:
-        return text
-    return [{"type": "text", "text": text}] + others
-
-
-def completion_to_chunk(completion):
-    """Recast a whole chat.completion as one chunk, so one path shows both."""
-    chunk = {k: v for k, v in completion.items() if k != "choices"}
-    try:
-        chunk["choices"] = [
-            {"index": c.get("index", 0), "delta": c.get("message") or {},
-             "finish_reason": c.get("finish_reason"), "logprobs": c.get("logprobs")}
-            for c in completion.get("choices") or ()]
-    except (AttributeError, TypeError):
-        raise StreamError("the server's answer has choices this client cannot read: %s"
-                          % _one_line(json.dumps(completion))[:200]) from None
-    return chunk
-
-
-def iter_chunks(reads):
-    """Yield the chunk dicts of an event stream given as byte strings, until [DONE].
-
-    Raises APIError for an error the server sends inside the stream,
-    StreamError for a stream that is not one, and IncompleteStreamError
-    (after the last chunk) when the bytes end before [DONE].
-    """
-    decoder, events = LineDecoder(), SSEDecoder()
-    first, last = None, ()   # the first line and the last lines: to explain an ending
-    for data in reads:
-        lines = decoder.feed(data)
-        if lines:
-            if first is None:
-                first = lines[0]
-            last = lines
-        for line in lines:
-            event = events.decode(line)
-            if event is None:
-                continue
-            if event.data == "[DONE]":
-                return
-            yield parse_event(event)
-    for line in reversed(last):
-        if line.startswith("error:"):
-            # llama.cpp's server reports a failure as an "error:" field, which
-            # the SSE rules ignore; it is the best explanation of the ending.
-            parse_event(ServerSentEvent("error", line[6:].strip(), "", None))
-    if first and first.partition(":")[0] not in ("", "data", "event", "id", "retry"):
-        raise StreamError("the answer is not an event stream: %s" % _first_line(first))
-    raise IncompleteStreamError("the server closed the stream before the reply was complete")
-
-
-def parse_event(event):
-    """Return the chunk dict an event carries; raise APIError if it carries an error."""
-    try:
-        chunk = json.loads(event.data)   # (not loads(): this is the hot path)
-    except (ValueError, RecursionError):   # RecursionError: nested 200,000 deep
-        chunk = None
-    if type(chunk) is dict and "error" not in chunk and event.event == "message":
-        return chunk   # the usual case, decided in one test
-    if event.event == "error" or isinstance(chunk, dict) and chunk.get("error"):
-        message, type_, code = error_message(event.data if chunk is None else chunk)
-        raise APIError("the server reported an error: " + message,
-                       None, type_, code)
-    if not isinstance(chunk, dict):
-        raise StreamError("the server sent data that is not a JSON object: %r"
-                          % event.data[:200])
-    return chunk
-
-
-class _TextBuilder(list):
-    """A string built from many small pieces: a list of the latest pieces,
-    the rest already joined into one string (head), so a long reply costs
-    about its own size rather than 50 bytes a token."""
-
-    __slots__ = ("head",)
-
-    def __init__(self, first=""):
-        super().__init__()
-        self.head = first
-
-    def compact(self):
-        """Join the waiting pieces onto the head."""
-        if len(self):
-            # With the only reference in a local, CPython grows the string in
-            # place instead of copying it: the text is held once, not twice.
-            head, self.head = self.head, ""
-            head += "".join(self)
-            self.head = head
-            self.clear()
-
-    def add(self, piece):
-        """Append a piece, compacting every 256 of them."""
-        self.append(piece)
-        if len(self) >= 256:
-            self.compact()
-
-    def __bool__(self):
-        return bool(self.head) or len(self) > 0
-
-    def __str__(self):
-        self.compact()
-        return self.head
-
-
-def _expect(value, types, what):
-    # bool is an int to isinstance, never to the API
-    if not isinstance(value, types) or isinstance(value, bool):
-        raise TypeError("%s is %s" % (what, type(value).__name__))
-    return value
-
-
-# Strings that name a thing rather than carry its text: set, never joined.
-_LABELS = frozenset(("role", "id", "type", "format", "object", "model"))
-_SET_ONCE = _LABELS | {"name"}
-# Fields whose value must be text where it is not null.
-_TEXTS = frozenset(("content", "refusal", "reasoning_content", "reasoning"))
-
-
-class _Indexed(dict):
-    """A list streamed as objects that carry an "index" (tool_calls): index ->
-    the object merged so far, plus the ids seen, so that a fragment without an
-    index (some servers leave it out) finds its call in constant time."""
-
-    __slots__ = ("ids", "last")
-
-    def __init__(self):
-        super().__init__()
-        self.ids, self.last = {}, None
-
-    def merge(self, items):
-        for item in items:
-            if not isinstance(item, dict):
-                raise TypeError("a list item is %s" % type(item).__name__)
-            index = _expect(item.get("index"), (int, type(None)), "index")
-            if index is None:   # a new id is a new item; no id continues the last one
-                new_id = item.get("id")
-                index = self.ids.get(new_id) if new_id else self.last
-                if index is None:
-                    index = max(self) + 1 if self else 0
-            into = self.get(index)
-            if into is None:
-                if len(self) >= MAX_LIST_ITEMS:
-                    raise ValueError("more than %d items in one list" % MAX_LIST_ITEMS)
-                into = self[index] = {}
-            merge_delta(into, item, ())
-            if isinstance(item.get("id"), str):
-                self.ids[item["id"]] = index
-            if self.last is None or index > self.last:
-                self.last = index
-
-
-def merge_delta(into, delta, texts=_TEXTS):
-    """Merge one streamed delta dict into what arrived before it, by the API's
-    shapes: strings are joined (labels such as id, type and role are set;
-    a name repeated whole is kept once); objects are merged key by key by the
-    same rule; lists of objects that carry an "index" are merged by index;
-    other lists are extended; numbers are set; null never erases anything.
-    The keys in texts (at this level only) must hold strings."""
-    for key, value in delta.items():
-        if value is None:
-            continue
-        old = into.get(key)
-        if type(value) is str:
-            if old is not None and key not in _SET_ONCE:
-                old.add(value)   # the usual case; an AttributeError if old was not text
-            elif key in _LABELS or old is None:
-                into[key] = value if key in _LABELS else _TextBuilder(value)
-            elif str(old) != value:   # "name": OpenAI sends it once, some servers in
-                old.add(value)        # every piece; joined only if it differs
-        elif key in texts:
-            raise TypeError("%s is %s" % (key, type(value).__name__))
-        elif isinstance(value, dict):
-            if old is None:
-                old = into[key] = {}
-            merge_delta(_expect(old, dict, key), value, ())
-        elif isinstance(value, list):
-            if old is None:
-                indexed = key == "tool_calls" or any(
-                    isinstance(item, dict) and "index" in item for item in value)
-                old = into[key] = _Indexed() if indexed else []
-            if isinstance(old, _Indexed):
-                old.merge(value)
-            else:
-                _expect(old, list, key).extend(value)
-        else:
-            into[key] = value
-
-
-def _finished(value):
-    """A merged value as plain JSON: text joined, indexed lists in order."""
-    if isinstance(value, _TextBuilder):
-        return str(value)
-    if isinstance(value, _Indexed):
-        return [_finished({k: v for k, v in value[i].items() if k != "index"})
-                for i in sorted(value)]
-    if isinstance(value, dict):
-        return {k: _finished(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finished(v) for v in value]
-    return value
-
-
-class ChatAccumulator:
-    """Build the finished chat.completion from streamed chunk dicts.
-
-    Every delta field is merged by one rule (merge_delta), so content,
-    refusal, reasoning, tool_calls, the legacy function_call, audio and
-    annotations all arrive whole; logprobs are merged the same way.  The
-    top-level fields take the first non-empty value each; usage comes from a
-    final chunk whose choices are empty.  n: the choices asked for; a choice
-    at or past it is left out, its index kept in unrequested.
-    """
-
-    TOP_FIELDS = ("id", "created", "model", "system_fingerprint", "service_tier")
-
-    def __init__(self, n=1):
-        self.n = n
-        self.top = {}
-        self.usage = None
-        self.choices = {}       # index -> the choice being built
-        self.unrequested = None   # the first index past n the server sent
-        self._id = ()           # the chunk id whose top-level fields were read
-
-    def add(self, chunk):
-        """Merge one chunk; raise StreamError if it is not shaped like one."""
-        try:
-            self._add(chunk)
-        except (AttributeError, TypeError, ValueError, RecursionError) as exc:
-            raise StreamError("the server sent a chunk this client cannot read (%s): %s"
-                              % (exc, _one_line(repr(chunk))[:200])) from None
-
-    def _add(self, chunk):
-        if chunk.get("id") != self._id:   # top-level fields: read once per id
-            self._id = chunk.get("id")
-            for key in self.TOP_FIELDS:
-                if key not in self.top and chunk.get(key):
-                    self.top[key] = chunk[key]
-        if chunk.get("usage"):
-            self.usage = _expect(chunk["usage"], dict, "usage")
-        for choice in chunk.get("choices") or ():
-            index = choice.get("index", 0)
-            if type(index) is not int:
-                raise TypeError("index is %s" % type(index).__name__)
-            c = self.choices.get(index)
-            if c is None:
-                if not 0 <= index < self.n:
-                    if self.unrequested is None:
-                        self.unrequested = index
-                    continue
-                c = self.choices[index] = {"message": {}, "logprobs": {}, "finish_reason": None}
-            delta = choice.get("delta")
-            if delta:
-                merge_delta(c["message"], delta)
-            if choice.get("logprobs"):
-                merge_delta(c["logprobs"], choice["logprobs"], ())
-            if choice.get("finish_reason"):
-                c["finish_reason"] = choice["finish_reason"]
-
-    @property
-    def finished(self):
-        """True when at least one choice arrived and every choice has finished."""
-        return bool(self.choices) and all(
-            c["finish_reason"] for c in self.choices.values())
-
-    def text(self, index=0):
-        """The content received so far for one choice."""
-        c = self.choices.get(index)
-        return str(c["message"].get("content") or "") if c else ""
-
-    def result(self):
-        """Return the reply in the shape of a non-streamed chat.completion."""
-        choices = []
-        for index in sorted(self.choices):
-            c = self.choices[index]
-            message = {"role": "assistant", "content": None}
-            message.update(_finished(c["message"]))
-            for call in message.get("tool_calls") or ():
-                call.setdefault("id", None)
-                call.setdefault("type", "function")
-                function = call.setdefault("function", {})
-                function.setdefault("name", "")
-                function.setdefault("arguments", "")
-            choices.append({"index": index, "message": message,
-                            "logprobs": _finished(c["logprobs"]) or None,
-                            "finish_reason": c["finish_reason"]})
-        completion = {"id": self.top.get("id"), "object": "chat.completion",
-                      "created": self.top.get("created"), "model": self.top.get("model")}
-        for key in ("system_fingerprint", "service_tier"):
-            if key in self.top:
-                completion[key] = self.top[key]
-        completion["choices"] = choices
-        completion["usage"] = self.usage
-        return completion
-
-
-REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
-
-
-def history_message(message):
-    """The assistant message to keep in history: only fields the API accepts back.
-
-    Reasoning stays only on a message that made tool calls: DeepSeek's
-    thinking mode answers 400 without it there (and ignores it elsewhere),
-    OpenRouter wants reasoning_details back with the calls.  A spoken reply
-    is kept as its transcript; Chat refers to its audio by id while it lives.
-    """
-    kept = {"role": "assistant", "content": message.get("content")}
-    for key in ("tool_calls", "function_call", "refusal"):
-        if message.get(key):
-            kept[key] = message[key]
-    calls = "tool_calls" in kept or "function_call" in kept
-    if calls:
-        kept.update((key, message[key]) for key in REASONING_FIELDS if message.get(key))
-    audio = message.get("audio")
-    if kept["content"] is None and isinstance(audio, dict) and audio.get("transcript"):
-        kept["content"] = audio["transcript"]
-    if kept["content"] is None and not calls:
-        kept["content"] = ""
-    return kept
-
-
-def error_message(body):
-    """Return (message, type, code) from an error body: the API's JSON or not."""
-    data = body
-    if isinstance(body, (bytes, str)):
-        text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
-        try:
-            data = loads(text)
-        except ValueError:
-            return _first_line(text) or "(empty body)", None, None
-    if isinstance(data, dict):
-        error = data.get("error", data)
-        if isinstance(error, dict):
-            message = error.get("message") or error.get("detail") or error.get("msg")
-            if isinstance(message, list):      # FastAPI's validation errors
-                message = "; ".join(str(m.get("msg", m)) if isinstance(m, dict)
-                                    else str(m) for m in message)
-            if message:
-                return _server_words(message), error.get("type"), error.get("code")
-        elif isinstance(error, str) and error:
-            return _server_words(error), None, None
-    return _one_line(json.dumps(data))[:300], None, None
-
-
-def _server_words(message):
-    """A server's message on one line, without the Python traceback some
-    servers (llama-cpp-python among them) append to it."""
-    return _one_line(re.split(r"\n\s*(?:Traceback \(most recent call last\)|File \")",
-                              str(message), 1)[0])
-
-
-def _one_line(text):
-    return " ".join(text.split())
-
-
-def _first_line(text):
-    """The most telling line of a non-JSON body: an HTML title, else the first."""
-    lower = text.lower()
-    start = lower.find("<title>")
-    if start >= 0:
-        end = lower.find("</title>", start)
-        title = _one_line(text[start + 7:end if end > 0 else None])
-        if title:
-            return title[:200]
-    for line in text.splitlines():
-        if line.strip():
-            return _one_line(line)[:200]
-    return ""
-
-
-# ---------------------------------------------------------------------------
-# Text for a terminal: the one sanitizer, and markdown highlighted as it
-# streams.  Pure: text in, text out.
-# ---------------------------------------------------------------------------
-
-# What a terminal would act on rather than show: C0 controls but tab and
-# newline, DEL, C1 controls, and the bidirectional overrides and isolates.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-def _visible(match):
-    code = ord(match.group())
-    if code < 0x20:
-        return "^" + chr(code + 64)   # ESC shows as ^[, as cat -v and git show it
-    if code == 0x7f:
-        return "^?"
-    return ("\\x%02x" if code <= 0x9f else "\\u%04x") % code
-
-
-def sanitize(text):
-    """text made safe for a terminal: every control character, and the
-    escape sequences ESC or CSI would start, shown as visible escapes
-    (^[, \\x9b, \\u202e) instead of acted on; newline and tab kept."""
-    return text if _UNSAFE.search(text) is None else _UNSAFE.sub(_visible, text)
-
-
-_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
-_HEADING = re.compile(r" {0,3}#{1,6}(?: |$)")
-_LIST = re.compile(r" *(?:[-*+]|\d{1,9}[.)])(?: |$)")
-_QUOTE = re.compile(r" {0,3}>")
-# Line starts that may still become one of the above once more text comes.
-_UNDECIDED = re.compile(r" *(?:#{1,6}|`{1,}|~{1,}|[-*+]|\d{1,9}[.)]?)?$")
-_SPECIAL = re.compile(r"[`*_\]\n]")
-_SPECIAL_IN_LINK = re.compile(r"[`*_\])\n]")
-
-
-class MarkdownHighlighter:
-    """Colour markdown for a terminal as it streams: headings, bold, italic,
-    inline code, fenced code blocks and their language label, list markers,
-    block quotes and link targets.
-
-    feed() takes the text as it arrives and returns it with ANSI colour
-    codes added: no character is removed, added or moved, so the screen
-    shows exactly the reply and copying from it gives the exact text.
-    Nothing already returned is ever redrawn.  A line's first characters are
-    held back only until its kind is known (a "#" may start a heading, a "`"
-    a fence), and a run of markup characters at the end of a piece until the
-    next character shows whether it opens or closes.  end() returns what is
-    held back and resets the colours.
-    """
-
-    HEADING, BOLD, ITALIC, CODE = "1;36", "1", "3", "33"
-    BLOCK, FENCE, LABEL, QUOTE, MARKER, LINK = "32", "2", "1;32", "2", "36", "4;34"
-
-    def __init__(self):
-        self._held = ""          # text not yet returned
-        self._at_start = True    # the next character starts a line
-        self._fence = None       # the fence that opened the code block we are in
-        self._block = ""         # the style of the whole line
-        self._bold = self._italic = False
-        self._code = 0           # the length of the backticks that opened inline code
-        self._link = False       # inside a link's (target)
-        self._previous = "\n"    # the character before the held text
-        self._active = ""        # the codes in force on the terminal
-
-    def feed(self, text):
-        """Return text with colour codes, less what must wait for more text."""
-        data, self._held = self._held + text, ""
-        out = []
-        self._scan(data, out, final=False)
-        return "".join(out)
-
-    def end(self):
-        """Return what was held back, then reset the terminal's colours."""
-        data, self._held = self._held, ""
-        out = []
-        self._scan(data, out, final=True)
-        self._style(out, "")
-        return "".join(out)
-
-    def _style(self, out, codes):
-        if codes != self._active:
-            out.append("\x1b[0m" if not codes else
-                       "\x1b[%sm" % codes if not self._active else "\x1b[0;%sm" % codes)
-            self._active = codes
-
-    def _inline_style(self):
-        codes = [self._block] if self._block else []
-        if self._code:
-            codes.append(self.CODE)
-        else:
-            codes += [c for c, on in ((self.BOLD, self._bold), (self.ITALIC, self._italic)) if on]
-        if self._link:
-            codes.append(self.LINK)
-        return ";".join(codes)
-
-    def _scan(self, data, out, final):
-        i, n = 0, len(data)
-        while i < n:
-            if self._at_start:
-                i = self._line_start(data, i, out, final)
-                if i < 0:
-                    return
-                continue
-            if self._fence is not None:   # a code block's line: no markdown in it
-                j = data.find("\n", i)
-                j = n if j < 0 else j
-                out.append(data[i:j])
-                i = j
-                if j < n:
-                    self._end_line(out)
-                    i += 1
-                continue
-            match = (_SPECIAL_IN_LINK if self._link else _SPECIAL).search(data, i)
-            j = n if match is None else match.start()
-            if j > i:
-                out.append(data[i:j])
-                self._previous = data[j - 1]
-                i = j
-            if match is None:
-                return
-            char = data[i]
-            if char == "\n":
-                self._end_line(out)
-                i += 1
-            elif char == "]":
-                if i + 1 == n and not final:
-                    self._held = data[i:]
-                    return
-                out.append("]")
-                self._previous = "]"
-                i += 1
-                if i < n and data[i] == "(" and not self._code:
-                    self._link = True
-                    self._style(out, self._inline_style())
-            elif char == ")":   # the end of a link's target
-                out.append(")")
-                self._link = False
-                self._style(out, self._inline_style())
-                self._previous = ")"
-                i += 1
-            else:
-                j = i
-                while j < n and data[j] == char:
-                    j += 1
-                if j == n and not final:   # the run may go on, or what follows matters
-                    self._held = data[i:]
-                    return
-                self._run(data[i:j], data[j] if j < n else " ", out)
-                self._previous = char
-                i = j
-
-    def _run(self, run, after, out):
-        """A run of ` or * or _: code, bold or italic opening or closing."""
-        char, before = run[0], self._previous
-        if char == "`":
-            if not self._code:
-                self._code = len(run)
-                self._style(out, self._inline_style())
-                out.append(run)
-            else:
-                out.append(run)
-                if len(run) == self._code:
-                    self._code = 0
-                    self._style(out, self._inline_style())
-            return
-        if self._code:
-            out.append(run)
-            return
-        space_after, space_before = after.isspace(), before.isspace()
-        punct_after = not after.isalnum() and not space_after
-        punct_before = not before.isalnum() and not space_before
-        left = not space_after and (not punct_after or space_before or punct_before)
-        right = not space_before and (not punct_before or space_after or punct_after)
-        if char == "_":   # no emphasis inside words: snake_case stays plain
-            can_open = left and (not right or punct_before)
-            can_close = right and (not left or punct_after)
-        else:
-            can_open, can_close = left, right
-        styles = ["_bold"] if len(run) == 2 else ["_italic"] if len(run) == 1 else ["_bold", "_italic"]
-        closing = [name for name in styles if getattr(self, name) and can_close]
-        opening = [name for name in styles if not getattr(self, name) and can_open]
-        for name in opening:
-            setattr(self, name, True)
-        self._style(out, self._inline_style())
-        out.append(run)
-        for name in closing:
-            setattr(self, name, False)
-        self._style(out, self._inline_style())
-
-    def _line_start(self, data, i, out, final):
-        """Decide what kind of line starts at i, write its marker; return where
-        the rest of the line starts, or -1 if the start must wait for more."""
-        end = data.find("\n", i)
-        complete = end >= 0 or final
-        line = data[i:] if end < 0 else data[i:end]
-        if self._fence is not None:
-            fence = _FENCE.match(line)
-            closing = (fence and fence.group(1)[0] == self._fence[0]
-                       and len(fence.group(1)) >= len(self._fence)
-                       and not line[fence.end():].strip())
-            if closing:
-                if not complete:
-                    self._held = data[i:]
-                    return -1
-                self._style(out, self.FENCE)
-                out.append(line)
-                self._fence = None
-                self._at_start = False
-                return i + len(line)
-            if not complete and _UNDECIDED.match(line) and line.strip(" `~") == "":
-                self._held = data[i:]
-                return -1
-            self._block = self.BLOCK
-            self._style(out, self.BLOCK)
-            self._at_start = False
-            return i
-        if not complete and _UNDECIDED.match(line):
-            self._held = data[i:]
-            return -1
-        self._at_start = False
-        fence = _FENCE.match(line)
-        if fence and not (fence.group(1)[0] == "`" and "`" in line[fence.end():]):
-            if not complete:   # the language label ends with the line
-                self._held, self._at_start = data[i:], True
-                return -1
-            self._fence = fence.group(1)
-            self._style(out, self.FENCE)
-            out.append(line[:fence.end()])
-            self._style(out, self.LABEL)
-            out.append(line[fence.end():])
-            return i + len(line)
-        if _HEADING.match(line) or _QUOTE.match(line):   # the whole line is styled
-            self._block = self.HEADING if _HEADING.match(line) else self.QUOTE
-            self._style(out, self._block)
-            return i
-        marker = _LIST.match(line)
-        if marker:
-            self._style(out, self.MARKER)
-            out.append(line[:marker.end()])
-            self._style(out, "")
-            self._previous = " "
-            return i + marker.end()
-        return i
-
-    def _end_line(self, out):
-        """Inline styles end with their line; so does a heading or a quote."""
-        self._block, self._bold, self._italic, self._code, self._link = "", False, False, 0, False
-        self._style(out, "")
-        out.append("\n")
-        self._previous, self._at_start = "\n", True
-
-
-# ---------------------------------------------------------------------------
-# HTTP: the one place that touches the network.
-# ---------------------------------------------------------------------------
-
-def normalize_base_url(url):
-    """Accept a base URL as people paste it; return scheme://host[:port]/path[?query].
-
-    A missing scheme means http:// for a local host, https:// otherwise; a
-    trailing /chat/completions is dropped; a path or query that is not ASCII
-    is percent-encoded.  Raises UsageError for what cannot be sent.
-    """
-    url = url.strip()
-    example = "e.g. https://api.openai.com/v1 or localhost:11434/v1"
-    try:
-        if "://" not in url:
-            host = urlsplit("//" + url).hostname or ""
-            url = ("http://" if is_local_host(host) else "https://") + url
-        parts = urlsplit(url)
-        parts.port   # a port that is not a number raises here
-        host = parts.hostname
-    except ValueError as exc:
-        raise UsageError("--base-url %s is not a URL (%s), %s"
-                         % (shown_url_safely(url), exc, example)) from None
-    if parts.scheme not in ("http", "https") or not host:
-        raise UsageError("--base-url %s is not an http(s) URL, %s" % (shown_url_safely(url), example))
-    try:
-        host.encode("idna")   # a label over 63 characters, or empty, fails here
-    except UnicodeError:
-        raise UsageError("--base-url %s: %s is not a valid host name"
-                         % (shown_url_safely(url), host)) from None
-    path = parts.path.rstrip("/")
-    if path.endswith("/chat/completions"):
-        path = path[:-len("/chat/completions")]
-    path = urllib.parse.quote(path, safe="/%:@!$&'()*+,;=-._~")
-    query = urllib.parse.quote(parts.query, safe="/%:@!$&'()*+,;=-._~?")
-    return urlunsplit((parts.scheme, parts.netloc, path, query, ""))
-
-
-def shown_url_safely(url):
-    """shown_url, for a URL that may not even parse: then what would be its
-    user and password, and its secret-looking query values, are masked by
-    pattern."""
-    try:
-        return shown_url(url)
-    except ValueError:
-        url = re.sub(r"//[^/?#]*@", "//***@", url)
-        return re.sub(r"(?i)([?&][^=&]*(?:key|token|sig|secret|passw|auth|credential)[^=&]*=)[^&#]*",
-                      r"\1***", url)
-
-
-def endpoint_url(base_url, path):
-    """base_url + path, keeping a query string (Azure's api-version) at the end."""
-    base, sep, query = base_url.partition("?")
-    return base + path + sep + query
-
-
-# Query parameters whose values are credentials: shown as ***, in /curl as $NAME.
-_SECRET_NAME = re.compile(r"(?i)key|token|sig|secret|passw|auth|credential")
-
-
-_SECRET_HEADER = re.compile(r"(?i)auth|key|token|secret|cookie")
-
-
-def is_secret_header(name):
-    """True for a header whose value is a credential (Authorization, api-key...)."""
-    return bool(_SECRET_HEADER.search(name))
-
-
-def _query_items(query):
-    return [item.partition("=") for item in query.split("&") if item]
-
-
-def shown_url(url):
-    """url as it may be shown anywhere: a user and password in it, and the
-    values of secret-looking query parameters (key, api-key, token, sig...),
-    replaced by ***."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    query = "&".join(name + equals + ("***" if equals and _SECRET_NAME.search(name) else value)
-                     for name, equals, value in _query_items(parts.query))
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
-
-
-def url_secrets(url):
-    """The credentials a URL carries: its user and password, and the values
-    of its secret-looking query parameters."""
-    parts = urlsplit(url)
-    found = [parts.username, parts.password]
-    found += [value for name, equals, value in _query_items(parts.query)
-              if equals and _SECRET_NAME.search(name)]
-    return [urllib.parse.unquote(secret) for secret in found if secret]
-
-
-def proxies_for(host, environ):
-    """The proxies to reach host with, from environ as urllib reads them
-    (lower-case names win, NO_PROXY honoured); none at all for this machine,
-    so that nothing meant for localhost ever passes through a proxy."""
-    proxies = {}
-    for name, value in environ.items():
-        lower = name.lower()
-        if value and lower.endswith("_proxy") and (name == lower or lower[:-6] not in proxies):
-            proxies[lower[:-6]] = value
-    if is_loopback_host(host) or urllib.request.proxy_bypass_environment(host, proxies):
-        return {}
-    proxies.pop("no", None)
-    return proxies
-
-
-def _ip_address(host):
-    try:
-        return ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return None
-
-
-def is_loopback_host(host):
-    """True for this machine: localhost, 127.0.0.0/8, ::1."""
-    host = (host or "").lower()
-    address = _ip_address(host)
-    if address is None:
-        return host == "localhost" or host.endswith(".localhost")
-    return address.is_loopback
-
-
-def is_local_host(host):
-    """True for hosts that may serve without a key: loopback, private, bare names."""
-    host = (host or "").lower()
-    address = _ip_address(host)
-    if address is None:
-        return "." not in host or host.endswith(
-            (".localhost", ".local", ".internal", ".lan", ".home.arpa"))
-    return address.is_loopback or address.is_private or address.is_link_local
-
-
-def retry_delay(attempt, headers, now=None, jitter=None):
-    """Seconds to wait before retry number attempt+1: the server's
-    retry-after-ms or Retry-After (seconds or an HTTP date) if it sent one,
-    else exponential backoff with jitter; never over MAX_RETRY_WAIT."""
-    headers = headers or {}
-    milliseconds, after = headers.get("retry-after-ms"), headers.get("Retry-After")
-    try:
-        if milliseconds:
-            seconds = float(milliseconds) / 1000
-        elif after:
-            try:
-                seconds = float(after)
-            except ValueError:
-                seconds = parsedate_to_datetime(after).timestamp() - (now or time.time())
-        else:
-            seconds = None
-        if seconds is not None and math.isfinite(seconds):   # "nan" is a float too
-            return min(max(seconds, 0.0), MAX_RETRY_WAIT)
-    except (TypeError, ValueError, OverflowError):
-        pass   # an unreadable header: fall back to backoff
-    if jitter is None:
-        jitter = random.random()
-    return min(0.5 * 2 ** attempt, MAX_RETRY_WAIT) * (1 - 0.25 * jitter)
-
-
-class Client:
-    """Sends requests to one OpenAI-compatible server.
-
-    base_url: normalized base URL; a user and password in it are sent as
-    HTTP Basic authentication instead of the key.  api_key: sent as a Bearer
-    token if given.  proxies: scheme -> proxy URL (None: urllib's own choice
-    from the environment; {}: none).
-    organization, project: the OpenAI-Organization / OpenAI-Project headers.
-    headers: extra (name, value) pairs, overriding the defaults by name.
-    timeout: seconds for connecting and for each wait for the next byte.
-    retries: how often to retry a request the server may take later (see
-    RETRY_STATUSES); on_retry(text) hears of each; sleep waits between them.
-    """
-
-    def __init__(self, base_url, *, api_key=None, organization=None, project=None,
-                 headers=(), timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES,
-                 proxies=None, on_retry=None, sleep=None):
-        parts = urlsplit(base_url)
-        basic = None
-        if parts.username is not None:   # user:password@host: HTTP Basic, not in the URL
-            basic = "%s:%s" % (urllib.parse.unquote(parts.username),
-                               urllib.parse.unquote(parts.password or ""))
-            base_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
-        self.base_url = base_url
-        self.shown_url = shown_url(base_url)   # the one to put in messages
-        self.api_key = None if basic else api_key
-        self.proxies = proxies
-        self.timeout = timeout
-        self.retries = retries
-        self.on_retry = on_retry or (lambda text: None)
-        self.sleep = sleep or time.sleep
-        self.headers = {
-            "Content-Type": "application/json",
-            "User-Agent": "chat.py/%s (Python %d.%d)" % ((__version__,) + sys.version_info[:2]),
-        }
-        if basic:
-            self.headers["Authorization"] = "Basic " + base64.b64encode(
-                basic.encode("utf-8")).decode("ascii")
-        elif api_key:
-            self.headers["Authorization"] = "Bearer " + api_key
-        if organization:
-            self.headers["OpenAI-Organization"] = organization
-        if project:
-            self.headers["OpenAI-Project"] = project
-        for name, value in headers:
-            for existing in [k for k in self.headers if k.lower() == name.lower()]:
-                del self.headers[existing]
-            self.headers[name] = value
-
-    def request(self, method, path, payload=None, probe=False):
-        """Send one request, retrying what may work later; return the open response.
-
-        Only failures before any response byte are retried, so no text is ever
-        shown twice.  Raises the ChatError that says what went wrong.  A probe
-        (a diagnosis of its own) is neither retried nor explained.
-        """
-        headers = dict(self.headers)
-        data = None
-        if payload is not None:
-            data = json.dumps(payload).encode("utf-8")
-            if payload.get("stream"):
-                headers.setdefault("Accept", "text/event-stream")
-        else:
-            del headers["Content-Type"]
-        request = urllib.request.Request(endpoint_url(self.base_url, path), data=data,
-                                         headers=headers, method=method)
-        handlers = [_no_redirect_handler()]
-        if self.proxies is not None:
-            handlers.append(urllib.request.ProxyHandler(self.proxies))
-        opener = urllib.request.build_opener(*handlers)
-        retries = 0 if probe else self.retries
-        for attempt in range(retries + 1):
-            retry_headers = {}
-            try:
-                return opener.open(request, timeout=self.timeout)
-            except urllib.error.HTTPError as exc:
-                try:
-                    body = exc.read(MAX_ERROR_BODY)
-                except (OSError, http.client.HTTPException, AttributeError):
-                    body = b""
-                finally:
-                    exc.close()
-                error, cause = self._status_error(exc.code, exc.headers, body, probe), exc
-                retry_headers = exc.headers
-                why = "HTTP %d" % exc.code if exc.code in RETRY_STATUSES else None
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                error, cause = self._connection_error(reason), exc
-                why = ("connection refused" if isinstance(reason, ConnectionRefusedError) else
-                       "connection reset" if isinstance(reason, ConnectionResetError) else None)
-            except http.client.HTTPException as exc:   # the answer was not HTTP at all
-                reason = _one_line(str(exc)) or type(exc).__name__
-                error, cause = APIConnectionError("%s did not answer with valid HTTP (%s)"
-                                                  % (self.shown_url, reason)), exc
-                why = None
-            if why is None or attempt == retries:
-                raise error from cause
-            delay = retry_delay(attempt, retry_headers)
-            self.on_retry("%s; retry %d of %d in %.1fs" % (why, attempt + 1, retries, delay))
-            self.sleep(delay)
-
-    def _status_error(self, status, headers, body, probe=False):
-        message, type_, code = error_message(body)
-        try:
-            parsed = loads(body)
-        except ValueError:
-            parsed = None
-        label = "HTTP %d" % status
-        if type_ or code:
-            label += " (%s)" % ", ".join(str(x) for x in (type_, code) if x)
-        hint = ""
-        if status in (301, 302, 303, 307, 308):
-            hint = "the server redirects to %s; use that as --base-url" % headers.get("Location")
-        elif status == 401:
-            hint = "the key was refused: check OPENAI_API_KEY, --api-key or --api-key-file"
-        elif status == 403:
-            hint = "the key is not allowed to use this model or endpoint"
-        elif status in (404, 405, 501) and not probe:
-            hint = self.path_hint().lstrip(" -")
-            if not hint and parsed is None:   # a web page, not an API's JSON error
-                hint = ("this does not look like an OpenAI-compatible API; "
-                        "chat.py --check tells what is there")
-            elif not hint:
-                hint = "check --base-url (usually ends in /v1) and --model"
-        elif status == 429:
-            hint = "rate limited or out of quota; wait, then try again"
-        elif status >= 500 and type_ is None and code is None:
-            hint = "the server failed; try again later"   # it did not say why
-        text = "%s: %s" % (label, message)
-        if hint:
-            text += " - " + hint
-        cls = {401: AuthenticationError, 403: AuthenticationError, 429: RateLimitError}
-        return cls.get(status, APIError)(text, status, type_, code, parsed)
-
-    def path_hint(self):
-        """If the base URL looks like a common mistake, how to fix it; else ""."""
-        parts = urlsplit(self.base_url)
-        path = parts.path.rstrip("/")
-        root = "%s://%s" % (parts.scheme, parts.netloc)
-        if path.endswith(("/api", "/api/chat", "/api/generate")):
-            return " - that is Ollama's own API; its OpenAI API is at --base-url %s/v1" % root
-        if parts.port == 11434 and not path.endswith("/v1"):
-            return " - Ollama's OpenAI API is at --base-url %s/v1" % root
-        if not path.endswith("/v1") and "/openai/" not in path + "/":
-            try:
-                with self.request("GET", "/v1/models", probe=True) as response:
-                    self.read_json(response)
-                return " - the API answers at --base-url %s/v1" % self.shown_url
-            except ChatError:
-                pass
-        return ""
-
-    def _connection_error(self, reason):
-        where = self.shown_url
-        if isinstance(reason, (socket.timeout, TimeoutError)):
-            return APITimeoutError("no answer from %s within %gs - is the server up? "
-                                   "(--timeout sets the limit)" % (where, self.timeout))
-        if isinstance(reason, ConnectionRefusedError):
-            return APIConnectionError("cannot connect to %s: connection refused - is the "
-                                      "server running there?" % where)
-        if isinstance(reason, socket.gaierror):
-            return APIConnectionError("cannot find the host of %s - check --base-url and "
-                                      "your network" % where)
-        if isinstance(reason, _CERTIFICATE_ERROR):
-            return APIConnectionError("the TLS certificate of %s is not trusted (%s); for a "
-                                      "private CA set SSL_CERT_FILE"
-                                      % (where, getattr(reason, "verify_message", None) or reason))
-        if isinstance(reason, ssl.SSLError):
-            return APIConnectionError("TLS failed with %s: %s - is it an https server?"
-                                      % (where, _one_line(str(reason))))
-        return APIConnectionError("cannot connect to %s: %s"
-                                  % (where, _one_line(str(reason)) or type(reason).__name__))
-
-    def read_json(self, response):
-        """Read a whole JSON answer (bounded); raise a ChatError if it is not one."""
-        try:
-            body = response.read(MAX_BODY + 1)
-        except (OSError, http.client.HTTPException) as exc:
-            raise self._read_error(exc) from exc
-        if len(body) > MAX_BODY:
-            raise StreamError("the server's answer is over %d MiB; giving up" % (MAX_BODY >> 20))
-        content_type = response.headers.get("Content-Type") or "no content type"
-        try:
-            data = loads(body.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise StreamError("the server's answer is not UTF-8 text") from None
-        except ValueError:
-            raise StreamError("HTTP %d with %s from %s is not JSON: %s" % (
-                response.status, content_type, self.shown_url,
-                _first_line(body.decode("utf-8")) or "(empty body)")) from None
-        if not isinstance(data, dict):
-            raise StreamError("the server answered with JSON that is not an object")
-        if data.get("error"):
-            message, type_, code = error_message(data)
-            raise APIError("the server reported an error: " + message,
-                           response.status, type_, code)
-        return data
-
-    def models(self):
-        """The model ids the server lists (GET /models), sorted."""
-        with self.request("GET", "/models") as response:
-            models = self.read_json(response).get("data")
-        if not isinstance(models, list):
-            raise StreamError("the server's /models answer has no \"data\" list of models")
-        return sorted(str(m.get("id")) for m in models if isinstance(m, dict) and m.get("id"))
-
-    def complete(self, payload):
-        """Send a non-streamed chat request; return the chat.completion dict."""
-        with self.request("POST", "/chat/completions", payload) as response:
-            return self.complete_from(response)
-
-    def stream(self, payload):
-        """Send a streamed chat request; yield each chunk dict until [DONE].
-
-        An error inside the stream is raised, never yielded.  A stream that
-        closes before [DONE] raises IncompleteStreamError after its last chunk.
-        A server that answers a stream request with plain JSON is accepted.
-        """
-        with self.request("POST", "/chat/completions", payload) as response:
-            content_type = (response.headers.get("Content-Type") or "").lower()
-            if "json" in content_type:
-                yield completion_to_chunk(self.complete_from(response))
-                return
-            if "html" in content_type:
-                self.read_json(response)   # raises, naming the page's title
-            yield from iter_chunks(self._reads(response))
-
-    def _reads(self, response):
-        """The stream's bytes as they arrive, at most MAX_BODY of them in all."""
-        read1 = response.read1   # returns what has arrived, without waiting for more
-        left = MAX_BODY
-        while True:
-            try:
-                data = read1(READ_SIZE)
-            except (OSError, http.client.HTTPException) as exc:
-                raise self._read_error(exc) from exc
-            if not data:
-                return
-            left -= len(data)
-            if left < 0:
-                raise StreamError("the reply passed %d MiB, more than any reply should be; "
-                                  "it was cut there" % (MAX_BODY >> 20))
-            yield data
-
-    def complete_from(self, response):
-        """The chat.completion in a JSON answer that is already open."""
-        data = self.read_json(response)
-        if not isinstance(data.get("choices"), list):
-            raise StreamError("the server's answer has no choices: %s"
-                              % _one_line(json.dumps(data))[:200])
-        return data
-
-    def _read_error(self, exc):
-        if isinstance(exc, (socket.timeout, TimeoutError)):
-            return APITimeoutError("the server sent nothing for %gs and the reply was "
-                                   "abandoned (--timeout sets the limit)" % self.timeout)
-        if isinstance(exc, (http.client.IncompleteRead, http.client.RemoteDisconnected,
-                            ConnectionResetError)):
-            return StreamError("the server closed the connection in the middle of the reply")
-        return StreamError("the connection broke during the reply (%s)"
-                           % (getattr(exc, "strerror", None) or _one_line(str(exc))
-                              or type(exc).__name__))
-
-
-def _no_redirect_handler():
-
-    class NoRedirect(urllib.request.HTTPRedirectHandler):
-        def redirect_request(self, *args):
-            return None   # the 3xx then arrives as an HTTPError we explain
-    return NoRedirect()
-
-
-# ---------------------------------------------------------------------------
-# Files: conversations saved and loaded, images attached.
-# ---------------------------------------------------------------------------
-
-def parse_conversation(data):
-    """Return (model or None, messages, params) from a saved conversation.
-
-    Accepts a Chat Completions request body or a bare list of messages;
-    raises UsageError for anything else.
-    """
-    if isinstance(data, list):
-        data = {"messages": data}
-    if not isinstance(data, dict) or not isinstance(data.get("messages"), list):
-        raise UsageError("it is not a conversation: expected a request body with a "
-                         "\"messages\" list, or a list of messages")
-    for i, message in enumerate(data["messages"]):
-        if not (isinstance(message, dict) and isinstance(message.get("role"), str)
-                and isinstance(message.get("content"), (str, list, type(None)))):
-            raise UsageError("message %d is not a message: each needs a \"role\" and a "
-                             "\"content\"" % (i + 1))
-    model = data.get("model")
-    params = {k: v for k, v in data.items()
-              if k not in ("model", "messages", "stream", "stream_options")}
-    return (model if isinstance(model, str) and model else None), data["messages"], params
-
-
-def read_json_file(path, what):
-    """The JSON in a file of at most MAX_BODY bytes; a UsageError naming what
-    it is for if that fails."""
-    data = read_bounded(path, what, MAX_BODY)
-    try:
-        return loads(data.decode("utf-8"))
-    except ValueError as exc:   # not UTF-8 is a ValueError too
-        raise UsageError("%s %s is not valid JSON: %s" % (what, path, exc)) from None
-
-
-def load_conversation(path):
-    """Read a saved conversation: (model or None, messages, params)."""
-    data = read_json_file(path, "the conversation")
-    try:
-        return parse_conversation(data)
-    except UsageError as exc:
-        raise UsageError("cannot load %s: %s" % (path, exc)) from None
-
-
-def save_conversation(path, body):
-    """Write body to path as JSON, atomically, readable by the owner only:
-    a field a line and a message a line, readable and quick to write (json's
-    indent= would use its slow pure-Python encoder on every turn), written
-    piece by piece rather than built whole in memory first."""
-    def pieces():
-        for n, (key, value) in enumerate(body.items()):
-            yield "%s  %s: " % ("{\n" if n == 0 else ",\n", json.dumps(key))
-            if key == "messages" and isinstance(value, list) and value:
-                for i, message in enumerate(value):
-                    yield "%s    %s" % ("[\n" if i == 0 else ",\n", json.dumps(message, ensure_ascii=False))
-                yield "\n  ]"
-            else:
-                yield json.dumps(value, ensure_ascii=False)
-        yield "\n}\n" if body else "{}\n"
-    write_atomically(path, (piece.encode("utf-8") for piece in pieces()))
-
-
-class ConversationLog:
-    """Every conversation kept, one file each, as a replayable request body
-    (as --save writes it) in folder: made 0700, files 0600, written
-    atomically, never the key.  A conversation's ID is its file's name."""
-
-    def __init__(self, folder):
-        self.folder = folder
-
-    def new_path(self, clock=time.time):
-        """The file for a new conversation, named by the time it started."""
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(clock()))
-        return os.path.join(self.folder, "%s-%s.json" % (stamp, os.urandom(2).hex()))
-
-    def save(self, path, body):
-        """Keep body in path; a ChatError if the folder or the file cannot be written."""
-        try:
-            os.makedirs(self.folder, mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise ChatError("cannot keep the conversation in %s: %s"
-                            % (self.folder, exc.strerror)) from None
-        save_conversation(path, body)
-
-    def entries(self, notify=None, prefix=""):
-        """(ID, path, modified, body) of the kept conversations whose ID starts
-        with prefix, newest first, each file read only when its turn comes.
-        A file that is not a conversation is skipped; the skipped get one
-        notice when the iteration ends (close() it when stopping early)."""
-        try:
-            names = [n for n in os.listdir(self.folder) if n.endswith(".json")
-                     and n.startswith(prefix)]
-        except OSError:
-            return
-        dated = []
-        for name in names:
-            try:
-                dated.append((os.stat(os.path.join(self.folder, name)).st_mtime, name))
-            except OSError:
-                pass
-        skipped = []
-        try:
-            for modified, name in sorted(dated, reverse=True):
-                path = os.path.join(self.folder, name)
-                try:
-                    body = read_json_file(path, "the conversation")
-                    parse_conversation(body)
-                except UsageError:
-                    skipped.append(name)
-                    continue
-                yield name[:-5], path, modified, body
-        finally:
-            if skipped and notify:
-                notify("skipped %d file%s in %s that %s not conversations: %s" % (
-                    len(skipped), "" if len(skipped) == 1 else "s", self.folder,
-                    "is" if len(skipped) == 1 else "are", ", ".join(sorted(skipped)[:3])))
-
-    def latest(self, notify=None):
-        """The path of the most recent conversation, or None."""
-        entries = self.entries(notify)
-        try:
-            return next(entries)[1]
-        except StopIteration:
-            return None
-        finally:
-            entries.close()
-
-    def find(self, wanted, notify=None):
-        """The path of the conversation whose ID is wanted (or starts so)."""
-        matches = [(id, path) for id, path, _, _ in self.entries(notify, prefix=wanted)]
-        exact = [path for id, path in matches if id == wanted]
-        paths = exact or [path for _, path in matches]
-        if len(paths) != 1:
-            raise UsageError("%s conversation has the ID %s; chat.py --list shows them" % (
-                "no" if not paths else "more than one", wanted))
-        return paths[0]
-
-
-def conversation_summary(id, modified, body):
-    """One line of --list: ID, date, model, turns, the first user line."""
-    messages = body.get("messages") if isinstance(body, dict) else body
-    users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    first = users[0].get("content") if users else ""
-    if isinstance(first, list):
-        first = " ".join(p.get("text", "") for p in first if isinstance(p, dict))
-    first = _one_line(str(first or ""))
-    return "%s  %s  %s  %d turn%s  %s" % (
-        id, time.strftime("%Y-%m-%d %H:%M", time.localtime(modified)),
-        (body.get("model") if isinstance(body, dict) else None) or "-", len(users),
-        "" if len(users) == 1 else "s", first[:60] + ("..." if len(first) > 60 else ""))
-
-
-def write_atomically(path, data):
-    """Write data (bytes, or an iterable of bytes) to path, readable by the
-    owner only.
-
-    The bytes go to a temporary file in the same folder, are flushed to disk,
-    then renamed over path: a crash or a full disk leaves the old file whole.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, temporary = tempfile.mkstemp(prefix=".chat-", suffix=".tmp", dir=folder)
-    except OSError as exc:
-        raise ChatError("cannot save to %s: %s" % (path, exc.strerror)) from None
-    try:
-        with os.fdopen(fd, "wb") as f:   # mkstemp made it 0600
-            for piece in [data] if isinstance(data, bytes) else data:
-                f.write(piece)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException as exc:   # whatever ends the write, no temporary file stays
-        try:
-            os.unlink(temporary)
-        except OSError:
-            pass
-        if isinstance(exc, OSError):
-            raise ChatError("cannot save to %s: %s" % (path, exc.strerror)) from None
-        raise
-    try:   # make the rename itself durable
-        folder_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(folder_fd)
-        finally:
-            os.close(folder_fd)
-    except OSError:
-        pass
-
-
-def wav_bytes(pcm):
-    """A WAV file holding pcm: 16-bit little-endian mono at 24 kHz, the
-    format the API streams audio in."""
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(24000)
-        w.writeframes(pcm)
-    return buffer.getvalue()
-
-
-def read_bounded(path, what, limit):
-    """The bytes of a file, at most limit of them; a UsageError naming what
-    it is for otherwise.  The size the file system reports is not trusted
-    (/dev/zero reports 0): the reading stops past the limit."""
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except OSError as exc:
-        raise UsageError("cannot read %s %s: %s" % (what, path, exc.strerror)) from None
-    if len(data) > limit:
-        raise UsageError("%s %s is over %d MiB, the limit" % (what, path, limit >> 20))
-    return data
-
-
-def _data_url(mime, data):
-    return "data:%s;base64,%s" % (mime, base64.b64encode(data).decode("ascii"))
-
-
-def image_part(source):
-    """An image_url content part: a URL as it is, a local file as a data: URL."""
-    if source.startswith(("http://", "https://", "data:")):
-        return {"type": "image_url", "image_url": {"url": source}}
-    data = read_bounded(source, "the image", MAX_IMAGE_BYTES)
-    mime = next((m for magic, m in _IMAGE_MAGIC if data.startswith(magic)), None)
-    if mime is None and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        mime = "image/webp"
-    if mime is None:
-        mime = mimetypes.guess_type(source)[0]
-    if not mime or not mime.startswith("image/"):
-        raise UsageError("%s does not look like an image (PNG, JPEG, GIF or WebP)" % source)
-    return {"type": "image_url", "image_url": {"url": _data_url(mime, data)}}
-
-
-def audio_part(path):
-    """An input_audio content part for recorded speech: WAV or MP3, told by content."""
-    data = read_bounded(path, "the audio file", MAX_IMAGE_BYTES)
-    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
-        format = "wav"
-    elif data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
-        format = "mp3"
-    else:
-        raise UsageError("%s is neither WAV nor MP3 audio; --audio takes those two" % path)
-    return {"type": "input_audio", "input_audio": {
-        "data": base64.b64encode(data).decode("ascii"), "format": format}}
-
-
-def file_part(path):
-    """A content part for a document: a PDF as a file part, UTF-8 text as a
-    text part marked with the file's name, so the model can tell files apart."""
-    data = read_bounded(path, "the file", MAX_FILE_BYTES)
-    name = os.path.basename(path)
-    if data.startswith(b"%PDF-"):
-        return {"type": "file", "file": {"filename": name,
-                                         "file_data": _data_url("application/pdf", data)}}
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        text = None
-    if text is None or "\0" in text:
-        raise UsageError("%s is neither a PDF nor UTF-8 text; --file takes those (images go "
-                         "with --image, recorded speech with --audio)" % path)
-    return {"type": "text", "text": '<file name="%s">\n%s%s</file>' % (
-        name, text, "" if text.endswith("\n") or not text else "\n")}
-
-
-# ---------------------------------------------------------------------------
-# Writing to the terminal: notices, colour, secrets kept off the screen.
-# ---------------------------------------------------------------------------
-
-def _say(stream, text, style=None):
-    """The way to stderr (and to --check's stdout): text through the
-    sanitizer, then in colour style where the stream shows colour, flushed."""
-    text = sanitize(text)
-    if style and getattr(stream, "colour", False):
-        body = text.rstrip("\n")   # colour the words, not the line ending
-        if body:
-            text = "\x1b[%sm%s\x1b[0m%s" % (style, body, text[len(body):])
-    stream.write(text)
-    stream.flush()   # every time: before Python 3.9 a piped stderr is block-buffered
-
-
-def _show(out, text):
-    """Write text that came from the server to stdout: exact into a pipe or a
-    file, where it is data; through the sanitizer onto a terminal."""
-    _write_out(out, sanitize(text) if _is_terminal(out) else text)
-
-
-def _write_out(out, text):
-    """Write text to stdout and flush; a write that fails (a full disk, a
-    closed descriptor) is a ChatError that says so, not a traceback."""
-    try:
-        out.write(text)
-        out.flush()
-    except BrokenPipeError:
-        raise   # the reader went away: main() says nothing more
-    except (OSError, ValueError) as exc:   # ValueError: written after a close
-        raise _stdout_failed(exc) from None
-
-
-def _stdout_failed(exc):
-    return ChatError("cannot write to stdout: %s" % (getattr(exc, "strerror", None) or exc))
-
-
-def _is_terminal(stream):
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):   # no such method, or a closed stream
-        return False
-
-
-def secret_runs(secrets):
-    """Every run of MIN_SECRET characters of the secrets long enough to be
-    ones (a local server's key "x" is not: blanking it would blank every x)."""
-    return frozenset(secret[i:i + MIN_SECRET] for secret in secrets
-                     if secret and len(secret) >= MIN_SECRET
-                     for i in range(len(secret) - MIN_SECRET + 1))
-
-
-def _redact(text, runs):
-    """text with every stretch made of secret runs blanked out as ***, so an
-    echo cut off mid-key shows nothing of it either."""
-    if not runs or len(text) < MIN_SECRET:
-        return text
-    out, start, i, last = [], 0, 0, len(text) - MIN_SECRET
-    while i <= last:
-        if text[i:i + MIN_SECRET] in runs:
-            end = i + MIN_SECRET
-            while end < len(text) and text[end - MIN_SECRET + 1:end + 1] in runs:
-                end += 1
-            out.append(text[start:i])
-            out.append("***")
-            start = i = end
-        else:
-            i += 1
-    out.append(text[start:])
-    return "".join(out)
-
-
-class _ErrorStream:
-    """stderr as chat.py writes to it: every secret blanked out of what is
-    written (servers quote requests, proxies quote headers, and the key must
-    never show), and colour, where the terminal should get it."""
-
-    def __init__(self, stream, *, colour=False, secrets=()):
-        self._stream, self.colour = stream, colour
-        self._runs = secret_runs(secrets)
-
-    def write(self, text):
-        return self._stream.write(_redact(text, self._runs))
-
-    def __getattr__(self, name):   # flush, isatty, fileno, ...
-        return getattr(self._stream, name)
-
-
-def ask_terminal(question):
-    """Show question on the controlling terminal and return the line typed
-    there; None if the process has none.  Never reads stdin, which may be a
-    script: consent comes from the person at the terminal.  Ctrl-D answers
-    "" (no); Ctrl-C raises KeyboardInterrupt, to stop the whole turn."""
-    try:
-        fd = os.open("/dev/tty", os.O_RDWR | getattr(os, "O_NOCTTY", 0))
-    except OSError:
-        return None
-    try:
-        os.write(fd, sanitize(question).encode("utf-8", "replace"))
-        answer = b""
-        try:
-            answer = os.read(fd, 4096)   # the terminal hands over one whole line
-        finally:
-            if not answer.endswith(b"\n"):
-                os.write(fd, b"\n")   # Ctrl-C or Ctrl-D: leave the question's line
-        return answer.decode("utf-8", "replace").strip()
-    finally:
-        os.close(fd)
-
-
-def _prompt(err, text):
-    """A prompt for input(), sanitized, in colour where err shows colour;
-    readline wants the colour codes between \\001 and \\002 to measure it."""
-    text = sanitize(text)
-    if not getattr(err, "colour", False):
-        return text
-    return "\001\x1b[1;36m\002%s\001\x1b[0m\002" % text
-
-
-def _dim(err, text):
-    _say(err, text, "2")
-
-
-def _note(err, text):
-    _say(err, "chat.py: %s\n" % text, "31" if text.startswith("error:") else "2")
-
-
-# ---------------------------------------------------------------------------
-# The conversation and its display.
-# ---------------------------------------------------------------------------
-
-class Printer:
-    """Receives a reply as it arrives, and shows nothing: the default for
-    Chat.send() from Python.  ReplyPrinter shows replies; a subclass of
-    either can show them some other way."""
-
-    def chunk(self, chunk):
-        """Take one chat.completion.chunk dict, as it arrives."""
-
-    def end_line(self):
-        """The reply stopped early (an error, Ctrl-C): finish what was shown."""
-
-    def finish(self, completion):
-        """Take the whole chat.completion once the reply is complete."""
-
-
-class ReplyPrinter(Printer):
-    """Write a reply's text to out as it arrives; notices go to err.
-
-    With n > 1, the first unfinished choice streams live and the others are
-    held until it finishes, each under its own label on err; a choice at or
-    past n is never shown.  show_text: write the text at all (not with
-    --output json).  reasoning: show the live choice's reasoning on err, dim,
-    as it arrives.  usage: after the reply, show its token counts and speed;
-    logprobs: show each token's probability.  audio_out, audio_format: where
-    to write a spoken reply, and the format it was asked for.  markdown:
-    highlight the text as markdown (on a terminal only).  clock: a monotonic
-    clock, for the timing.  On a terminal the text goes through the
-    sanitizer; into a pipe or a file it is written exactly as it came.
-    """
-
-    def __init__(self, out, err, *, n=1, show_text=True, reasoning=True, usage=False,
-                 logprobs=False, audio_out=None, audio_format=None, markdown=False,
-                 clock=time.monotonic):
-        self.out, self.err, self.n, self.show_text = out, err, n, show_text
-        self.terminal = _is_terminal(out)
-        self.markdown = markdown and self.terminal
-        self._highlighter = MarkdownHighlighter() if self.markdown else None
-        self.reasoning, self.usage, self.logprobs = reasoning and show_text, usage, logprobs
-        self.audio_out, self.audio_format, self.clock = audio_out, audio_format, clock
-        self._started, self._first = clock(), None   # for time to first token
-        self._current = None     # the choice being written
-        self._held = {}          # index -> text waiting its turn
-        self._finished = set()
-        self._ends_line = True   # no text, or text ending in a newline
-        self._thinking = False   # reasoning is on err and its line is open
-
-    def chunk(self, chunk):
-        """Show one chunk's text (and the live choice's reasoning)."""
-        if self._first is None:
-            self._first = self.clock()
-        if not self.show_text:
-            return
-        for choice in chunk.get("choices") or ():
-            index = choice.get("index", 0)
-            if not 0 <= index < self.n:
-                continue
-            delta = choice.get("delta") or {}
-            text = delta.get("content") or (delta.get("audio") or {}).get("transcript")
-            if self._current is None:
-                self._switch_to(index)
-            if index == self._current:
-                if self.reasoning:
-                    thought = delta.get("reasoning_content") or delta.get("reasoning")
-                    if thought:
-                        self._think(thought)
-                if text:
-                    self._write(text)
-            elif text:
-                self._held.setdefault(index, []).append(text)
-            if choice.get("finish_reason"):
-                self._finished.add(index)
-                if index == self._current and self._held:
-                    self._switch_to(min(self._held))
-                    while self._current in self._finished and self._held:
-                        self._switch_to(min(self._held))
-
-    def _switch_to(self, index):
-        self.end_line()
-        self._current = index
-        if self.n > 1:
-            _note(self.err, "choice %d:" % (index + 1))
-        held = self._held.pop(index, None)
-        if held:
-            self._write("".join(held))
-
-    def _think(self, text):
-        if not self._thinking:
-            self.end_line()
-            self._thinking = True
-        _dim(self.err, text)
-
-    def _write(self, text):
-        if self._thinking:   # the answer starts: end the reasoning's line
-            self._thinking = False
-            _say(self.err, "\n\n")
-        self._ends_line = text[-1] == "\n"   # first, in case Ctrl-C lands mid-write
-        if self.terminal:
-            text = sanitize(text)
-            if self._highlighter:
-                text = self._highlighter.feed(text)
-        try:   # (not _write_out: this is the hot path, and a try costs nothing)
-            self.out.write(text)
-            self.out.flush()
-        except BrokenPipeError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise _stdout_failed(exc) from None
-
-    def end_line(self):
-        """End the text with a newline, if it has none, so notices start
-        afresh, with the terminal's colours reset."""
-        if self._thinking:
-            self._thinking = False
-            _say(self.err, "\n")
-        if not self._ends_line:
-            self._write("\n")
-        if self._highlighter:
-            _write_out(self.out, self._highlighter.end())
-
-    def finish(self, completion):
-        """Show what was held back, then notices: refusals, cut-offs, tool calls,
-        sources, logprobs and usage; write the audio, if any."""
-        if self.show_text:
-            for index in sorted(self._held):
-                self._switch_to(index)
-            self.end_line()
-        for choice in completion.get("choices") or ():
-            message = choice.get("message") or {}
-            label = "choice %d: " % (choice.get("index", 0) + 1) if self.n > 1 else ""
-            if message.get("refusal"):
-                _note(self.err, "%sthe model refused: %s" % (label, message["refusal"]))
-            reason = choice.get("finish_reason")
-            if reason == "length":
-                _note(self.err, "%sthe reply was cut off at the token limit "
-                      "(finish_reason: length)" % label)
-            elif reason == "content_filter":
-                _note(self.err, "%sthe reply was stopped by the content filter "
-                      "(finish_reason: content_filter)" % label)
-            for call in tool_calls(message):
-                self._show_call(label, call)
-            self._show_sources(label, message.get("annotations"))
-            if self.logprobs and choice.get("logprobs"):
-                self._show_logprobs(label, choice["logprobs"].get("content") or [])
-            if self.audio_out and choice.get("index", 0) == 0:
-                self._save_audio((message.get("audio") or {}).get("data"))
-        if self.usage:
-            self._show_usage(completion.get("usage"))
-
-    def _show_call(self, label, call):
-        function = call.get("function") or {}
-        _note(self.err, "%sthe model calls %s%s:" % (
-            label, function.get("name"), " (%s)" % call["id"] if call.get("id") else ""))
-        _dim(self.err, indented_arguments(function.get("arguments")))
-
-    def _show_sources(self, label, annotations):
-        cited = [a.get("url_citation") for a in annotations or ()
-                 if isinstance(a, dict) and a.get("type") == "url_citation"]
-        cited = [c for c in cited if isinstance(c, dict) and c.get("url")]
-        if cited:
-            _note(self.err, "%ssources:" % label)
-            _dim(self.err, "".join("  [%d] %s%s\n" % (
-                i, "%s - " % c["title"] if c.get("title") else "", c["url"])
-                for i, c in enumerate(cited, 1)))
-
-    def _show_logprobs(self, label, tokens):
-        lines = ["%slogprobs, token by token:" % label]
-        for item in tokens:
-            if not isinstance(item, dict):
-                continue   # not a token: nothing to show
-            line = "  %-20s %s" % (json.dumps(item.get("token"), ensure_ascii=False),
-                                   _probability(item.get("logprob")))
-            others = [t for t in item.get("top_logprobs") or ()
-                      if isinstance(t, dict) and t.get("token") != item.get("token")]
-            if others:
-                line += "   " + "  ".join("%s %s" % (json.dumps(t.get("token"), ensure_ascii=False),
-                                                     _probability(t.get("logprob")).strip())
-                                          for t in others)
-            lines.append(line)
-        _note(self.err, lines[0])
-        _dim(self.err, "".join(line + "\n" for line in lines[1:]))
-
-    def _show_usage(self, usage):
-        now = self.clock()
-        timing = ""
-        if self._first is not None:
-            timing = "; first token after %d ms" % ((self._first - self._started) * 1000)
-        if isinstance(usage, dict) and isinstance(usage.get("completion_tokens"), int):
-            rate = ""
-            if self._first is not None and now > self._first:
-                rate = "; %.1f tokens/s" % (usage["completion_tokens"] / (now - self._first))
-            _note(self.err, "usage: %s prompt + %s completion = %s tokens%s%s%s" % (
-                usage.get("prompt_tokens"), usage["completion_tokens"],
-                usage.get("total_tokens"), _usage_details(usage), timing, rate))
-        else:
-            _note(self.err, "usage: the server reported none%s" % timing)
-
-    def _save_audio(self, data):
-        if not data:
-            _note(self.err, "the reply has no audio; nothing was written to %s" % self.audio_out)
-            return
-        try:
-            audio = base64.b64decode(data)
-        except (ValueError, TypeError):
-            _note(self.err, "error: the server's audio is not base64; nothing was written")
-            return
-        if self.audio_format == "pcm16" and self.audio_out.lower().endswith(".wav"):
-            audio = wav_bytes(audio)
-        write_atomically(self.audio_out, audio)
-        _note(self.err, "the spoken reply is in %s" % self.audio_out)
-
-
-def _probability(logprob):
-    """A log probability as a percentage; "?" for what is not one."""
-    if isinstance(logprob, bool) or not isinstance(logprob, (int, float)) or logprob != logprob:
-        return "     ?"
-    return "%6.2f%%" % (100 * math.exp(min(logprob, 0.0)))   # a logprob above 0 is a lie
-
-
-def _usage_details(usage):
-    """The details a usage report gives beyond its totals, in parentheses, or ""."""
-    shown = []
-    for group, key, name in (
-            ("prompt_tokens_details", "cached_tokens", "cached"),
-            ("prompt_tokens_details", "audio_tokens", "audio in"),
-            ("completion_tokens_details", "reasoning_tokens", "reasoning"),
-            ("completion_tokens_details", "audio_tokens", "audio out"),
-            ("completion_tokens_details", "accepted_prediction_tokens", "prediction accepted"),
-            ("completion_tokens_details", "rejected_prediction_tokens", "prediction rejected")):
-        value = (usage.get(group) or {}).get(key) if isinstance(usage.get(group), dict) else None
-        if isinstance(value, int) and not isinstance(value, bool) and value:
-            shown.append("%s %d" % (name, value))
-    return " (%s)" % ", ".join(shown) if shown else ""
-
-
-class Chat:
-    """A conversation: the API's own messages list plus how to extend it.
-
-    client: the Client to send with.  model: the model name.  system: the
-    system message, if any.  params: extra body fields, checked as the flags
-    are.  stream: ask for SSE.  max_context: the most tokens a request may
-    hold (None: no bound until the server reports one).  notify(text) hears
-    of trimming and retries.  system_role: "system", or "developer" as newer
-    reasoning models expect.
-    """
-
-    def __init__(self, client, model, *, system=None, params=None, stream=True,
-                 max_context=None, notify=None, system_role="system"):
-        self.client, self.model, self.stream = client, model, stream
-        self.params = dict(params or {})
-        check_params(self.params)
-        self.system_role = system_role
-        self.messages = [{"role": system_role, "content": system}] if system else []
-        self.totals = dict.fromkeys(("requests", "prompt_tokens", "completion_tokens",
-                                     "total_tokens"), 0)
-        self.max_context = max_context
-        self.notify = notify or (lambda text: None)
-        self.cut = False         # the last reply was cut short (Ctrl-C, error, length)
-        self._measured = None    # (n, tokens): the server's count for messages[:n]
-        self._audio = {}         # id(message) -> (message, audio id, expires_at)
-
-    def body(self):
-        """The conversation as a Chat Completions request body, as saved."""
-        body = {"model": self.model, "messages": self.messages}
-        body.update(self.params)
-        return body
-
-    def load(self, path, *, model=None, params=None):
-        """Make the chat what the conversation saved at path holds: its
-        messages, its model and its request fields, with model and params,
-        where given, winning over the file's.  A file that is not a
-        conversation, or holds a field that is off, raises UsageError and
-        leaves the chat as it was."""
-        loaded_model, messages, loaded = load_conversation(path)
-        merged = dict(loaded, **(params or {}))
-        try:
-            check_params(merged, flags=False)
-        except UsageError as exc:
-            raise UsageError("cannot load %s: %s" % (path, exc)) from None
-        self.messages, self.params = messages, merged
-        self.model = model or loaded_model or self.model
-        self.cut, self._measured = False, None
-
-    def next_payload(self, content=None):
-        """The request body that sending content would make; without content,
-        the one retry() would send."""
-        messages = self.messages
-        if content is not None:
-            messages = messages + [{"role": "user", "content": content}]
-        else:
-            last = self._last_user()
-            if last is not None and messages[-1].get("role") == "assistant":
-                messages = messages[:last + 1]
-        return build_payload(self.model, messages, self.stream, self.params)
-
-    def send(self, content, printer=None):
-        """Send one user turn; return the chat.completion (printer, if given,
-        shows it as it arrives).
-
-        On success the user message and the reply join the history; on any
-        error the history is as it was.  Text already shown when Ctrl-C or an
-        error ends the reply is kept, so /continue and the next turn see it.
-        """
-        return self._exchange(self.messages + [{"role": "user", "content": content}], printer)
-
-    def reply(self, printer=None):
-        """Ask for the next reply to the conversation as it stands."""
-        return self._exchange(self.messages, printer)
-
-    def continue_reply(self, printer=None):
-        """Ask for more of a reply that was cut short; append it to that reply."""
-        if not (self.cut and self.messages and self.messages[-1].get("role") == "assistant"):
-            raise UsageError("nothing to continue: the last reply was complete")
-        cut_reply = self.messages[-1]
-        ask = {"role": "user", "content": CONTINUE_PROMPT}
-        before = self.messages
-        completion = self._exchange(self.messages + [ask], printer)
-        more = self.messages[-1]
-        joined = dict(more, content=(cut_reply.get("content") or "") + (more.get("content") or ""))
-        self.messages = before[:-1] + [joined]   # one reply, as if never cut
-        return completion
-
-    def retry(self, printer=None):
-        """Send the last user message again, in place of its reply."""
-        last = self._last_user()
-        if last is None:
-            raise UsageError("nothing to retry yet")
-        before = self.messages
-        self.messages = before[:last]
-        try:
-            return self.send(before[last]["content"], printer)
-        except BaseException:
-            if len(self.messages) == last:   # nothing was kept: put the old reply back
-                self.messages = before
-            raise
-
-    def undo(self):
-        """Drop the last exchange: the last user message and all after it."""
-        last = self._last_user()
-        if last is None:
-            raise UsageError("nothing to undo")
-        self.messages = self.messages[:last]
-        self.cut = False
-
-    def reset(self):
-        """Forget the conversation, keeping the system message."""
-        self.messages = self.messages[:_system_count(self.messages)]
-        self.cut, self._measured = False, None
-
-    def set_system(self, text):
-        """Replace the system message (or add one at the start)."""
-        count = _system_count(self.messages)
-        role = self.messages[0]["role"] if count else self.system_role
-        self.messages = [{"role": role, "content": text}] + self.messages[count:]
-
-    def follow_tools(self, completion, tools, new_printer=Printer):
-        """Answer the tool calls of a reply and send the results back, round
-        after round, until a reply calls no tool or tools.max_rounds is reached.
-        new_printer() gives the printer for each reply.  Returns the last
-        chat.completion."""
-        for rounds in range(tools.max_rounds + 1):
-            choices = completion.get("choices") or [{}]
-            calls = tool_calls(choices[0].get("message") or {})
-            if not calls:
-                break
-            if rounds == tools.max_rounds:
-                self.notify("stopped after %d rounds of tool calls (--max-tool-rounds)" % rounds)
-                break
-            results = []
-            try:
-                for call in calls:
-                    results.append(tool_result(call, tools.answer(call)))
-            finally:   # every call gets an answer, so the conversation stays valid
-                self.messages = self.messages + results + [
-                    tool_result(call, "error: cancelled by the user") for call in calls[len(results):]]
-            completion = self.reply(new_printer())
-        return completion
-
-    def _last_user(self):
-        for i in range(len(self.messages) - 1, -1, -1):
-            if self.messages[i].get("role") == "user":
-                return i
-        return None
-
-    def _exchange(self, messages, printer):
-        """Send messages and show the reply; on success they and the reply
-        become the history.  A request the server refuses in a way a change
-        can fix (see _recover) is sent again, changed, once per kind of fix."""
-        printer = printer or Printer()
-        messages = self._fit(messages)
-        tried = set()
-        while True:
-            accumulator = ChatAccumulator(self.params.get("n", 1))
-            try:
-                completion = self._request(messages, printer, accumulator)
-                break
-            except APIError as exc:
-                printer.end_line()
-                fixed = None if accumulator.text() else self._recover(exc, messages, tried)
-                if fixed is None:
-                    self._keep_shown(messages, accumulator)
-                    raise
-                messages = fixed
-            except (ChatError, KeyboardInterrupt):
-                printer.end_line()
-                self._keep_shown(messages, accumulator)
-                raise
-        printer.finish(completion)
-        self._record(messages, completion)
-        return completion
-
-    def _request(self, messages, printer, accumulator):
-        """One request; its reply goes through accumulator and printer."""
-        payload = build_payload(self.model, self._sendable(messages), self.stream, self.params)
-        if not self.stream:
-            completion = self.client.complete(payload)
-            chunk = completion_to_chunk(completion)
-            accumulator.add(chunk)   # checks its shape before it is shown
-            completion["choices"] = [c for c in completion["choices"]   # as asked for
-                                     if c.get("index", 0) in accumulator.choices]
-            printer.chunk(chunk)
-            self._report_unrequested(accumulator)
-            return completion
-        if self.max_context and "stream_options" not in payload:
-            payload["stream_options"] = {"include_usage": True}   # for the real count
-        chunks = self.client.stream(payload)
-        try:
-            for chunk in chunks:
-                accumulator.add(chunk)   # first: what Ctrl-C finds shown is in here
-                printer.chunk(chunk)
-        except IncompleteStreamError:
-            if not accumulator.finished:   # some servers never send [DONE]
-                raise
-        finally:
-            chunks.close()   # on Ctrl-C this closes the connection at once
-        self._report_unrequested(accumulator)
-        return accumulator.result()
-
-    def _sendable(self, messages):
-        """messages as sent: a spoken reply refers to its audio by id, as the
-        API expects, until the audio expires; then its transcript stands."""
-        if not self._audio:
-            return messages
-        now = time.time()
-        for key, (message, _, expires) in list(self._audio.items()):
-            if isinstance(expires, (int, float)) and now >= expires:
-                del self._audio[key]
-        return [{"role": "assistant", "audio": {"id": self._audio[id(m)][1]}}
-                if id(m) in self._audio and self._audio[id(m)][0] is m else m
-                for m in messages]
-
-    def _report_unrequested(self, accumulator):
-        if accumulator.unrequested is not None:
-            self.notify("the server sent choice %d, which was not asked for (n is %d); "
-                        "it was left out" % (accumulator.unrequested + 1, accumulator.n))
-
-    def _recover(self, exc, messages, tried):
-        """The messages to send again after the server refused them with exc,
-        where a change may help (each kind once); else None."""
-        if "rename" not in tried:
-            renamed = renamed_max_tokens(self.params, exc)
-            if renamed is not None:
-                tried.add("rename")
-                self.params = renamed
-                self.notify("the server wants max_completion_tokens instead of max_tokens; "
-                            "sending that from now on")
-                return messages
-        if "trim" not in tried and _context_error(exc):
-            tried.add("trim")
-            limit, counted = _context_numbers(exc)
-            self.max_context = limit or self.max_context
-            # Our count was too low, whatever the limit: cut a quarter at least,
-            # and where the server gave its own count, scale ours to match it.
-            estimate = self._tokens(messages)
-            target = estimate * 3 // 4
-            if limit and counted and counted > limit:
-                target = min(target, estimate * limit * 9 // (counted * 10))
-            elif limit:
-                target = min(target, limit)
-            shorter = self._fit(messages, max(target, 1))
-            if shorter is not messages:
-                return shorter
-        return None
-
-    def _record(self, messages, completion):
-        """A reply arrived whole: keep it, and what the server counted."""
-        choices = completion.get("choices") or [{}]
-        message = choices[0].get("message") or {}
-        kept = history_message(message)
-        self.messages = messages + [kept]
-        audio = message.get("audio")
-        if isinstance(audio, dict) and isinstance(audio.get("id"), str):
-            self._audio[id(kept)] = (kept, audio["id"], audio.get("expires_at"))
-        self.cut = choices[0].get("finish_reason") == "length"
-        usage = completion.get("usage") or {}
-        self.totals["requests"] += 1
-        for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
-            if isinstance(usage.get(key), int):
-                self.totals[key] += usage[key]
-        if isinstance(usage.get("prompt_tokens"), int):
-            self._measured = (len(self.messages),
-                              usage["prompt_tokens"] + (usage.get("completion_tokens") or 0))
-
-    def _keep_shown(self, messages, accumulator):
-        shown = accumulator.text()
-        if shown:   # the user read it: keep it
-            self.messages = messages + [{"role": "assistant", "content": shown}]
-            self.cut = True
-
-    def _tokens(self, messages):
-        """Tokens messages would take: the server's own count where it gave one."""
-        n, tokens = self._measured or (0, 0)
-        if n > min(len(messages), len(self.messages)) or any(
-                a is not b for a, b in zip(messages[:n], self.messages[:n])):
-            n, tokens = 0, 0   # not the conversation the server counted
-        return tokens + _estimate(messages[n:])
-
-    def _fit(self, messages, limit=None):
-        """messages without their oldest exchanges, until they fit the limit.
-
-        Never drops the system message or the last user message.  Returns the
-        very same list when nothing had to go.  Linear in the messages: each
-        is measured once.
-        """
-        limit = limit or self.max_context
-        if not limit or self._tokens(messages) <= limit:
-            return messages
-        start = _system_count(messages)
-        sizes = [_chars(m) for m in messages]
-        chars, count = sum(sizes), len(messages)   # once cut, our own estimate counts
-        cut = start   # messages[start:cut] are dropped
-        for i in range(start + 1, len(messages)):
-            if cut > start and chars // 4 + 4 * count <= limit:
-                break
-            if messages[i].get("role") == "user":   # drop everything before it
-                chars -= sum(sizes[cut:i])
-                count -= i - cut
-                cut = i
-        if cut == start:   # only the last exchange is left: it goes as it is
-            return messages
-        dropped = cut - start
-        self.notify("dropped the %d oldest message%s to stay within %d tokens of context"
-                    % (dropped, "" if dropped == 1 else "s", limit))
-        return messages[:start] + messages[cut:]
-
-
-def renamed_max_tokens(params, exc):
-    """params with max_tokens renamed to max_completion_tokens if exc is the
-    server refusing max_tokens for that reason (newer OpenAI models do); else None."""
-    text = str(exc)
-    if ("max_tokens" not in params or getattr(exc, "status", None) != 400
-            or "max_tokens" not in text or "max_completion_tokens" not in text):
-        return None
-    renamed = dict(params)
-    renamed["max_completion_tokens"] = renamed.pop("max_tokens")
-    return renamed
-
-
-def _system_count(messages):
-    """How many system or developer messages open the conversation."""
-    n = 0
-    while n < len(messages) and messages[n].get("role") in ("system", "developer"):
-        n += 1
-    return n
-
-
-def _chars(message):
-    """Characters of a message that count toward its tokens (~85 an image)."""
-    chars = 0
-    content = message.get("content")
-    if isinstance(content, list):   # content parts: count the text
-        chars += sum(len(p.get("text") or "") if p.get("type") == "text" else 340
-                     for p in content if isinstance(p, dict))
-    elif isinstance(content, str):
-        chars += len(content)
-    if message.get("tool_calls"):
-        chars += len(json.dumps(message["tool_calls"]))
-    return chars
-
-
-def _estimate(messages):
-    """About 4 characters a token, plus a few tokens a message."""
-    return sum(_chars(m) for m in messages) // 4 + 4 * len(messages)
-
-
-def _context_error(exc):
-    """True if the server says the request does not fit its context."""
-    text = "%s %s %s" % (exc, exc.type, exc.code)
-    return any(word in text.lower() for word in (
-        "context_length_exceeded", "context length", "context window", "context size",
-        "exceed_context_size", "maximum context", "too many tokens", "prompt is too long"))
-
-
-def _context_numbers(exc):
-    """(context size, tokens the server counted) as a context error states them;
-    None for what it does not say."""
-    body = exc.body if isinstance(exc.body, dict) else {}
-    error = body.get("error") if isinstance(body.get("error"), dict) else body
-    if isinstance(error.get("n_ctx"), int):   # llama.cpp says it in fields
-        counted = error.get("n_prompt_tokens")
-        return error["n_ctx"], counted if isinstance(counted, int) else None
-    limit = re.search(r"(?:maximum context length|context (?:length|window|size))"
-                      r"[^0-9]{0,40}(\d{2,8})", str(exc))
-    counted = re.search(r"(?:resulted in|requested|you requested|prompt has) (\d{2,8})", str(exc))
-    return (int(limit.group(1)) if limit else None,
-            int(counted.group(1)) if counted else None)
-
-
-# ---------------------------------------------------------------------------
-# Tool calls: answering them and sending the results back.
-# ---------------------------------------------------------------------------
-
-def tool_calls(message):
-    """The calls a reply makes: its tool_calls, or a legacy function_call as one."""
-    calls = list(message.get("tool_calls") or ())
-    if not calls and message.get("function_call"):
-        calls = [{"id": None, "type": "function", "function": message["function_call"]}]
-    return calls
-
-
-def tool_result(call, content):
-    """The message that answers a call: role tool with the call's id, or role
-    function for a legacy function_call."""
-    if call.get("id") is None:
-        return {"role": "function", "name": (call.get("function") or {}).get("name"),
-                "content": content}
-    return {"role": "tool", "tool_call_id": call["id"], "content": content}
-
-
-def run_tool_command(argv, arguments, timeout):
-    """Run argv (no shell) with the call's arguments as JSON on stdin; return
-    its stdout, or an error result the model can read."""
-    try:
-        proc = subprocess.run(argv, input=arguments.encode("utf-8"), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return "error: the command ran longer than %gs and was stopped" % timeout
-    except OSError as exc:
-        return "error: cannot run %s: %s" % (argv[0], exc.strerror)
-    output = proc.stdout.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        why = _one_line(proc.stderr.decode("utf-8", "replace"))[-500:] or output[-500:]
-        return "error: the command exited with status %d: %s" % (proc.returncode, why)
-    return output
-
-
-class Tools:
-    """Answers the model's tool calls.
-
-    commands: tool name -> argv to run for it (--tool-exec).  consent(name,
-    arguments, argv): True if the user agrees to run argv with arguments,
-    False if not, None where nobody can be asked.  confirm: run commands
-    without asking (--yes).  ask(prompt): a line typed by the user, the
-    result of a tool with no command; None where nobody can be asked.
-    notify(text) hears of a command not run for want of consent.  timeout:
-    seconds a command may run.  max_rounds: rounds of calls and results
-    before chat.py stops.
-    """
-
-    def __init__(self, commands=None, *, consent=None, confirm=False, ask=None, notify=None,
-                 timeout=DEFAULT_TOOL_TIMEOUT, max_rounds=DEFAULT_TOOL_ROUNDS):
-        self.commands, self.consent, self.confirm = commands or {}, consent, confirm
-        self.ask, self.notify = ask, notify or (lambda text: None)
-        self.timeout, self.max_rounds = timeout, max_rounds
-
-    def answer(self, call):
-        """The result to send back for one call."""
-        function = call.get("function") or {}
-        name, arguments = function.get("name"), function.get("arguments") or "{}"
-        try:
-            loads(arguments)
-        except ValueError:
-            return ("error: the arguments were not valid JSON, so the tool was not run: %s"
-                    % arguments[:300])
-        argv = self.commands.get(name)
-        if argv is not None:
-            if not self.confirm:
-                agreed = self.consent(name, arguments, argv) if self.consent else None
-                if agreed is None:
-                    self.notify("%s was not run: there is no terminal to ask for consent on "
-                                "(chat.py --yes would have run it)" % name)
-                    return ("error: not run: running tools needs the user's consent "
-                            "(chat.py --yes)")
-                if not agreed:
-                    return "error: the user chose not to run this tool"
-            return run_tool_command(argv, arguments, self.timeout)
-        if self.ask is None:
-            return "error: chat.py has no command for the tool %s" % name
-        try:
-            answer = self.ask("result of %s (text, or @FILE)> " % name)
-        except EOFError:   # Ctrl-D, or the end of a script
-            return "error: the user gave no result"
-        if answer.startswith("@"):
-            try:
-                with open(answer[1:].strip(), encoding="utf-8", errors="replace") as f:
-                    return f.read()
-            except OSError as exc:
-                return "error: the user's file could not be read: %s" % exc.strerror
-        return answer
-
-
-def consent_question(name, arguments, argv):
-    """The y/N question for running argv: the tool's name and its complete
-    arguments, pretty-printed, so that what is approved is what runs."""
-    return "chat.py: run the tool %s, that is `%s`, with these arguments?\n%s[y/N] " % (
-        name, " ".join(shlex.quote(word) for word in argv), indented_arguments(arguments))
-
-
-def indented_arguments(arguments):
-    """A tool call's arguments as people read them: pretty-printed JSON, every
-    line indented, in full; text that is not JSON shown as it is, and said so."""
-    try:
-        shown = json.dumps(loads(arguments or "{}"), indent=2, ensure_ascii=False)
-    except ValueError:
-        shown = "%s\n(the arguments are not valid JSON)" % arguments
-    return "".join("  %s\n" % line for line in shown.splitlines())
-
-
-# ---------------------------------------------------------------------------
-# The console.
-# ---------------------------------------------------------------------------
-
-class Console:
-    """The chat loop: reads input, runs /commands, sends turns.
-
-    chat: the Chat.  read_line(prompt): the next line; raises EOFError at the
-    end of input and KeyboardInterrupt on Ctrl-C.  out, err: where replies and
-    notices go.  piped: input is a script (the first failed turn ends the run).
-    save_path: where to save after every turn (--save).  line_buffer(): what
-    is typed at the prompt so far, where the terminal can tell.  tools: the
-    Tools that answer tool calls (default: the user types each result).
-    new_printer(): a Printer for the next reply (default: a ReplyPrinter on
-    out and err).  attachments: content parts (images, audio, files) for the
-    first message.  keep(chat): keeps the conversation after every turn
-    (default: write it to save_path).  more_waiting(): True when more input
-    is already there, as when lines are pasted (a paste is one message).
-    models(): the server's model ids (default: asked for once).  editor:
-    the command /edit runs (default: vi).
-    """
-
-    COMMANDS = {   # name: (method, argument, what it does; None: not listed)
-        "/help": ("do_help", "", "list the commands"),
-        "/exit": ("do_exit", "", "leave (so do /quit, Ctrl-D, and Ctrl-C twice)"),
-        "/quit": ("do_exit", "", None),
-        "/reset": ("do_reset", "", "clear the conversation, keep the system message"),
-        "/system": ("do_system", "[TEXT]", "show or set the system message"),
-        "/model": ("do_model", "[NAME]", "show or set the model"),
-        "/history": ("do_history", "", "show the conversation"),
-        "/undo": ("do_undo", "", "drop the last exchange"),
-        "/retry": ("do_retry", "", "ask again for the last reply"),
-        "/continue": ("do_continue", "", "ask for more of a reply that was cut short"),
-        "/save": ("do_save", "[FILE]", "save the conversation as a request body"),
-        "/load": ("do_load", "FILE", "load a saved conversation (or a list of messages)"),
-        "/curl": ("do_curl", "[TEXT]", "show a curl command for the next request"),
-        "/set": ("do_set", "KEY VALUE", "set a request field (VALUE is JSON or text)"),
-        "/unset": ("do_unset", "KEY", "stop sending a request field"),
-        "/params": ("do_params", "", "show the fields sent with each request"),
-        "/image": ("do_image", "PATH|URL", "attach an image to the next message"),
-        "/audio": ("do_audio", "FILE", "attach recorded speech (WAV or MP3) to the next message"),
-        "/file": ("do_file", "FILE", "attach a PDF or a text file to the next message"),
-        "/usage": ("do_usage", "", "show the tokens used in this session"),
-        "/models": ("do_models", "", "list the models the server offers"),
-        "/edit": ("do_edit", "[TEXT]", "write the next message in your editor ($VISUAL, $EDITOR)"),
-        "/copy": ("do_copy", "[code]", "copy the last reply (or its last code block) to "
-                                       "the clipboard"),
-    }
-    FILE_COMMANDS = ("/save", "/load", "/image", "/audio", "/file")   # their argument is a path
-
-    def __init__(self, chat, read_line, out, err, *, piped=False, save_path=None,
-                 line_buffer=None, tools=None, new_printer=None, attachments=(), keep=None,
-                 more_waiting=None, models=None, editor=None, prompt="> ", more_prompt="... "):
-        self.chat, self.read_line, self.out, self.err = chat, read_line, out, err
-        self.piped, self.save_path, self.line_buffer = piped, save_path, line_buffer
-        self.prompt, self.more_prompt = prompt, more_prompt
-        self.keep = keep or (lambda chat: self.save_path and save_conversation(
-            self.save_path, chat.body()))
-        self.more_waiting, self.editor = more_waiting, editor or "vi"
-        self.models = models or _once(lambda: chat.client.models())
-        self.tools = tools or Tools(ask=read_line)
-        self.new_printer = new_printer or (lambda: ReplyPrinter(
-            out, err, n=chat.params.get("n", 1)))
-        self.attachments = list(attachments)   # /image, /audio, /file: for the next message
-
-    def run(self):
-        """Chat until the input ends or the user leaves; return the exit status."""
-        armed = False   # Ctrl-C at an empty prompt once: a second one leaves
-        while True:
-            try:
-                message, typed = self.read_message()
-            except EOFError:
-                return 0
-            except KeyboardInterrupt:
-                typed = self.line_buffer().strip() if self.line_buffer else ""
-                _say(self.err, "\n")
-                if not typed and armed:
-                    return 0
-                armed = not typed
-                if armed and not self.piped:
-                    _dim(self.err, "(Ctrl-C again or Ctrl-D to leave)\n")
-                continue
-            armed = False
-            text = message.strip()
-            if not text:
-                continue
-            if typed and text.startswith("/") and not text.startswith("//"):
-                status = self.command(text)
-            else:
-                status = self.send(text[1:] if typed and text.startswith("//") else message)
-            if status is not None:
-                return status
-
-    def send(self, text):
-        """Send text, with what is attached to it, as one turn."""
-        content = user_content(text, self.attachments)
-        self.attachments = []
-        return self.turn(lambda printer: self.chat.send(content, printer))
-
-    def read_message(self):
-        """One message: a line, lines joined by a trailing backslash, or a block
-        between two lines of three double quotes.  Returns (text, typed), typed
-        being False for a block (which is never a command)."""
-        line = self.read_line(self.prompt)
-        if line.strip() == '"""':
-            lines = []
-            while True:
-                try:
-                    line = self.read_line(self.more_prompt)
-                except EOFError:
-                    break   # the input ended inside the block: send what came
-                if line.strip() == '"""':
-                    break
-                lines.append(line)
-            return "\n".join(lines), False
-        pasted = [line]
-        while self.more_waiting and self.more_waiting():   # the rest of a paste
-            pasted.append(self.read_line(self.more_prompt))
-        if len(pasted) > 1 or "\n" in line:   # (a bracketed paste comes as one line)
-            return "\n".join(pasted), False   # a paste is one message, never a command
-        while line.endswith("\\"):
-            line = line[:-1] + "\n" + self.read_line(self.more_prompt)
-        return line, True
-
-    def command(self, text):
-        """Run one /command; return an exit status to leave, else None."""
-        name, _, argument = text.partition(" ")
-        entry = self.COMMANDS.get(name.lower())
-        if entry is None:
-            close = difflib.get_close_matches(name.lower(), self.COMMANDS, 1)
-            _note(self.err, "unknown command %s%s - /help lists them (start a message with "
-                  "// to send a slash)" % (name, "; did you mean %s?" % close[0] if close else ""))
-            return None
-        argument = argument.strip()
-        if name.lower() in self.FILE_COMMANDS:
-            argument = os.path.expanduser(argument)
-        try:
-            return getattr(self, entry[0])(argument)
-        except ChatError as exc:
-            return self._failed(exc)
-
-    def turn(self, action):
-        """Run action(printer), which talks to the model; report how it ended."""
-        status = None
-        try:
-            completion = action(self.new_printer())
-            self.chat.follow_tools(completion, self.tools, self.new_printer)
-        except KeyboardInterrupt:
-            _dim(self.err, "[interrupted]\n")
-        except ChatError as exc:
-            status = self._failed(exc)
-        try:
-            self.keep(self.chat)
-        except ChatError as exc:
-            _note(self.err, "error: %s (the conversation is still here)" % exc)
-        return status
-
-    def _failed(self, exc):
-        _note(self.err, "error: %s" % exc)
-        return exc.exit_code if self.piped else None
-
-    # The commands: each takes the text after its name.
-
-    def do_help(self, argument):
-        lines = ["  %-17s %s\n" % (("%s %s" % (name, arg)).strip(), what)
-                 for name, (_, arg, what) in self.COMMANDS.items() if what]
-        lines.append("  %-17s %s\n" % ("//TEXT", "send TEXT starting with one slash"))
-        lines.append('  %-17s %s\n' % ('"""', 'on its own line: start or end a block of lines'))
-        lines.append("  %-17s %s\n" % ("TEXT\\", "a backslash at the end continues the line"))
-        _say(self.err, "".join(lines))
-
-    def do_exit(self, argument):
-        return 0
-
-    def do_reset(self, argument):
-        self.chat.reset()
-        _note(self.err, "the conversation is cleared%s" % (
-            " (the system message stays)" if self.chat.messages else ""))
-
-    def do_system(self, argument):
-        if argument:
-            self.chat.set_system(argument)
-            _note(self.err, "the system message is set")
-        else:
-            system = self.chat.messages[:_system_count(self.chat.messages)]
-            _note(self.err, "system: %s" % (system[0]["content"] if system else "(none)"))
-
-    def do_model(self, argument):
-        if argument:
-            self.chat.model = argument
-        _note(self.err, "model: %s" % self.chat.model)
-
-    def do_history(self, argument):
-        if not self.chat.messages:
-            _note(self.err, "the conversation is empty")
-        for i, message in enumerate(self.chat.messages, 1):
-            content = message.get("content")
-            if isinstance(content, list):
-                content = " ".join(p.get("text", "[%s]" % p.get("type")) for p in content
-                                   if isinstance(p, dict))
-            calls = ", ".join("%s(%s)" % ((c.get("function") or {}).get("name"),
-                                          (c.get("function") or {}).get("arguments"))
-                              for c in message.get("tool_calls") or ())
-            text = (content or "") + ("  [calls %s]" % calls if calls else "")
-            _say(self.err, "%3d %-9s %s\n" % (i, message.get("role"), text.replace("\n", "\n" + " " * 14)))
-
-    def do_undo(self, argument):
-        self.chat.undo()
-        _note(self.err, "the last exchange is gone; %d message%s left" % (
-            len(self.chat.messages), "" if len(self.chat.messages) == 1 else "s"))
-
-    def do_retry(self, argument):
-        return self.turn(self.chat.retry)
-
-    def do_continue(self, argument):
-        return self.turn(self.chat.continue_reply)
-
-    def do_save(self, argument):
-        path = argument or self.save_path
-        if not path:
-            raise UsageError("/save needs a file name (or start with --save FILE)")
-        save_conversation(path, self.chat.body())
-        self.save_path = path
-        _note(self.err, "saved %d messages to %s" % (len(self.chat.messages), path))
-
-    def do_load(self, argument):
-        if not argument:
-            raise UsageError("/load needs a file name")
-        self.chat.load(argument)
-        _note(self.err, "loaded %d messages from %s; model %s" % (
-            len(self.chat.messages), argument, self.chat.model))
-
-    def do_set(self, argument):
-        key, _, value = argument.partition(" ")
-        if not key or not value.strip():
-            raise UsageError("/set needs a field and a value, e.g. /set temperature 0.2")
-        if key == "model":
-            return self.do_model(value.strip())
-        if key in ("messages", "stream", "stream_options"):
-            raise UsageError("/set cannot change %s: %s" % (key, {
-                "messages": "/load, /reset and /undo change the conversation",
-                "stream": "start chat.py with --no-stream to have whole replies",
-                "stream_options": "start chat.py with --usage to ask for usage"}[key]))
-        params = dict(self.chat.params, **{key: parse_value(value.strip())})
-        check_params(params, flags=False)
-        self.chat.params = params
-        _note(self.err, "%s = %s" % (key, json.dumps(params[key], ensure_ascii=False)))
-
-    def do_unset(self, argument):
-        if self.chat.params.pop(argument, None) is None:
-            raise UsageError("%s is not set; /params shows what is" % (argument or "/unset KEY:"))
-        _note(self.err, "%s is no longer sent" % argument)
-
-    def do_params(self, argument):
-        shown = build_payload(self.chat.model, [], self.chat.stream, self.chat.params)
-        del shown["messages"]
-        _say(self.err, json.dumps(shown, indent=2, ensure_ascii=False) + "\n")
-
-    def do_image(self, argument):
-        self._attach(argument, image_part, "/image needs a file or a URL")
-
-    def do_audio(self, argument):
-        self._attach(argument, audio_part, "/audio needs a WAV or MP3 file")
-
-    def do_file(self, argument):
-        self._attach(argument, file_part, "/file needs a PDF or a text file")
-
-    def _attach(self, argument, part, usage):
-        if not argument:
-            raise UsageError(usage)
-        self.attachments.append(part(argument))
-        _note(self.err, "the next message takes %d attachment%s" % (
-            len(self.attachments), "" if len(self.attachments) == 1 else "s"))
-
-    def do_models(self, argument):
-        _say(self.err, "".join("  %s\n" % model for model in self.models()) or
-             "  (the server lists no models)\n")
-
-    def do_edit(self, argument):
-        text = edit_text(self.editor, argument)
-        if text is None:
-            _note(self.err, "nothing sent: the editor left no text (or failed)")
-            return None
-        return self.send(text)
-
-    def do_copy(self, argument):
-        replies = [m for m in self.chat.messages if m.get("role") == "assistant"
-                   and isinstance(m.get("content"), str) and m["content"]]
-        if not replies:
-            raise UsageError("there is no reply to copy yet")
-        text = replies[-1]["content"]
-        if argument == "code":
-            blocks = re.findall(r"(?ms)^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1", text)
-            if not blocks:
-                raise UsageError("the last reply has no fenced code block")
-            text = blocks[-1][1]
-        elif argument:
-            raise UsageError("/copy takes nothing, or code")
-        terminal = next((s for s in (self.err, self.out) if _is_terminal(s)), None)
-        if terminal is None:
-            raise UsageError("/copy needs a terminal: it asks the terminal to set the clipboard")
-        # OSC 52: the terminal (over SSH too) puts the base64 text on the clipboard.
-        terminal.write("\x1b]52;c;%s\x07" % base64.b64encode(text.encode("utf-8")).decode("ascii"))
-        terminal.flush()
-        _note(self.err, "copied %d characters" % len(text))
-
-    def do_usage(self, argument):
-        t = self.chat.totals
-        counted = ("%d prompt + %d completion = %d tokens" % (
-            t["prompt_tokens"], t["completion_tokens"], t["total_tokens"])
-            if t["total_tokens"] else "the server reported no usage")
-        _note(self.err, "this session: %d request%s, %s" % (
-            t["requests"], "" if t["requests"] == 1 else "s", counted))
-
-    def do_curl(self, argument):
-        _say(self.err, curl_command(self.chat.client, self.chat.next_payload(argument or None))
-             + "\n")
-
-
-def edit_text(editor, initial=""):
-    """The text the user writes in editor (a command line, run without a
-    shell) in a private temporary file, removed afterwards; None if the
-    editor failed or left the file empty."""
-    fd, path = tempfile.mkstemp(prefix="chat-", suffix=".md")   # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(initial)
-        try:
-            status = subprocess.call(shlex.split(editor) + [path])
-        except (OSError, ValueError) as exc:
-            raise UsageError("cannot run the editor %s: %s" % (
-                editor, getattr(exc, "strerror", None) or exc)) from None
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    finally:
-        os.unlink(path)
-    return text.strip("\n") if status == 0 and text.strip() else None
-
-
-def _shell_variable(name):
-    return "$" + re.sub(r"\W", "_", name).upper()
-
-
-def _double_quoted(text):
-    return '"%s"' % re.sub(r'(["\\`$])', r"\\\1", text)
-
-
-def curl_command(client, payload):
-    """A curl command line that sends payload as client would, minus secrets.
-
-    The key appears as $OPENAI_API_KEY, any other header that looks like a
-    credential as a shell variable named after it, and so does a secret
-    query parameter of the URL (?api-key=$API_KEY), never as its value.
-    """
-    first = "curl -N " if payload.get("stream") else "curl "   # -N: show the stream as it comes
-    url = endpoint_url(client.base_url, "/chat/completions")
-    base, _, query = url.partition("?")
-    if any(equals and _SECRET_NAME.search(name) for name, equals, _ in _query_items(query)):
-        shown = _double_quoted(base + "?")[:-1] + "&".join(
-            _double_quoted(name + equals)[1:-1] + (_shell_variable(name) if _SECRET_NAME.search(name)
-                                                   else _double_quoted(value)[1:-1])
-            for name, equals, value in _query_items(query)) + '"'
-    else:
-        shown = shlex.quote(url)
-    parts = [first + shown]
-    for name, value in client.headers.items():
-        if name.lower() == "authorization" and client.api_key and client.api_key in value:
-            parts.append('-H "%s: %s"' % (name, value.replace(client.api_key, "$OPENAI_API_KEY")))
-        elif is_secret_header(name):
-            parts.append('-H "%s: %s"' % (name, _shell_variable(name)))
-        else:
-            parts.append("-H " + shlex.quote("%s: %s" % (name, value)))
-    parts.append("-d " + shlex.quote(json.dumps(payload, ensure_ascii=False)))
-    return " \\\n  ".join(parts)
-
-
-def _piped_reader(stream):
-    """A read_line for piped input: no prompt, EOFError at the end."""
-    def read_line(prompt):
-        line = stream.readline()
-        if not line:
-            raise EOFError
-        return line.rstrip("\r\n")
-    return read_line
-
-
-def _terminal_reader(out, err, environ, commands, complete_argument=None):
-    """(read_line, line_buffer, more_waiting) for a terminal: readline's line
-    editing, a history file, Tab completion of commands and of what follows
-    them (complete_argument(command, text) gives the candidates), where
-    Python has readline; more_waiting() tells a paste from typing."""
-    try:
-        import readline
-    except ImportError:
-        readline = None
-    if readline is not None:
-        path = os.path.join(_state_home(environ), "chat.py", "history")
-        try:
-            readline.read_history_file(path)
-        except OSError:
-            pass
-        readline.set_history_length(1000)
-        atexit.register(_save_history, readline, path)
-        found = []
-
-        def complete(text, state):
-            line = readline.get_line_buffer()
-            if state == 0:
-                found[:] = []
-                if not line.startswith("/"):
-                    pass
-                elif readline.get_begidx() == 0:
-                    found[:] = [name + " " for name in commands if name.startswith(text)]
-                elif complete_argument:
-                    found[:] = complete_argument(line.split(" ", 1)[0].lower(), text)
-            return found[state] if state < len(found) else None
-        readline.set_completer(complete)
-        readline.set_completer_delims(" \t\n")
-        if "libedit" in (readline.__doc__ or ""):   # macOS's readline
-            readline.parse_and_bind("bind ^I rl_complete")
-        else:
-            readline.parse_and_bind("tab: complete")
-
-    typed = {"now": "", "last": None}   # what Ctrl-C interrupted; the last line read
-
-    def read_line(prompt):
-        typed["now"] = ""
-        try:
-            if out.isatty():   # readline draws the prompt; \001 \002 hide colour codes
-                line = input(_prompt(err, prompt))
-            else:
-                _say(err, prompt, "1;36")   # stdout is redirected: keep it for replies
-                line = input()
-        except EOFError:
-            _say(err, "\n")   # Ctrl-D: leave the terminal on a fresh line
-            raise
-        except KeyboardInterrupt:
-            # readline keeps the last line until the next one starts: a Ctrl-C
-            # just as input() begins must not count that line as typed.
-            buffer = readline.get_line_buffer() if readline else ""
-            typed["now"] = "" if buffer == typed["last"] else buffer
-            raise
-        typed["last"] = line
-        return line
-
-    def more_waiting():
-        # Pasted lines arrive together: after one, the next is already there.
-        # Nobody types the next line within PASTE_WAIT of pressing Enter.
-        try:
-            return bool(select.select([sys.stdin], [], [], PASTE_WAIT)[0])
-        except (OSError, ValueError, TypeError):   # no select() on this stdin
-            return False
-    return read_line, lambda: typed["now"], more_waiting
-
-
-def _completer(models):
-    """complete(command, text): what Tab may put after a /command: file
-    names after those that take a file, model ids (models()) after /model."""
-    def complete(command, text):
-        if command in Console.FILE_COMMANDS:
-            expanded = os.path.expanduser(text)
-            return [text + path[len(expanded):] + ("/" if os.path.isdir(path) else " ")
-                    for path in sorted(glob.glob(glob.escape(expanded) + "*"))]
-        if command == "/model":
-            try:
-                return [model + " " for model in models() if model.startswith(text)]
-            except ChatError:
-                return []
-        return []
-    return complete
-
-
-def _once(function):
-    """function, called only until it first succeeds; its result kept."""
-    kept = []
-
-    def call():
-        if not kept:
-            kept.append(function())
-        return kept[0]
-    return call
-
-
-def _save_history(readline, path):
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        readline.write_history_file(path)
-        os.chmod(path, 0o600)
-    except OSError:
-        pass
-
-
-# ---------------------------------------------------------------------------
-# The connection doctor (--check).
-# ---------------------------------------------------------------------------
-
-def check_connection(chat, out):
-    """Answer, in a few lines, whether chat can talk to its server; return 0 if so.
-
-    Is the base URL reachable; is it an OpenAI-compatible API (GET /models);
-    is the key accepted; is the model there; does a one-token streamed
-    request work.  Each failure names the likely fix.  Give it a client
-    with retries=0 to diagnose now rather than wait and retry.
-    """
-    client, failed = chat.client, []
-    runs = secret_runs([client.api_key])
-
-    def say(status, text):
-        if status == "FAIL":
-            failed.append(text)
-        _say(out, _redact("%-5s %s\n" % (status, text), runs))
-
-    key = "a key" if client.api_key else "no key"
-    _say(out, "Checking %s with model %s and %s.\n" % (client.shown_url, chat.model, key))
-    models, problem, started = None, None, time.monotonic()
-    try:
-        response = client.request("GET", "/models", probe=True)
-    except APIConnectionError as exc:
-        say("FAIL", "reachable: %s" % exc)
-        return 1
-    except APIError as exc:
-        say("ok", "reachable: the server answered HTTP %s" % exc.status)
-        if isinstance(exc, AuthenticationError):
-            say("FAIL", "key: %s" % exc)
-            return 1
-        problem = exc
-    else:
-        with response:
-            say("ok", "reachable: HTTP %d in %d ms" % (
-                response.status, (time.monotonic() - started) * 1000))
-            try:
-                models = client.read_json(response).get("data")
-                if not isinstance(models, list):
-                    raise StreamError("its JSON has no \"data\" list of models")
-            except ChatError as exc:
-                models, problem = None, exc
-    if problem is not None:
-        hint = client.path_hint()
-        say("FAIL" if hint else "warn", "OpenAI-compatible: GET /models failed: %s%s"
-            % (problem, hint))
-        if hint:
-            return 1
-    else:
-        say("ok", "OpenAI-compatible: GET /models lists %d model%s"
-            % (len(models), "" if len(models) == 1 else "s"))
-    if models is not None:
-        say("ok", "key: accepted" if client.api_key else "key: none sent, none asked for")
-        ids = [m.get("id") for m in models if isinstance(m, dict)]
-        if chat.model in ids:
-            say("ok", "model: %s is listed" % chat.model)
-        elif ids:
-            say("warn", "model: %s is not listed; the server lists %s"
-                % (chat.model, ", ".join(map(str, ids[:8])) + (", ..." if len(ids) > 8 else "")))
-    started = time.monotonic()
-    params = {"max_tokens": 1}
-    for _ in range(2):
-        try:
-            payload = build_payload(chat.model, [{"role": "user", "content": "Say OK."}],
-                                    True, params)
-            chunks = sum(1 for _ in client.stream(payload))
-        except IncompleteStreamError:
-            chunks = -1
-        except APIError as exc:
-            renamed = renamed_max_tokens(params, exc)
-            if renamed is not None:
-                params = renamed
-                continue
-            say("FAIL", "chat: %s" % exc)
-            break
-        except ChatError as exc:
-            say("FAIL", "chat: %s" % exc)
-            break
-        say("ok", "chat: a streamed one-token request answered in %d ms (%s)" % (
-            (time.monotonic() - started) * 1000,
-            "%d chunks" % chunks if chunks >= 0 else "no [DONE] at the end"))
-        break
-    return 1 if failed else 0
-
-
-# ---------------------------------------------------------------------------
-# Settings: flags, the config file's profiles, the environment.
-# ---------------------------------------------------------------------------
-
-def _parse_header(text, number):
-    name, colon, value = text.partition(":")
-    name, value = name.strip(), value.strip()
-    if not colon or not name or " " in name or any(c in text for c in "\r\n"):
-        # Not echoed: a mistyped header may well hold a key.
-        raise UsageError("-H number %d is not a header; write it as 'Name: value'" % number)
-    return name, _header_value(value, "-H number %d" % number)
-
-
-def _header_value(value, where):
-    """value, if HTTP can carry it (Latin-1, no line breaks); else a UsageError."""
-    if value is not None:
-        try:
-            value.encode("latin-1")
-        except UnicodeEncodeError:
-            raise UsageError("%s has characters an HTTP header cannot carry (only Latin-1 "
-                             "text can go there)" % where) from None
-    return value
-
-
-def _read_key_file(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            key = f.readline().strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError("cannot read --api-key-file %s: %s"
-                         % (path, getattr(exc, "strerror", None) or "not UTF-8 text")) from None
-    if not key:
-        raise UsageError("--api-key-file %s has no key on its first line" % path)
-    return key
-
-
-def _config_bool(text):
-    value = {"1": True, "yes": True, "true": True, "on": True,
-             "0": False, "no": False, "false": False, "off": False}.get(text.lower())
-    if value is None:
-        raise ValueError("true or false")
-    return value
-
-
-def _config_number(kind, low, high):
-    def parse(text):
-        value = kind(text)
-        if not low <= value <= high:   # nan fails this too
-            raise ValueError
-        return value
-    return parse
-
-
-def _config_params(text):
-    value = loads(text)
-    if not isinstance(value, dict):
-        raise ValueError
-    check_params(value, flags=False)
-    return value
-
-
-def _config_headers(text):
-    return [_parse_header(line, i + 1) for i, line in enumerate(
-        line for line in text.splitlines() if line.strip())]
-
-
-def _config_choice(*choices):
-    def parse(text):
-        if text not in choices:
-            raise ValueError
-        return text
-    return parse
-
-
-# Config key: (how its text becomes a value, what it must be).
-CONFIG_KEYS = {
-    "base_url": (str, "a URL"),
-    "model": (str, "a model name"),
-    "api_key": (str, "a key (the file must then be readable by you alone)"),
-    "api_key_env": (str, "the name of an environment variable holding the key"),
-    "api_key_command": (shlex.split, "a command whose first output line is the key"),
-    "organization": (str, "an organization id"),
-    "project": (str, "a project id"),
-    "headers": (_config_headers, "lines of 'Name: value'"),
-    "system": (str, "a system message"),
-    "system_role": (_config_choice("system", "developer"), "system or developer"),
-    "params": (_config_params, "a JSON object of request fields"),
-    "timeout": (_config_number(float, 1e-3, MAX_TIMEOUT), "seconds, above 0"),
-    "retries": (_config_number(int, 0, 100), "a whole number from 0 to 100"),
-    "log": (_config_bool, "true or false"),
-    "markdown": (_config_bool, "true or false"),
-    "color": (_config_bool, "true or false"),
-}
-
-
-def read_config(path, profile, explicit):
-    """([default] and [profile] of the config file at path, each a dict of
-    checked values).  A missing file is no config unless explicit (--config).
-    Raises UsageError naming the file, the section and the key at fault."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read(MAX_BODY).decode("utf-8")
-            mode = os.fstat(f.fileno()).st_mode
-    except FileNotFoundError:
-        if explicit:
-            raise UsageError("cannot read the config file %s: it does not exist" % path) from None
-        text, mode = "", 0o600
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError("cannot read the config file %s: %s" % (
-            path, getattr(exc, "strerror", None) or "it is not UTF-8 text")) from None
-    parser = configparser.ConfigParser(interpolation=None, default_section="\0none")
-    try:
-        parser.read_string(text, source=path)
-    except configparser.Error as exc:
-        raise UsageError("the config file %s is not valid: %s" % (path, _one_line(str(exc)))) from None
-    if profile is not None and not parser.has_section(profile):
-        raise UsageError("the config file %s has no profile [%s]%s" % (
-            path, profile, "; it has " + ", ".join("[%s]" % n for n in parser.sections())
-            if parser.sections() else ""))
-    sections = {}
-    for name in parser.sections():
-        checked = {}
-        for key, raw in parser.items(name):
-            if key not in CONFIG_KEYS:
-                raise UsageError("%s [%s]: unknown key %s; the keys are %s"
-                                 % (path, name, key, ", ".join(sorted(CONFIG_KEYS))))
-            parse, what = CONFIG_KEYS[key]
-            try:
-                checked[key] = parse(raw.strip())
-            except (ValueError, UsageError) as exc:
-                detail = str(exc) if isinstance(exc, UsageError) else what
-                raise UsageError("%s [%s] %s: %s" % (path, name, key, detail)) from None
-        literal = "api_key" in checked or any(is_secret_header(h) for h, _ in checked.get("headers", ()))
-        if literal and mode & 0o077:
-            raise UsageError("the config file %s holds a key in [%s] and others can read it; "
-                             "make it yours alone: chmod 600 %s" % (path, name, path))
-        sections[name] = checked
-    return sections.get("default", {}), sections.get(profile, {}) if profile else {}
-
-
-def config_key(section, environ, where):
-    """The API key a config section names: literally, by an environment
-    variable, or as the first line a command prints (run without a shell,
-    so a password manager can supply it); None if it names none."""
-    if "api_key" in section:
-        return section["api_key"]
-    if "api_key_env" in section:
-        key = environ.get(section["api_key_env"], "").strip()
-        if not key:
-            raise UsageError("%s api_key_env: %s is not set" % (where, section["api_key_env"]))
-        return key
-    if "api_key_command" in section:
-        argv = section["api_key_command"]
-        try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, timeout=60)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise UsageError("%s api_key_command: cannot run %s: %s" % (
-                where, argv[0] if argv else "it", getattr(exc, "strerror", None) or exc)) from None
-        lines = proc.stdout.decode("utf-8", "replace").splitlines()
-        if proc.returncode != 0 or not lines or not lines[0].strip():
-            raise UsageError("%s api_key_command: %s %s" % (
-                where, argv[0] if argv else "", "exited with status %d" % proc.returncode
-                if proc.returncode else "printed no key"))
-        return lines[0].strip()
-    return None
-
-
-def config_path(args, environ):
-    """The config file: --config FILE, else $XDG_CONFIG_HOME/chat.py/config.ini."""
-    if args.config:
-        return os.path.expanduser(args.config)
-    home = environ.get("XDG_CONFIG_HOME") or os.path.join(
-        environ.get("HOME") or os.path.expanduser("~"), ".config")
-    return os.path.join(home, "chat.py", "config.ini")
-
-
-def _settings(args, environ):
-    """Resolve every setting: the flag, then the chosen profile of the config
-    file, then the OPENAI_* environment variables, then the config's
-    [default], then the built-in default.  Returns the Client's keyword
-    arguments plus base_url, model and the rest _run needs; raises
-    UsageError if the result is unusable."""
-    path = config_path(args, environ)
-    profile_name = args.profile or environ.get("CHAT_PY_PROFILE") or None
-    base, profile = read_config(path, profile_name, explicit=bool(args.config))
-
-    def pick(flag, key, variable=None, default=None):
-        if flag is not None:
-            return flag
-        if key in profile:
-            return profile[key]
-        value = (environ.get(variable) or "").strip() if variable else ""
-        if value:
-            return value
-        return base.get(key, default)
-
-    base_url = normalize_base_url(pick(args.base_url, "base_url", "OPENAI_BASE_URL",
-                                       DEFAULT_BASE_URL))
-    if args.api_key is not None and args.api_key_file:
-        raise UsageError("give --api-key or --api-key-file, not both")
-    api_key, key_source = None, "OPENAI_API_KEY"
-    for source, get in (
-            ("--api-key-file", lambda: args.api_key_file and _read_key_file(args.api_key_file)),
-            ("--api-key", lambda: args.api_key),
-            ("%s [%s]" % (path, profile_name), lambda: config_key(
-                profile, environ, "%s [%s]" % (path, profile_name))),
-            ("OPENAI_API_KEY", lambda: (environ.get("OPENAI_API_KEY") or "").strip()),
-            ("%s [default]" % path, lambda: config_key(base, environ, "%s [default]" % path))):
-        api_key = get()
-        if api_key:
-            key_source = source
-            break
-    parts = urlsplit(base_url)
-    scheme, host = parts.scheme, parts.hostname
-    in_url = parts.username is not None   # user:password@: sent as Basic instead of the key
-    if not api_key and not in_url and not is_local_host(host):
-        raise UsageError(
-            "no API key: set OPENAI_API_KEY (or pass --api-key), or point --base-url "
-            "at a local server such as localhost:11434/v1")
-    if api_key and not all(" " < c < "\x7f" for c in api_key):
-        raise UsageError("the API key has spaces or characters that cannot be sent "
-                         "in a header (a stray quote?); check %s" % key_source)
-    if ((api_key or in_url) and scheme == "http" and not is_loopback_host(host)
-            and not args.allow_insecure_key):
-        raise UsageError(
-            "refusing to send %s in clear text to %s over plain http: use https, pass "
-            "--allow-insecure-key on a network you trust%s" % (
-                "the password in the URL" if in_url else "the API key", host,
-                "" if in_url or key_source != "OPENAI_API_KEY" else
-                ", or unset OPENAI_API_KEY if that server needs no key"))
-    timeout = pick(args.timeout, "timeout", default=DEFAULT_TIMEOUT)
-    if not 0 < timeout <= MAX_TIMEOUT:   # inf, nan and 1e300 cannot be waited for
-        raise UsageError("--timeout must be a number of seconds above 0 and at most %d"
-                         % MAX_TIMEOUT)
-    retries = pick(args.retries, "retries", default=DEFAULT_RETRIES)
-    if retries < 0:
-        raise UsageError("--retries must be 0 or more")
-    if args.max_context is not None and args.max_context < 1:
-        raise UsageError("--max-context must be a number of tokens above 0")
-    headers = (base.get("headers", []) + profile.get("headers", [])
-               + [_parse_header(h, i + 1) for i, h in enumerate(args.header)])
-    organization = _header_value(pick(args.organization, "organization", "OPENAI_ORG_ID"),
-                                 "--organization")
-    project = _header_value(pick(args.project, "project", "OPENAI_PROJECT_ID"), "--project")
-    return {"base_url": base_url, "api_key": api_key, "organization": organization,
-            "project": project, "headers": headers, "proxies": proxies_for(host, environ),
-            "timeout": timeout, "retries": retries,
-            "model": pick(args.model, "model", "OPENAI_MODEL", DEFAULT_MODEL),
-            "system": pick(args.system, "system"),
-            "system_role": pick(args.system_role, "system_role", default="system"),
-            "params": dict(base.get("params", {}), **profile.get("params", {})),
-            "log": not args.no_log and pick(None, "log", default=True),
-            "markdown": not args.no_markdown and pick(None, "markdown", default=True),
-            "color": not args.no_color and pick(None, "color", default=True)}
-
-
-def _secrets(settings):
-    """Everything the settings hold that must never be shown: the key, the
-    credentials in the base URL, and the values of credential headers."""
-    return ([settings["api_key"]] + url_secrets(settings["base_url"])
-            + [value for name, value in settings["headers"] if is_secret_header(name)])
-
-
-# ---------------------------------------------------------------------------
-# The command line.
-# ---------------------------------------------------------------------------
-
-def _parser():
-
-    class Parser(argparse.ArgumentParser):
-        def error(self, message):   # one line, exit 2, as for every usage error
-            # A mistyped --api_key=sk-... must not be echoed: no value after "=".
-            message = re.sub(r"(--?[\w-]+)=\S+", r"\1=...", message)
-            raise UsageError("%s (see chat.py --help)" % message)
-
-    parser = Parser(prog="chat.py", add_help=False)
-    add = parser.add_argument
-    add("prompt", nargs="*")
-    add("-m", "--model")
-    add("-s", "--system")
-    add("-i", "--interactive", action="store_true")
-    add("--base-url")
-    add("--api-key")
-    add("--api-key-file")
-    add("--allow-insecure-key", action="store_true")
-    add("--organization")
-    add("--project")
-    add("-H", "--header", action="append", default=[])
-    add("--no-stream", action="store_true")
-    add("-o", "--output", choices=("text", "json"), default="text")
-    add("--timeout", type=float)
-    add("--retries", type=int)
-    add("--check", action="store_true")
-    add("--save")
-    add("--load")
-    add("--max-context", type=int)
-    add("--no-color", action="store_true")
-    add("--no-markdown", action="store_true")
-    add("--system-role", choices=("system", "developer"))
-    add("--config")
-    add("-p", "--profile")
-    add("--no-log", action="store_true")
-    add("-c", "--continue", dest="resume_last", action="store_true")
-    add("--resume", metavar="ID")
-    add("--list", nargs="?", const="", metavar="TEXT")
-    add("--models", action="store_true")
-    add("--temperature", type=float)
-    add("--top-p", type=float)
-    add("-n", type=int)
-    add("--max-tokens", type=int)
-    add("--max-completion-tokens", type=int)
-    add("--stop", action="append", default=[])
-    add("--presence-penalty", type=float)
-    add("--frequency-penalty", type=float)
-    add("--logit-bias", action="append", default=[])
-    add("--logprobs", action="store_true")
-    add("--top-logprobs", type=int)
-    add("--seed", type=int)
-    add("--user")
-    add("--service-tier")
-    add("--response-format", choices=("json_object", "text"))
-    add("--json-schema")
-    add("--tools")
-    add("--tool-choice")
-    add("--no-parallel-tool-calls", action="store_true")
-    add("--functions")
-    add("--function-call")
-    add("--usage", action="store_true")
-    add("--param", action="append", default=[])
-    add("--image", action="append", default=[])
-    add("--audio", action="append", default=[])
-    add("--file", action="append", default=[])
-    add("--audio-out")
-    add("--voice", default="alloy")
-    add("--reasoning-effort")
-    add("--hide-reasoning", action="store_true")
-    add("--tool-exec", action="append", default=[])
-    add("--yes", action="store_true")
-    add("--max-tool-rounds", type=int, default=DEFAULT_TOOL_ROUNDS)
-    add("--tool-timeout", type=float, default=DEFAULT_TOOL_TIMEOUT)
-    add("-h", "--help", action="store_true")
-    add("--manual", action="store_true")
-    add("--version", action="store_true")
-    return parser
-
-
-def _json_schema(path):
-    """response_format.json_schema from a file: a bare schema, or {name, schema, strict}."""
-    data = read_json_file(path, "--json-schema")
-    if not isinstance(data, dict):
-        raise UsageError("--json-schema %s must hold a JSON object (a schema)" % path)
-    if isinstance(data.get("schema"), dict) and isinstance(data.get("name"), str):
-        return dict({"strict": True}, **data)
-    name = re.sub(r"[^A-Za-z0-9_-]", "_", os.path.splitext(os.path.basename(path))[0])[:64]
-    return {"name": name or "schema", "schema": data, "strict": True}
-
-
-def _request_params(args):
-    """The body fields the flags ask for: only those set, checked."""
-    params = {key: value for key, value in (
-        ("temperature", args.temperature), ("top_p", args.top_p), ("n", args.n),
-        ("max_tokens", args.max_tokens), ("max_completion_tokens", args.max_completion_tokens),
-        ("presence_penalty", args.presence_penalty),
-        ("frequency_penalty", args.frequency_penalty), ("top_logprobs", args.top_logprobs),
-        ("seed", args.seed), ("user", args.user), ("service_tier", args.service_tier))
-        if value is not None}
-    if args.stop:
-        params["stop"] = args.stop
-    for item in args.logit_bias:
-        token, _, bias = item.partition("=")
-        try:
-            params.setdefault("logit_bias", {})[str(int(token))] = parse_value(bias)
-        except ValueError:
-            raise UsageError("--logit-bias takes TOKEN_ID=BIAS, e.g. 50256=-100, not %r"
-                             % item) from None
-    if args.logprobs:
-        params["logprobs"] = True
-    if args.response_format and args.json_schema:
-        raise UsageError("give --response-format or --json-schema, not both")
-    if args.response_format:
-        params["response_format"] = {"type": args.response_format}
-    if args.json_schema:
-        params["response_format"] = {"type": "json_schema",
-                                     "json_schema": _json_schema(args.json_schema)}
-    if args.tools:
-        tools = read_json_file(args.tools, "--tools")
-        if isinstance(tools, list):   # bare function definitions are welcome too
-            tools = [t if not isinstance(t, dict) or "type" in t or "name" not in t
-                     else {"type": "function", "function": t} for t in tools]
-        params["tools"] = tools
-    if args.tool_choice:
-        params["tool_choice"] = (args.tool_choice if args.tool_choice in ("auto", "none", "required")
-                                 else {"type": "function", "function": {"name": args.tool_choice}})
-    if args.no_parallel_tool_calls:
-        params["parallel_tool_calls"] = False
-    if args.functions:
-        params["functions"] = read_json_file(args.functions, "--functions")
-    if args.function_call:
-        params["function_call"] = (args.function_call if args.function_call in ("auto", "none")
-                                   else {"name": args.function_call})
-    if (args.usage or args.output == "json") and not args.no_stream:
-        params["stream_options"] = {"include_usage": True}   # the document's usage
-    if args.reasoning_effort:
-        params["reasoning_effort"] = args.reasoning_effort
-    if args.audio_out:
-        params["modalities"] = ["text", "audio"]
-        params["audio"] = {"voice": args.voice,
-                           "format": _audio_format(args.audio_out, not args.no_stream)}
-    for item in args.param:
-        key, equals, value = item.partition("=")
-        if not key.strip() or not equals:
-            raise UsageError("--param takes KEY=JSON, e.g. --param reasoning_effort='\"low\"', "
-                             "not %r" % item)
-        params[key.strip()] = parse_value(value)
-    check_params(params)
-    return params
-
-
-def _audio_format(path, streaming):
-    """The audio format to ask for, to write --audio-out's file."""
-    extension = os.path.splitext(path)[1].lower().lstrip(".")
-    if streaming:   # the API streams audio only as raw 16-bit PCM
-        if extension in ("wav", "pcm"):
-            return "pcm16"
-        raise UsageError("a streamed reply's audio comes as PCM: name --audio-out FILE.wav "
-                         "(or .pcm), or add --no-stream for .%s" % (extension or "FORMAT"))
-    formats = {"wav": "wav", "mp3": "mp3", "flac": "flac", "opus": "opus", "aac": "aac",
-               "pcm": "pcm16"}
-    if extension not in formats:
-        raise UsageError("--audio-out names its format by its extension: .wav, .mp3, .flac, "
-                         ".opus, .aac or .pcm")
-    return formats[extension]
-
-
-def _tools(args, ask, err):
-    """The Tools that --tool-exec, --yes, --tool-timeout and --max-tool-rounds
-    describe; ask(question) reads a tool's result typed by the user (None:
-    nobody to ask).  Consent to run a command is asked on the terminal."""
-    commands = {}
-    for item in args.tool_exec:
-        name, equals, command = item.partition("=")
-        try:
-            argv = shlex.split(command) if equals else []
-        except ValueError as exc:   # an unbalanced quote
-            raise UsageError("--tool-exec %s: %s" % (name.strip(), exc)) from None
-        if not name.strip() or not argv:
-            raise UsageError("--tool-exec takes NAME=COMMAND, e.g. get_time='date -u', not %r"
-                             % item)
-        commands[name.strip()] = argv
-    if args.max_tool_rounds < 0 or not 0 < args.tool_timeout <= MAX_TIMEOUT:
-        raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0 "
-                         "and at most %d seconds" % MAX_TIMEOUT)
-    def consent(name, arguments, argv):
-        answer = ask_terminal(consent_question(name, arguments, argv))
-        return None if answer is None else answer.lower() in ("y", "yes")
-
-    return Tools(commands, consent=consent, confirm=args.yes, ask=ask,
-                 notify=lambda text: _note(err, text), timeout=args.tool_timeout,
-                 max_rounds=args.max_tool_rounds)
-
-
-def _state_home(environ):
-    return environ.get("XDG_STATE_HOME") or os.path.join(
-        environ.get("HOME") or os.path.expanduser("~"), ".local", "state")
-
-
-def _run(args, settings, stdin, out, err, environ):
-    """Everything after the settings: a listing, --check, one-shot, or the console."""
-    notify = lambda text: _note(err, text)   # noqa: E731
-    if args.interactive and args.output == "json":
-        raise UsageError("--output json prints one document, so it works with one-shot "
-                         "prompts, not with -i")
-    log = _conversation_log(environ)
-    if sum(map(bool, (args.load, args.resume_last, args.resume))) > 1:
-        raise UsageError("give one of --load, -c and --resume")
-    client = Client(settings["base_url"], api_key=settings["api_key"],
-                    organization=settings["organization"], project=settings["project"],
-                    headers=settings["headers"], proxies=settings["proxies"],
-                    timeout=settings["timeout"], on_retry=notify,
-                    retries=0 if args.check else settings["retries"])   # --check diagnoses now
-    if args.models:
-        _show(out, "".join(model + "\n" for model in client.models()))
-        return 0
-    flags = _request_params(args)
-    chat = Chat(client, settings["model"], system=settings["system"],
-                params=dict(settings["params"], **flags), stream=not args.no_stream,
-                max_context=args.max_context, notify=notify, system_role=settings["system_role"])
-    carry_on = (log.latest(notify) if args.resume_last else
-                log.find(args.resume, notify) if args.resume else None)
-    if args.resume_last and carry_on is None:
-        raise UsageError("there is no conversation to continue yet (%s is empty)" % log.folder)
-    load = carry_on or args.load
-    if load and not (load == args.load and args.save and not os.path.exists(load)
-                     and os.path.abspath(args.save) == os.path.abspath(load)):
-        chat.load(load, model=args.model, params=flags)   # the file's, but flags win
-        if args.system:
-            chat.set_system(args.system)
-    log_path = None
-    if settings["log"]:   # a resumed conversation goes on in its own file
-        log_path = carry_on or log.new_path()
-    if args.check:
-        return check_connection(chat, out)
-    piped = stdin is not None and not stdin.isatty()
-    prompt = " ".join(args.prompt)
-    if piped and not args.interactive:
-        piped_text = stdin.read()
-        prompt = "\n\n".join(t for t in (prompt, piped_text.strip("\n")) if t.strip())
-        if not prompt:
-            raise UsageError("nothing to send: give a PROMPT or pipe some text in")
-    markdown = settings["markdown"] and _colour_wanted(settings, environ, out)
-    attachments = ([image_part(path) for path in args.image]   # all read before any request
-                   + [audio_part(path) for path in args.audio]
-                   + [file_part(path) for path in args.file])
-
-    def new_printer(show_text=True):
-        return ReplyPrinter(out, err, n=chat.params.get("n", 1), show_text=show_text,
-                            reasoning=not args.hide_reasoning, usage=args.usage,
-                            logprobs=bool(chat.params.get("logprobs")), audio_out=args.audio_out,
-                            audio_format=(chat.params.get("audio") or {}).get("format"),
-                            markdown=markdown)
-
-    keep = _keeper(args.save, log, log_path, notify)
-    models = _once(lambda: client.models())   # for /models and Tab after /model
-    if prompt and not args.interactive:
-        return _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer, keep)
-    if stdin is None:
-        raise UsageError("no input to chat with: give a PROMPT")
-    if piped:
-        read_line, line_buffer, waiting = _piped_reader(stdin), None, None
-    else:
-        read_line, line_buffer, waiting = _terminal_reader(
-            out, err, environ, Console.COMMANDS, _completer(models))
-    console = Console(chat, read_line, out, err, piped=piped, save_path=args.save,
-                      line_buffer=line_buffer, tools=_tools(args, read_line, err),
-                      new_printer=new_printer, attachments=attachments, keep=keep,
-                      more_waiting=waiting, models=models,
-                      editor=environ.get("VISUAL") or environ.get("EDITOR"))
-    if not piped:
-        _say(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
-             % (__version__, chat.model, chat.client.shown_url))
-    if prompt:   # the first turn of -i
-        status = console.send(prompt)
-        if status is not None:
-            return status
-    return console.run()
-
-
-def _conversation_log(environ):
-    return ConversationLog(os.path.join(_state_home(environ), "chat.py", "conversations"))
-
-
-def _keeper(save_path, log, log_path, notify):
-    """keep(chat): write the conversation to --save's file and to the log,
-    after every turn.  A failure to keep it in the log is a notice, never
-    the end of the chat; one to write --save's file is an error."""
-    def keep(chat):
-        body = chat.body()
-        if log_path and chat.messages:
-            try:
-                log.save(log_path, body)
-            except ChatError as exc:
-                notify("error: %s (the conversation is still here)" % exc)
-        if save_path:
-            save_conversation(save_path, body)
-    return keep
-
-
-def _list_conversations(log, text, out, notify):
-    """--list [TEXT]: the kept conversations, newest first, one a line."""
-    wanted = text.lower()
-    shown = 0
-    entries = log.entries(notify)
-    try:
-        for id, path, modified, body in entries:
-            messages = body.get("messages") if isinstance(body, dict) else body
-            if wanted and not any(wanted in json.dumps(m.get("content"), ensure_ascii=False).lower()
-                                  for m in messages if isinstance(m, dict)):
-                continue
-            _show(out, conversation_summary(id, modified, body) + "\n")
-            shown += 1
-            if shown == LIST_LIMIT:
-                break
-    finally:
-        entries.close()   # the notice of skipped files, if any
-    return 0
-
-
-def _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer, keep):
-    """Send one prompt (and answer its tool calls); print the reply or the document."""
-    ask = None
-    if stdin is not None and stdin.isatty():   # someone to type a tool's result
-        ask = lambda question: (_say(err, question), stdin.readline().strip())[1]   # noqa: E731
-    tools = _tools(args, ask, err)
-    printer = lambda: new_printer(show_text=args.output == "text")   # noqa: E731
-    try:
-        completion = chat.send(user_content(prompt, attachments), printer())
-        if tools.commands:
-            completion = chat.follow_tools(completion, tools, printer)
-    finally:
-        keep(chat)
-    if args.output == "json":
-        _show(out, json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
-    else:
-        calls = tool_calls(((completion.get("choices") or [{}])[0]).get("message") or {})
-        if calls:   # left for the caller to answer
-            _show(out, json.dumps(calls, indent=2, ensure_ascii=False) + "\n")
-    return 0
-
-
-def _colour_wanted(settings, environ, stream):
-    """Colour on stream: a terminal, and neither --no-color (color = false),
-    NO_COLOR nor TERM=dumb."""
-    return (settings["color"] and not environ.get("NO_COLOR")   # no-color.org
-            and environ.get("TERM") != "dumb" and _is_terminal(stream))
-
-
-def _forgiving(name):
-    """sys.stdin, sys.stdout or sys.stderr, made to turn what its encoding
-    cannot take into U+FFFD instead of failing (a pipe of Latin-1, a reply
-    for a C locale); None if the process was started with it closed."""
-    stream = getattr(sys, name)
-    if stream is None or hasattr(stream, "reconfigure"):
-        if stream is not None:
-            stream.reconfigure(errors="replace")
-        return stream
-    if not hasattr(stream, "buffer") or _is_terminal(stream):   # Python 3.6
-        return stream
-    stream = io.TextIOWrapper(stream.detach(), encoding=stream.encoding, errors="replace",
-                              line_buffering=stream.line_buffering)
-    setattr(sys, name, stream)
-    return stream
-
-
-def _silence(stream):
-    """Point a failed stdout at /dev/null, so nothing is tried again at exit."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, stream.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
 
 
 def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
@@ -4072,7 +4179,7 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     try:
         args = _parser().parse_args(argv)
         if args.help or args.manual:
-            _write_out(out, HELP if args.help else __doc__)
+            _write_out(out, HELP if args.help else MANUAL)
             return 0
         if args.version:
             _write_out(out, "chat.py %s\n" % __version__)
@@ -4088,7 +4195,7 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
         return status
     except ChatError as exc:
         _note(err, "error: %s" % exc)
-        if str(exc).startswith("cannot write to stdout"):
+        if isinstance(exc, StdoutError):
             _silence(raw)
         return exc.exit_code
     except KeyboardInterrupt:
@@ -4100,7 +4207,5 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     except (RecursionError, MemoryError):   # the last net: bounds should catch these first
         _note(err, "error: the answer is too large or too deeply nested to handle")
         return 1
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -1861,7 +1861,7 @@ def test_max_context_drops_the_oldest_exchanges(server):
     assert status == 0
     for request in server.requests:
         body = request["body"]
-        assert chat._estimate(body["messages"]) <= 300
+        assert chat.estimate_tokens(body["messages"]) <= 300
         assert body["messages"][0] == {"role": "system", "content": "You are terse."}
         assert body["messages"][-1]["content"].startswith("question")
         assert body["stream_options"] == {"include_usage": True}
@@ -2266,10 +2266,10 @@ def test_usage_is_shown_per_reply_and_for_the_session(server):
     assert all(r["body"]["stream_options"] == {"include_usage": True} for r in server.requests)
 
 
-def test_the_manuals_python_example_runs_as_written(server):
-    manual = chat.__doc__
-    example = manual[manual.index("From Python"):].split("\n", 1)[1]
-    code = "\n".join(line[2:] for line in example.splitlines())
+def test_the_docstrings_python_example_runs_as_written(server):
+    doc = chat.__doc__
+    example = doc[doc.index("From Python"):].split("\n\n")[1]
+    code = "\n".join(line[4:] for line in example.splitlines())
     assert "http://localhost:8080/v1" in code
     server.add(stream_reply("Server-Sent Events."), stream_reply("Two-way sockets."))
     proc = subprocess.run([sys.executable, "-c", code.replace("http://localhost:8080/v1", server.url)],
@@ -2711,16 +2711,17 @@ def test_a_plain_web_server_is_named_as_not_an_api(server):
                      headers={"Content-Type": "text/html"}),
                Reply(b"<html>not found</html>", status=404, headers={"Content-Type": "text/html"}))
     status, _, err = run_main(server, "--retries", "0", "hi")
-    assert status == 1 and "does not look like an OpenAI-compatible API; chat.py --check" in err
+    assert status == 1 and "does not look like an OpenAI-compatible API; check --base-url" in err
     assert "try again later" not in err
 
 
-def test_a_chat_404_without_v1_gets_the_hint_check_gives(server):
+def test_a_chat_404_without_v1_gets_a_hint_and_sends_one_request(server):
     root = server.url[:-len("/v1")]
     server.add(Reply(b"404 page not found", status=404, headers={"Content-Type": "text/plain"}),
                Reply(json.dumps({"data": []}).encode()))
     status, _, err = run_main(None, "--base-url", root, "hi")
-    assert status == 1 and "the API answers at --base-url %s/v1" % root in err
+    assert status == 1 and "e.g. --base-url %s/v1 (chat.py --check looks for it)" % root in err
+    assert len(server.requests) == 1   # building the error sent nothing more
 
 
 def test_the_clear_text_hint_names_where_the_key_came_from():
@@ -3008,11 +3009,11 @@ def test_help_fits_one_screen_and_points_to_the_manual():
     status, out, _ = run_main(None, "--help")
     lines = out.splitlines()
     assert status == 0 and lines[0].startswith("usage: chat.py")
-    assert len(lines) <= 60 and max(map(len, lines)) < 80
+    assert len(lines) <= 40 and max(map(len, lines)) < 80
     assert "--manual" in out and "--base-url" in out and "--check" in out
 
 
-def test_manual_is_the_module_docstring():
+def test_manual_is_printed_by_manual():
     status, out, _ = run_main(None, "--manual")
     assert status == 0 and "\nIn the chat:\n" in out and "\nExit status:\n" in out
     assert "--tool-timeout SECONDS" in out and "/curl [TEXT]" in out
@@ -3022,7 +3023,7 @@ def test_every_flag_is_documented():
     readme = open(os.path.join(HERE, "README.md")).read()
     for action in chat._parser()._actions:
         for flag in action.option_strings:
-            assert re.search(r"(^|[\s,`])%s\b" % re.escape(flag), chat.__doc__), flag
+            assert re.search(r"(^|[\s,`])%s\b" % re.escape(flag), chat.MANUAL), flag
             assert re.search(r"(^|[\s,`])%s\b" % re.escape(flag), readme), flag
 
 
