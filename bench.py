@@ -39,7 +39,7 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-CHAT_PY = os.path.join(HERE, "chat.py")
+CHAT_PY = os.environ.get("BENCH_CHAT_PY") or os.path.join(HERE, "chat.py")   # another to compare
 PYTHON = sys.executable
 CHUNKS = 200_000
 TURNS = 1000                # 2,000 messages: a user line and a reply per turn

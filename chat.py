@@ -65,6 +65,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -106,7 +107,9 @@ MAX_IMAGE_BYTES = 20 * 2**20    # the API's own limit for one image
 MAX_AUDIO_BYTES = 20 * 2**20    # and for one recording
 MAX_FILE_BYTES = 32 * 2**20     # and for one PDF
 MAX_CONFIG_BYTES = 2**20        # a config file larger than this is refused
-KEY_COMMAND_TIMEOUT = 60.0      # seconds api_key_command may take
+KEY_COMMAND_TIMEOUT = 30.0      # seconds api_key_command may take
+MAX_KEY_OUTPUT = 2**16          # bytes of api_key_command's output read at the most
+MAX_TOOL_OUTPUT = 2**20         # bytes of a tool command's output sent back at the most
 DEFAULT_TOOL_TIMEOUT = 60.0     # seconds a --tool-exec command may run
 DEFAULT_TOOL_ROUNDS = 8         # rounds of tool calls and results in one turn
 DEFAULT_VOICE = "alloy"         # the voice --audio-out asks for
@@ -122,7 +125,6 @@ _IMAGE_MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jp
 # Errors: one class per failure the user can act on.
 # Lifting: needs nothing.
 # ---------------------------------------------------------------------------
-
 
 class ChatError(Exception):
     """Base class of every error chat.py reports; str() is the one line shown."""
@@ -179,7 +181,6 @@ class StdoutError(OutputError):
 # https://html.spec.whatwg.org/multipage/server-sent-events.html
 # Lifting: needs StreamError and the MAX_LINE_BYTES constant.
 # ---------------------------------------------------------------------------
-
 
 class LineDecoder:
     """Split a byte stream into text lines at CRLF, LF or a lone CR.
@@ -296,7 +297,6 @@ class SSEDecoder:
 # merged into a message, errors in words, the history.  Pure, no I/O.
 # Lifting: needs the errors above and the SSE decoders.
 # ---------------------------------------------------------------------------
-
 
 def build_payload(model, messages, stream=True, params=None):
     """Return the request body for POST /chat/completions."""
@@ -924,7 +924,6 @@ def _context_numbers(exc):
 # Lifting: needs the errors, the protocol's stream functions and the constants.
 # ---------------------------------------------------------------------------
 
-
 def normalize_base_url(url):
     """Accept a base URL as people paste it; return scheme://host[:port]/path[?query].
 
@@ -1390,7 +1389,6 @@ def _no_redirect_handler():
 # Lifting: needs everything above; cut the file after Chat and it still streams.
 # ---------------------------------------------------------------------------
 
-
 class Printer:
     """Receives a reply as it arrives, and shows nothing: the default for
     Chat.send() from Python.  ReplyPrinter shows replies; a subclass of
@@ -1724,10 +1722,13 @@ class Chat:
 
 
 # ---------------------------------------------------------------------------
+# The application starts here; the reference client above needs none of it.
+#
 # Text for a terminal: the one sanitizer, the streams chat.py writes to,
 # secrets kept off the screen, consent asked on the terminal.
 # Lifting: needs the standard library only.
 # ---------------------------------------------------------------------------
+
 # What a terminal would act on rather than show: C0 controls but tab and
 # newline, DEL, C1 controls, and the bidirectional overrides and isolates.
 _UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -1756,38 +1757,35 @@ def _is_terminal(stream):
         return False
 
 
-def _say(stream, text, style=None):
+def _write_sanitized(stream, text, style=None):
     """The way to stderr (and to --check's stdout): text through the
-    sanitizer, then in colour style where the stream shows colour, flushed."""
+    sanitizer, then in color style where the stream shows color, flushed."""
     text = sanitize(text)
-    if style and getattr(stream, "colour", False):
-        body = text.rstrip("\n")   # colour the words, not the line ending
+    if style and getattr(stream, "color", False):
+        body = text.rstrip("\n")   # color the words, not the line ending
         if body:
             text = "\x1b[%sm%s\x1b[0m%s" % (style, body, text[len(body):])
     stream.write(text)
     stream.flush()   # every time: before Python 3.9 a piped stderr is block-buffered
 
 
-def _show(out, text):
+def _stdout_show(out, text):
     """Write text that came from the server to stdout: exact into a pipe or a
     file, where it is data; through the sanitizer onto a terminal."""
-    _write_out(out, sanitize(text) if _is_terminal(out) else text)
+    _stdout_write(out, sanitize(text) if _is_terminal(out) else text)
 
 
-def _write_out(out, text):
+def _stdout_write(out, text):
     """Write text to stdout and flush; a write that fails (a full disk, a
-    closed descriptor) is a ChatError that says so, not a traceback."""
+    closed descriptor) is a StdoutError that says so, not a traceback."""
     try:
         out.write(text)
         out.flush()
     except BrokenPipeError:
         raise   # the reader went away: main() says nothing more
     except (OSError, ValueError) as exc:   # ValueError: written after a close
-        raise _stdout_failed(exc) from None
-
-
-def _stdout_failed(exc):
-    return StdoutError("cannot write to stdout: %s" % (getattr(exc, "strerror", None) or exc))
+        raise StdoutError("cannot write to stdout: %s"
+                          % (getattr(exc, "strerror", None) or exc)) from None
 
 
 def secret_runs(secrets):
@@ -1821,10 +1819,10 @@ def _redact(text, runs):
 class _ErrorStream:
     """stderr as chat.py writes to it: every secret blanked out of what is
     written (servers quote requests, proxies quote headers, and the key must
-    never show), and colour, where the terminal should get it."""
+    never show), and color, where the terminal should get it."""
 
-    def __init__(self, stream, *, colour=False, secrets=()):
-        self._stream, self.colour = stream, colour
+    def __init__(self, stream, *, color=False, secrets=()):
+        self._stream, self.color = stream, color
         self._runs = secret_runs(secrets)
 
     def write(self, text):
@@ -1857,26 +1855,27 @@ def ask_terminal(question):
 
 
 def _prompt(err, text):
-    """A prompt for input(), sanitized, in colour where err shows colour;
-    readline wants the colour codes between \\001 and \\002 to measure it."""
+    """A prompt for input(), sanitized, in color where err shows color;
+    readline wants the color codes between \\001 and \\002 to measure it."""
     text = sanitize(text)
-    if not getattr(err, "colour", False):
+    if not getattr(err, "color", False):
         return text
     return "\001\x1b[1;36m\002%s\001\x1b[0m\002" % text
 
 
-def _dim(err, text):
-    _say(err, text, "2")
+def _stderr_dim(err, text):
+    _write_sanitized(err, text, "2")
 
 
-def _note(err, text):
-    _say(err, "chat.py: %s\n" % text, "31" if text.startswith("error:") else "2")
+def _stderr_notice(err, text):
+    _write_sanitized(err, "chat.py: %s\n" % text, "31" if text.startswith("error:") else "2")
 
 
 # ---------------------------------------------------------------------------
 # Markdown highlighted as it streams.  Pure: text in, styled text out.
 # Lifting: needs the standard library only.
 # ---------------------------------------------------------------------------
+
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
 _HEADING = re.compile(r" {0,3}#{1,6}(?: |$)")
 _LIST = re.compile(r" *(?:[-*+]|\d{1,9}[.)])(?: |$)")
@@ -1888,18 +1887,18 @@ _SPECIAL_IN_LINK = re.compile(r"[`*_\])\n]")
 
 
 class MarkdownHighlighter:
-    """Colour markdown for a terminal as it streams: headings, bold, italic,
+    """Color markdown for a terminal as it streams: headings, bold, italic,
     inline code, fenced code blocks and their language label, list markers,
     block quotes and link targets.
 
-    feed() takes the text as it arrives and returns it with ANSI colour
+    feed() takes the text as it arrives and returns it with ANSI color
     codes added: no character is removed, added or moved, so the screen
     shows exactly the reply and copying from it gives the exact text.
     Nothing already returned is ever redrawn.  A line's first characters are
     held back only until its kind is known (a "#" may start a heading, a "`"
     a fence), and a run of markup characters at the end of a piece until the
     next character shows whether it opens or closes.  end() returns what is
-    held back and resets the colours.
+    held back and resets the colors.
     """
 
     HEADING, BOLD, ITALIC, CODE = "1;36", "1", "3", "33"
@@ -1917,14 +1916,14 @@ class MarkdownHighlighter:
         self._active = ""        # the codes in force on the terminal
 
     def feed(self, text):
-        """Return text with colour codes, less what must wait for more text."""
+        """Return text with color codes, less what must wait for more text."""
         data, self._held = self._held + text, ""
         out = []
         self._scan(data, out, final=False)
         return "".join(out)
 
     def end(self):
-        """Return what was held back, then reset the terminal's colours."""
+        """Return what was held back, then reset the terminal's colors."""
         data, self._held = self._held, ""
         out = []
         self._scan(data, out, final=True)
@@ -2005,27 +2004,37 @@ class MarkdownHighlighter:
 
     def _run(self, run, after, out):
         """A run of ` or * or _: code, bold or italic opening or closing."""
-        char, before = run[0], self._previous
-        if char == "`":
-            if not self._code:
-                self._code = len(run)
-                self._style(out, self._inline_style())
-                out.append(run)
-            else:
-                out.append(run)
-                if len(run) == self._code:
-                    self._code = 0
-                    self._style(out, self._inline_style())
-            return
-        if self._code:
+        if run[0] == "`":
+            self._code_run(run, out)
+        elif self._code:   # inside code, * and _ are text
             out.append(run)
-            return
+        else:
+            self._emphasis_run(run, after, out)
+
+    def _code_run(self, run, out):
+        """Backticks open inline code; a run of the same length closes it."""
+        if not self._code:
+            self._code = len(run)
+            self._style(out, self._inline_style())
+            out.append(run)
+        else:
+            out.append(run)
+            if len(run) == self._code:
+                self._code = 0
+                self._style(out, self._inline_style())
+
+    def _emphasis_run(self, run, after, out):
+        """* or _ by CommonMark's delimiter-run rules (spec section 6.2): a
+        left-flanking run may open, a right-flanking one may close, and "_"
+        neither opens nor closes inside a word, so snake_case stays plain.
+        One character is italic, two bold, three both."""
+        before = self._previous
         space_after, space_before = after.isspace(), before.isspace()
         punct_after = not after.isalnum() and not space_after
         punct_before = not before.isalnum() and not space_before
         left = not space_after and (not punct_after or space_before or punct_before)
         right = not space_before and (not punct_before or space_after or punct_after)
-        if char == "_":   # no emphasis inside words: snake_case stays plain
+        if run[0] == "_":
             can_open = left and (not right or punct_before)
             can_close = right and (not left or punct_after)
         else:
@@ -2109,7 +2118,6 @@ class MarkdownHighlighter:
 # Lifting: needs the terminal text and markdown sections, Printer and tool_calls.
 # ---------------------------------------------------------------------------
 
-
 class ReplyPrinter(Printer):
     """Write a reply's text to out as it arrives; notices go to err.
 
@@ -2118,22 +2126,21 @@ class ReplyPrinter(Printer):
     past n is never shown.  show_text: write the text at all (not with
     --output json).  reasoning: show the live choice's reasoning on err, dim,
     as it arrives.  usage: after the reply, show its token counts and speed;
-    logprobs: show each token's probability.  audio_out, audio_format: where
-    to write a spoken reply, and the format it was asked for.  markdown:
+    logprobs: show each token's probability.  audio: the AudioFile to write a
+    spoken reply to.  markdown:
     highlight the text as markdown (on a terminal only).  clock: a monotonic
     clock, for the timing.  On a terminal the text goes through the
     sanitizer; into a pipe or a file it is written exactly as it came.
     """
 
     def __init__(self, out, err, *, n=1, show_text=True, reasoning=True, usage=False,
-                 logprobs=False, audio_out=None, audio_format=None, markdown=False,
-                 clock=time.monotonic):
+                 logprobs=False, audio=None, markdown=False, clock=time.monotonic):
         self.out, self.err, self.n, self.show_text = out, err, n, show_text
         self.terminal = _is_terminal(out)
         self.markdown = markdown and self.terminal
         self._highlighter = MarkdownHighlighter() if self.markdown else None
         self.reasoning, self.usage, self.logprobs = reasoning and show_text, usage, logprobs
-        self.audio_out, self.audio_format, self.clock = audio_out, audio_format, clock
+        self.audio, self.clock = audio, clock
         self._started, self._first = clock(), None   # for time to first token
         self._current = None     # the choice being written
         self._held = {}          # index -> text waiting its turn
@@ -2175,7 +2182,7 @@ class ReplyPrinter(Printer):
         self.end_line()
         self._current = index
         if self.n > 1:
-            _note(self.err, "choice %d:" % (index + 1))
+            _stderr_notice(self.err, "choice %d:" % (index + 1))
         held = self._held.pop(index, None)
         if held:
             self._write("".join(held))
@@ -2184,39 +2191,34 @@ class ReplyPrinter(Printer):
         if not self._thinking:
             self.end_line()
             self._thinking = True
-        _dim(self.err, text)
+        _stderr_dim(self.err, text)
 
     def _write(self, text):
         if self._thinking:   # the answer starts: end the reasoning's line
             self._thinking = False
-            _say(self.err, "\n\n")
+            _write_sanitized(self.err, "\n\n")
         self._ends_line = text[-1] == "\n"   # first, in case Ctrl-C lands mid-write
         if self.terminal:
             text = sanitize(text)
             if self._highlighter:
                 text = self._highlighter.feed(text)
-        try:   # (not _write_out: this is the hot path, and a try costs nothing)
-            self.out.write(text)
-            self.out.flush()
-        except BrokenPipeError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise _stdout_failed(exc) from None
+        _stdout_write(self.out, text)
 
     def end_line(self):
         """End the text with a newline, if it has none, so notices start
-        afresh, with the terminal's colours reset."""
+        afresh, with the terminal's colors reset."""
         if self._thinking:
             self._thinking = False
-            _say(self.err, "\n")
+            _write_sanitized(self.err, "\n")
         if not self._ends_line:
             self._write("\n")
         if self._highlighter:
-            _write_out(self.out, self._highlighter.end())
+            _stdout_write(self.out, self._highlighter.end())
 
     def finish(self, completion):
-        """Show what was held back, then notices: refusals, cut-offs, tool calls,
-        sources, logprobs and usage; write the audio, if any."""
+        """Show what was held back, then a notice of each kind the reply calls
+        for: refusals, cut-offs, tool calls, sources, logprobs; usage last.
+        The spoken reply, if any, goes to its file."""
         if self.show_text:
             for index in sorted(self._held):
                 self._switch_to(index)
@@ -2224,38 +2226,41 @@ class ReplyPrinter(Printer):
         for choice in completion.get("choices") or ():
             message = choice.get("message") or {}
             label = "choice %d: " % (choice.get("index", 0) + 1) if self.n > 1 else ""
-            if message.get("refusal"):
-                _note(self.err, "%sthe model refused: %s" % (label, message["refusal"]))
-            reason = choice.get("finish_reason")
-            if reason == "length":
-                _note(self.err, "%sthe reply was cut off at the token limit "
-                      "(finish_reason: length)" % label)
-            elif reason == "content_filter":
-                _note(self.err, "%sthe reply was stopped by the content filter "
-                      "(finish_reason: content_filter)" % label)
+            self._show_refusal(label, message.get("refusal"))
+            self._show_cut_off(label, choice.get("finish_reason"))
             for call in tool_calls(message):
                 self._show_call(label, call)
             self._show_sources(label, message.get("annotations"))
             if self.logprobs and choice.get("logprobs"):
                 self._show_logprobs(label, choice["logprobs"].get("content") or [])
-            if self.audio_out and choice.get("index", 0) == 0:
-                self._save_audio((message.get("audio") or {}).get("data"))
+            if self.audio and choice.get("index", 0) == 0:
+                self.audio.write(message.get("audio"), lambda text: _stderr_notice(self.err, text))
         if self.usage:
             self._show_usage(completion.get("usage"))
 
+    def _show_refusal(self, label, refusal):
+        if refusal:
+            _stderr_notice(self.err, "%sthe model refused: %s" % (label, refusal))
+
+    def _show_cut_off(self, label, reason):
+        if reason in ("length", "content_filter"):
+            _stderr_notice(self.err, "%sthe reply was %s (finish_reason: %s)" % (label, {
+                "length": "cut off at the token limit",
+                "content_filter": "stopped by the content filter"}[reason], reason))
+
     def _show_call(self, label, call):
         function = call.get("function") or {}
-        _note(self.err, "%sthe model calls %s%s:" % (
+        _stderr_notice(self.err, "%sthe model calls %s%s:" % (
             label, function.get("name"), " (%s)" % call["id"] if call.get("id") else ""))
-        _dim(self.err, indented_arguments(function.get("arguments")))
+        _stderr_dim(self.err, indented_arguments(function.get("arguments")))
 
     def _show_sources(self, label, annotations):
         cited = [a.get("url_citation") for a in annotations or ()
                  if isinstance(a, dict) and a.get("type") == "url_citation"]
         cited = [c for c in cited if isinstance(c, dict) and c.get("url")]
         if cited:
-            _note(self.err, "%ssources:" % label)
-            _dim(self.err, "".join("  [%d] %s%s\n" % (
+            _stderr_notice(self.err, "%ssources:" % label)
+            _stderr_dim(self.err, "".join("  [%d] %s%s\n" % (
                 i, "%s - " % c["title"] if c.get("title") else "", c["url"])
                 for i, c in enumerate(cited, 1)))
 
@@ -2273,8 +2278,8 @@ class ReplyPrinter(Printer):
                                                      _probability(t.get("logprob")).strip())
                                           for t in others)
             lines.append(line)
-        _note(self.err, lines[0])
-        _dim(self.err, "".join(line + "\n" for line in lines[1:]))
+        _stderr_notice(self.err, lines[0])
+        _stderr_dim(self.err, "".join(line + "\n" for line in lines[1:]))
 
     def _show_usage(self, usage):
         now = self.clock()
@@ -2285,25 +2290,11 @@ class ReplyPrinter(Printer):
             rate = ""
             if self._first is not None and now > self._first:
                 rate = "; %.1f tokens/s" % (usage["completion_tokens"] / (now - self._first))
-            _note(self.err, "usage: %s prompt + %s completion = %s tokens%s%s%s" % (
+            _stderr_notice(self.err, "usage: %s prompt + %s completion = %s tokens%s%s%s" % (
                 usage.get("prompt_tokens"), usage["completion_tokens"],
                 usage.get("total_tokens"), _usage_details(usage), timing, rate))
         else:
-            _note(self.err, "usage: the server reported none%s" % timing)
-
-    def _save_audio(self, data):
-        if not data:
-            _note(self.err, "the reply has no audio; nothing was written to %s" % self.audio_out)
-            return
-        try:
-            audio = base64.b64decode(data)
-        except (ValueError, TypeError):
-            _note(self.err, "error: the server's audio is not base64; nothing was written")
-            return
-        if self.audio_format == "pcm16" and self.audio_out.lower().endswith(".wav"):
-            audio = wav_bytes(audio)
-        write_atomically(self.audio_out, audio)
-        _note(self.err, "the spoken reply is in %s" % self.audio_out)
+            _stderr_notice(self.err, "usage: the server reported none%s" % timing)
 
 
 def _probability(logprob):
@@ -2333,6 +2324,29 @@ def _usage_details(usage):
 # Files: conversations saved and kept, attachments read.
 # Lifting: needs the errors and parse_conversation.
 # ---------------------------------------------------------------------------
+
+class AudioFile:
+    """Where --audio-out writes a spoken reply: path, and the format it was
+    asked for (pcm16 into a .wav file is given a WAV header)."""
+
+    def __init__(self, path, format):
+        self.path, self.format = path, format
+
+    def write(self, audio, notify):
+        """Write a reply's audio object ({"data": base64, ...}); notify(text) says how it went."""
+        data = audio.get("data") if isinstance(audio, dict) else None
+        if not data:
+            notify("the reply has no audio; nothing was written to %s" % self.path)
+            return
+        try:
+            decoded = base64.b64decode(data)
+        except (ValueError, TypeError):
+            notify("error: the server's audio is not base64; nothing was written")
+            return
+        if self.format == "pcm16" and self.path.lower().endswith(".wav"):
+            decoded = wav_bytes(decoded)
+        write_atomically(self.path, decoded)
+        notify("the spoken reply is in %s" % self.path)
 
 
 def read_bounded(path, what, limit):
@@ -2546,7 +2560,7 @@ def image_part(source):
 
 def audio_part(path):
     """An input_audio content part for recorded speech: WAV or MP3, told by content."""
-    data = read_bounded(path, "the audio file", MAX_IMAGE_BYTES)
+    data = read_bounded(path, "the audio file", MAX_AUDIO_BYTES)
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         format = "wav"
     elif data[:3] == b"ID3" or (len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
@@ -2581,21 +2595,76 @@ def file_part(path):
 # Lifting: needs the errors, parse_value's loads and tool_calls.
 # ---------------------------------------------------------------------------
 
+class CommandTimeout(Exception):
+    """A command ran past its time and was stopped."""
+
+
+def run_command(argv, input=b"", *, timeout, limit):
+    """Run argv (no shell) with input on its stdin; return (status, stdout,
+    stderr), each output cut at limit bytes.  A command that writes more is
+    stopped there (status None); one that runs past timeout seconds is
+    stopped and raises CommandTimeout.  OSError if it cannot start."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    outputs = [b"", b""]
+
+    def feed():
+        try:
+            proc.stdin.write(input)
+        except OSError:   # it stopped reading: its business
+            pass
+        finally:
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+
+    def drain(stream, i):
+        outputs[i] = stream.read(limit + 1)   # bounded, whatever the command writes
+        if len(outputs[i]) > limit:
+            proc.kill()
+        stream.close()
+
+    threads = [threading.Thread(target=feed, daemon=True)] + [
+        threading.Thread(target=drain, args=(s, i), daemon=True)
+        for i, s in enumerate((proc.stdout, proc.stderr))]
+    for thread in threads:
+        thread.start()
+    try:
+        status = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise CommandTimeout(timeout) from None
+    except BaseException:   # Ctrl-C: the command goes too
+        proc.kill()
+        proc.wait()
+        raise
+    finally:
+        for thread in threads:
+            thread.join(1)
+    if any(len(output) > limit for output in outputs):
+        status = None
+    return status, outputs[0][:limit], outputs[1][:limit]
+
 
 def run_tool_command(argv, arguments, timeout):
     """Run argv (no shell) with the call's arguments as JSON on stdin; return
     its stdout, or an error result the model can read."""
     try:
-        proc = subprocess.run(argv, input=arguments.encode("utf-8"), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, timeout=timeout)
-    except subprocess.TimeoutExpired:
+        status, out, err = run_command(argv, arguments.encode("utf-8"), timeout=timeout,
+                                       limit=MAX_TOOL_OUTPUT)
+    except CommandTimeout:
         return "error: the command ran longer than %gs and was stopped" % timeout
     except OSError as exc:
         return "error: cannot run %s: %s" % (argv[0], exc.strerror)
-    output = proc.stdout.decode("utf-8", "replace")
-    if proc.returncode != 0:
-        why = _one_line(proc.stderr.decode("utf-8", "replace"))[-500:] or output[-500:]
-        return "error: the command exited with status %d: %s" % (proc.returncode, why)
+    output = out.decode("utf-8", "replace")
+    if status is None:
+        return "error: the command wrote more than %d KiB and was stopped; its output began: %s" % (
+            MAX_TOOL_OUTPUT >> 10, output[:2000])
+    if status != 0:
+        why = _one_line(err.decode("utf-8", "replace"))[-500:] or output[-500:]
+        return "error: the command exited with status %d: %s" % (status, why)
     return output
 
 
@@ -2604,17 +2673,17 @@ class Tools:
 
     commands: tool name -> argv to run for it (--tool-exec).  consent(name,
     arguments, argv): True if the user agrees to run argv with arguments,
-    False if not, None where nobody can be asked.  confirm: run commands
-    without asking (--yes).  ask(prompt): a line typed by the user, the
+    False if not, None where nobody can be asked.  ask_first: ask consent
+    before running a command (False: --yes).  ask(prompt): a line typed by the user, the
     result of a tool with no command; None where nobody can be asked.
     notify(text) hears of a command not run for want of consent.  timeout:
     seconds a command may run.  max_rounds: rounds of calls and results
     before chat.py stops.
     """
 
-    def __init__(self, commands=None, *, consent=None, confirm=False, ask=None, notify=None,
+    def __init__(self, commands=None, *, consent=None, ask_first=True, ask=None, notify=None,
                  timeout=DEFAULT_TOOL_TIMEOUT, max_rounds=DEFAULT_TOOL_ROUNDS):
-        self.commands, self.consent, self.confirm = commands or {}, consent, confirm
+        self.commands, self.consent, self.ask_first = commands or {}, consent, ask_first
         self.ask, self.notify = ask, notify or (lambda text: None)
         self.timeout, self.max_rounds = timeout, max_rounds
 
@@ -2629,7 +2698,7 @@ class Tools:
                     % arguments[:300])
         argv = self.commands.get(name)
         if argv is not None:
-            if not self.confirm:
+            if self.ask_first:
                 agreed = self.consent(name, arguments, argv) if self.consent else None
                 if agreed is None:
                     self.notify("%s was not run: there is no terminal to ask for consent on "
@@ -2675,7 +2744,6 @@ def indented_arguments(arguments):
 # The console: the chat loop and its /commands.
 # Lifting: needs Chat, the printer, the files and tools sections.
 # ---------------------------------------------------------------------------
-
 
 class Console:
     """The chat loop: reads input, runs /commands, sends turns.
@@ -2748,12 +2816,12 @@ class Console:
                 return 0
             except KeyboardInterrupt:
                 typed = self.line_buffer().strip() if self.line_buffer else ""
-                _say(self.err, "\n")
+                _write_sanitized(self.err, "\n")
                 if not typed and armed:
                     return 0
                 armed = not typed
                 if armed and not self.piped:
-                    _dim(self.err, "(Ctrl-C again or Ctrl-D to leave)\n")
+                    _stderr_dim(self.err, "(Ctrl-C again or Ctrl-D to leave)\n")
                 continue
             armed = False
             text = message.strip()
@@ -2803,7 +2871,7 @@ class Console:
         entry = self.COMMANDS.get(name.lower())
         if entry is None:
             close = difflib.get_close_matches(name.lower(), self.COMMANDS, 1)
-            _note(self.err, "unknown command %s%s - /help lists them (start a message with "
+            _stderr_notice(self.err, "unknown command %s%s - /help lists them (start a message with "
                   "// to send a slash)" % (name, "; did you mean %s?" % close[0] if close else ""))
             return None
         argument = argument.strip()
@@ -2821,17 +2889,17 @@ class Console:
             completion = action(self.new_printer())
             self.chat.follow_tools(completion, self.tools, self.new_printer)
         except KeyboardInterrupt:
-            _dim(self.err, "[interrupted]\n")
+            _stderr_dim(self.err, "[interrupted]\n")
         except ChatError as exc:
             status = self._failed(exc)
         try:
             self.keep(self.chat)
         except ChatError as exc:
-            _note(self.err, "error: %s (the conversation is still here)" % exc)
+            _stderr_notice(self.err, "error: %s (the conversation is still here)" % exc)
         return status
 
     def _failed(self, exc):
-        _note(self.err, "error: %s" % exc)
+        _stderr_notice(self.err, "error: %s" % exc)
         return exc.exit_code if self.piped else None
 
     # The commands: each takes the text after its name.
@@ -2842,32 +2910,32 @@ class Console:
         lines.append("  %-17s %s\n" % ("//TEXT", "send TEXT starting with one slash"))
         lines.append('  %-17s %s\n' % ('"""', 'on its own line: start or end a block of lines'))
         lines.append("  %-17s %s\n" % ("TEXT\\", "a backslash at the end continues the line"))
-        _say(self.err, "".join(lines))
+        _write_sanitized(self.err, "".join(lines))
 
     def do_exit(self, argument):
         return 0
 
     def do_reset(self, argument):
         self.chat.reset()
-        _note(self.err, "the conversation is cleared%s" % (
+        _stderr_notice(self.err, "the conversation is cleared%s" % (
             " (the system message stays)" if self.chat.messages else ""))
 
     def do_system(self, argument):
         if argument:
             self.chat.set_system(argument)
-            _note(self.err, "the system message is set")
+            _stderr_notice(self.err, "the system message is set")
         else:
             system = self.chat.messages[:_system_count(self.chat.messages)]
-            _note(self.err, "system: %s" % (system[0]["content"] if system else "(none)"))
+            _stderr_notice(self.err, "system: %s" % (system[0]["content"] if system else "(none)"))
 
     def do_model(self, argument):
         if argument:
             self.chat.set_model(argument)
-        _note(self.err, "model: %s" % self.chat.model)
+        _stderr_notice(self.err, "model: %s" % self.chat.model)
 
     def do_history(self, argument):
         if not self.chat.messages:
-            _note(self.err, "the conversation is empty")
+            _stderr_notice(self.err, "the conversation is empty")
         for i, message in enumerate(self.chat.messages, 1):
             content = message.get("content")
             if isinstance(content, list):
@@ -2877,11 +2945,11 @@ class Console:
                                           (c.get("function") or {}).get("arguments"))
                               for c in message.get("tool_calls") or ())
             text = (content or "") + ("  [calls %s]" % calls if calls else "")
-            _say(self.err, "%3d %-9s %s\n" % (i, message.get("role"), text.replace("\n", "\n" + " " * 14)))
+            _write_sanitized(self.err, "%3d %-9s %s\n" % (i, message.get("role"), text.replace("\n", "\n" + " " * 14)))
 
     def do_undo(self, argument):
         self.chat.undo()
-        _note(self.err, "the last exchange is gone; %d message%s left" % (
+        _stderr_notice(self.err, "the last exchange is gone; %d message%s left" % (
             len(self.chat.messages), "" if len(self.chat.messages) == 1 else "s"))
 
     def do_retry(self, argument):
@@ -2896,13 +2964,13 @@ class Console:
             raise UsageError("/save needs a file name (or start with --save FILE)")
         save_conversation(path, self.chat.body())
         self.save_path = path
-        _note(self.err, "saved %d messages to %s" % (len(self.chat.messages), path))
+        _stderr_notice(self.err, "saved %d messages to %s" % (len(self.chat.messages), path))
 
     def do_load(self, argument):
         if not argument:
             raise UsageError("/load needs a file name")
         load_conversation(self.chat, argument)
-        _note(self.err, "loaded %d messages from %s; model %s" % (
+        _stderr_notice(self.err, "loaded %d messages from %s; model %s" % (
             len(self.chat.messages), argument, self.chat.model))
 
     def do_set(self, argument):
@@ -2917,18 +2985,18 @@ class Console:
                 "stream": "start chat.py with --no-stream to have whole replies",
                 "stream_options": "start chat.py with --usage to ask for usage"}[key]))
         self.chat.set_param(key, parse_value(value.strip()))
-        _note(self.err, "%s = %s" % (key, json.dumps(self.chat.params[key], ensure_ascii=False)))
+        _stderr_notice(self.err, "%s = %s" % (key, json.dumps(self.chat.params[key], ensure_ascii=False)))
 
     def do_unset(self, argument):
         if argument not in self.chat.params:
             raise UsageError("%s is not set; /params shows what is" % (argument or "/unset KEY:"))
         self.chat.unset_param(argument)
-        _note(self.err, "%s is no longer sent" % argument)
+        _stderr_notice(self.err, "%s is no longer sent" % argument)
 
     def do_params(self, argument):
         shown = build_payload(self.chat.model, [], self.chat.stream, self.chat.params)
         del shown["messages"]
-        _say(self.err, json.dumps(shown, indent=2, ensure_ascii=False) + "\n")
+        _write_sanitized(self.err, json.dumps(shown, indent=2, ensure_ascii=False) + "\n")
 
     def do_image(self, argument):
         self._attach(argument, image_part, "/image needs a file or a URL")
@@ -2943,17 +3011,17 @@ class Console:
         if not argument:
             raise UsageError(usage)
         self.attachments.append(part(argument))
-        _note(self.err, "the next message takes %d attachment%s" % (
+        _stderr_notice(self.err, "the next message takes %d attachment%s" % (
             len(self.attachments), "" if len(self.attachments) == 1 else "s"))
 
     def do_models(self, argument):
-        _say(self.err, "".join("  %s\n" % model for model in self.models()) or
+        _write_sanitized(self.err, "".join("  %s\n" % model for model in self.models()) or
              "  (the server lists no models)\n")
 
     def do_edit(self, argument):
         text = edit_text(self.editor, argument)
         if text is None:
-            _note(self.err, "nothing sent: the editor left no text (or failed)")
+            _stderr_notice(self.err, "nothing sent: the editor left no text (or failed)")
             return None
         return self.send(text)
 
@@ -2976,18 +3044,18 @@ class Console:
         # OSC 52: the terminal (over SSH too) puts the base64 text on the clipboard.
         terminal.write("\x1b]52;c;%s\x07" % base64.b64encode(text.encode("utf-8")).decode("ascii"))
         terminal.flush()
-        _note(self.err, "copied %d characters" % len(text))
+        _stderr_notice(self.err, "copied %d characters" % len(text))
 
     def do_usage(self, argument):
         t = self.chat.totals
         counted = ("%d prompt + %d completion = %d tokens" % (
             t["prompt_tokens"], t["completion_tokens"], t["total_tokens"])
             if t["total_tokens"] else "the server reported no usage")
-        _note(self.err, "this session: %d request%s, %s" % (
+        _stderr_notice(self.err, "this session: %d request%s, %s" % (
             t["requests"], "" if t["requests"] == 1 else "s", counted))
 
     def do_curl(self, argument):
-        _say(self.err, self.chat.client.curl(self.chat.next_payload(argument or None))
+        _write_sanitized(self.err, self.chat.client.curl(self.chat.next_payload(argument or None))
              + "\n")
 
 
@@ -3021,8 +3089,8 @@ def _piped_reader(stream):
     return read_line
 
 
-def _terminal_reader(out, err, environ, commands, complete_argument=None):
-    """(read_line, line_buffer, more_waiting) for a terminal: readline's line
+def _terminal_reader(stdin, out, err, environ, commands, complete_argument=None):
+    """(read_line, line_buffer, more_waiting) for stdin on a terminal: readline's line
     editing, a history file, Tab completion of commands and of what follows
     them (complete_argument(command, text) gives the candidates), where
     Python has readline; more_waiting() tells a paste from typing."""
@@ -3063,13 +3131,13 @@ def _terminal_reader(out, err, environ, commands, complete_argument=None):
     def read_line(prompt):
         typed["now"] = ""
         try:
-            if out.isatty():   # readline draws the prompt; \001 \002 hide colour codes
+            if _is_terminal(out):   # readline draws the prompt; \001 \002 hide color codes
                 line = input(_prompt(err, prompt))
             else:
-                _say(err, prompt, "1;36")   # stdout is redirected: keep it for replies
+                _write_sanitized(err, prompt, "1;36")   # stdout is redirected: keep it for replies
                 line = input()
         except EOFError:
-            _say(err, "\n")   # Ctrl-D: leave the terminal on a fresh line
+            _write_sanitized(err, "\n")   # Ctrl-D: leave the terminal on a fresh line
             raise
         except KeyboardInterrupt:
             # readline keeps the last line until the next one starts: a Ctrl-C
@@ -3084,7 +3152,7 @@ def _terminal_reader(out, err, environ, commands, complete_argument=None):
         # Pasted lines arrive together: after one, the next is already there.
         # Nobody types the next line within PASTE_WAIT of pressing Enter.
         try:
-            return bool(select.select([sys.stdin], [], [], PASTE_WAIT)[0])
+            return bool(select.select([stdin], [], [], PASTE_WAIT)[0])
         except (OSError, ValueError, TypeError):   # no select() on this stdin
             return False
     return read_line, lambda: typed["now"], more_waiting
@@ -3132,7 +3200,6 @@ def _save_history(readline, path):
 # Lifting: needs Client and Chat.
 # ---------------------------------------------------------------------------
 
-
 def _probe_v1(client):
     """--check's probe for a base URL without /v1: the hint to add it, if
     the API answers there (one GET /v1/models); else ""."""
@@ -3147,6 +3214,19 @@ def _probe_v1(client):
     return "the API answers at --base-url %s/v1" % client.shown_url
 
 
+class _Report:
+    """--check's lines: a status word, then what was found; secrets blanked."""
+
+    def __init__(self, out, secrets):
+        self.out, self.failed = out, []
+        self._runs = secret_runs(secrets)
+
+    def say(self, status, text):
+        if status == "FAIL":
+            self.failed.append(text)
+        _write_sanitized(self.out, _redact("%-5s %s\n" % (status, text), self._runs))
+
+
 def check_connection(chat, out):
     """Answer, in a few lines, whether chat can talk to its server; return 0 if so.
 
@@ -3155,85 +3235,91 @@ def check_connection(chat, out):
     request work.  Each failure names the likely fix.  Give it a client
     with retries=0 to diagnose now rather than wait and retry.
     """
-    client, failed = chat.client, []
-    runs = secret_runs([client.api_key])
-
-    def say(status, text):
-        if status == "FAIL":
-            failed.append(text)
-        _say(out, _redact("%-5s %s\n" % (status, text), runs))
-
-    key = "a key" if client.api_key else "no key"
-    _say(out, "Checking %s with model %s and %s.\n" % (client.shown_url, chat.model, key))
-    models, problem, started = None, None, time.monotonic()
+    client = chat.client
+    report = _Report(out, [client.api_key])
+    _write_sanitized(out, "Checking %s with model %s and %s.\n" % (
+        client.shown_url, chat.model, "a key" if client.api_key else "no key"))
     try:
-        response = client.request("GET", "/models", probe=True)
-    except APIConnectionError as exc:
-        say("FAIL", "reachable: %s" % exc)
+        models = _check_models(client, report)
+    except ChatError:   # reported: nothing further can be learnt
         return 1
-    except APIError as exc:
-        say("ok", "reachable: the server answered HTTP %s" % exc.status)
-        if isinstance(exc, AuthenticationError):
-            say("FAIL", "key: %s" % exc)
-            return 1
-        problem = exc
-    else:
-        with response:
-            say("ok", "reachable: HTTP %d in %d ms" % (
-                response.status, (time.monotonic() - started) * 1000))
-            try:
-                models = client.read_json(response).get("data")
-                if not isinstance(models, list):
-                    raise StreamError("its JSON has no \"data\" list of models")
-            except ChatError as exc:
-                models, problem = None, exc
-    if problem is not None:
-        hint = _probe_v1(client) or path_hint(client.base_url)
-        say("FAIL" if hint else "warn", "OpenAI-compatible: GET /models failed: %s%s"
-            % (problem, " - " + hint if hint else ""))
-        if hint:
-            return 1
-    else:
-        say("ok", "OpenAI-compatible: GET /models lists %d model%s"
-            % (len(models), "" if len(models) == 1 else "s"))
     if models is not None:
-        say("ok", "key: accepted" if client.api_key else "key: none sent, none asked for")
-        ids = [m.get("id") for m in models if isinstance(m, dict)]
-        if chat.model in ids:
-            say("ok", "model: %s is listed" % chat.model)
-        elif ids:
-            say("warn", "model: %s is not listed; the server lists %s"
-                % (chat.model, ", ".join(map(str, ids[:8])) + (", ..." if len(ids) > 8 else "")))
+        _check_listed(chat.model, models, client, report)
+    _check_chat(chat.model, client, report)
+    return 1 if report.failed else 0
+
+
+def _check_models(client, report):
+    """GET /models: reachable, an API, the key.  Returns the models listed
+    (None if the answer had none); raises the ChatError that ends the check."""
+    started = time.monotonic()
+    try:
+        with client.request("GET", "/models", probe=True) as response:
+            report.say("ok", "reachable: HTTP %d in %d ms" % (
+                response.status, (time.monotonic() - started) * 1000))
+            models = client.read_json(response).get("data")
+            if not isinstance(models, list):
+                raise StreamError("its JSON has no \"data\" list of models")
+    except APIConnectionError as exc:
+        report.say("FAIL", "reachable: %s" % exc)
+        raise
+    except AuthenticationError as exc:
+        report.say("ok", "reachable: the server answered HTTP %s" % exc.status)
+        report.say("FAIL", "key: %s" % exc)
+        raise
+    except ChatError as exc:
+        if isinstance(exc, APIError) and exc.status:
+            report.say("ok", "reachable: the server answered HTTP %s" % exc.status)
+        hint = _probe_v1(client) or path_hint(client.base_url)
+        report.say("FAIL" if hint else "warn", "OpenAI-compatible: GET /models failed: %s%s"
+                   % (exc, " - " + hint if hint else ""))
+        if hint:
+            raise
+        return None
+    report.say("ok", "OpenAI-compatible: GET /models lists %d model%s"
+               % (len(models), "" if len(models) == 1 else "s"))
+    return models
+
+
+def _check_listed(model, models, client, report):
+    report.say("ok", "key: accepted" if client.api_key else "key: none sent, none asked for")
+    ids = [m.get("id") for m in models if isinstance(m, dict)]
+    if model in ids:
+        report.say("ok", "model: %s is listed" % model)
+    elif ids:
+        report.say("warn", "model: %s is not listed; the server lists %s"
+                   % (model, ", ".join(map(str, ids[:8])) + (", ..." if len(ids) > 8 else "")))
+
+
+def _check_chat(model, client, report):
+    """A streamed one-token request, max_tokens renamed if the server asks."""
     started = time.monotonic()
     params = {"max_tokens": 1}
     for _ in range(2):
+        payload = build_payload(model, [{"role": "user", "content": "Say OK."}], True, params)
         try:
-            payload = build_payload(chat.model, [{"role": "user", "content": "Say OK."}],
-                                    True, params)
             chunks = sum(1 for _ in client.stream(payload))
         except IncompleteStreamError:
             chunks = -1
         except APIError as exc:
-            renamed = renamed_max_tokens(params, exc)
-            if renamed is not None:
-                params = renamed
+            params = renamed_max_tokens(params, exc)
+            if params is not None:
                 continue
-            say("FAIL", "chat: %s" % exc)
-            break
+            report.say("FAIL", "chat: %s" % exc)
+            return
         except ChatError as exc:
-            say("FAIL", "chat: %s" % exc)
-            break
-        say("ok", "chat: a streamed one-token request answered in %d ms (%s)" % (
+            report.say("FAIL", "chat: %s" % exc)
+            return
+        report.say("ok", "chat: a streamed one-token request answered in %d ms (%s)" % (
             (time.monotonic() - started) * 1000,
             "%d chunks" % chunks if chunks >= 0 else "no [DONE] at the end"))
-        break
-    return 1 if failed else 0
+        return
 
 
 # ---------------------------------------------------------------------------
 # Settings: flags, the config file's profiles, the environment.
+# Lifting: needs the errors, the URL helpers and run_command.
 # ---------------------------------------------------------------------------
-
 
 def _parse_header(text, number):
     name, colon, value = text.partition(":")
@@ -3330,8 +3416,12 @@ def read_config(path, profile, explicit):
     Raises UsageError naming the file, the section and the key at fault."""
     try:
         with open(path, "rb") as f:
-            text = f.read(MAX_BODY).decode("utf-8")
+            data = f.read(MAX_CONFIG_BYTES + 1)
             mode = os.fstat(f.fileno()).st_mode
+        if len(data) > MAX_CONFIG_BYTES:
+            raise UsageError("the config file %s is over %d KiB; is it the right file?"
+                             % (path, MAX_CONFIG_BYTES >> 10))
+        text = data.decode("utf-8")
     except FileNotFoundError:
         if explicit:
             raise UsageError("cannot read the config file %s: it does not exist" % path) from None
@@ -3369,7 +3459,7 @@ def read_config(path, profile, explicit):
     return sections.get("default", {}), sections.get(profile, {}) if profile else {}
 
 
-def config_key(section, environ, where):
+def config_key(section, environ, where, timeout=KEY_COMMAND_TIMEOUT):
     """The API key a config section names: literally, by an environment
     variable, or as the first line a command prints (run without a shell,
     so a password manager can supply it); None if it names none."""
@@ -3381,20 +3471,27 @@ def config_key(section, environ, where):
             raise UsageError("%s api_key_env: %s is not set" % (where, section["api_key_env"]))
         return key
     if "api_key_command" in section:
-        argv = section["api_key_command"]
-        try:
-            proc = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, timeout=60)
-        except (OSError, subprocess.SubprocessError) as exc:
-            raise UsageError("%s api_key_command: cannot run %s: %s" % (
-                where, argv[0] if argv else "it", getattr(exc, "strerror", None) or exc)) from None
-        lines = proc.stdout.decode("utf-8", "replace").splitlines()
-        if proc.returncode != 0 or not lines or not lines[0].strip():
-            raise UsageError("%s api_key_command: %s %s" % (
-                where, argv[0] if argv else "", "exited with status %d" % proc.returncode
-                if proc.returncode else "printed no key"))
-        return lines[0].strip()
+        return _key_from_command(section["api_key_command"], "%s api_key_command" % where,
+                                 timeout)
     return None
+
+
+def _key_from_command(argv, where, timeout):
+    """The first line argv prints, run without a shell, at most timeout seconds."""
+    if not argv:
+        raise UsageError("%s: no command is given" % where)
+    try:
+        status, out, _ = run_command(argv, timeout=timeout, limit=MAX_KEY_OUTPUT)
+    except CommandTimeout:
+        raise UsageError("%s: %s did not finish within %gs" % (where, argv[0], timeout)) from None
+    except OSError as exc:
+        raise UsageError("%s: cannot run %s: %s" % (where, argv[0], exc.strerror)) from None
+    lines = out.decode("utf-8", "replace").splitlines()
+    if status != 0 or not lines or not lines[0].strip():
+        raise UsageError("%s: %s %s" % (where, argv[0], (
+            "wrote more than %d KiB" % (MAX_KEY_OUTPUT >> 10) if status is None else
+            "exited with status %d" % status if status else "printed no key")))
+    return lines[0].strip()
 
 
 def config_path(args, environ):
@@ -3406,12 +3503,16 @@ def config_path(args, environ):
     return os.path.join(home, "chat.py", "config.ini")
 
 
+Settings = namedtuple("Settings", "base_url api_key organization project headers proxies "
+                      "timeout retries model system system_role params log markdown color")
+Settings.__doc__ = "Every setting, resolved: what the Client, the Chat and the display take."
+
+
 def _settings(args, environ):
     """Resolve every setting: the flag, then the chosen profile of the config
     file, then the OPENAI_* environment variables, then the config's
-    [default], then the built-in default.  Returns the Client's keyword
-    arguments plus base_url, model and the rest _run needs; raises
-    UsageError if the result is unusable."""
+    [default], then the built-in default.  Raises UsageError if the result
+    is unusable."""
     path = config_path(args, environ)
     profile_name = args.profile or environ.get("CHAT_PY_PROFILE") or None
     base, profile = read_config(path, profile_name, explicit=bool(args.config))
@@ -3422,26 +3523,60 @@ def _settings(args, environ):
         if key in profile:
             return profile[key]
         value = (environ.get(variable) or "").strip() if variable else ""
-        if value:
-            return value
-        return base.get(key, default)
+        return value or base.get(key, default)
 
     base_url = normalize_base_url(pick(args.base_url, "base_url", "OPENAI_BASE_URL",
                                        DEFAULT_BASE_URL))
+    api_key, key_source = _api_key(args, environ, path, (base, profile, profile_name))
+    _check_key(api_key, key_source, base_url, args.allow_insecure_key)
+    timeout = pick(args.timeout, "timeout", default=DEFAULT_TIMEOUT)
+    retries = pick(args.retries, "retries", default=DEFAULT_RETRIES)
+    _check_limits(timeout, retries, args.max_context)
+    return Settings(
+        base_url=base_url, api_key=api_key,
+        organization=_header_value(pick(args.organization, "organization", "OPENAI_ORG_ID"),
+                                   "--organization"),
+        project=_header_value(pick(args.project, "project", "OPENAI_PROJECT_ID"), "--project"),
+        headers=(base.get("headers", []) + profile.get("headers", [])
+                 + [_parse_header(h, i + 1) for i, h in enumerate(args.header)]),
+        proxies=proxies_for(urlsplit(base_url).hostname, environ),
+        timeout=timeout, retries=retries,
+        model=pick(args.model, "model", "OPENAI_MODEL", DEFAULT_MODEL),
+        system=pick(args.system, "system"),
+        system_role=pick(args.system_role, "system_role", default="system"),
+        params=dict(base.get("params", {}), **profile.get("params", {})),
+        log=not args.no_log and pick(None, "log", default=True),
+        markdown=not args.no_markdown and pick(None, "markdown", default=True),
+        color=not args.no_color and pick(None, "color", default=True))
+
+
+def _api_key(args, environ, path, config):
+    """(the API key, where it came from): --api-key-file, --api-key, the
+    chosen profile, OPENAI_API_KEY, the config's [default], in that order;
+    (None, "OPENAI_API_KEY") when none gives one.  config: ([default],
+    [profile], the profile's name)."""
+    base, profile, profile_name = config
     if args.api_key is not None and args.api_key_file:
         raise UsageError("give --api-key or --api-key-file, not both")
-    api_key, key_source = None, "OPENAI_API_KEY"
-    for source, get in (
-            ("--api-key-file", lambda: args.api_key_file and _read_key_file(args.api_key_file)),
-            ("--api-key", lambda: args.api_key),
-            ("%s [%s]" % (path, profile_name), lambda: config_key(
-                profile, environ, "%s [%s]" % (path, profile_name))),
-            ("OPENAI_API_KEY", lambda: (environ.get("OPENAI_API_KEY") or "").strip()),
-            ("%s [default]" % path, lambda: config_key(base, environ, "%s [default]" % path))):
-        api_key = get()
-        if api_key:
-            key_source = source
-            break
+    if args.api_key_file:
+        return _read_key_file(args.api_key_file), "--api-key-file"
+    if args.api_key:
+        return args.api_key, "--api-key"
+    where = "%s [%s]" % (path, profile_name)
+    key = config_key(profile, environ, where)
+    if key:
+        return key, where
+    key = (environ.get("OPENAI_API_KEY") or "").strip()
+    if key:
+        return key, "OPENAI_API_KEY"
+    where = "%s [default]" % path
+    key = config_key(base, environ, where)
+    return (key, where) if key else (None, "OPENAI_API_KEY")
+
+
+def _check_key(api_key, key_source, base_url, allow_insecure):
+    """Refuse a key that is missing where one is needed, cannot be sent in a
+    header, or would cross the network in clear text (a UsageError)."""
     parts = urlsplit(base_url)
     scheme, host = parts.scheme, parts.hostname
     in_url = parts.username is not None   # user:password@: sent as Basic instead of the key
@@ -3452,51 +3587,37 @@ def _settings(args, environ):
     if api_key and not all(" " < c < "\x7f" for c in api_key):
         raise UsageError("the API key has spaces or characters that cannot be sent "
                          "in a header (a stray quote?); check %s" % key_source)
-    if ((api_key or in_url) and scheme == "http" and not is_loopback_host(host)
-            and not args.allow_insecure_key):
+    if (api_key or in_url) and scheme == "http" and not is_loopback_host(host) \
+            and not allow_insecure:
         raise UsageError(
             "refusing to send %s in clear text to %s over plain http: use https, pass "
             "--allow-insecure-key on a network you trust%s" % (
                 "the password in the URL" if in_url else "the API key", host,
                 "" if in_url or key_source != "OPENAI_API_KEY" else
                 ", or unset OPENAI_API_KEY if that server needs no key"))
-    timeout = pick(args.timeout, "timeout", default=DEFAULT_TIMEOUT)
+
+
+def _check_limits(timeout, retries, max_context):
     if not 0 < timeout <= MAX_TIMEOUT:   # inf, nan and 1e300 cannot be waited for
         raise UsageError("--timeout must be a number of seconds above 0 and at most %d"
                          % MAX_TIMEOUT)
-    retries = pick(args.retries, "retries", default=DEFAULT_RETRIES)
     if retries < 0:
         raise UsageError("--retries must be 0 or more")
-    if args.max_context is not None and args.max_context < 1:
+    if max_context is not None and max_context < 1:
         raise UsageError("--max-context must be a number of tokens above 0")
-    headers = (base.get("headers", []) + profile.get("headers", [])
-               + [_parse_header(h, i + 1) for i, h in enumerate(args.header)])
-    organization = _header_value(pick(args.organization, "organization", "OPENAI_ORG_ID"),
-                                 "--organization")
-    project = _header_value(pick(args.project, "project", "OPENAI_PROJECT_ID"), "--project")
-    return {"base_url": base_url, "api_key": api_key, "organization": organization,
-            "project": project, "headers": headers, "proxies": proxies_for(host, environ),
-            "timeout": timeout, "retries": retries,
-            "model": pick(args.model, "model", "OPENAI_MODEL", DEFAULT_MODEL),
-            "system": pick(args.system, "system"),
-            "system_role": pick(args.system_role, "system_role", default="system"),
-            "params": dict(base.get("params", {}), **profile.get("params", {})),
-            "log": not args.no_log and pick(None, "log", default=True),
-            "markdown": not args.no_markdown and pick(None, "markdown", default=True),
-            "color": not args.no_color and pick(None, "color", default=True)}
 
 
 def _secrets(settings):
     """Everything the settings hold that must never be shown: the key, the
     credentials in the base URL, and the values of credential headers."""
-    return ([settings["api_key"]] + url_secrets(settings["base_url"])
-            + [value for name, value in settings["headers"] if is_secret_header(name)])
+    return ([settings.api_key] + url_secrets(settings.base_url)
+            + [value for name, value in settings.headers if is_secret_header(name)])
 
 
 # ---------------------------------------------------------------------------
-# The command line.
+# The command line: the glue that joins every section, then main().
+# Lifting: not meant to be lifted; each decision is a named function.
 # ---------------------------------------------------------------------------
-
 
 def _parser():
 
@@ -3590,15 +3711,26 @@ def _json_schema(path):
 
 def _request_params(args):
     """The body fields the flags ask for: only those set, checked."""
+    params = _plain_fields(args)
+    params.update(_file_fields(args))
+    params.update(_choice_fields(args))
+    params.update(_param_fields(args.param))
+    check_params(params)
+    return params
+
+
+def _plain_fields(args):
+    """The fields whose flag gives the value as it is sent."""
     params = {key: value for key, value in (
         ("temperature", args.temperature), ("top_p", args.top_p), ("n", args.n),
         ("max_tokens", args.max_tokens), ("max_completion_tokens", args.max_completion_tokens),
         ("presence_penalty", args.presence_penalty),
         ("frequency_penalty", args.frequency_penalty), ("top_logprobs", args.top_logprobs),
-        ("seed", args.seed), ("user", args.user), ("service_tier", args.service_tier))
+        ("seed", args.seed), ("user", args.user), ("service_tier", args.service_tier),
+        ("reasoning_effort", args.reasoning_effort), ("stop", args.stop or None),
+        ("logprobs", args.logprobs or None),
+        ("parallel_tool_calls", False if args.no_parallel_tool_calls else None))
         if value is not None}
-    if args.stop:
-        params["stop"] = args.stop
     for item in args.logit_bias:
         token, _, bias = item.partition("=")
         try:
@@ -3606,12 +3738,14 @@ def _request_params(args):
         except ValueError:
             raise UsageError("--logit-bias takes TOKEN_ID=BIAS, e.g. 50256=-100, not %r"
                              % item) from None
-    if args.logprobs:
-        params["logprobs"] = True
+    return params
+
+
+def _file_fields(args):
+    """The fields read from files: --json-schema, --tools, --functions."""
+    params = {}
     if args.response_format and args.json_schema:
         raise UsageError("give --response-format or --json-schema, not both")
-    if args.response_format:
-        params["response_format"] = {"type": args.response_format}
     if args.json_schema:
         params["response_format"] = {"type": "json_schema",
                                      "json_schema": _json_schema(args.json_schema)}
@@ -3621,31 +3755,40 @@ def _request_params(args):
             tools = [t if not isinstance(t, dict) or "type" in t or "name" not in t
                      else {"type": "function", "function": t} for t in tools]
         params["tools"] = tools
+    if args.functions:
+        params["functions"] = read_json_file(args.functions, "--functions")
+    return params
+
+
+def _choice_fields(args):
+    """The fields whose flag names a choice the API spells as an object."""
+    params = {}
+    if args.response_format:
+        params["response_format"] = {"type": args.response_format}
     if args.tool_choice:
         params["tool_choice"] = (args.tool_choice if args.tool_choice in ("auto", "none", "required")
                                  else {"type": "function", "function": {"name": args.tool_choice}})
-    if args.no_parallel_tool_calls:
-        params["parallel_tool_calls"] = False
-    if args.functions:
-        params["functions"] = read_json_file(args.functions, "--functions")
     if args.function_call:
         params["function_call"] = (args.function_call if args.function_call in ("auto", "none")
                                    else {"name": args.function_call})
     if (args.usage or args.output == "json") and not args.no_stream:
         params["stream_options"] = {"include_usage": True}   # the document's usage
-    if args.reasoning_effort:
-        params["reasoning_effort"] = args.reasoning_effort
     if args.audio_out:
         params["modalities"] = ["text", "audio"]
         params["audio"] = {"voice": args.voice,
                            "format": _audio_format(args.audio_out, not args.no_stream)}
-    for item in args.param:
+    return params
+
+
+def _param_fields(items):
+    """--param KEY=JSON, each."""
+    params = {}
+    for item in items:
         key, equals, value = item.partition("=")
         if not key.strip() or not equals:
             raise UsageError("--param takes KEY=JSON, e.g. --param reasoning_effort='\"low\"', "
                              "not %r" % item)
         params[key.strip()] = parse_value(value)
-    check_params(params)
     return params
 
 
@@ -3687,8 +3830,8 @@ def _tools(args, ask, err):
         answer = ask_terminal(consent_question(name, arguments, argv))
         return None if answer is None else answer.lower() in ("y", "yes")
 
-    return Tools(commands, consent=consent, confirm=args.yes, ask=ask,
-                 notify=lambda text: _note(err, text), timeout=args.tool_timeout,
+    return Tools(commands, consent=consent, ask_first=not args.yes, ask=ask,
+                 notify=lambda text: _stderr_notice(err, text), timeout=args.tool_timeout,
                  max_rounds=args.max_tool_rounds)
 
 
@@ -3698,84 +3841,124 @@ def _state_home(environ):
 
 
 def _run(args, settings, stdin, out, err, environ):
-    """Everything after the settings: a listing, --check, one-shot, or the console."""
-    notify = lambda text: _note(err, text)   # noqa: E731
-    if args.interactive and args.output == "json":
-        raise UsageError("--output json prints one document, so it works with one-shot "
-                         "prompts, not with -i")
-    log = _conversation_log(environ)
-    if sum(map(bool, (args.load, args.resume_last, args.resume))) > 1:
-        raise UsageError("give one of --load, -c and --resume")
-    client = Client(settings["base_url"], api_key=settings["api_key"],
-                    organization=settings["organization"], project=settings["project"],
-                    headers=settings["headers"], proxies=settings["proxies"],
-                    timeout=settings["timeout"], on_retry=notify,
-                    retries=0 if args.check else settings["retries"])   # --check diagnoses now
+    """Everything after the settings: --models, --check, one-shot, or the console."""
+    notify = lambda text: _stderr_notice(err, text)   # noqa: E731
+    _check_combination(args)
+    client = Client(settings.base_url, api_key=settings.api_key,
+                    organization=settings.organization, project=settings.project,
+                    headers=settings.headers, proxies=settings.proxies,
+                    timeout=settings.timeout, on_retry=notify,
+                    retries=0 if args.check else settings.retries)   # --check diagnoses now
     if args.models:
-        _show(out, "".join(model + "\n" for model in client.models()))
+        _stdout_show(out, "".join(model + "\n" for model in client.models()))
         return 0
     flags = _request_params(args)
-    chat = Chat(client, settings["model"], system=settings["system"],
-                params=dict(settings["params"], **flags), stream=not args.no_stream,
-                max_context=args.max_context, notify=notify, system_role=settings["system_role"])
-    carry_on = (log.latest(notify) if args.resume_last else
-                log.find(args.resume, notify) if args.resume else None)
-    if args.resume_last and carry_on is None:
-        raise UsageError("there is no conversation to continue yet (%s is empty)" % log.folder)
-    load = carry_on or args.load
-    if load and not (load == args.load and args.save and not os.path.exists(load)
-                     and os.path.abspath(args.save) == os.path.abspath(load)):
-        load_conversation(chat, load, model=args.model, params=flags)   # flags win
-        if args.system:
-            chat.set_system(args.system)
-    log_path = None
-    if settings["log"]:   # a resumed conversation goes on in its own file
-        log_path = carry_on or log.new_path()
+    chat = Chat(client, settings.model, system=settings.system,
+                params=dict(settings.params, **flags), stream=not args.no_stream,
+                max_context=args.max_context, notify=notify, system_role=settings.system_role)
+    log = _conversation_log(environ)
+    carried_on = _carried_on(args, log, notify)
+    _load(args, chat, carried_on or args.load, flags)
     if args.check:
         return check_connection(chat, out)
-    piped = stdin is not None and not stdin.isatty()
-    prompt = " ".join(args.prompt)
-    if piped and not args.interactive:
-        piped_text = stdin.read()
-        prompt = "\n\n".join(t for t in (prompt, piped_text.strip("\n")) if t.strip())
-        if not prompt:
-            raise UsageError("nothing to send: give a PROMPT or pipe some text in")
-    markdown = settings["markdown"] and _colour_wanted(settings, environ, out)
+    prompt = _prompt_text(args, stdin)
     attachments = ([image_part(path) for path in args.image]   # all read before any request
                    + [audio_part(path) for path in args.audio]
                    + [file_part(path) for path in args.file])
-
-    def new_printer(show_text=True):
-        return ReplyPrinter(out, err, n=chat.params.get("n", 1), show_text=show_text,
-                            reasoning=not args.hide_reasoning, usage=args.usage,
-                            logprobs=bool(chat.params.get("logprobs")), audio_out=args.audio_out,
-                            audio_format=(chat.params.get("audio") or {}).get("format"),
-                            markdown=markdown)
-
+    new_printer = _printer_factory(args, settings, chat, out, err, environ)
+    log_path = (carried_on or log.new_path()) if settings.log else None
     keep = _keeper(args.save, log, log_path, notify)
-    models = _once(lambda: client.models())   # for /models and Tab after /model
     if prompt and not args.interactive:
-        return _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer, keep)
-    if stdin is None:
-        raise UsageError("no input to chat with: give a PROMPT")
-    if piped:
-        read_line, line_buffer, waiting = _piped_reader(stdin), None, None
-    else:
-        read_line, line_buffer, waiting = _terminal_reader(
-            out, err, environ, Console.COMMANDS, _completer(models))
-    console = Console(chat, read_line, out, err, piped=piped, save_path=args.save,
-                      line_buffer=line_buffer, tools=_tools(args, read_line, err),
-                      new_printer=new_printer, attachments=attachments, keep=keep,
-                      more_waiting=waiting, models=models,
-                      editor=environ.get("VISUAL") or environ.get("EDITOR"))
-    if not piped:
-        _say(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
-             % (__version__, chat.model, chat.client.shown_url))
+        return _one_shot(args, chat, user_content(prompt, attachments), stdin, out, err,
+                         new_printer, keep)
+    console = _console(args, chat, stdin, out, err, environ,
+                       new_printer=new_printer, attachments=attachments, keep=keep)
     if prompt:   # the first turn of -i
         status = console.send(prompt)
         if status is not None:
             return status
     return console.run()
+
+
+def _check_combination(args):
+    if args.interactive and args.output == "json":
+        raise UsageError("--output json prints one document, so it works with one-shot "
+                         "prompts, not with -i")
+    if sum(map(bool, (args.load, args.resume_last, args.resume))) > 1:
+        raise UsageError("give one of --load, -c and --resume")
+
+
+def _carried_on(args, log, notify):
+    """The kept conversation that -c or --resume ID carries on, or None."""
+    if args.resume:
+        return log.find(args.resume, notify)
+    if not args.resume_last:
+        return None
+    path = log.latest(notify)
+    if path is None:
+        raise UsageError("there is no conversation to continue yet (%s is empty)" % log.folder)
+    return path
+
+
+def _load(args, chat, path, flags):
+    """Load the conversation at path into chat, the flags winning over its fields;
+    --load F --save F with no F yet starts F instead."""
+    if not path:
+        return
+    starts_save = (path == args.load and args.save and not os.path.exists(path)
+                   and os.path.abspath(args.save) == os.path.abspath(path))
+    if not starts_save:
+        load_conversation(chat, path, model=args.model, params=flags)
+        if args.system:
+            chat.set_system(args.system)
+
+
+def _prompt_text(args, stdin):
+    """The one-shot prompt: the PROMPT words, then piped stdin (unless -i)."""
+    prompt = " ".join(args.prompt)
+    if _is_piped(stdin) and not args.interactive:
+        piped_text = stdin.read()
+        prompt = "\n\n".join(t for t in (prompt, piped_text.strip("\n")) if t.strip())
+        if not prompt:
+            raise UsageError("nothing to send: give a PROMPT or pipe some text in")
+    return prompt
+
+
+def _is_piped(stdin):
+    return stdin is not None and not _is_terminal(stdin)
+
+
+def _printer_factory(args, settings, chat, out, err, environ):
+    """new_printer(show_text=True): a ReplyPrinter for the next reply, as the flags ask."""
+    markdown = settings.markdown and _color_wanted(settings, environ, out)
+    audio = AudioFile(args.audio_out, (chat.params.get("audio") or {}).get("format")) \
+        if args.audio_out else None
+
+    def new_printer(show_text=True):
+        return ReplyPrinter(out, err, n=chat.params.get("n", 1), show_text=show_text,
+                            reasoning=not args.hide_reasoning, usage=args.usage,
+                            logprobs=bool(chat.params.get("logprobs")), audio=audio,
+                            markdown=markdown)
+    return new_printer
+
+
+def _console(args, chat, stdin, out, err, environ, **options):
+    """The Console for the chat: on the terminal, or reading a script from stdin."""
+    if stdin is None:
+        raise UsageError("no input to chat with: give a PROMPT")
+    models = _once(chat.client.models)   # for /models and Tab after /model
+    piped = _is_piped(stdin)
+    if piped:
+        read_line, line_buffer, waiting = _piped_reader(stdin), None, None
+    else:
+        read_line, line_buffer, waiting = _terminal_reader(
+            stdin, out, err, environ, Console.COMMANDS, _completer(models))
+        _write_sanitized(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
+             % (__version__, chat.model, chat.client.shown_url))
+    return Console(chat, read_line, out, err, piped=piped, save_path=args.save,
+                   line_buffer=line_buffer, tools=_tools(args, read_line, err),
+                   more_waiting=waiting, models=models,
+                   editor=environ.get("VISUAL") or environ.get("EDITOR"), **options)
 
 
 def _conversation_log(environ):
@@ -3809,7 +3992,7 @@ def _list_conversations(log, text, out, notify):
             if wanted and not any(wanted in json.dumps(m.get("content"), ensure_ascii=False).lower()
                                   for m in messages if isinstance(m, dict)):
                 continue
-            _show(out, conversation_summary(id, modified, body) + "\n")
+            _stdout_show(out, conversation_summary(id, modified, body) + "\n")
             shown += 1
             if shown == LIST_LIMIT:
                 break
@@ -3818,32 +4001,32 @@ def _list_conversations(log, text, out, notify):
     return 0
 
 
-def _one_shot(args, chat, prompt, attachments, stdin, out, err, new_printer, keep):
-    """Send one prompt (and answer its tool calls); print the reply or the document."""
+def _one_shot(args, chat, content, stdin, out, err, new_printer, keep):
+    """Send one message (and answer its tool calls); print the reply or the document."""
     ask = None
-    if stdin is not None and stdin.isatty():   # someone to type a tool's result
-        ask = lambda question: (_say(err, question), stdin.readline().strip())[1]   # noqa: E731
+    if stdin is not None and _is_terminal(stdin):   # someone to type a tool's result
+        ask = lambda question: (_write_sanitized(err, question), stdin.readline().strip())[1]   # noqa: E731
     tools = _tools(args, ask, err)
     printer = lambda: new_printer(show_text=args.output == "text")   # noqa: E731
     try:
-        completion = chat.send(user_content(prompt, attachments), printer())
+        completion = chat.send(content, printer())
         if tools.commands:
             completion = chat.follow_tools(completion, tools, printer)
     finally:
         keep(chat)
     if args.output == "json":
-        _show(out, json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
+        _stdout_show(out, json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
     else:
         calls = tool_calls(((completion.get("choices") or [{}])[0]).get("message") or {})
         if calls:   # left for the caller to answer
-            _show(out, json.dumps(calls, indent=2, ensure_ascii=False) + "\n")
+            _stdout_show(out, json.dumps(calls, indent=2, ensure_ascii=False) + "\n")
     return 0
 
 
-def _colour_wanted(settings, environ, stream):
-    """Colour on stream: a terminal, and neither --no-color (color = false),
+def _color_wanted(settings, environ, stream):
+    """Color on stream: a terminal, and neither --no-color (color = false),
     NO_COLOR nor TERM=dumb."""
-    return (settings["color"] and not environ.get("NO_COLOR")   # no-color.org
+    return (settings.color and not environ.get("NO_COLOR")   # no-color.org
             and environ.get("TERM") != "dumb" and _is_terminal(stream))
 
 
@@ -3952,10 +4135,10 @@ Options:
                         and about 4 characters a token for new text.  Without
                         it, the limit is learnt from the server's first
                         context-length error, which is then retried once
-  --no-color            no colour in notices, prompts and replies (also: NO_COLOR
+  --no-color            no color in notices, prompts and replies (also: NO_COLOR
                         set, or TERM=dumb)
   --no-markdown         do not highlight replies as markdown; on a terminal
-                        with colour they are, as they stream, with every
+                        with color they are, as they stream, with every
                         character left where it is
 
 Request fields (only what you set is sent; each is checked before sending):
@@ -4170,42 +4353,42 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     environ = os.environ if environ is None else environ
     if stderr is None:   # started with 2>&-
         stderr = open(os.devnull, "w")
-    err = _ErrorStream(stderr)   # until the settings are known: no colour, no key yet
+    err = _ErrorStream(stderr)   # until the settings are known: no color, no key yet
     raw = _forgiving("stdout") if stdout is None else stdout
     if raw is None:   # started with >&-
-        _note(err, "error: stdout is closed: there is nowhere to put the answer")
+        _stderr_notice(err, "error: stdout is closed: there is nowhere to put the answer")
         return 2
     out = raw
     try:
         args = _parser().parse_args(argv)
         if args.help or args.manual:
-            _write_out(out, HELP if args.help else MANUAL)
+            _stdout_write(out, HELP if args.help else MANUAL)
             return 0
         if args.version:
-            _write_out(out, "chat.py %s\n" % __version__)
+            _stdout_write(out, "chat.py %s\n" % __version__)
             return 0
         if args.list is not None:   # needs no server, no key, no config
             return _list_conversations(_conversation_log(environ), args.list, out,
-                                       lambda text: _note(err, text))
+                                       lambda text: _stderr_notice(err, text))
         settings = _settings(args, environ)
-        err = _ErrorStream(stderr, colour=_colour_wanted(settings, environ, stderr),
+        err = _ErrorStream(stderr, color=_color_wanted(settings, environ, stderr),
                            secrets=_secrets(settings))
         status = _run(args, settings, stdin, out, err, environ)
-        _write_out(out, "")   # flushed here, or the failure would come at exit
+        _stdout_write(out, "")   # flushed here, or the failure would come at exit
         return status
     except ChatError as exc:
-        _note(err, "error: %s" % exc)
+        _stderr_notice(err, "error: %s" % exc)
         if isinstance(exc, StdoutError):
             _silence(raw)
         return exc.exit_code
     except KeyboardInterrupt:
-        _say(err, "\n[interrupted]\n")
+        _write_sanitized(err, "\n[interrupted]\n")
         return 130
     except BrokenPipeError:
         _silence(raw)   # the reader went away (e.g. `| head`): nothing more to say there
         return 1
     except (RecursionError, MemoryError):   # the last net: bounds should catch these first
-        _note(err, "error: the answer is too large or too deeply nested to handle")
+        _stderr_notice(err, "error: the answer is too large or too deeply nested to handle")
         return 1
 if __name__ == "__main__":
     sys.exit(main())

@@ -1248,7 +1248,7 @@ def test_allow_insecure_key_lets_it_through():
     args = chat._parser().parse_args(["--base-url", "http://10.1.2.3:8000/v1",
                                       "--allow-insecure-key"])
     settings = chat._settings(args, {"OPENAI_API_KEY": "sk-1"})
-    assert settings["api_key"] == "sk-1" and settings["base_url"] == "http://10.1.2.3:8000/v1"
+    assert settings.api_key == "sk-1" and settings.base_url == "http://10.1.2.3:8000/v1"
 
 
 def test_key_never_reaches_any_output(server, tmp_path):
@@ -2041,6 +2041,19 @@ def test_set_unset_params_in_the_console(server):
     assert len(server.requests) == 1
 
 
+def test_unset_that_would_leave_a_field_off_is_refused(server):
+    script = "/set logprobs true\n/set top_logprobs 3\n/unset logprobs\nhi\n"
+    status, out, err = run_main(server, "-i", stdin=script)
+    assert status == 2 and out == ""   # the refusal ends the script before anything is sent
+    assert 'logprobs stays: without it, "top_logprobs" needs "logprobs": true' in err
+    assert server.requests == []
+    server.add(stream_reply("B"))   # unset in the right order, both go
+    script = "/set logprobs true\n/set top_logprobs 3\n/unset top_logprobs\n/unset logprobs\nhi\n"
+    assert run_main(server, "-i", stdin=script)[:2] == (0, "B\n")
+    assert "logprobs" not in server.requests[0]["body"]
+    assert "top_logprobs" not in server.requests[0]["body"]
+
+
 def test_max_tokens_is_renamed_once_when_the_server_asks(server):
     rejected = json.dumps({"error": {
         "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
@@ -2281,6 +2294,24 @@ def test_the_docstrings_python_example_runs_as_written(server):
         {"role": "user", "content": "What is SSE?"},
         {"role": "assistant", "content": "Server-Sent Events."},
         {"role": "user", "content": "And WebSockets?"}]
+
+
+def test_the_reference_block_stands_alone(server, tmp_path):
+    """Everything up to the end of class Chat, and nothing after it, streams a reply."""
+    import ast
+    source = open(CHAT_PY).read()
+    tree = ast.parse(source)
+    end = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Chat").end_lineno
+    (tmp_path / "reference.py").write_text("\n".join(source.splitlines()[:end]) + "\n")
+    code = ("import reference\n"
+            "chat = reference.Chat(reference.Client(%r), 'm')\n"
+            "completion = chat.send('hi', reference.Printer())\n"
+            "print(completion['choices'][0]['message']['content'], len(chat.messages))\n" % server.url)
+    server.add(stream_reply("Streamed ", "alone."))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), capture_output=True,
+                          env=clean_env(), timeout=30)
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"Streamed alone. 2\n", b"")
+    assert len(source.splitlines()) - end > 1000   # the cut left the application out
 
 
 # ---------------------------------------------------------------------------
@@ -3199,7 +3230,7 @@ def test_terminal_ctrl_c_mid_reply_then_twice_to_leave(server, tmp_path, no_colo
         {"role": "user", "content": "hi"}, {"role": "assistant", "content": "Partial"},
         {"role": "user", "content": "next"}]
     assert (b"\x1b[2m[interrupted]" in seen) is not no_color
-    assert bool(re.search(rb"\x1b\[[0-9;]*m", seen)) is not no_color   # any colour at all
+    assert bool(re.search(rb"\x1b\[[0-9;]*m", seen)) is not no_color   # any color at all
 
 
 # ---------------------------------------------------------------------------
@@ -3208,7 +3239,7 @@ def test_terminal_ctrl_c_mid_reply_then_twice_to_leave(server, tmp_path, no_colo
 
 EVIL = ("\x1b]0;pwned-title\x07 \x1b]52;c;ZWNobyBwd25lZA==\x07 \x1b[2J\x1b[H "
         "\x9b31m \u202eevil\u202c rm -rf ~\x08\x08\x08\x08\x08\x08\x08\rharmless")
-# Escape sequences chat.py itself may write: its colours (SGR), and readline's
+# Escape sequences chat.py itself may write: its colors (SGR), and readline's
 # terminal modes (bracketed paste, meta key) in the console.
 OWN = re.compile(rb"\x1b\[[0-9;]*m|\x1b\[\?[0-9;]*[hl]")
 
@@ -3326,7 +3357,7 @@ def test_a_reply_into_a_pipe_is_exact(server):
     assert (proc.returncode, out, err) == (0, (EVIL + "\n").encode(), b"")
 
 
-def test_colour_on_means_only_our_own_escape_sequences(server):
+def test_color_on_means_only_our_own_escape_sequences(server):
     server.add(stream_reply("# Title\n", "Some **bold** text.\n", EVIL))
     status, data = on_terminal(server, "hi")
     assert status == 0 and b"\x1b[1;36m# Title" in data   # styled...
@@ -3437,7 +3468,7 @@ def test_markdown_off(server, args, env):
     assert [line.rstrip() for line in screen_of(data).display[:8]] == MARKDOWN.splitlines()
 
 
-def test_ctrl_c_in_a_styled_reply_leaves_the_colours_reset(server):
+def test_ctrl_c_in_a_styled_reply_leaves_the_colors_reset(server):
     release = threading.Event()
     server.add(Reply(sse(chunk("```python\nprint(1) and **bo"))[:1] + [release], headers=SSE))
     try:
@@ -3662,3 +3693,100 @@ def test_e2e_a_rejected_parameter_gives_the_servers_message(e2e):
     assert re.match(r"chat\.py: error: HTTP \d{3}\b", err) and err.count("\n") == 1, err
     assert "top_k" in err and "valid integer" in err
     assert "Traceback" not in err and 'File "' not in err   # the server's traceback is cut
+
+
+# ---------------------------------------------------------------------------
+# Bounds that are easy to delete unnoticed: each is pinned here.
+# ---------------------------------------------------------------------------
+
+def test_an_error_body_is_read_only_up_to_its_bound(server):
+    huge = json.dumps({"error": {"message": "x" * (3 * chat.MAX_ERROR_BODY)}}).encode()
+    server.add(Reply(huge, status=400))
+    status, _, err = run_main(server, "--retries", "0", "hi")
+    # Read whole, the JSON would parse and its 3 MiB message would be the error line.
+    assert status == 1 and len(err) < 1000 and "HTTP 400" in err
+
+
+def test_list_stops_at_its_limit(server):
+    server.add(stream_reply("ok"))
+    run_main(server, "hi")
+    folder = kept_folder()
+    first = os.path.join(folder, os.listdir(folder)[0])
+    for i in range(chat.LIST_LIMIT + 5):
+        shutil.copy(first, os.path.join(folder, "copy-%03d.json" % i))
+    status, out, _ = run_main(None, "--list")
+    assert status == 0 and len(out.splitlines()) == chat.LIST_LIMIT
+
+
+def test_api_key_command_is_stopped_after_its_timeout(tmp_path):
+    script = tmp_path / "slow.py"
+    script.write_text("import time\ntime.sleep(20)\nprint('sk-too-late-0123456789')\n")
+    section = {"api_key_command": [sys.executable, str(script)]}
+    with pytest.raises(chat.UsageError, match=r"did not finish within 0.5s"):
+        chat.config_key(section, {}, "[default]", timeout=0.5)
+
+
+def test_api_key_command_output_is_bounded_and_an_empty_one_refused(tmp_path):
+    script = tmp_path / "loud.py"
+    script.write_text("import sys\nsys.stdout.write('k' * 10**7)\n")
+    with pytest.raises(chat.UsageError, match=r"wrote more than 64 KiB"):
+        chat.config_key({"api_key_command": [sys.executable, str(script)]}, {}, "[x]")
+    with pytest.raises(chat.UsageError, match=r"no command is given"):
+        chat.config_key({"api_key_command": []}, {}, "[x]")
+
+
+def test_a_config_file_over_its_bound_is_refused(server):
+    write_config("[default]\nbase_url = %s\n" % server.url + "# padding\n" * (2**20 // 10 + 1))
+    status, _, err = run_main(None, "hi")
+    assert status == 2 and "is over 1024 KiB" in err and server.requests == []
+
+
+def test_tool_output_is_bounded(server, tmp_path):
+    loud = tmp_path / "loud.py"
+    loud.write_text("import sys\nsys.stdout.write('y' * (50 * 2**20))\n")
+    server.add(Reply(sse(chunk(delta={"tool_calls": [{"index": 0, "id": "c1", "type": "function",
+               "function": {"name": "loud", "arguments": "{}"}}]}), chunk(finish="tool_calls")),
+               headers=SSE), stream_reply("done"))
+    status, out, _ = run_main(server, "--yes", "--tool-exec", "loud=%s %s" % (sys.executable, loud),
+                              "hi")
+    assert status == 0 and out.endswith("done\n")
+    result = server.requests[1]["body"]["messages"][-1]["content"]
+    assert result.startswith("error: the command wrote more than 1024 KiB and was stopped")
+    assert len(result) < 3000
+
+
+def documented_defaults():
+    """(flag, the value it defaults to) for every flag whose default a reader
+    is told, taken from the code: argparse's defaults and the constants."""
+    defaults = {"--timeout": chat.DEFAULT_TIMEOUT, "--retries": chat.DEFAULT_RETRIES,
+                "--model": chat.DEFAULT_MODEL, "-m": chat.DEFAULT_MODEL,
+                "--base-url": chat.DEFAULT_BASE_URL}
+    for action in chat._parser()._actions:
+        if action.default not in (None, False, [], "text") and action.option_strings:
+            for flag in action.option_strings:
+                defaults[flag] = action.default
+    return defaults
+
+
+@pytest.mark.parametrize("where", ["MANUAL", "HELP", "README.md"])
+def test_the_defaults_the_documents_state_are_the_codes(where):
+    text = open(os.path.join(HERE, where)).read() if where.endswith(".md") else getattr(chat, where)
+    defaults = documented_defaults()
+    found = 0
+    for match in re.finditer(r"default[: ]+([\w.:/-]+)", text):
+        before = text[max(0, match.start() - 400):match.start()]
+        flags = re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", before)
+        flags = [f for f in flags if f in defaults]
+        if not flags:
+            continue   # a default of something that is not a flag (a folder, a config key)
+        flag, stated = flags[-1], match.group(1).rstrip(".,)")
+        value = defaults[flag]
+        expected = {str(value), "%g" % value if isinstance(value, float) else str(value),
+                    urlsplit_host(value)}
+        assert stated in expected, (where, flag, stated, value)
+        found += 1
+    assert found >= 2, where   # the check found what it checks
+
+
+def urlsplit_host(value):
+    return value.split("//")[1].split("/")[0] if isinstance(value, str) and "//" in value else None

@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = [   # the pure core, as issue 10 names it; the accumulator is four pieces now
     "LineDecoder", "SSEDecoder", "iter_chunks", "parse_event", "ChatAccumulator",
     "merge_delta", "_Indexed", "_finished", "_TextBuilder",
-    "retry_delay", "normalize_base_url", "Chat._fit",
+    "retry_delay", "normalize_base_url", "fit_context",
 ]
 # The tests that exercise the pure core; the slow terminal and interpreter
 # tests are left out (they test the edges, not these functions).
