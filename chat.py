@@ -423,13 +423,155 @@ def user_content(text, parts=()):
     return [{"type": "text", "text": text}] + others
 
 
-def iter_chunks(reads):
-    """Yield the chunk dicts of an event stream given as byte strings, until [DONE].
+# The typed boundary: the shape of every field chat.py reads from a server.
+# A shape is a type, a tuple of types, an object (a dict: key -> shape), a
+# list of one shape ([shape]) or a function that converts a value (or
+# returns _WRONG).  A field the table names and the value does not fit is
+# left out, and said so; what the table does not name passes as it came.
+# Past conform(), nothing meets a type it did not expect.
+
+_WRONG = object()
+
+
+def _arguments(value):
+    """A tool call's arguments: text, as the API sends them; some servers send
+    the object itself, which becomes its JSON text."""
+    if type(value) is str:
+        return value
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, ensure_ascii=False)
+    return _WRONG
+
+
+_USAGE = {"prompt_tokens": int, "completion_tokens": int, "total_tokens": int,
+          "prompt_tokens_details": {"cached_tokens": int, "audio_tokens": int},
+          "completion_tokens_details": {
+              "reasoning_tokens": int, "audio_tokens": int,
+              "accepted_prediction_tokens": int, "rejected_prediction_tokens": int}}
+_FUNCTION = {"name": str, "arguments": _arguments}
+_TOKEN = {"token": str, "logprob": (int, float), "bytes": [int]}
+_LOGPROBS = {"content": [dict(_TOKEN, top_logprobs=[_TOKEN])],
+             "refusal": [dict(_TOKEN, top_logprobs=[_TOKEN])]}
+_MESSAGE = {
+    "role": str, "content": str, "refusal": str, "reasoning_content": str, "reasoning": str,
+    "reasoning_details": [dict], "function_call": _FUNCTION,
+    "tool_calls": [{"index": int, "id": str, "type": str, "function": _FUNCTION,
+                    "custom": {"name": str, "input": str}}],
+    "audio": {"id": str, "data": str, "transcript": str, "expires_at": (int, float)},
+    "annotations": [{"type": str, "url_citation": {
+        "url": str, "title": str, "start_index": int, "end_index": int}}]}
+_CHOICE = {"index": int, "finish_reason": str, "delta": _MESSAGE, "message": _MESSAGE,
+           "logprobs": _LOGPROBS}
+CHUNK_SHAPE = {"id": str, "object": str, "created": (int, float), "model": str,
+               "system_fingerprint": str, "service_tier": str, "usage": _USAGE,
+               "choices": [_CHOICE]}
+MODELS_SHAPE = {"data": [{"id": str}]}
+
+
+def conform(value, shape, dropped, path=""):
+    """value made to fit shape (see the table above), in place where it can
+    be; the path of each field left out is appended to dropped.  Returns
+    _WRONG if value itself does not fit."""
+    kind = type(shape)
+    if kind is dict:
+        if type(value) is not dict:
+            return _WRONG
+        if shape is _MESSAGE and type(value.get("content")) is list:
+            _content_parts(value)
+        for key, item in value.items():
+            inner = shape.get(key)
+            if inner is None or item is None or type(item) is inner:
+                continue   # the usual case: not named, or of the named type
+            fitted = conform(item, inner, dropped, path + "." + key)
+            if fitted is _WRONG and key == "choices":   # without them, nothing to read
+                return _WRONG
+            if fitted is _WRONG:
+                dropped.append("%s.%s (%s)" % (path, key, type(item).__name__))
+                value[key] = None   # (not del: the dict is being iterated)
+            elif fitted is not item:
+                value[key] = fitted
+        return value
+    if kind is list:
+        if type(value) is not list:
+            return _WRONG
+        inner, kept = shape[0], []
+        for item in value:
+            fitted = item if type(item) is inner else conform(item, inner, dropped, path + "[]")
+            if fitted is _WRONG:
+                dropped.append("%s[] (%s)" % (path, type(item).__name__))
+            else:
+                kept.append(fitted)
+        return kept if len(kept) != len(value) else value
+    if kind is tuple:
+        return value if isinstance(value, shape) and type(value) is not bool else _WRONG
+    if kind is type:
+        return value if type(value) is shape else _WRONG
+    return shape(value)
+
+
+def _content_parts(message):
+    """Content sent as a list of parts (Mistral): its text parts become the
+    content, its thinking parts (magistral) the reasoning."""
+    text, thinking = [], []
+    for part in message["content"]:
+        if not isinstance(part, dict):
+            continue
+        if part.get("type") == "text" and isinstance(part.get("text"), str):
+            text.append(part["text"])
+        elif part.get("type") == "thinking":
+            inner = part.get("thinking")
+            inner = inner if isinstance(inner, list) else [{"type": "text", "text": inner}]
+            thinking += [p["text"] for p in inner
+                         if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    message["content"] = "".join(text)
+    if thinking:
+        before = message.get("reasoning")
+        message["reasoning"] = (before if isinstance(before, str) else "") + "".join(thinking)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def mend_surrogates(text, keep_last_high=False):
+    """text with each surrogate pair (JSON's way to escape an emoji) made the
+    character it stands for, and each lone surrogate U+FFFD, so that it can
+    be encoded; keep_last_high: a high surrogate at the very end waits for
+    its pair, which may come in the next piece."""
+    if _SURROGATE.search(text) is None:
+        return text
+    tail = ""
+    if keep_last_high and "\ud800" <= text[-1] <= "\udbff":
+        text, tail = text[:-1], text[-1]
+    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace") + tail
+
+
+def _mend_all(value, keep_last_high=True):
+    """value (parsed JSON) with every string mended by mend_surrogates."""
+    if isinstance(value, str):
+        return mend_surrogates(value, keep_last_high)
+    if isinstance(value, dict):
+        return {mend_surrogates(k): _mend_all(v, keep_last_high) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mend_all(v, keep_last_high) for v in value]
+    return value
+
+
+def decode_base64_pieces(data):
+    """The bytes of base64 text that was sent in pieces each encoded on its
+    own (streamed audio): each padded piece is decoded by itself."""
+    return b"".join(base64.b64decode(piece) for piece in re.findall(r"[^=]+=*", data))
+
+
+def iter_chunks(reads, dropped=None):
+    """Yield the chunk dicts of an event stream given as byte strings, until [DONE],
+    each conformed to CHUNK_SHAPE (the paths of fields left out go to dropped).
 
     Raises APIError for an error the server sends inside the stream,
     StreamError for a stream that is not one, and IncompleteStreamError
     (after the last chunk) when the bytes end before [DONE].
     """
+    dropped = [] if dropped is None else dropped
     decoder, events = LineDecoder(), SSEDecoder()
     first, last = None, ()   # the first line and the last lines: to explain an ending
     for data in reads:
@@ -444,7 +586,11 @@ def iter_chunks(reads):
                 continue
             if event.data == "[DONE]":
                 return
-            yield parse_event(event)
+            chunk = parse_event(event)
+            if conform(chunk, CHUNK_SHAPE, dropped) is _WRONG:
+                raise StreamError("the server sent a chunk this client cannot read: %s"
+                                  % _one_line(event.data)[:200])
+            yield chunk
     for line in reversed(last):
         if line.startswith("error:"):
             # llama.cpp's server reports a failure as an "error:" field, which
@@ -462,6 +608,8 @@ def parse_event(event):
     except (ValueError, RecursionError):   # RecursionError: nested 200,000 deep
         chunk = None
     if type(chunk) is dict and "error" not in chunk and event.event == "message":
+        if _ESCAPED_SURROGATE.search(event.data):   # an emoji escaped, maybe cut in two
+            chunk = _mend_all(chunk)
         return chunk   # the usual case, decided in one test
     if event.event == "error" or isinstance(chunk, dict) and chunk.get("error"):
         message, type_, code = error_message(event.data if chunk is None else chunk)
@@ -581,8 +729,11 @@ def merge_delta(into, delta, texts=_TEXTS):
         if type(value) is str:
             if old is not None and key not in _SET_ONCE:
                 old.add(value)   # the usual case; an AttributeError if old was not text
-            elif key in _LABELS or old is None:
-                into[key] = value if key in _LABELS else _TextBuilder(value)
+            elif key in _LABELS:   # set; but "" never erases a label (Qwen sends "id": "")
+                if value or old is None:
+                    into[key] = value
+            elif old is None:
+                into[key] = _TextBuilder(value)
             elif str(old) != value:   # "name": OpenAI sends it once, some servers in
                 old.add(value)        # every piece; joined only if it differs
         elif key in texts:
@@ -592,8 +743,8 @@ def merge_delta(into, delta, texts=_TEXTS):
                 old = into[key] = {}
             merge_delta(_expect(old, dict, key), value, ())
         elif isinstance(value, list):
-            if old is None:
-                indexed = key == "tool_calls" or any(
+            if old is None or (type(old) is list and not old):   # decided by the items:
+                indexed = key == "tool_calls" or any(   # OpenRouter starts with []
                     isinstance(item, dict) and "index" in item for item in value)
                 old = into[key] = _Indexed() if indexed else []
             if isinstance(old, _Indexed):
@@ -605,9 +756,10 @@ def merge_delta(into, delta, texts=_TEXTS):
 
 
 def _finished(value):
-    """A merged value as plain JSON: text joined, indexed lists in order."""
-    if isinstance(value, _TextBuilder):
-        return str(value)
+    """A merged value as plain JSON: text joined (an emoji cut between two
+    pieces made whole), indexed lists in order."""
+    if isinstance(value, (_TextBuilder, str)):
+        return mend_surrogates(str(value))
     if isinstance(value, _Indexed):
         return [_finished({k: v for k, v in value[i].items() if k != "index"})
                 for i in sorted(value)]
@@ -683,7 +835,7 @@ class ChatAccumulator:
     def text(self, index=0):
         """The content received so far for one choice."""
         c = self.choices.get(index)
-        return str(c["message"].get("content") or "") if c else ""
+        return mend_surrogates(str(c["message"].get("content") or "")) if c else ""
 
     def result(self):
         """Return the reply in the shape of a non-streamed chat.completion."""
@@ -1077,6 +1229,76 @@ def retry_delay(attempt, headers, now=None, jitter=None):
     return min(0.5 * 2 ** attempt, MAX_RETRY_WAIT) * (1 - 0.25 * jitter)
 
 
+class Redactor:
+    """Blanks the secrets (the key, credential headers, a password) out of
+    text: every stretch made of runs of MIN_SECRET or more of a secret's
+    characters becomes ***, so an echo cut off mid-key shows nothing of it
+    either.  A secret shorter than MIN_SECRET (a local server's key "x") is
+    left alone: blanking it would blank every x.  False when it has nothing
+    to blank."""
+
+    def __init__(self, secrets=()):
+        secrets = [s for s in secrets if s and len(s) >= MIN_SECRET]
+        self._runs = frozenset(s[i:i + MIN_SECRET] for s in secrets
+                               for i in range(len(s) - MIN_SECRET + 1))
+        self._search = re.compile("|".join(map(re.escape, sorted(self._runs)))).search \
+            if self._runs else None
+        self._all = "\0".join(secrets)   # for the tail that may begin one
+        self._held = ""
+
+    def __bool__(self):
+        return self._search is not None
+
+    def redact(self, text):
+        """text with every secret stretch blanked."""
+        match = self._search and len(text) >= MIN_SECRET and self._search(text)
+        if not match:
+            return text
+        runs, out, start, i, last = self._runs, [], 0, match.start(), len(text) - MIN_SECRET
+        while i <= last:
+            if text[i:i + MIN_SECRET] in runs:
+                end = i + MIN_SECRET
+                while end < len(text) and text[end - MIN_SECRET + 1:end + 1] in runs:
+                    end += 1
+                out.append(text[start:i])
+                out.append("***")
+                start = i = end
+            else:
+                i += 1
+        out.append(text[start:])
+        return "".join(out)
+
+    def redact_all(self, value):
+        """value (parsed JSON) with every string redacted."""
+        if not self or isinstance(value, (int, float, type(None))):
+            return value
+        if isinstance(value, str):
+            return self.redact(value)
+        if isinstance(value, dict):
+            return {k: self.redact_all(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.redact_all(v) for v in value]
+        return value
+
+    def feed(self, text):
+        """For text that streams: what of it may be written now, redacted;
+        the longest tail that could begin a secret waits for the next piece
+        (or release())."""
+        if not self:
+            return text
+        text = self.redact(self._held + text)
+        held = 0
+        while held < len(text) and text[len(text) - held - 1:] in self._all:
+            held += 1
+        self._held = text[len(text) - held:] if held else ""
+        return text[:len(text) - held]
+
+    def release(self):
+        """What feed() still holds, redacted."""
+        held, self._held = self._held, ""
+        return self.redact(held)
+
+
 def path_hint(base_url):
     """If base_url looks like a common mistake, how to fix it; else "".
     Pure: it sends nothing (--check probes the server itself)."""
@@ -1149,6 +1371,10 @@ class Client:
             for existing in [k for k in self.headers if k.lower() == name.lower()]:
                 del self.headers[existing]
             self.headers[name] = value
+        # What the server may echo back and must never be shown or kept.
+        self.redactor = Redactor([api_key, basic] + url_secrets(base_url) + [
+            value.split(" ")[-1] for name, value in self.headers.items()
+            if is_secret_header(name)] + (basic or "").split(":"))
 
     def request(self, method, path, payload=None, probe=False):
         """Send one request, retrying what may work later; return the open response.
@@ -1313,31 +1539,34 @@ class Client:
     def models(self):
         """The model ids the server lists (GET /models), sorted."""
         with self.request("GET", "/models") as response:
-            models = self.read_json(response).get("data")
-        if not isinstance(models, list):
+            answer = conform(_mend_all(self.read_json(response), False), MODELS_SHAPE, [])
+        if not isinstance(answer.get("data"), list):
             raise StreamError("the server's /models answer has no \"data\" list of models")
-        return sorted(str(m.get("id")) for m in models if isinstance(m, dict) and m.get("id"))
+        return sorted(m["id"] for m in answer["data"] if m.get("id"))
 
-    def complete(self, payload):
-        """Send a non-streamed chat request; return the chat.completion dict."""
+    def complete(self, payload, dropped=None):
+        """Send a non-streamed chat request; return the chat.completion dict,
+        conformed to CHUNK_SHAPE (the paths of fields left out go to dropped)."""
         with self.request("POST", "/chat/completions", payload) as response:
-            return self.complete_from(response)
+            return self.complete_from(response, dropped)
 
-    def stream(self, payload):
+    def stream(self, payload, dropped=None):
         """Send a streamed chat request; yield each chunk dict until [DONE].
 
         An error inside the stream is raised, never yielded.  A stream that
         closes before [DONE] raises IncompleteStreamError after its last chunk.
         A server that answers a stream request with plain JSON is accepted.
+        Each chunk is conformed to CHUNK_SHAPE; the paths of fields left out
+        go to dropped.
         """
         with self.request("POST", "/chat/completions", payload) as response:
             content_type = (response.headers.get("Content-Type") or "").lower()
             if "json" in content_type:
-                yield completion_to_chunk(self.complete_from(response))
+                yield completion_to_chunk(self.complete_from(response, dropped))
                 return
             if "html" in content_type:
                 self.read_json(response)   # raises, naming the page's title
-            yield from iter_chunks(self._reads(response))
+            yield from iter_chunks(self._reads(response), dropped)
 
     def _reads(self, response):
         """The stream's bytes as they arrive, at most MAX_BODY of them in all."""
@@ -1356,9 +1585,10 @@ class Client:
                                   "it was cut there" % (MAX_BODY >> 20))
             yield data
 
-    def complete_from(self, response):
-        """The chat.completion in a JSON answer that is already open."""
-        data = self.read_json(response)
+    def complete_from(self, response, dropped=None):
+        """The chat.completion in a JSON answer that is already open, conformed."""
+        data = conform(_mend_all(self.read_json(response), False), CHUNK_SHAPE,
+                       [] if dropped is None else dropped)
         if not isinstance(data.get("choices"), list):
             raise StreamError("the server's answer has no choices: %s"
                               % _one_line(json.dumps(data))[:200])
@@ -1604,10 +1834,22 @@ class Chat:
         return completion
 
     def _request(self, messages, printer, accumulator):
-        """One request; its reply goes through accumulator and printer."""
+        """One request; its reply goes through accumulator and printer.  Fields
+        of the wrong type are left out (and said so); a credential the server
+        echoes is blanked out of what is kept."""
+        dropped = []
+        try:
+            completion = self._receive(messages, printer, accumulator, dropped)
+        finally:
+            if dropped:
+                self.notify("the server sent fields of the wrong type, left out: %s"
+                            % ", ".join(sorted(set(dropped))[:5]))
+        return self.client.redactor.redact_all(completion)
+
+    def _receive(self, messages, printer, accumulator, dropped):
         payload = build_payload(self.model, self._sendable(messages), self.stream, self.params)
         if not self.stream:
-            completion = self.client.complete(payload)
+            completion = self.client.complete(payload, dropped)
             chunk = completion_to_chunk(completion)
             accumulator.add(chunk)   # checks its shape before it is shown
             completion["choices"] = [c for c in completion["choices"]   # as asked for
@@ -1617,7 +1859,7 @@ class Chat:
             return completion
         if self.max_context and "stream_options" not in payload:
             payload["stream_options"] = {"include_usage": True}   # for the real count
-        chunks = self.client.stream(payload)
+        chunks = self.client.stream(payload, dropped)
         try:
             for chunk in chunks:
                 accumulator.add(chunk)   # first: what Ctrl-C finds shown is in here
@@ -1696,7 +1938,7 @@ class Chat:
                               usage["prompt_tokens"] + (usage.get("completion_tokens") or 0))
 
     def _keep_shown(self, messages, accumulator):
-        shown = accumulator.text()
+        shown = self.client.redactor.redact(accumulator.text())
         if shown:   # the user read it: keep it
             self.messages = messages + [{"role": "assistant", "content": shown}]
             self.cut_short = True
@@ -1769,6 +2011,13 @@ def _write_sanitized(stream, text, style=None):
     stream.flush()   # every time: before Python 3.9 a piped stderr is block-buffered
 
 
+def _stdout_end(out):
+    """Write what a redacting stdout still holds back, if it is one."""
+    end = getattr(out, "end", None)
+    if end is not None:
+        end()
+
+
 def _stdout_show(out, text):
     """Write text that came from the server to stdout: exact into a pipe or a
     file, where it is data; through the sanitizer onto a terminal."""
@@ -1788,34 +2037,6 @@ def _stdout_write(out, text):
                           % (getattr(exc, "strerror", None) or exc)) from None
 
 
-def secret_runs(secrets):
-    """Every run of MIN_SECRET characters of the secrets long enough to be
-    ones (a local server's key "x" is not: blanking it would blank every x)."""
-    return frozenset(secret[i:i + MIN_SECRET] for secret in secrets
-                     if secret and len(secret) >= MIN_SECRET
-                     for i in range(len(secret) - MIN_SECRET + 1))
-
-
-def _redact(text, runs):
-    """text with every stretch made of secret runs blanked out as ***, so an
-    echo cut off mid-key shows nothing of it either."""
-    if not runs or len(text) < MIN_SECRET:
-        return text
-    out, start, i, last = [], 0, 0, len(text) - MIN_SECRET
-    while i <= last:
-        if text[i:i + MIN_SECRET] in runs:
-            end = i + MIN_SECRET
-            while end < len(text) and text[end - MIN_SECRET + 1:end + 1] in runs:
-                end += 1
-            out.append(text[start:i])
-            out.append("***")
-            start = i = end
-        else:
-            i += 1
-    out.append(text[start:])
-    return "".join(out)
-
-
 class _ErrorStream:
     """stderr as chat.py writes to it: every secret blanked out of what is
     written (servers quote requests, proxies quote headers, and the key must
@@ -1823,10 +2044,28 @@ class _ErrorStream:
 
     def __init__(self, stream, *, color=False, secrets=()):
         self._stream, self.color = stream, color
-        self._runs = secret_runs(secrets)
+        self._redactor = Redactor(secrets)
 
     def write(self, text):
-        return self._stream.write(_redact(text, self._runs))
+        return self._stream.write(self._redactor.redact(text))
+
+    def __getattr__(self, name):   # flush, isatty, fileno, ...
+        return getattr(self._stream, name)
+
+
+class _RedactedStdout:
+    """stdout when there are secrets to keep off it: a server that echoes the
+    key token by token is blanked too, since the tail that may begin a
+    secret waits for what follows it (end() writes what is still held)."""
+
+    def __init__(self, stream, redactor):
+        self._stream, self._redactor = stream, redactor
+
+    def write(self, text):
+        return self._stream.write(self._redactor.feed(text))
+
+    def end(self):
+        self._stream.write(self._redactor.release())
 
     def __getattr__(self, name):   # flush, isatty, fileno, ...
         return getattr(self._stream, name)
@@ -2214,6 +2453,7 @@ class ReplyPrinter(Printer):
             self._write("\n")
         if self._highlighter:
             _stdout_write(self.out, self._highlighter.end())
+        _stdout_end(self.out)
 
     def finish(self, completion):
         """Show what was held back, then a notice of each kind the reply calls
@@ -3219,12 +3459,12 @@ class _Report:
 
     def __init__(self, out, secrets):
         self.out, self.failed = out, []
-        self._runs = secret_runs(secrets)
+        self._redactor = Redactor(secrets)
 
     def say(self, status, text):
         if status == "FAIL":
             self.failed.append(text)
-        _write_sanitized(self.out, _redact("%-5s %s\n" % (status, text), self._runs))
+        _write_sanitized(self.out, self._redactor.redact("%-5s %s\n" % (status, text)))
 
 
 def check_connection(chat, out):
@@ -3610,7 +3850,12 @@ def _check_limits(timeout, retries, max_context):
 def _secrets(settings):
     """Everything the settings hold that must never be shown: the key, the
     credentials in the base URL, and the values of credential headers."""
-    return ([settings.api_key] + url_secrets(settings.base_url)
+    parts = urlsplit(settings.base_url)
+    basic = []
+    if parts.username is not None:   # sent as Basic authentication: its base64 too
+        basic = [base64.b64encode(("%s:%s" % (urllib.parse.unquote(parts.username),
+                 urllib.parse.unquote(parts.password or ""))).encode("utf-8")).decode("ascii")]
+    return ([settings.api_key] + url_secrets(settings.base_url) + basic
             + [value for name, value in settings.headers if is_secret_header(name)])
 
 
@@ -4371,9 +4616,14 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
             return _list_conversations(_conversation_log(environ), args.list, out,
                                        lambda text: _stderr_notice(err, text))
         settings = _settings(args, environ)
+        secrets = _secrets(settings)
         err = _ErrorStream(stderr, color=_color_wanted(settings, environ, stderr),
-                           secrets=_secrets(settings))
+                           secrets=secrets)
+        redactor = Redactor(secrets)
+        if redactor:   # (only then: a wrapper costs a call per write)
+            out = _RedactedStdout(raw, redactor)
         status = _run(args, settings, stdin, out, err, environ)
+        _stdout_end(out)
         _stdout_write(out, "")   # flushed here, or the failure would come at exit
         return status
     except ChatError as exc:
