@@ -74,6 +74,10 @@ import wave
 from collections import namedtuple
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit, urlunsplit
+try:
+    import termios   # to discard typeahead before a consent question
+except ImportError:   # Windows
+    termios = None
 # readline alone is imported where it is used, and only for a terminal: importing
 # it changes how input() reads and may write to the terminal.
 
@@ -2071,26 +2075,81 @@ class _RedactedStdout:
         return getattr(self._stream, name)
 
 
-def ask_terminal(question):
-    """Show question on the controlling terminal and return the line typed
-    there; None if the process has none.  Never reads stdin, which may be a
-    script: consent comes from the person at the terminal.  Ctrl-D answers
-    "" (no); Ctrl-C raises KeyboardInterrupt, to stop the whole turn."""
+def ask_consent(name, arguments, argv):
+    """Ask on the controlling terminal whether to run argv for the model's
+    call of the tool name with arguments (the canonical JSON text that argv
+    will get); True or False, None where there is no terminal.  Never reads
+    stdin, which may be a script, and discards what was typed before the
+    question appeared: only an answer typed after it counts.  Whatever the
+    screen's height, the lines just above [y/N] name the tool and the
+    command; arguments too long for the screen are cut, and v shows them
+    whole.  Ctrl-D answers no; Ctrl-C raises KeyboardInterrupt."""
     try:
         fd = os.open("/dev/tty", os.O_RDWR | getattr(os, "O_NOCTTY", 0))
     except OSError:
         return None
     try:
-        os.write(fd, sanitize(question).encode("utf-8", "replace"))
-        answer = b""
-        try:
-            answer = os.read(fd, 4096)   # the terminal hands over one whole line
-        finally:
-            if not answer.endswith(b"\n"):
-                os.write(fd, b"\n")   # Ctrl-C or Ctrl-D: leave the question's line
-        return answer.decode("utf-8", "replace").strip()
+        lines = indented_arguments(arguments).splitlines(True)
+        rows, columns = _terminal_size(fd)
+        final = "chat.py: run the tool %s, that is `%s`? [y/N/v] " % (
+            name, " ".join(shlex.quote(word) for word in argv))
+        height = lambda text: len(sanitize(text)) // columns + 1   # noqa: E731 (wrapped)
+        room = max(rows - 3 - height(final) - height("chat.py: the model calls %s" % name), 2)
+        shown, used = [], 0
+        for line in lines:
+            used += height(line.rstrip("\n"))
+            if used > room:
+                shown.append("  ... %d more lines (v shows them all)\n"
+                             % (len(lines) - len(shown)))
+                break
+            shown.append(line)
+        cut = len(shown) < len(lines) or shown != lines
+        if not cut:
+            final = final.replace("/v]", "]")
+        _discard_typeahead(fd)
+        _write_tty(fd, "chat.py: the model calls %s with these arguments:\n%s%s"
+                   % (name, "".join(shown), final))
+        while True:
+            answer = _read_tty_line(fd).lower()
+            if answer != "v" or not cut:
+                return answer in ("y", "yes")
+            _write_tty(fd, "".join(lines) + final)
     finally:
         os.close(fd)
+
+
+def _terminal_size(fd):
+    """(rows, columns) of the terminal fd: 24 by 80 where it does not say."""
+    try:
+        size = os.get_terminal_size(fd)
+        return size.lines or 24, size.columns or 80
+    except OSError:
+        return 24, 80
+
+
+def _discard_typeahead(fd):
+    """Drop what was typed on the terminal and not yet read (a "yes" meant as
+    the next message must not answer a question it was typed before)."""
+    if termios is not None:
+        try:
+            termios.tcflush(fd, termios.TCIFLUSH)
+        except termios.error:
+            pass
+
+
+def _write_tty(fd, text):
+    os.write(fd, sanitize(text).encode("utf-8", "replace"))
+
+
+def _read_tty_line(fd):
+    """One line typed on the terminal fd, stripped; "" for Ctrl-D."""
+    answer = b""
+    try:
+        answer = os.read(fd, 4096)   # the terminal hands over one whole line
+    finally:
+        if not answer.endswith(b"\n"):
+            os.write(fd, b"\n")   # Ctrl-C or Ctrl-D: leave the question's line
+    return answer.decode("utf-8", "replace").strip()
 
 
 def _prompt(err, text):
@@ -2930,12 +2989,11 @@ class Tools:
     def answer(self, call):
         """The result to send back for one call."""
         function = call.get("function") or {}
-        name, arguments = function.get("name"), function.get("arguments") or "{}"
-        try:
-            parse_json(arguments)
-        except ValueError:
-            return ("error: the arguments were not valid JSON, so the tool was not run: %s"
-                    % arguments[:300])
+        name = function.get("name")
+        try:   # parsed once: what is shown and approved is what the command gets
+            arguments = canonical_arguments(function.get("arguments"))
+        except ValueError as exc:
+            return "error: the tool was not run: %s" % exc
         argv = self.commands.get(name)
         if argv is not None:
             if self.ask_first:
@@ -2963,20 +3021,40 @@ class Tools:
         return answer
 
 
-def consent_question(name, arguments, argv):
-    """The y/N question for running argv: the tool's name and its complete
-    arguments, pretty-printed, so that what is approved is what runs."""
-    return "chat.py: run the tool %s, that is `%s`, with these arguments?\n%s[y/N] " % (
-        name, " ".join(shlex.quote(word) for word in argv), indented_arguments(arguments))
+def _unique_keys(pairs):
+    keys = [key for key, _ in pairs]
+    repeated = sorted({key for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError("the arguments give the key %s more than once"
+                         % ", ".join(json.dumps(key, ensure_ascii=False) for key in repeated))
+    return dict(pairs)
+
+
+def canonical_arguments(text):
+    """A tool call's arguments as the JSON text a command gets: parsed once,
+    written anew, so the command runs on exactly what was shown.  ValueError
+    (saying why) for text that is not JSON or that repeats a key, which
+    parsers read differently (one keeps the first, another the last)."""
+    try:
+        value = json.loads(text or "{}", object_pairs_hook=_unique_keys)
+    except RecursionError:
+        raise ValueError("the arguments are JSON nested too deeply") from None
+    except ValueError as exc:
+        if "more than once" in str(exc):
+            raise
+        raise ValueError("the arguments are not valid JSON: %s" % (text or "")[:300]) from None
+    return json.dumps(value, ensure_ascii=False)
 
 
 def indented_arguments(arguments):
     """A tool call's arguments as people read them: pretty-printed JSON, every
-    line indented, in full; text that is not JSON shown as it is, and said so."""
+    line indented, in full; text that is not JSON (or repeats a key) shown
+    as it is, and said so."""
     try:
-        shown = json.dumps(parse_json(arguments or "{}"), indent=2, ensure_ascii=False)
-    except ValueError:
-        shown = "%s\n(the arguments are not valid JSON)" % arguments
+        shown = json.dumps(json.loads(canonical_arguments(arguments)), indent=2,
+                           ensure_ascii=False)
+    except ValueError as exc:
+        shown = "%s\n(%s)" % (arguments, str(exc).split(":")[0])
     return "".join("  %s\n" % line for line in shown.splitlines())
 
 
@@ -4071,11 +4149,7 @@ def _tools(args, ask, err):
     if args.max_tool_rounds < 0 or not 0 < args.tool_timeout <= MAX_TIMEOUT:
         raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0 "
                          "and at most %d seconds" % MAX_TIMEOUT)
-    def consent(name, arguments, argv):
-        answer = ask_terminal(consent_question(name, arguments, argv))
-        return None if answer is None else answer.lower() in ("y", "yes")
-
-    return Tools(commands, consent=consent, ask_first=not args.yes, ask=ask,
+    return Tools(commands, consent=ask_consent, ask_first=not args.yes, ask=ask,
                  notify=lambda text: _stderr_notice(err, text), timeout=args.tool_timeout,
                  max_rounds=args.max_tool_rounds)
 
