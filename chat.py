@@ -107,6 +107,7 @@ TOKENS_PER_MESSAGE = 4          # what each message costs beyond its text
 MIN_SECRET = 8                  # a run of a secret this long is never shown
 LIST_LIMIT = 100                # conversations --list shows at the most
 PASTE_WAIT = 0.02               # seconds: lines closer together than this were pasted
+COMMAND_WAIT = 0.25             # and after a /command: a slow paste is not one
 MAX_IMAGE_BYTES = 20 * 2**20    # the API's own limit for one image
 MAX_AUDIO_BYTES = 20 * 2**20    # and for one recording
 MAX_FILE_BYTES = 32 * 2**20     # and for one PDF
@@ -291,7 +292,9 @@ class SSEDecoder:
             if "\0" not in value:                # the spec ignores such an id
                 self._last_id = value
         elif field == "retry":
-            if value and not value.strip("0123456789"):   # ASCII digits only
+            # ASCII digits only; a length check first, as int() of a huge
+            # string costs time that grows with its square.
+            if value and len(value) <= 10 and not value.strip("0123456789"):
                 self._retry = int(value)
         return None                              # any other field is ignored
 
@@ -2200,6 +2203,7 @@ class MarkdownHighlighter:
     """
 
     HEADING, BOLD, ITALIC, CODE = "1;36", "1", "3", "33"
+    HOLD_LIMIT = 64   # characters held back at the most, so each is scanned a bounded number of times
     BLOCK, FENCE, LABEL, QUOTE, MARKER, LINK = "32", "2", "1;32", "2", "36", "4;34"
 
     def __init__(self):
@@ -2293,9 +2297,14 @@ class MarkdownHighlighter:
                 j = i
                 while j < n and data[j] == char:
                     j += 1
-                if j == n and not final:   # the run may go on, or what follows matters
-                    self._held = data[i:]
+                if j == n and not final and j - i <= self.HOLD_LIMIT:
+                    self._held = data[i:]   # the run may go on, or what follows matters
                     return
+                if j - i > self.HOLD_LIMIT:   # markup is never this long: plain text,
+                    out.append(data[i:j])     # and what is held stays small (linear)
+                    self._previous = char
+                    i = j
+                    continue
                 self._run(data[i:j], data[j] if j < n else " ", out)
                 self._previous = char
                 i = j
@@ -2352,7 +2361,7 @@ class MarkdownHighlighter:
         """Decide what kind of line starts at i, write its marker; return where
         the rest of the line starts, or -1 if the start must wait for more."""
         end = data.find("\n", i)
-        complete = end >= 0 or final
+        complete = end >= 0 or final or len(data) - i > self.HOLD_LIMIT
         line = data[i:] if end < 0 else data[i:end]
         if self._fence is not None:
             fence = _FENCE.match(line)
@@ -2445,6 +2454,7 @@ class ReplyPrinter(Printer):
         self._finished = set()
         self._ends_line = True   # no text, or text ending in a newline
         self._thinking = False   # reasoning is on err and its line is open
+        self._half = ""          # a lone high surrogate waiting for its pair
 
     def chunk(self, chunk):
         """Show one chunk's text (and the live choice's reasoning)."""
@@ -2495,6 +2505,12 @@ class ReplyPrinter(Printer):
         if self._thinking:   # the answer starts: end the reasoning's line
             self._thinking = False
             _write_sanitized(self.err, "\n\n")
+        if self._half:   # the high half of a surrogate pair, held for its other half
+            text, self._half = mend_surrogates(self._half + text), ""
+        if "\ud800" <= text[-1] <= "\udbff":
+            text, self._half = text[:-1], text[-1]
+            if not text:
+                return
         self._ends_line = text[-1] == "\n"   # first, in case Ctrl-C lands mid-write
         if self.terminal:
             text = sanitize(text)
@@ -2505,6 +2521,9 @@ class ReplyPrinter(Printer):
     def end_line(self):
         """End the text with a newline, if it has none, so notices start
         afresh, with the terminal's colors reset."""
+        if self._half:
+            self._half = ""
+            self._write("\ufffd")   # its pair never came
         if self._thinking:
             self._thinking = False
             _write_sanitized(self.err, "\n")
@@ -2638,7 +2657,7 @@ class AudioFile:
             notify("the reply has no audio; nothing was written to %s" % self.path)
             return
         try:
-            decoded = base64.b64decode(data)
+            decoded = decode_base64_pieces(data)
         except (ValueError, TypeError):
             notify("error: the server's audio is not base64; nothing was written")
             return
@@ -3162,6 +3181,7 @@ class Console:
         """One message: a line, lines joined by a trailing backslash, or a block
         between two lines of three double quotes.  Returns (text, typed), typed
         being False for a block (which is never a command)."""
+        ahead = bool(self.more_waiting and self.more_waiting(0))   # before the prompt
         line = self.read_line(self.prompt)
         if line.strip() == '"""':
             lines = []
@@ -3174,11 +3194,17 @@ class Console:
                     break
                 lines.append(line)
             return "\n".join(lines), False
-        pasted = [line]
-        while self.more_waiting and self.more_waiting():   # the rest of a paste
+        command = line.startswith("/") and not line.startswith("//")
+        pasted = [line]   # a command waits longer: a slow paste must not run one
+        while self.more_waiting and self.more_waiting(COMMAND_WAIT if command else PASTE_WAIT):
             pasted.append(self.read_line(self.more_prompt))
         if len(pasted) > 1 or "\n" in line:   # (a bracketed paste comes as one line)
             return "\n".join(pasted), False   # a paste is one message, never a command
+        if command and ahead:
+            _stderr_notice(self.err, "%s was not run: it was there before the prompt (typed "
+                           "ahead, or the end of a paste); type it at the prompt"
+                           % line.split(" ")[0])
+            return "", False
         while line.endswith("\\"):
             line = line[:-1] + "\n" + self.read_line(self.more_prompt)
         return line, True
@@ -3360,6 +3386,7 @@ class Console:
         if terminal is None:
             raise UsageError("/copy needs a terminal: it asks the terminal to set the clipboard")
         # OSC 52: the terminal (over SSH too) puts the base64 text on the clipboard.
+        text = sanitize(text)   # as shown: pasted, it cannot end a bracketed paste early
         terminal.write("\x1b]52;c;%s\x07" % base64.b64encode(text.encode("utf-8")).decode("ascii"))
         terminal.flush()
         _stderr_notice(self.err, "copied %d characters" % len(text))
@@ -3390,10 +3417,16 @@ def edit_text(editor, initial=""):
         except (OSError, ValueError) as exc:
             raise UsageError("cannot run the editor %s: %s" % (
                 editor, getattr(exc, "strerror", None) or exc)) from None
-        with open(path, encoding="utf-8", errors="replace") as f:
-            text = f.read()
+        try:   # (an "editor" may have removed it, or filled a disk)
+            text = read_bounded(path, "the edited message", MAX_FILE_BYTES).decode(
+                "utf-8", "replace")
+        except UsageError:
+            return None
     finally:
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
     return text.strip("\n") if status == 0 and text.strip() else None
 
 
@@ -3466,11 +3499,11 @@ def _terminal_reader(stdin, out, err, environ, commands, complete_argument=None)
         typed["last"] = line
         return line
 
-    def more_waiting():
+    def more_waiting(wait=PASTE_WAIT):
         # Pasted lines arrive together: after one, the next is already there.
         # Nobody types the next line within PASTE_WAIT of pressing Enter.
         try:
-            return bool(select.select([stdin], [], [], PASTE_WAIT)[0])
+            return bool(select.select([stdin], [], [], wait)[0])
         except (OSError, ValueError, TypeError):   # no select() on this stdin
             return False
     return read_line, lambda: typed["now"], more_waiting
@@ -3480,6 +3513,12 @@ def _completer(models):
     """complete(command, text): what Tab may put after a /command: file
     names after those that take a file, model ids (models()) after /model."""
     def complete(command, text):
+        # readline prints the matches as they are, so a match that sanitize()
+        # would change (a control character in a model id or a file name) is
+        # not offered: it could drive the terminal, and nobody could type it.
+        return [match for match in candidates(command, text) if sanitize(match) == match]
+
+    def candidates(command, text):
         if command in Console.FILE_COMMANDS:
             expanded = os.path.expanduser(text)
             return [text + path[len(expanded):] + ("/" if os.path.isdir(path) else " ")
@@ -3642,7 +3681,8 @@ def _check_chat(model, client, report):
 def _parse_header(text, number):
     name, colon, value = text.partition(":")
     name, value = name.strip(), value.strip()
-    if not colon or not name or " " in name or any(c in text for c in "\r\n"):
+    if (not colon or not name or " " in name or any(c in text for c in "\r\n")
+            or not all("!" <= c <= "~" for c in name)):   # a name is visible ASCII
         # Not echoed: a mistyped header may well hold a key.
         raise UsageError("-H number %d is not a header; write it as 'Name: value'" % number)
     return name, _header_value(value, "-H number %d" % number)
@@ -3769,6 +3809,11 @@ def read_config(path, profile, explicit):
             except (ValueError, UsageError) as exc:
                 detail = str(exc) if isinstance(exc, UsageError) else what
                 raise UsageError("%s [%s] %s: %s" % (path, name, key, detail)) from None
+        if mode & 0o022 and ("api_key_command" in checked or mode & 0o002):
+            raise UsageError("the config file %s can be changed by others%s; make it yours "
+                             "alone: chmod 600 %s" % (path, " and [%s] runs api_key_command"
+                                                      % name if "api_key_command" in checked
+                                                      else "", path))
         literal = "api_key" in checked or any(is_secret_header(h) for h, _ in checked.get("headers", ()))
         if literal and mode & 0o077:
             raise UsageError("the config file %s holds a key in [%s] and others can read it; "
