@@ -485,6 +485,7 @@ def conform(value, shape, dropped, path=""):
             return _WRONG
         if shape is _MESSAGE and type(value.get("content")) is list:
             _content_parts(value)
+        wrong = None
         for key, item in value.items():
             inner = shape.get(key)
             if inner is None or item is None or type(item) is inner:
@@ -494,9 +495,11 @@ def conform(value, shape, dropped, path=""):
                 return _WRONG
             if fitted is _WRONG:
                 dropped.append("%s.%s (%s)" % (path, key, type(item).__name__))
-                value[key] = None   # (not del: the dict is being iterated)
+                wrong = (wrong or []) + [key]
             elif fitted is not item:
                 value[key] = fitted
+        for key in wrong or ():   # (not while the dict is being iterated)
+            del value[key]
         return value
     if kind is list:
         if type(value) is not list:
@@ -540,27 +543,29 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]")
 
 
-def mend_surrogates(text, keep_last_high=False):
+def mend_surrogates(text, keep_halves=False):
     """text with each surrogate pair (JSON's way to escape an emoji) made the
     character it stands for, and each lone surrogate U+FFFD, so that it can
-    be encoded; keep_last_high: a high surrogate at the very end waits for
-    its pair, which may come in the next piece."""
+    be encoded; keep_halves: a high surrogate at the very end and a low one
+    at the very start are kept, as halves of a pair cut between pieces."""
     if _SURROGATE.search(text) is None:
         return text
-    tail = ""
-    if keep_last_high and "\ud800" <= text[-1] <= "\udbff":
+    head = tail = ""
+    if keep_halves and "\ud800" <= text[-1] <= "\udbff":
         text, tail = text[:-1], text[-1]
-    return text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace") + tail
+    if keep_halves and text and "\udc00" <= text[0] <= "\udfff":
+        head, text = text[0], text[1:]
+    return head + text.encode("utf-16-le", "surrogatepass").decode("utf-16-le", "replace") + tail
 
 
-def _mend_all(value, keep_last_high=True):
+def _mend_all(value, keep_halves=True):
     """value (parsed JSON) with every string mended by mend_surrogates."""
     if isinstance(value, str):
-        return mend_surrogates(value, keep_last_high)
+        return mend_surrogates(value, keep_halves)
     if isinstance(value, dict):
-        return {mend_surrogates(k): _mend_all(v, keep_last_high) for k, v in value.items()}
+        return {mend_surrogates(k): _mend_all(v, keep_halves) for k, v in value.items()}
     if isinstance(value, list):
-        return [_mend_all(v, keep_last_high) for v in value]
+        return [_mend_all(v, keep_halves) for v in value]
     return value
 
 
@@ -1251,17 +1256,24 @@ class Redactor:
         self._search = re.compile("|".join(map(re.escape, sorted(self._runs)))).search \
             if self._runs else None
         self._all = "\0".join(secrets)   # for the tail that may begin one
-        self._held = ""
+        self._held = ""          # that tail: written once it cannot be one
+        self._stretch = ""       # the secret text the last *** written stands for
 
     def __bool__(self):
         return self._search is not None
 
     def redact(self, text):
         """text with every secret stretch blanked."""
+        return self._blank(text)[0]
+
+    def _blank(self, text):
+        """(text redacted, the secret stretch its last *** stands for if the
+        text ends in it, else "")."""
         match = self._search and len(text) >= MIN_SECRET and self._search(text)
         if not match:
-            return text
+            return text, ""
         runs, out, start, i, last = self._runs, [], 0, match.start(), len(text) - MIN_SECRET
+        stretch = ""
         while i <= last:
             if text[i:i + MIN_SECRET] in runs:
                 end = i + MIN_SECRET
@@ -1269,11 +1281,12 @@ class Redactor:
                     end += 1
                 out.append(text[start:i])
                 out.append("***")
+                stretch = text[i:end] if end == len(text) else ""
                 start = i = end
             else:
                 i += 1
         out.append(text[start:])
-        return "".join(out)
+        return "".join(out), stretch
 
     def redact_all(self, value):
         """value (parsed JSON) with every string redacted."""
@@ -1288,21 +1301,31 @@ class Redactor:
         return value
 
     def feed(self, text):
-        """For text that streams: what of it may be written now, redacted;
-        the longest tail that could begin a secret waits for the next piece
-        (or release())."""
+        """For text that streams: what of it may be written now, redacted.
+        The longest tail that could begin a secret waits for the next piece
+        (or release()), and what continues a secret just blanked is blanked
+        with it."""
         if not self:
             return text
-        text = self.redact(self._held + text)
+        if self._stretch:   # the piece may go on with the secret blanked last
+            k = 0
+            while k < len(text) and self._stretch + text[:k + 1] in self._all:
+                k += 1
+            self._stretch += text[:k]
+            text = text[k:]
+            if not text:
+                return ""
+            self._stretch = ""
+        text, self._stretch = self._blank(self._held + text)
         held = 0
-        while held < len(text) and text[len(text) - held - 1:] in self._all:
+        while not self._stretch and held < len(text) and text[len(text) - held - 1:] in self._all:
             held += 1
         self._held = text[len(text) - held:] if held else ""
         return text[:len(text) - held]
 
     def release(self):
         """What feed() still holds, redacted."""
-        held, self._held = self._held, ""
+        held, self._held, self._stretch = self._held, "", ""
         return self.redact(held)
 
 
@@ -2505,12 +2528,13 @@ class ReplyPrinter(Printer):
         if self._thinking:   # the answer starts: end the reasoning's line
             self._thinking = False
             _write_sanitized(self.err, "\n\n")
-        if self._half:   # the high half of a surrogate pair, held for its other half
-            text, self._half = mend_surrogates(self._half + text), ""
-        if "\ud800" <= text[-1] <= "\udbff":
-            text, self._half = text[:-1], text[-1]
+        text, self._half = self._half + text, ""
+        if "\ud800" <= text[-1] <= "\udbff":   # half of a pair cut in two: wait for
+            text, self._half = text[:-1], text[-1]   # the other half
             if not text:
                 return
+        if "\ud800" <= text[0] <= "\udfff":   # a pair made whole, or a lone half
+            text = mend_surrogates(text)
         self._ends_line = text[-1] == "\n"   # first, in case Ctrl-C lands mid-write
         if self.terminal:
             text = sanitize(text)
