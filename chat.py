@@ -872,7 +872,7 @@ class ChatAccumulator:
                 completion[key] = self.top[key]
         completion["choices"] = choices
         completion["usage"] = self.usage
-        return completion
+        return _finished(completion)   # (every string mended, the top fields too)
 REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
 
 
@@ -2002,8 +2002,9 @@ class Chat:
 # ---------------------------------------------------------------------------
 
 # What a terminal would act on rather than show: C0 controls but tab and
-# newline, DEL, C1 controls, and the bidirectional overrides and isolates.
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+# newline, DEL, C1 controls, and the bidirectional overrides and isolates;
+# and lone surrogates, which no terminal can be sent.
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
 
 
 def _visible(match):

@@ -4089,3 +4089,117 @@ def test_a_slowly_pasted_command_is_not_run(server, tmp_path):
     assert server.requests[0]["body"]["messages"][-1]["content"] == \
         "/save %s\nand this line" % target   # a paste: one message, never a command
     assert b"/save was not run: it was there before the prompt" in data
+
+
+# ---------------------------------------------------------------------------
+# Fuzzing the whole reply path (issue 18): chunks whose every field may be of
+# the wrong type, strings with lone surrogates, odd nesting.
+# ---------------------------------------------------------------------------
+
+SURROGATE_TEXT = st.text(st.characters(), max_size=8) | st.sampled_from(
+    ["\ud83d", "\ude00", "a\ud83d", "\ude00b", "\x1b[2J", "sk-FUZZ-0123456789"])
+ANY = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | SURROGATE_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(SURROGATE_TEXT, inner, max_size=3),
+    max_leaves=6)
+
+
+def shaped(shape):
+    """A strategy for values that mostly fit shape (chat's own table), and
+    sometimes are anything at all."""
+    if isinstance(shape, dict):
+        fitting = st.fixed_dictionaries({}, optional={k: shaped(v) for k, v in shape.items()})
+    elif isinstance(shape, list):
+        fitting = st.lists(shaped(shape[0]), max_size=3)
+    elif shape is str:
+        fitting = SURROGATE_TEXT
+    elif shape is int or shape == (int, float):
+        fitting = st.integers(-3, 3)
+    else:
+        fitting = SURROGATE_TEXT | st.dictionaries(SURROGATE_TEXT, ANY, max_size=2)
+    return st.one_of(fitting, fitting, fitting, ANY)
+
+
+FUZZED_CHUNK = shaped(chat.CHUNK_SHAPE)
+ODD = [None, True, 0, -1, 2.5, "", "\ud83d", "\ude00x", "\x1b[2J", "sk-FUZZ-0123456789", [], {},
+       [1, "a"], {"x": {"y": []}}, "text \u202e", 10**30]
+
+
+def random_shaped(shape, rng, top=False):
+    """Like shaped(), for a seeded random.Random: mostly fitting, sometimes odd."""
+    if not top and rng.random() < 0.15:
+        return rng.choice(ODD)
+    if isinstance(shape, dict):
+        return {k: random_shaped(v, rng) for k, v in shape.items() if rng.random() < 0.5}
+    if isinstance(shape, list):
+        return [random_shaped(shape[0], rng) for _ in range(rng.randrange(3))]
+    if shape is int or shape == (int, float):
+        return rng.randrange(-1, 3)
+    return rng.choice(["Hello ", "**bold", "_it_", "\ud83d", "\ude00", "`code`", "\n", "# h\n",
+                       '{"a": 1}', "sk-FUZZ-0123456789", "\x1b]0;t\x07", "x" * 70])
+
+
+def run_reply_path(chunks, tmp):
+    """Everything a reply passes through in chat.py, for chunks sent as one
+    stream: decoder, boundary, accumulator, terminal printer with markdown,
+    logprobs, usage and audio, tool answering, keeping and saving."""
+    reads = [b"data: " + json.dumps(c).encode() + b"\n\n" for c in chunks] + [b"data: [DONE]\n\n"]
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    out, err = Terminal(), Terminal()
+    client = chat.Client("http://127.0.0.1:1/v1", api_key="sk-FUZZ-0123456789")
+    accumulator = chat.ChatAccumulator(2)
+    printer = chat.ReplyPrinter(out, err, n=2, usage=True, logprobs=True, markdown=True,
+                                audio=chat.AudioFile(os.path.join(tmp, "a.wav"), "pcm16"))
+    dropped = []
+    try:
+        for c in chat.iter_chunks(reads, dropped):
+            accumulator.add(c)
+            printer.chunk(c)
+        completion = client.redactor.redact_all(accumulator.result())
+        printer.finish(completion)
+        message = chat.history_message(completion["choices"][0]["message"]
+                                       if completion["choices"] else {})
+        tools = chat.Tools(ask=lambda question: "typed result", ask_first=False)
+        results = [chat.tool_result(call, tools.answer(call)) for call in chat.tool_calls(message)]
+        conversation = chat.Chat(client, "m")
+        conversation.load({"model": "m", "messages": [{"role": "user", "content": "hi"}, message]
+                           + results})
+        chat.save_conversation(os.path.join(tmp, "kept.json"), conversation.body())
+        json.dumps(completion, ensure_ascii=False).encode("utf-8")   # --output json
+        (out.getvalue() + err.getvalue()).encode("utf-8")   # the screen takes it
+    except chat.ChatError:
+        pass
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(FUZZED_CHUNK, max_size=5))
+def test_fuzzed_chunks_end_in_a_reply_or_our_error(tmp_path_factory, chunks):
+    run_reply_path(chunks, str(tmp_path_factory.mktemp("fuzz")))
+
+
+def test_fuzzed_streams_through_chat_py_on_a_terminal(server, tmp_path):
+    """A few hundred fuzzed streams, each one turn of chat.py on a pty: no
+    traceback, ever; each turn ends in a reply or chat.py's own error line."""
+    import random
+    rng = random.Random(18)
+    streams = [[random_shaped(chat.CHUNK_SHAPE, rng, top=True)
+                for _ in range(rng.randrange(1, 5))] for _ in range(200)]
+    left = list(streams)
+    runs = 0
+    while left:
+        turns = len(left)
+        server.add(*[Reply(sse(*s), headers=SSE) for s in left])
+        status, data = on_terminal(server, "-i", "--logprobs", "--usage",
+                                   stdin=b"turn\n" * turns, timeout=60)
+        text = data.decode("utf-8", "replace")
+        assert "Traceback" not in text and status in (0, 1), text[-2000:]
+        rest = OWN.sub(b"", data)   # nothing but chat.py's own escape sequences
+        assert b"\x1b" not in rest and b"\x07" not in rest and "\u202e".encode() not in rest
+        done = turns - len(server.replies)
+        server.replies.clear()
+        left = left[max(done, 1):]
+        runs += 1
+    assert runs < len(streams)   # most streams were replies, not errors
