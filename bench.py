@@ -9,6 +9,8 @@ same run, so the ratios hold from machine to machine:
    flush each delta);
    and the same reply onto a pseudo-terminal, where chat.py sanitizes it and
    highlights it as markdown, beside the floor writing it to a terminal too;
+   and a reply of 30,000 one-character "_" pieces onto a terminal, markdown
+   on, beside --no-markdown (the highlighter's worst case must stay linear);
    and a loaded 16,000-message conversation trimmed by --max-context, beside
    the same run without trimming;
 2. start-up: wall time of `chat.py --help`, and until the console's first
@@ -347,6 +349,17 @@ def main():
     os.unlink(saved)
     server.close()
 
+    markers = HEAD + render(["_"] * 30000)   # the markdown highlighter's worst case
+    server = Server(lambda n: [markers])
+    marker_argv = [PYTHON, CHAT_PY, "--base-url", server.url, "hi"]
+    marked, unmarked = [], []
+    for _ in range(RUNS):
+        marked.append(run_measured(marker_argv, env=clean_env(TERM="xterm"), terminal=True)[0])
+        unmarked.append(run_measured(marker_argv[:-1] + ["--no-markdown", "hi"],
+                                     env=clean_env(TERM="xterm"), terminal=True)[0])
+    marked_cpu, unmarked_cpu = statistics.median(marked), statistics.median(unmarked)
+    server.close()
+
     help_wall = wall([PYTHON, CHAT_PY, "--help"])
     pass_wall = wall([PYTHON, "-c", "pass"])
     prompt = until_prompt()
@@ -357,6 +370,9 @@ def main():
          "%.2f s" % floor_cpu, chat_cpu / floor_cpu, "<= 1.3x"),
         ("stream CPU, %s chunks onto a terminal, markdown on" % format(CHUNKS, ","),
          "%.2f s" % term_cpu, "%.2f s" % term_floor_cpu, term_cpu / term_floor_cpu, "<= 2x"),
+        ("30,000 one-character _ pieces onto a terminal, markdown on, CPU",
+         "%.2f s" % marked_cpu, "%.2f s (--no-markdown)" % unmarked_cpu,
+         marked_cpu / unmarked_cpu, "<= 2x"),
         ("16,000-message conversation trimmed to 50,000 tokens, CPU", "%.2f s" % trimmed_cpu,
          "%.2f s (untrimmed)" % untrimmed_cpu, trimmed_cpu / untrimmed_cpu, "<= 1.5x"),
         ("--help, wall", "%.1f ms" % (help_wall * 1e3), "%.1f ms" % (pass_wall * 1e3),

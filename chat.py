@@ -4579,9 +4579,12 @@ Tools:
                         shell): the arguments JSON on its stdin, its stdout
                         the result; a failure is sent as an error result.
                         Repeatable.  Each run is asked for (y/N, restating
-                        the tool and its complete arguments) on the terminal,
-                        never on piped input, unless --yes; Ctrl-D there
-                        means no, Ctrl-C no and stop the turn.  With no
+                        the tool, the command and the arguments it gets,
+                        parsed once; v shows arguments cut to fit the screen)
+                        on the terminal, never on piped input, unless --yes;
+                        what was typed before the question is discarded.
+                        Ctrl-D there means no, Ctrl-C no and stop the turn.
+                        Arguments that repeat a key are refused.  With no
                         terminal to ask on, the tool is not run and the
                         model is told
   --yes                 run --tool-exec commands without asking
