@@ -49,7 +49,6 @@ import base64
 import configparser
 import difflib
 import glob
-import http.client
 import io
 import ipaddress
 import json
@@ -60,26 +59,25 @@ import random
 import re
 import select
 import shlex
-import socket
-import ssl
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 import wave
 from collections import namedtuple
-from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit, urlunsplit
 try:
     import termios   # to discard typeahead before a consent question
 except ImportError:   # Windows
     termios = None
-# readline alone is imported where it is used, and only for a terminal: importing
-# it changes how input() reads and may write to the terminal.
+# Two kinds of module are imported where they are first needed, not here.
+# The network ones (http.client, socket, ssl, urllib.request, email) by
+# _import_network(), before the first request: they take about 35 ms, which
+# --help, --version, --manual, --list, --show, --reply and a usage error
+# never need.  readline only for a terminal: importing it changes how
+# input() reads and may write to the terminal.
 
 __version__ = "0.1.0"
 __all__ = [
@@ -120,8 +118,6 @@ DEFAULT_TOOL_ROUNDS = 8         # rounds of tool calls and results in one turn
 DEFAULT_VOICE = "alloy"         # the voice --audio-out asks for
 CONTINUE_PROMPT = ("Continue your last reply exactly where it stopped, without repeating "
                    "anything or adding an introduction.")
-# Python 3.7 named the certificate error; 3.6 raises its base class.
-_CERTIFICATE_ERROR = getattr(ssl, "SSLCertVerificationError", ssl.CertificateError)
 _IMAGE_MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
                 (b"GIF87a", "image/gif"), (b"GIF89a", "image/gif")]
 
@@ -1088,6 +1084,120 @@ def _context_numbers(exc):
 # Lifting: needs the errors, the protocol's stream functions and the constants.
 # ---------------------------------------------------------------------------
 
+def _import_network():
+    """Import the modules a request needs, once (see the comment at the imports)."""
+    global http, socket, ssl, urllib
+    import http.client
+    import socket
+    import ssl
+    import urllib.error
+    import urllib.request
+
+
+def _connection_pool():
+    """A urllib.request handler that keeps the connection to each server
+    open between requests and sends the next request on it (HTTP/1.1
+    keep-alive), for http and https, direct or through a proxy's CONNECT
+    tunnel; no connection is shared between hosts.
+
+    A connection is used again only if its last answer was read to its end
+    and did not say Connection: close (an HTTP/1.0 server, a stream cut
+    short, an interrupted reply: each closes it for good).  One the server
+    has closed meanwhile (its idle timeout, a proxy that dropped it) is
+    found before any byte of an answer: as sending fails, or the status line
+    never comes.  Only then is the request sent once more, on a new
+    connection, so the server sees it once."""
+    _import_network()
+
+    class Response(http.client.HTTPResponse):
+        reusable = False   # set by close(): the body was read to its end
+        owner = None       # the connection it came on, until it is closed
+
+        def close(self):
+            owner, self.owner = self.owner, None
+            if owner is not None:
+                self.reusable = not self.will_close and (
+                    self.fp is None or (not self.chunked and self.length == 0))
+            super().close()
+            if owner is not None and not self.reusable:
+                owner.close()   # an answer not read to its end: the connection is done
+
+    class KeepAlive(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+        def __init__(self):
+            urllib.request.HTTPSHandler.__init__(self)   # the default TLS settings
+            self.idle = {}   # (scheme, host, tunnel, target) -> (connection, its last answer)
+
+        def http_open(self, request):
+            return self._open(http.client.HTTPConnection, request)
+
+        def https_open(self, request):
+            return self._open(http.client.HTTPSConnection, request)
+
+        def _open(self, connection_class, request):
+            key = (request.type, request.host, request._tunnel_host,
+                   urlsplit(request.full_url).netloc)
+            connection = self._idle(key)
+            while True:
+                reused = connection is not None
+                if not reused:
+                    connection = connection_class(request.host, timeout=request.timeout)
+                    connection.response_class = Response
+                try:
+                    response = self._send(connection, request, tunnel=not reused)
+                    break
+                except (BrokenPipeError, ConnectionResetError) as exc:
+                    # (RemoteDisconnected is a ConnectionResetError: no status line)
+                    connection.close()
+                    if not reused:
+                        raise urllib.error.URLError(exc) from None
+                    connection = None   # closed while idle: once more, on a new one
+                except OSError as exc:
+                    connection.close()
+                    raise urllib.error.URLError(exc) from None
+                except BaseException:
+                    connection.close()
+                    raise
+            response.owner = connection
+            if not response.will_close:
+                self.idle[key] = (connection, response)
+            response.url, response.msg = request.get_full_url(), response.reason
+            return response
+
+        def close(self):
+            for connection, _ in self.idle.values():
+                connection.close()
+            self.idle.clear()
+
+        def _idle(self, key):
+            """The connection kept for key, if it can take another request."""
+            connection, last = self.idle.pop(key, (None, None))
+            if connection is None:
+                return None
+            closed = connection.sock is None or not last.reusable
+            if not closed:   # readable while idle: the server closed it (or misbehaves)
+                closed = bool(select.select([connection.sock], [], [], 0)[0])
+            if closed:
+                connection.close()
+                return None
+            return connection
+
+        def _send(self, connection, request, tunnel):
+            headers = dict(request.unredirected_hdrs)
+            headers.update((k, v) for k, v in request.headers.items() if k not in headers)
+            headers = {name.title(): value for name, value in headers.items()}
+            if request._tunnel_host and tunnel:
+                proxy_auth = {k: headers.pop(k) for k in list(headers)
+                              if k == "Proxy-Authorization"}
+                connection.set_tunnel(request._tunnel_host, headers=proxy_auth)
+            connection.timeout = request.timeout
+            if connection.sock is not None:
+                connection.sock.settimeout(request.timeout)
+            connection.request(request.get_method(), request.selector, request.data, headers)
+            return connection.getresponse()
+
+    return KeepAlive()
+
+
 def normalize_base_url(url):
     """Accept a base URL as people paste it; return scheme://host[:port]/path[?query].
 
@@ -1184,6 +1294,7 @@ def proxies_for(host, environ):
         lower = name.lower()
         if value and lower.endswith("_proxy") and (name == lower or lower[:-6] not in proxies):
             proxies[lower[:-6]] = value
+    _import_network()
     if is_loopback_host(host) or urllib.request.proxy_bypass_environment(host, proxies):
         return {}
     proxies.pop("no", None)
@@ -1229,6 +1340,7 @@ def retry_delay(attempt, headers, now=None, jitter=None):
             try:
                 seconds = float(after)
             except ValueError:
+                from email.utils import parsedate_to_datetime   # (imported by urllib already)
                 seconds = parsedate_to_datetime(after).timestamp() - (now or time.time())
         else:
             seconds = None
@@ -1384,6 +1496,7 @@ class Client:
         self.retries = retries
         self.on_retry = on_retry or (lambda text: None)
         self.sleep = sleep or time.sleep
+        self._urlopener = self._pool = None   # made at the first request
         self.headers = {
             "Content-Type": "application/json",
             "User-Agent": "chat.py/%s (Python %d.%d)" % ((__version__,) + sys.version_info[:2]),
@@ -1421,12 +1534,9 @@ class Client:
                 headers.setdefault("Accept", "text/event-stream")
         else:
             del headers["Content-Type"]
+        opener = self._opener()
         request = urllib.request.Request(endpoint_url(self.base_url, path), data=data,
                                          headers=headers, method=method)
-        handlers = [_no_redirect_handler()]
-        if self.proxies is not None:
-            handlers.append(urllib.request.ProxyHandler(self.proxies))
-        opener = urllib.request.build_opener(*handlers)
         retries = 0 if probe else self.retries
         for attempt in range(retries + 1):
             retry_headers = {}
@@ -1457,6 +1567,23 @@ class Client:
             delay = retry_delay(attempt, retry_headers)
             self.on_retry("%s; retry %d of %d in %.1fs" % (why, attempt + 1, retries, delay))
             self.sleep(delay)
+
+    def _opener(self):
+        """The one urllib opener of this client, made at its first request: it
+        keeps the connection open between requests (_connection_pool)."""
+        if self._urlopener is None:
+            _import_network()
+            self._pool = _connection_pool()
+            handlers = [_no_redirect_handler(), self._pool]
+            if self.proxies is not None:
+                handlers.append(urllib.request.ProxyHandler(self.proxies))
+            self._urlopener = urllib.request.build_opener(*handlers)
+        return self._urlopener
+
+    def close(self):
+        """Close the connections kept open for the next request."""
+        if self._pool is not None:
+            self._pool.close()
 
     def _status_error(self, status, headers, body, probe=False):
         message, type_, code = error_message(body)
@@ -1531,7 +1658,8 @@ class Client:
         if isinstance(reason, socket.gaierror):
             return APIConnectionError("cannot find the host of %s - check --base-url and "
                                       "your network" % where)
-        if isinstance(reason, _CERTIFICATE_ERROR):
+        # Python 3.7 named the certificate error; 3.6 raises its base class.
+        if isinstance(reason, getattr(ssl, "SSLCertVerificationError", ssl.CertificateError)):
             return APIConnectionError("the TLS certificate of %s is not trusted (%s); for a "
                                       "private CA set SSL_CERT_FILE"
                                       % (where, getattr(reason, "verify_message", None) or reason))
@@ -4238,6 +4366,14 @@ def _run(args, settings, stdin, out, err, environ):
                     headers=settings.headers, proxies=settings.proxies,
                     timeout=settings.timeout, on_retry=notify,
                     retries=0 if args.check else settings.retries)   # --check diagnoses now
+    try:
+        return _run_with(client, args, settings, stdin, out, err, environ)
+    finally:
+        client.close()
+
+
+def _run_with(client, args, settings, stdin, out, err, environ):
+    notify = lambda text: _stderr_notice(err, text)   # noqa: E731
     if args.models:
         _stdout_show(out, "".join(model + "\n" for model in client.models()))
         return 0

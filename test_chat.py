@@ -60,11 +60,16 @@ class LoopbackServer:
 
     def __init__(self, tls=None):
         self.replies, self.requests = [], []
+        self.connections = 0
         self.scheme = "https" if tls else "http"
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+
+            def setup(self):
+                server.connections += 1   # each TCP connection the client opened
+                super().setup()
 
             def log_message(self, *args):
                 pass
@@ -3330,7 +3335,11 @@ EVIL_SOURCES = {
                       ["hi"]),
     "page title": (lambda: [Reply(("<html><title>%s</title></html>" % EVIL).encode(), status=502,
                                   headers={"Content-Type": "text/html"})], ["--retries", "0", "hi"]),
+    # (The bare CR in the value cuts the header block short, Content-Length
+    # with it: a server that closes the connection, as this one says it will,
+    # is what lets the answer end.)
     "redirect header": (lambda: [Reply(b"", status=302, headers={
+        "Connection": "close",
         "Location": EVIL.replace("\x9b", "").replace("\u202e", "").replace("\u202c", "")})], ["hi"]),
     "model id in --check": (lambda: [Reply(json.dumps({"data": [{"id": EVIL}]}).encode()),
                                      stream_reply("OK")], ["--check"]),
