@@ -4,12 +4,15 @@
 # make bench  measure chat.py against a minimal floor (not part of make test)
 # make mutate mutation-test the pure core (.ci/mutate.py; about half an hour)
 # make run    start a chat
+# make install  chat.py as a command in $(PREFIX)/bin (default ~/.local), its
+#             bytecode compiled once so it starts fast
 PYTHON ?= python3
+PREFIX ?= $(HOME)/.local
 VENV   := .venv
 PYTEST := pytest==8.3.5 hypothesis==6.113.0 pyte==0.8.2 wcwidth==0.2.13
 VERMIN := vermin==1.9.2
 
-.PHONY: test e2e check bench mutate run clean
+.PHONY: test e2e check bench mutate run install clean
 PYTEST_ARGS ?=
 
 test:
@@ -32,6 +35,18 @@ mutate: $(VENV)/.pytest
 
 run:
 	$(PYTHON) chat.py
+
+# The command is a two-line launcher that imports chat.py from lib/: Python
+# caches an imported module's bytecode, never a script's.
+install:
+	install -d $(PREFIX)/bin $(PREFIX)/lib/chat.py
+	install -m 644 chat.py $(PREFIX)/lib/chat.py/chat.py
+	$(PYTHON) -m compileall -q $(PREFIX)/lib/chat.py
+	printf '#!%s\nimport sys; sys.path.insert(0, "%s")\nimport chat; sys.exit(chat.main())\n' \
+	    "$$($(PYTHON) -c 'import sys; print(sys.executable)')" "$(PREFIX)/lib/chat.py" \
+	    > $(PREFIX)/bin/chat.py
+	chmod 755 $(PREFIX)/bin/chat.py
+	@echo "installed $(PREFIX)/bin/chat.py"
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)

@@ -13,7 +13,11 @@ same run, so the ratios hold from machine to machine:
    on, beside --no-markdown (the highlighter's worst case must stay linear);
    and a loaded 16,000-message conversation trimmed by --max-context, beside
    the same run without trimming;
-2. start-up: wall time of `chat.py --help`, and until the console's first
+2. five turns of a piped chat against a loopback TLS server that makes each
+   new connection wait 50 ms before its handshake (a stand-in for a remote
+   API): wall time and the connections opened; with BENCH_BEFORE=FILE, the
+   same for another chat.py beside it;
+   start-up: wall time of `chat.py --help`, and until the console's first
    prompt appears on a terminal, beside `python3 -c pass`;
 3. first-token latency: from the server writing the first token to it
    arriving at the reading end of chat.py's stdout pipe;
@@ -251,6 +255,89 @@ def wall(argv, runs=21):
     return statistics.median(times)
 
 
+class SlowHandshakeTLSServer:
+    """A loopback TLS server that, like a remote API, makes each new
+    connection cost time: 50 ms before its handshake.  It answers each
+    request with a short streamed reply and keeps the connection open unless
+    the client asked to close it; connections counts them."""
+
+    DELAY = 0.05
+
+    def __init__(self, certfile, keyfile):
+        import ssl
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(certfile, keyfile)
+        self.connections = 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.url = "https://127.0.0.1:%d/v1" % self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        time.sleep(self.DELAY)
+        body = render(["Sure", "."])
+        head = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+        try:
+            with self.context.wrap_socket(conn, server_side=True) as tls:
+                data = b""
+                while True:
+                    while b"\r\n\r\n" not in data:
+                        more = tls.recv(65536)
+                        if not more:
+                            return
+                        data += more
+                    head_in, _, data = data.partition(b"\r\n\r\n")
+                    length = int([l.split(b":")[1] for l in head_in.split(b"\r\n")
+                                  if l.lower().startswith(b"content-length")][0])
+                    while len(data) < length:
+                        data += tls.recv(65536)
+                    data = data[length:]
+                    tls.sendall(head + body)
+                    if b"connection: close" in head_in.lower():
+                        return
+        except (OSError, ValueError):
+            pass
+
+    def close(self):
+        self.sock.close()
+
+
+def five_turns_over_tls(chat_py):
+    """(median wall time, connections opened) of a five-turn piped chat
+    against SlowHandshakeTLSServer, for the chat.py at chat_py."""
+    folder = tempfile.mkdtemp(prefix="chat-bench-tls-")
+    cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    server = SlowHandshakeTLSServer(cert, key)
+    times, connections = [], []
+    try:
+        for _ in range(RUNS):
+            before = server.connections
+            started = time.perf_counter()
+            subprocess.run([PYTHON, chat_py, "--base-url", server.url, "-i"],
+                           input=b"one\ntwo\nthree\nfour\nfive\n", stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env=clean_env(SSL_CERT_FILE=cert), check=True)
+            times.append(time.perf_counter() - started)
+            connections.append(server.connections - before)
+    finally:
+        server.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    return statistics.median(times), statistics.median(connections)
+
+
 def until_prompt(runs=11):
     """Median time from starting the console on a terminal to its first prompt."""
     times = []
@@ -360,6 +447,10 @@ def main():
     marked_cpu, unmarked_cpu = statistics.median(marked), statistics.median(unmarked)
     server.close()
 
+    tls_wall, tls_connections = five_turns_over_tls(CHAT_PY)
+    before = os.environ.get("BENCH_BEFORE")   # a chat.py to compare with, e.g. main's
+    tls_before = five_turns_over_tls(before) if before else None
+
     help_wall = wall([PYTHON, CHAT_PY, "--help"])
     pass_wall = wall([PYTHON, "-c", "pass"])
     prompt = until_prompt()
@@ -375,6 +466,10 @@ def main():
          marked_cpu / unmarked_cpu, "<= 2x"),
         ("16,000-message conversation trimmed to 50,000 tokens, CPU", "%.2f s" % trimmed_cpu,
          "%.2f s (untrimmed)" % untrimmed_cpu, trimmed_cpu / untrimmed_cpu, "<= 1.5x"),
+        ("five turns over TLS, 50 ms a new connection, wall (connections)",
+         "%.0f ms (%d)" % (tls_wall * 1e3, tls_connections),
+         "%.0f ms (%d) BENCH_BEFORE" % (tls_before[0] * 1e3, tls_before[1]) if tls_before else "",
+         tls_wall / tls_before[0] if tls_before else None, "1 connection"),
         ("--help, wall", "%.1f ms" % (help_wall * 1e3), "%.1f ms" % (pass_wall * 1e3),
          help_wall / pass_wall, "<= 2x"),
         ("first prompt on a terminal, wall", "%.1f ms" % (prompt * 1e3),

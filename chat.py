@@ -140,9 +140,12 @@ class UsageError(ChatError):
 class APIError(ChatError):
     """The server answered with an error (an HTTP status or an error event)."""
 
-    def __init__(self, message, status=None, type=None, code=None, body=None):
+    def __init__(self, message, status=None, type=None, code=None, body=None, *,
+                 headers=None, found=None):
         super().__init__(message)
         self.status, self.type, self.code, self.body = status, type, code, body
+        self.headers = headers or {}     # the answer's headers, where there was one
+        self.found = found or message    # what the server said, without advice
 
 
 class AuthenticationError(APIError):
@@ -515,6 +518,23 @@ def conform(value, shape, dropped, path=""):
     return shape(value)
 
 
+def conform_chunk(chunk, dropped):
+    """conform(chunk, CHUNK_SHAPE), with the chunk nearly every stream is
+    made of (one choice, a delta of content alone, nothing else) told in a
+    few tests, as this runs for every chunk.  The top-level fields (id,
+    model...) are read once a reply, and conformed there (ChatAccumulator)."""
+    choices = chunk.get("choices")
+    if type(choices) is list and len(choices) == 1:
+        choice = choices[0]
+        if (type(choice) is dict and type(choice.get("index", 0)) is int
+                and choice.get("finish_reason") is None and choice.get("logprobs") is None):
+            delta = choice.get("delta")
+            if (type(delta) is dict and len(delta) == 1 and type(delta.get("content")) is str
+                    and chunk.get("usage") is None):
+                return chunk
+    return conform(chunk, CHUNK_SHAPE, dropped)
+
+
 def _content_parts(message):
     """Content sent as a list of parts (Mistral): its text parts become the
     content, its thinking parts (magistral) the reasoning."""
@@ -571,15 +591,14 @@ def decode_base64_pieces(data):
     return b"".join(base64.b64decode(piece) for piece in re.findall(r"[^=]+=*", data))
 
 
-def iter_chunks(reads, dropped=None):
-    """Yield the chunk dicts of an event stream given as byte strings, until [DONE],
-    each conformed to CHUNK_SHAPE (the paths of fields left out go to dropped).
+def iter_chunks(reads):
+    """Yield the chunk dicts of an event stream given as byte strings, until [DONE].
 
     Raises APIError for an error the server sends inside the stream,
     StreamError for a stream that is not one, and IncompleteStreamError
-    (after the last chunk) when the bytes end before [DONE].
+    (after the last chunk) when the bytes end before [DONE].  The chunks are
+    JSON objects, not yet checked for shape: ChatAccumulator.add() does that.
     """
-    dropped = [] if dropped is None else dropped
     decoder, events = LineDecoder(), SSEDecoder()
     first, last = None, ()   # the first line and the last lines: to explain an ending
     for data in reads:
@@ -594,11 +613,7 @@ def iter_chunks(reads, dropped=None):
                 continue
             if event.data == "[DONE]":
                 return
-            chunk = parse_event(event)
-            if conform(chunk, CHUNK_SHAPE, dropped) is _WRONG:
-                raise StreamError("the server sent a chunk this client cannot read: %s"
-                                  % _one_line(event.data)[:200])
-            yield chunk
+            yield parse_event(event)
     for line in reversed(last):
         if line.startswith("error:"):
             # llama.cpp's server reports a failure as an "error:" field, which
@@ -616,8 +631,9 @@ def parse_event(event):
     except (ValueError, RecursionError):   # RecursionError: nested 200,000 deep
         chunk = None
     if type(chunk) is dict and "error" not in chunk and event.event == "message":
-        if _ESCAPED_SURROGATE.search(event.data):   # an emoji escaped, maybe cut in two
-            chunk = _mend_all(chunk)
+        data = event.data
+        if "\\u" in data and _ESCAPED_SURROGATE.search(data):
+            chunk = _mend_all(chunk)   # an emoji escaped, maybe cut in two
         return chunk   # the usual case, decided in one test
     if event.event == "error" or isinstance(chunk, dict) and chunk.get("error"):
         message, type_, code = error_message(event.data if chunk is None else chunk)
@@ -798,9 +814,16 @@ class ChatAccumulator:
         self.choices = {}       # index -> the choice being built
         self.unrequested = None   # the first index past n the server sent
         self._id = ()           # the chunk id whose top-level fields were read
+        self.dropped = []       # fields of the wrong type left out (conform)
 
     def add(self, chunk):
-        """Merge one chunk; raise StreamError if it is not shaped like one."""
+        """Check one chunk's shape (conform_chunk: a field of the wrong type is
+        left out, its path kept in dropped) and merge it; raise StreamError if
+        it cannot be read at all.  Whoever reads the chunk after this, a
+        printer say, meets no type it did not expect."""
+        if conform_chunk(chunk, self.dropped) is _WRONG:
+            raise StreamError("the server sent a chunk this client cannot read: %s"
+                              % _one_line(repr(chunk))[:200])
         try:
             self._add(chunk)
         except (AttributeError, TypeError, ValueError, RecursionError) as exc:
@@ -814,11 +837,9 @@ class ChatAccumulator:
                 if key not in self.top and chunk.get(key):
                     self.top[key] = chunk[key]
         if chunk.get("usage"):
-            self.usage = _expect(chunk["usage"], dict, "usage")
-        for choice in chunk.get("choices") or ():
+            self.usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():   # (conformed: the types are right)
             index = choice.get("index", 0)
-            if type(index) is not int:
-                raise TypeError("index is %s" % type(index).__name__)
             c = self.choices.get(index)
             if c is None:
                 if not 0 <= index < self.n:
@@ -868,7 +889,9 @@ class ChatAccumulator:
                 completion[key] = self.top[key]
         completion["choices"] = choices
         completion["usage"] = self.usage
-        return _finished(completion)   # (every string mended, the top fields too)
+        completion = _finished(completion)   # every string mended, the top fields too
+        conform(completion, CHUNK_SHAPE, self.dropped)   # top fields: see conform_chunk
+        return completion
 REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
 
 
@@ -1121,6 +1144,22 @@ def _connection_pool():
             super().close()
             if owner is not None and not self.reusable:
                 owner.close()   # an answer not read to its end: the connection is done
+
+        def finish(self, wait=0.5, limit=READ_SIZE):
+            """Read the rest of the body (after a stream's last event, the end
+            of its chunked body), if it is small and comes within wait seconds,
+            so that the connection can take the next request."""
+            if self.owner is None or self.owner.sock is None:
+                return
+            self.owner.sock.settimeout(wait)
+            try:
+                while limit > 0:
+                    data = self.read1(limit)
+                    if not data:
+                        return
+                    limit -= len(data)
+            except (OSError, http.client.HTTPException):
+                pass   # then it is not read to its end, and closes
 
     class KeepAlive(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
         def __init__(self):
@@ -1592,31 +1631,40 @@ class Client:
         except ValueError:
             parsed = None
         label = "HTTP %d" % status
-        if type_ or code:
-            label += " (%s)" % ", ".join(str(x) for x in (type_, code) if x)
-        hint = ""
-        if status in (301, 302, 303, 307, 308):
-            hint = "the server redirects to %s; use that as --base-url" % headers.get("Location")
-        elif status == 401:
-            hint = "the key was refused: check OPENAI_API_KEY, --api-key or --api-key-file"
-        elif status == 403:
-            hint = "the key is not allowed to use this model or endpoint"
-        elif status in (404, 405, 501) and not probe:
-            hint = path_hint(self.base_url)
-            if not hint and parsed is None:   # a web page, not an API's JSON error
-                hint = ("this does not look like an OpenAI-compatible API; check --base-url "
-                        "(chat.py --check looks for the API there)")
-            elif not hint:
-                hint = "check --base-url (usually ends in /v1) and --model"
-        elif status == 429:
-            hint = "rate limited or out of quota; wait, then try again"
-        elif status >= 500 and type_ is None and code is None:
-            hint = "the server failed; try again later"   # it did not say why
-        text = "%s: %s" % (label, message)
-        if hint:
-            text += " - " + hint
+        named = [str(x) for x in (type_, code) if x]
+        if named:   # once when they say the same
+            label += " (%s)" % ", ".join(sorted(set(named), key=named.index))
+        found = "%s: %s" % (label, message)
+        hint = self._status_hint(status, headers, parsed is None, type_ or code, probe)
         cls = {401: AuthenticationError, 403: AuthenticationError, 429: RateLimitError}
-        return cls.get(status, APIError)(text, status, type_, code, parsed)
+        return cls.get(status, APIError)(found + (" - " + hint if hint else ""), status, type_,
+                                         code, parsed, headers=headers, found=found)
+
+    def _status_hint(self, status, headers, not_json, named, probe):
+        """What to do about an error status, in a few words (for a probe,
+        which explains itself, nothing about the path)."""
+        if status in (301, 302, 303, 307, 308):
+            return "the server redirects to %s; use that as --base-url" % headers.get("Location")
+        if status == 401 and not self.api_key and "Authorization" not in self.headers:
+            return ("the server wants a key and none was sent: set OPENAI_API_KEY, or pass "
+                    "--api-key or --api-key-file")
+        if status == 401:
+            return "the key was refused: check OPENAI_API_KEY, --api-key or --api-key-file"
+        if status == 403:
+            return "the key is not allowed to use this model or endpoint"
+        if status in (404, 405, 501) and probe:
+            return ""
+        if status in (404, 405, 501):
+            hint = path_hint(self.base_url)
+            if not hint and not_json:   # a web page, not an API's JSON error
+                return ("this does not look like an OpenAI-compatible API; check --base-url "
+                        "(chat.py --check looks for the API there)")
+            return hint or "check --base-url (usually ends in /v1) and --model"
+        if status == 429:
+            return "rate limited or out of quota; wait, then try again"
+        if status >= 500 and not named:
+            return "the server failed; try again later"   # it did not say why
+        return ""
 
     def curl(self, payload):
         """A curl command line that sends payload as this client would, minus secrets.
@@ -1708,23 +1756,24 @@ class Client:
         with self.request("POST", "/chat/completions", payload) as response:
             return self.complete_from(response, dropped)
 
-    def stream(self, payload, dropped=None):
+    def stream(self, payload):
         """Send a streamed chat request; yield each chunk dict until [DONE].
 
         An error inside the stream is raised, never yielded.  A stream that
         closes before [DONE] raises IncompleteStreamError after its last chunk.
         A server that answers a stream request with plain JSON is accepted.
-        Each chunk is conformed to CHUNK_SHAPE; the paths of fields left out
-        go to dropped.
         """
         with self.request("POST", "/chat/completions", payload) as response:
             content_type = (response.headers.get("Content-Type") or "").lower()
             if "json" in content_type:
-                yield completion_to_chunk(self.complete_from(response, dropped))
+                yield completion_to_chunk(self.complete_from(response))
                 return
             if "html" in content_type:
                 self.read_json(response)   # raises, naming the page's title
-            yield from iter_chunks(self._reads(response), dropped)
+            yield from iter_chunks(self._reads(response))
+            finish = getattr(response, "finish", None)   # (a keep-alive connection's)
+            if finish is not None:
+                finish()
 
     def _reads(self, response):
         """The stream's bytes as they arrive, at most MAX_BODY of them in all."""
@@ -1995,7 +2044,7 @@ class Chat:
         """One request; its reply goes through accumulator and printer.  Fields
         of the wrong type are left out (and said so); a credential the server
         echoes is blanked out of what is kept."""
-        dropped = []
+        dropped = accumulator.dropped   # the boundary and the accumulator say alike
         try:
             completion = self._receive(messages, printer, accumulator, dropped)
         finally:
@@ -2017,7 +2066,7 @@ class Chat:
             return completion
         if self.max_context and "stream_options" not in payload:
             payload["stream_options"] = {"include_usage": True}   # for the real count
-        chunks = self.client.stream(payload, dropped)
+        chunks = self.client.stream(payload)
         try:
             for chunk in chunks:
                 accumulator.add(chunk)   # first: what Ctrl-C finds shown is in here
@@ -2619,13 +2668,15 @@ class ReplyPrinter(Printer):
             if not 0 <= index < self.n:
                 continue
             delta = choice.get("delta") or {}
-            text = delta.get("content") or (delta.get("audio") or {}).get("transcript")
+            text = delta.get("content")
+            if text is None and "audio" in delta:
+                text = delta["audio"].get("transcript")
             if self._current is None:
                 self._switch_to(index)
             if index == self._current:
-                if self.reasoning:
+                if self.reasoning and len(delta) > 1 or text is None:
                     thought = delta.get("reasoning_content") or delta.get("reasoning")
-                    if thought:
+                    if thought and self.reasoning:
                         self._think(thought)
                 if text:
                     self._write(text)
@@ -2657,19 +2708,24 @@ class ReplyPrinter(Printer):
         if self._thinking:   # the answer starts: end the reasoning's line
             self._thinking = False
             _write_sanitized(self.err, "\n\n")
-        text, self._half = self._half + text, ""
-        if "\ud800" <= text[-1] <= "\udbff":   # half of a pair cut in two: wait for
-            text, self._half = text[:-1], text[-1]   # the other half
+        if self._half or "\ud800" <= text[0] <= "\udfff" or "\ud800" <= text[-1] <= "\udfff":
+            text = self._pair_halves(text)   # (rare: an emoji cut between two chunks)
             if not text:
                 return
-        if "\ud800" <= text[0] <= "\udfff":   # a pair made whole, or a lone half
-            text = mend_surrogates(text)
         self._ends_line = text[-1] == "\n"   # first, in case Ctrl-C lands mid-write
         if self.terminal:
             text = sanitize(text)
             if self._highlighter:
                 text = self._highlighter.feed(text)
         _stdout_write(self.out, text)
+
+    def _pair_halves(self, text):
+        """text with a surrogate half held from the last piece joined to it, and
+        a high half at its end held for the next; a lone half is U+FFFD."""
+        text, self._half = self._half + text, ""
+        if "\ud800" <= text[-1] <= "\udbff":
+            text, self._half = text[:-1], text[-1]
+        return mend_surrogates(text)
 
     def end_line(self):
         """End the text with a newline, if it has none, so notices start
@@ -3737,6 +3793,23 @@ class _Report:
         _write_sanitized(self.out, self._redactor.redact("%-5s %s\n" % (status, text)))
 
 
+def _found(exc, request):
+    """What a request found, as --check says it: for an error status, the
+    status, the server's words, what kind of server and answer it was."""
+    if not isinstance(exc, APIError) or exc.status is None:
+        return "%s failed: %s" % (request, exc)
+    if exc.body is not None:   # an API's own JSON error: its words say it
+        return str(exc)
+    kind = [exc.headers.get("Content-Type"), exc.headers.get("Server") and
+            "server " + exc.headers.get("Server")]
+    text = "%s answered %s" % (request, exc.found)
+    if any(kind):
+        text += " (%s)" % ", ".join(k for k in kind if k)
+    if exc.body is None and exc.status in (404, 405, 501):
+        text += "; a web server, not an OpenAI-compatible API: is --base-url the API's?"
+    return text
+
+
 def check_connection(chat, out):
     """Answer, in a few lines, whether chat can talk to its server; return 0 if so.
 
@@ -3781,8 +3854,8 @@ def _check_models(client, report):
         if isinstance(exc, APIError) and exc.status:
             report.say("ok", "reachable: the server answered HTTP %s" % exc.status)
         hint = _probe_v1(client) or path_hint(client.base_url)
-        report.say("FAIL" if hint else "warn", "OpenAI-compatible: GET /models failed: %s%s"
-                   % (exc, " - " + hint if hint else ""))
+        report.say("FAIL" if hint else "warn", "OpenAI-compatible: %s%s"
+                   % (_found(exc, "GET /models"), " - " + hint if hint else ""))
         if hint:
             raise
         return None
@@ -3815,7 +3888,7 @@ def _check_chat(model, client, report):
             params = renamed_max_tokens(params, exc)
             if params is not None:
                 continue
-            report.say("FAIL", "chat: %s" % exc)
+            report.say("FAIL", "chat: %s" % _found(exc, "POST /chat/completions"))
             return
         except ChatError as exc:
             report.say("FAIL", "chat: %s" % exc)

@@ -60,16 +60,31 @@ class LoopbackServer:
 
     def __init__(self, tls=None):
         self.replies, self.requests = [], []
-        self.connections = 0
+        self.connections = 0        # TCP connections accepted
+        self.idle_timeout = None    # close a kept connection idle this long (seconds)
+        self.per_connection = None  # close a connection when it would serve one more
         self.scheme = "https" if tls else "http"
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            timeout = None   # seconds a kept connection may be idle (set by idle_timeout)
+
             def setup(self):
                 server.connections += 1   # each TCP connection the client opened
+                self.served = 0
+                self.timeout = server.idle_timeout
                 super().setup()
+
+            def handle_one_request(self):
+                if server.per_connection and self.served >= server.per_connection:
+                    # As a server whose idle timeout passes just as the next
+                    # request comes: closed without reading it.
+                    self.close_connection = True
+                    return
+                self.served += 1
+                super().handle_one_request()
 
             def log_message(self, *args):
                 pass
@@ -545,9 +560,11 @@ def test_accumulator_fills_what_a_sparse_tool_call_left_out():
         {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}]
 
 
-def test_accumulator_choice_index_must_be_a_number():
-    with pytest.raises(chat.StreamError, match=r"cannot read \(index is str\)"):
-        accumulate({"choices": [{"index": "0", "delta": {"content": "x"}}]})
+def test_accumulator_leaves_out_an_index_that_is_not_a_number():
+    acc = accumulate({"choices": [{"index": "0", "delta": {"content": "x"}}]})
+    assert acc.text(0) == "x" and acc.dropped == [".choices[].index (str)"]
+    with pytest.raises(chat.StreamError, match=r"cannot read: \{'choices': 5\}"):
+        accumulate({"choices": 5})
 
 
 def test_accumulator_text_after_an_empty_first_piece():
@@ -569,12 +586,13 @@ def test_accumulator_list_bound_is_exact_and_errors_say_what():
         return chunk(delta={"tool_calls": [{"index": i, "id": "c%d" % i, "type": "function",
                                             "function": {"name": "f", "arguments": ""}} for i in range(n)]})
     assert len(accumulate(calls(1024)).result()["choices"][0]["message"]["tool_calls"]) == 1024
-    for bad, why in ((calls(1025), "more than 1024 items in one list"),
-                     (chunk(delta={"tool_calls": [7]}), "a list item is int"),
-                     (chunk(delta={"tool_calls": [{"index": "0"}]}), "index is str")):
-        with pytest.raises(chat.StreamError, match=r"^the server sent a chunk this client cannot "
-                                                   r"read \(%s\): " % why):
-            accumulate(bad)
+    with pytest.raises(chat.StreamError, match=r"^the server sent a chunk this client cannot "
+                                               r"read \(more than 1024 items in one list\): "):
+        accumulate(calls(1025))
+    # Items of the wrong type are left out by the boundary, and said so.
+    assert accumulate(chunk(delta={"tool_calls": [7]})).dropped == [".choices[].delta.tool_calls[] (int)"]
+    assert accumulate(chunk(delta={"tool_calls": [{"index": "0"}]})).dropped == [
+        ".choices[].delta.tool_calls[].index (str)"]
 
 
 def test_accumulator_null_content_beside_tool_calls_keeps_the_call():
@@ -1007,7 +1025,8 @@ ERROR_CASES = [
 @pytest.mark.parametrize("status,headers,body,line", ERROR_CASES, ids=[str(c[0]) for c in ERROR_CASES])
 def test_http_errors_are_one_line(server, status, headers, body, line):
     server.add(Reply(body, status=status, headers=headers))
-    code, out, err = run_main(server, "--retries", "0", "hi")
+    code, out, err = run_main(server, "--retries", "0", "hi",
+                              env={"OPENAI_API_KEY": "sk-test-0123456789"})
     assert (code, out, err) == (1, "", "chat.py: error: " + line + "\n")
 
 
@@ -1183,7 +1202,7 @@ BROKEN_STREAMS = [
     ("data that is not JSON", Reply([b"data: " + b"x" * 500 + b"\n\n"], headers=SSE),
      "", "the server sent data that is not a JSON object: '" + "x" * 200 + "'"),
     ("chunk of the wrong shape", Reply(sse({"choices": {"delta": {"content": "x"}}}), headers=SSE),
-     "", 'the server sent a chunk this client cannot read: {"choices": {"delta"'),
+     "", "the server sent a chunk this client cannot read: {'choices': {'delta'"),
     ("HTML page with 200", Reply(b"<html><title>Sign in - Corp Proxy</title></html>",
                                  headers={"Content-Type": "text/html"}),
      "", "HTTP 200 with text/html from"),
@@ -4162,9 +4181,8 @@ def run_reply_path(chunks, tmp):
     accumulator = chat.ChatAccumulator(2)
     printer = chat.ReplyPrinter(out, err, n=2, usage=True, logprobs=True, markdown=True,
                                 audio=chat.AudioFile(os.path.join(tmp, "a.wav"), "pcm16"))
-    dropped = []
     try:
-        for c in chat.iter_chunks(reads, dropped):
+        for c in chat.iter_chunks(reads):
             accumulator.add(c)
             printer.chunk(c)
         completion = client.redactor.redact_all(accumulator.result())
@@ -4212,3 +4230,189 @@ def test_fuzzed_streams_through_chat_py_on_a_terminal(server, tmp_path):
         left = left[max(done, 1):]
         runs += 1
     assert runs < len(streams)   # most streams were replies, not errors
+
+
+# ---------------------------------------------------------------------------
+# One connection for the whole chat (issue 21).
+# ---------------------------------------------------------------------------
+
+def test_a_piped_chat_uses_one_connection(server):
+    server.add(stream_reply("one"), stream_reply("two"), stream_reply("three"))
+    status, out, _ = run_main(server, "-i", stdin="a\nb\nc\n")
+    assert (status, out) == (0, "one\ntwo\nthree\n")
+    assert server.connections == 1 and len(server.requests) == 3
+
+
+def test_a_tool_round_uses_one_connection(server):
+    server.add(sse_reply(chunk(delta=call_delta(name="f", arguments="{}")),
+                         chunk(finish="tool_calls")), stream_reply("done"))
+    assert run_main(server, "--yes", "--tool-exec", "f=true", "hi")[:2] == (0, "done\n")
+    assert server.connections == 1 and len(server.requests) == 2
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(server):
+    server.idle_timeout = 0.2   # the tool below runs longer than that
+    server.add(sse_reply(chunk(delta=call_delta(name="f", arguments="{}")),
+                         chunk(finish="tool_calls")), stream_reply("done"))
+    sleeper = "f=%s -c \"import time; time.sleep(0.6)\"" % sys.executable
+    assert run_main(server, "--yes", "--tool-exec", sleeper, "hi")[:2] == (0, "done\n")
+    assert len(server.requests) == 2 and server.connections == 2   # each request once
+
+
+def test_a_connection_closed_as_the_request_comes_is_sent_again_once(server):
+    server.per_connection = 1   # the second request on a connection finds it closed
+    server.add(stream_reply("one"), stream_reply("two"), stream_reply("three"))
+    status, out, err = run_main(server, "-i", stdin="a\nb\nc\n")
+    assert (status, out) == (0, "one\ntwo\nthree\n"), err
+    assert [r["body"]["messages"][-1]["content"] for r in server.requests] == ["a", "b", "c"]
+    assert server.connections == 3
+
+
+def test_connection_close_and_http_1_0_are_honoured(server):
+    closing = [stream_reply(t) for t in ("one", "two")]
+    for reply in closing:
+        reply.headers["Connection"] = "close"
+    server.add(*closing)
+    assert run_main(server, "-i", stdin="a\nb\n")[:2] == (0, "one\ntwo\n")
+    assert server.connections == 2 and len(server.requests) == 2
+
+
+def test_a_cut_or_interrupted_reply_closes_its_connection(server):
+    server.add(Reply(sse(chunk("part"), done=False), headers=SSE, cut=True),
+               Reply(sse(chunk("stopped"))[:1] + [1.0] + sse(chunk("late")), headers=SSE),
+               stream_reply("whole"))
+    client = chat.Client(server.url, retries=0)
+    payload = chat.build_payload("m", [{"role": "user", "content": "x"}])
+    with pytest.raises(chat.StreamError):   # cut mid-reply
+        list(client.stream(payload))
+    stream = client.stream(payload)
+    assert next(stream)["choices"][0]["delta"]["content"] == "stopped"
+    stream.close()   # as Ctrl-C does: the rest of that answer is never read
+    assert [c["choices"][0]["delta"].get("content") for c in client.stream(payload)] == [
+        "", "whole", None]
+    assert server.connections == 3   # neither broken connection was used again
+
+
+
+class ConnectProxy:
+    """A loopback proxy that answers CONNECT by tunnelling to relay_to's port
+    on 127.0.0.1, whatever host was asked for, and records each CONNECT."""
+
+    def __init__(self, relay_port):
+        self.seen = []
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_CONNECT(self):
+                proxy.seen.append(self.path)
+                upstream = socket.create_connection(("127.0.0.1", relay_port))
+                self.send_response(200, "Connection established")
+                self.end_headers()
+                self.wfile.flush()
+                sockets = [self.connection, upstream]
+                while True:
+                    ready = select.select(sockets, [], [], 10)[0]
+                    if not ready:
+                        break
+                    for sock in ready:
+                        data = sock.recv(65536)
+                        if not data:
+                            upstream.close()
+                            self.close_connection = True
+                            return
+                        (upstream if sock is self.connection else self.connection).sendall(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.close = serve_in_thread(self.httpd)
+        self.url = "http://127.0.0.1:%d" % self.httpd.server_address[1]
+
+
+@pytest.fixture(scope="module")
+def named_certificate(tmp_path_factory):
+    """A self-signed certificate for the host name chatserver."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    folder = tmp_path_factory.mktemp("tls-named")
+    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+                    "-keyout", key, "-out", cert, "-subj", "/CN=chatserver",
+                    "-addext", "subjectAltName=DNS:chatserver"], check=True, capture_output=True)
+    return cert, key
+
+
+def test_one_connect_tunnel_carries_several_turns(named_certificate):
+    server = LoopbackServer(tls=named_certificate)
+    port = int(server.url.split(":")[2].split("/")[0])
+    proxy = ConnectProxy(port)
+    try:
+        server.add(stream_reply("one"), stream_reply("two"), stream_reply("three"))
+        proc = subprocess.run(
+            [sys.executable, CHAT_PY, "--base-url", "https://chatserver:%d/v1" % port, "-i"],
+            input=b"a\nb\nc\n", capture_output=True, timeout=30,
+            env=clean_env(https_proxy=proxy.url, SSL_CERT_FILE=named_certificate[0]))
+        assert (proc.returncode, proc.stdout) == (0, b"one\ntwo\nthree\n"), proc.stderr
+        assert proxy.seen == ["chatserver:%d" % port]   # one tunnel for three turns
+        assert server.connections == 1 and len(server.requests) == 3
+    finally:
+        proxy.close()
+        server.close()
+
+
+def test_help_imports_no_network_module():
+    code = ("import runpy, sys\nsys.argv = ['chat.py', '--help']\n"
+            "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "sys.stderr.write(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('http', 'ssl', 'socket', 'email', 'urllib') and m != 'urllib.parse'"
+            " and m != 'urllib')))\n" % CHAT_PY)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, env=clean_env(),
+                          timeout=30)
+    assert proc.returncode == 0 and proc.stdout.startswith(b"usage: chat.py")
+    assert proc.stderr == b""   # none of them was imported
+
+
+def test_chat_py_is_executable_in_git():
+    mode = subprocess.run(["git", "ls-files", "-s", "chat.py"], cwd=HERE, capture_output=True,
+                          text=True).stdout.split(" ")[0]
+    assert mode in ("100755", "") and os.access(CHAT_PY, os.X_OK)   # ("" outside a checkout)
+
+
+def test_make_install_gives_a_command(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    subprocess.run(["make", "-s", "install", "PREFIX=%s" % tmp_path, "PYTHON=%s" % sys.executable],
+                   cwd=HERE, check=True, capture_output=True, timeout=60)
+    proc = subprocess.run([str(tmp_path / "bin" / "chat.py"), "--version"], capture_output=True,
+                          env=clean_env(), timeout=30)
+    assert (proc.returncode, proc.stdout) == (0, b"chat.py %s\n" % chat.__version__.encode())
+    assert glob.glob(str(tmp_path / "lib" / "chat.py" / "__pycache__" / "chat.*.pyc"))
+
+
+def test_a_401_with_no_key_sent_says_so(server):
+    body = json.dumps({"error": {"message": "Invalid API key", "type": "invalid_api_key",
+                                 "code": "invalid_api_key"}}).encode()
+    server.add(Reply(body, status=401))
+    status, _, err = run_main(server, "hi")
+    assert status == 1
+    assert err == ("chat.py: error: HTTP 401 (invalid_api_key): Invalid API key - the server "
+                   "wants a key and none was sent: set OPENAI_API_KEY, or pass --api-key or "
+                   "--api-key-file\n")
+
+
+def test_check_against_a_plain_web_server_says_what_it_found(server):
+    page = b"<html><title>Error response</title>Unsupported method</html>"
+    html = {"Content-Type": "text/html"}
+    server.add(Reply(page, status=404, headers=html), Reply(page, status=501, headers=html))
+    status, out, _ = run_main(server, "--check")
+    assert status == 1 and "tells what is there" not in out and "chat.py --check" not in out
+    server_name = "server BaseHTTP/0.6 Python/%d.%d.%d" % sys.version_info[:3]
+    lines = out.splitlines()
+    assert lines[2] == ("warn  OpenAI-compatible: GET /models answered HTTP 404: Error response "
+                        "(text/html, %s); a web server, not an OpenAI-compatible API: is "
+                        "--base-url the API's?" % server_name)
+    assert lines[3] == ("FAIL  chat: POST /chat/completions answered HTTP 501: Error response "
+                        "(text/html, %s); a web server, not an OpenAI-compatible API: is "
+                        "--base-url the API's?" % server_name)
