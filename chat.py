@@ -4711,6 +4711,9 @@ Options:
                         been shown
   --check               diagnose the connection: server, API path, key, model,
                         a one-token streamed request; exit 0 if all works
+  (One connection to the server stays open for the whole run, http or https,
+  direct or through a proxy's tunnel: each turn, tool round and retry after
+  the first skips the connect and the TLS handshake.)
   -c, --continue        carry on the most recent conversation (one-shot or in
                         the chat); its turns go on in the same kept file
   --resume ID           carry on the kept conversation ID (see --list)
