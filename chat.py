@@ -64,6 +64,7 @@ import sys
 import tempfile
 import threading
 import time
+import unicodedata
 import urllib.parse
 import wave
 from collections import namedtuple
@@ -99,6 +100,7 @@ MAX_LINE_BYTES = 16 * 2**20     # one SSE line (or one event's data) longer than
 MAX_ERROR_BODY = 2**20          # bytes of an error response worth reading
 MAX_BODY = 64 * 2**20           # a whole answer (JSON or stream) or file larger than this is an error
 MAX_LIST_ITEMS = 1024           # tool calls (or other indexed items) in one reply
+SHOWN_UPLOAD = 2**20            # a request body this large says how much of it is sent
 MAX_TIMEOUT = 86400             # seconds: the longest --timeout or --tool-timeout
 CHARS_PER_TOKEN = 4             # the estimate for text the server has not counted yet
 TOKENS_PER_MESSAGE = 4          # what each message costs beyond its text
@@ -1117,7 +1119,7 @@ def _import_network():
     import urllib.request
 
 
-def _connection_pool():
+def _connection_pool(on_wait):
     """A urllib.request handler that keeps the connection to each server
     open between requests and sends the next request on it (HTTP/1.1
     keep-alive), for http and https, direct or through a proxy's CONNECT
@@ -1129,7 +1131,8 @@ def _connection_pool():
     has closed meanwhile (its idle timeout, a proxy that dropped it) is
     found before any byte of an answer: as sending fails, or the status line
     never comes.  Only then is the request sent once more, on a new
-    connection, so the server sees it once."""
+    connection, so the server sees it once.  on_wait(what) hears what each
+    request waits for: a new connection, then the answer (request.waiting)."""
     _import_network()
 
     class Response(http.client.HTTPResponse):
@@ -1179,6 +1182,7 @@ def _connection_pool():
             while True:
                 reused = connection is not None
                 if not reused:
+                    on_wait("connecting to %s" % urlsplit(request.full_url).hostname)
                     connection = connection_class(request.host, timeout=request.timeout)
                     connection.response_class = Response
                 try:
@@ -1232,6 +1236,7 @@ def _connection_pool():
             if connection.sock is not None:
                 connection.sock.settimeout(request.timeout)
             connection.request(request.get_method(), request.selector, request.data, headers)
+            on_wait(getattr(request, "waiting", None))   # sent: now the answer
             return connection.getresponse()
 
     return KeepAlive()
@@ -1392,6 +1397,20 @@ def retry_delay(attempt, headers, now=None, jitter=None):
     return min(0.5 * 2 ** attempt, MAX_RETRY_WAIT) * (1 - 0.25 * jitter)
 
 
+class _Upload(io.BytesIO):
+    """A request body that http.client reads in blocks, telling on_wait how
+    much of it was sent (a large attachment takes a while)."""
+
+    def __init__(self, data, on_wait):
+        super().__init__(data)
+        self._total, self._on_wait = len(data), on_wait
+
+    def read(self, size=-1):
+        block = super().read(size)
+        self._on_wait("sending", progress="%.1f of %.1f MB" % (self.tell() / 1e6, self._total / 1e6))
+        return block
+
+
 class Redactor:
     """Blanks the secrets (the key, credential headers, a password) out of
     text: every stretch made of runs of MIN_SECRET or more of a secret's
@@ -1516,11 +1535,14 @@ class Client:
     timeout: seconds for connecting and for each wait for the next byte.
     retries: how often to retry a request the server may take later (see
     RETRY_STATUSES); on_retry(text) hears of each; sleep waits between them.
+    on_wait(what, until=None, progress=None) hears what a request waits for
+    as it goes (a connection, an upload, the model's answer, a retry's
+    back-off until a time.monotonic()), and None when it no longer waits.
     """
 
     def __init__(self, base_url, *, api_key=None, organization=None, project=None,
                  headers=(), timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES,
-                 proxies=None, on_retry=None, sleep=None):
+                 proxies=None, on_retry=None, sleep=None, on_wait=None):
         parts = urlsplit(base_url)
         basic = None
         if parts.username is not None:   # user:password@host: HTTP Basic, not in the URL
@@ -1536,6 +1558,7 @@ class Client:
         self.on_retry = on_retry or (lambda text: None)
         self.sleep = sleep or time.sleep
         self._urlopener = self._pool = None   # made at the first request
+        self.on_wait = on_wait or (lambda what, until=None, progress=None: None)
         self.headers = {
             "Content-Type": "application/json",
             "User-Agent": "chat.py/%s (Python %d.%d)" % ((__version__,) + sys.version_info[:2]),
@@ -1574,13 +1597,24 @@ class Client:
         else:
             del headers["Content-Type"]
         opener = self._opener()
-        request = urllib.request.Request(endpoint_url(self.base_url, path), data=data,
+        body = data
+        if data is not None and len(data) > SHOWN_UPLOAD:   # say how much is sent
+            headers["Content-Length"] = str(len(data))
+            body = _Upload(data, self.on_wait)
+        request = urllib.request.Request(endpoint_url(self.base_url, path), data=body,
                                          headers=headers, method=method)
+        request.waiting = ("waiting for the model" if path == "/chat/completions" else
+                           "waiting for %s" % urlsplit(self.base_url).hostname)
         retries = 0 if probe else self.retries
         for attempt in range(retries + 1):
             retry_headers = {}
+            if isinstance(body, _Upload):
+                body.seek(0)
             try:
-                return opener.open(request, timeout=self.timeout)
+                response = opener.open(request, timeout=self.timeout)
+                if path != "/chat/completions":   # a reply waits on, till its first word
+                    self.on_wait(None)
+                return response
             except urllib.error.HTTPError as exc:
                 try:
                     body = exc.read(MAX_ERROR_BODY)
@@ -1602,9 +1636,11 @@ class Client:
                                                   % (self.shown_url, reason)), exc
                 why = None
             if why is None or attempt == retries:
+                self.on_wait(None)
                 raise error from cause
             delay = retry_delay(attempt, retry_headers)
             self.on_retry("%s; retry %d of %d in %.1fs" % (why, attempt + 1, retries, delay))
+            self.on_wait("retry %d of %d" % (attempt + 1, retries), until=time.monotonic() + delay)
             self.sleep(delay)
 
     def _opener(self):
@@ -1612,7 +1648,7 @@ class Client:
         keeps the connection open between requests (_connection_pool)."""
         if self._urlopener is None:
             _import_network()
-            self._pool = _connection_pool()
+            self._pool = _connection_pool(self.on_wait)
             handlers = [_no_redirect_handler(), self._pool]
             if self.proxies is not None:
                 handlers.append(urllib.request.ProxyHandler(self.proxies))
@@ -2250,33 +2286,122 @@ class _ErrorStream:
     written (servers quote requests, proxies quote headers, and the key must
     never show), and color, where the terminal should get it."""
 
-    def __init__(self, stream, *, color=False, secrets=()):
-        self._stream, self.color = stream, color
+    def __init__(self, stream, *, color=False, secrets=(), status=None):
+        self._stream, self.color, self.status = stream, color, status
         self._redactor = Redactor(secrets)
 
     def write(self, text):
+        if self.status is not None and text:
+            self.status.clear()   # the status line goes before anything is written
         return self._stream.write(self._redactor.redact(text))
 
     def __getattr__(self, name):   # flush, isatty, fileno, ...
         return getattr(self._stream, name)
 
 
-class _RedactedStdout:
-    """stdout when there are secrets to keep off it: a server that echoes the
-    key token by token is blanked too, since the tail that may begin a
-    secret waits for what follows it (end() writes what is still held)."""
+class _GuardedStdout:
+    """stdout when something must happen at each write (a wrapper costs a
+    call a write, so it is used only then): with a redactor, a server that
+    echoes the key token by token is blanked too, since the tail that may
+    begin a secret waits for what follows it (end() writes what is still
+    held); with a status line on the same terminal, the line is erased
+    before the reply is written."""
 
-    def __init__(self, stream, redactor):
-        self._stream, self._redactor = stream, redactor
+    def __init__(self, stream, *, redactor=None, status=None):
+        self._stream, self._redactor, self._status = stream, redactor, status
 
     def write(self, text):
-        return self._stream.write(self._redactor.feed(text))
+        if self._status is not None and text:
+            self._status.clear()
+        if self._redactor is not None:
+            text = self._redactor.feed(text)
+        return self._stream.write(text)
 
     def end(self):
-        self._stream.write(self._redactor.release())
+        if self._redactor is not None:
+            self._stream.write(self._redactor.release())
 
     def __getattr__(self, name):   # flush, isatty, fileno, ...
         return getattr(self._stream, name)
+
+
+class StatusLine:
+    """One dim line on a terminal saying what chat.py waits for and for how
+    long (connecting to HOST... 2s, waiting for the model... 12s, running
+    NAME... 3s, retry 2 of 3 in 4s), drawn once a wait passes DELAY seconds
+    and redrawn in place every INTERVAL by a thread of its own.  clear()
+    erases it without a trace (it never fills the width, so it never wraps)
+    and ends the wait: the streams chat.py writes through call it first."""
+
+    DELAY, INTERVAL = 0.5, 0.25
+
+    def __init__(self, stream, *, color=True, clock=time.monotonic):
+        self._stream, self._color, self._clock = stream, color, clock
+        self._lock = threading.Lock()
+        self._what = self._since = self._until = self._progress = None
+        self._drawn = False
+        self._thread = None
+
+    def wait(self, what, until=None, progress=None):
+        """chat.py now waits for what (None: for nothing more); until: the
+        time.monotonic() it ends, to count down to; progress: how far it got.
+        The same what again goes on counting from when it began."""
+        with self._lock:
+            if what != self._what:
+                self._erase()
+                self._since = self._clock()
+            self._what, self._until, self._progress = what, until, progress
+            if what is not None and self._thread is None:
+                self._thread = threading.Thread(target=self._run, daemon=True)
+                self._thread.start()
+
+    def clear(self):
+        """Erase the line, if shown, and end the wait."""
+        if self._what is not None or self._drawn:   # (nothing to do, nearly always)
+            self.wait(None)
+
+    def _run(self):
+        while True:
+            time.sleep(self.INTERVAL)
+            with self._lock:
+                if self._what is not None and self._clock() - self._since >= self.DELAY:
+                    self._draw()
+
+    def _draw(self):
+        now = self._clock()
+        if self._until is not None:
+            text = "%s in %ds" % (self._what, max(math.ceil(self._until - now), 0))
+        else:
+            text = "%s... %ds" % (self._what, now - self._since)
+        if self._progress:
+            text += ", " + self._progress
+        text = _fit_width(sanitize(text), _columns(self._stream) - 1)
+        self._stream.write("\r%s\x1b[K" % ("\x1b[2m%s\x1b[0m" % text if self._color else text))
+        self._stream.flush()
+        self._drawn = True
+
+    def _erase(self):
+        if self._drawn:
+            self._stream.write("\r\x1b[K")
+            self._stream.flush()
+            self._drawn = False
+
+
+def _columns(stream):
+    try:
+        return os.get_terminal_size(stream.fileno()).columns or 80
+    except (OSError, ValueError, AttributeError):
+        return 80
+
+
+def _fit_width(text, width):
+    """text cut to width columns of a terminal (East Asian wide characters take two)."""
+    used = 0
+    for i, char in enumerate(text):
+        used += 2 if unicodedata.east_asian_width(char) in "WF" else 1
+        if used > width:
+            return text[:i]
+    return text
 
 
 def ask_consent(name, arguments, argv):
@@ -2635,20 +2760,23 @@ class ReplyPrinter(Printer):
     --output json).  reasoning: show the live choice's reasoning on err, dim,
     as it arrives.  usage: after the reply, show its token counts and speed;
     logprobs: show each token's probability.  audio: the AudioFile to write a
-    spoken reply to.  markdown:
+    spoken reply to.  status: the StatusLine that says, while nothing is
+    shown, how much hidden reasoning came.  markdown:
     highlight the text as markdown (on a terminal only).  clock: a monotonic
     clock, for the timing.  On a terminal the text goes through the
     sanitizer; into a pipe or a file it is written exactly as it came.
     """
 
     def __init__(self, out, err, *, n=1, show_text=True, reasoning=True, usage=False,
-                 logprobs=False, audio=None, markdown=False, clock=time.monotonic):
+                 logprobs=False, audio=None, markdown=False, status=None,
+                 clock=time.monotonic):
         self.out, self.err, self.n, self.show_text = out, err, n, show_text
         self.terminal = _is_terminal(out)
         self.markdown = markdown and self.terminal
         self._highlighter = MarkdownHighlighter() if self.markdown else None
         self.reasoning, self.usage, self.logprobs = reasoning and show_text, usage, logprobs
-        self.audio, self.clock = audio, clock
+        self.audio, self.status, self.clock = audio, status, clock
+        self._hidden = 0         # pieces of reasoning not shown (for the status line)
         self._started, self._first = clock(), None   # for time to first token
         self._current = None     # the choice being written
         self._held = {}          # index -> text waiting its turn
@@ -2678,6 +2806,10 @@ class ReplyPrinter(Printer):
                     thought = delta.get("reasoning_content") or delta.get("reasoning")
                     if thought and self.reasoning:
                         self._think(thought)
+                    elif thought and self.status is not None:
+                        self._hidden += 1   # about a token a piece
+                        self.status.wait("waiting for the model", progress=(
+                            "%d reasoning tokens" % self._hidden))
                 if text:
                     self._write(text)
             elif text:
@@ -2764,6 +2896,8 @@ class ReplyPrinter(Printer):
                 self.audio.write(message.get("audio"), lambda text: _stderr_notice(self.err, text))
         if self.usage:
             self._show_usage(completion.get("usage"))
+        if self.status is not None:
+            self.status.clear()   # the reply is whole: nothing waits
 
     def _show_refusal(self, label, refusal):
         if refusal:
@@ -3205,14 +3339,16 @@ class Tools:
     result of a tool with no command; None where nobody can be asked.
     notify(text) hears of a command not run for want of consent.  timeout:
     seconds a command may run.  max_rounds: rounds of calls and results
-    before chat.py stops.
+    before chat.py stops.  on_wait(what) hears "running NAME" while a
+    command runs, and None when it is done.
     """
 
     def __init__(self, commands=None, *, consent=None, ask_first=True, ask=None, notify=None,
-                 timeout=DEFAULT_TOOL_TIMEOUT, max_rounds=DEFAULT_TOOL_ROUNDS):
+                 timeout=DEFAULT_TOOL_TIMEOUT, max_rounds=DEFAULT_TOOL_ROUNDS, on_wait=None):
         self.commands, self.consent, self.ask_first = commands or {}, consent, ask_first
         self.ask, self.notify = ask, notify or (lambda text: None)
         self.timeout, self.max_rounds = timeout, max_rounds
+        self.on_wait = on_wait or (lambda what: None)
 
     def answer(self, call):
         """The result to send back for one call."""
@@ -3225,6 +3361,7 @@ class Tools:
         argv = self.commands.get(name)
         if argv is not None:
             if self.ask_first:
+                self.on_wait(None)   # nothing waits while the question is asked
                 agreed = self.consent(name, arguments, argv) if self.consent else None
                 if agreed is None:
                     self.notify("%s was not run: there is no terminal to ask for consent on "
@@ -3233,7 +3370,11 @@ class Tools:
                             "(chat.py --yes)")
                 if not agreed:
                     return "error: the user chose not to run this tool"
-            return run_tool_command(argv, arguments, self.timeout)
+            self.on_wait("running %s" % name)
+            try:
+                return run_tool_command(argv, arguments, self.timeout)
+            finally:
+                self.on_wait(None)
         if self.ask is None:
             return "error: chat.py has no command for the tool %s" % name
         try:
@@ -3690,6 +3831,8 @@ def _terminal_reader(stdin, out, err, environ, commands, complete_argument=None)
 
     def read_line(prompt):
         typed["now"] = ""
+        if getattr(err, "status", None) is not None:
+            err.status.clear()   # the prompt goes where the status line was
         try:
             if _is_terminal(out):   # readline draws the prompt; \001 \002 hide color codes
                 line = input(_prompt(err, prompt))
@@ -3991,6 +4134,7 @@ CONFIG_KEYS = {
     "log": (_config_bool, "true or false"),
     "markdown": (_config_bool, "true or false"),
     "color": (_config_bool, "true or false"),
+    "status": (_config_bool, "true or false"),
 }
 
 
@@ -4093,7 +4237,8 @@ def config_path(args, environ):
 
 
 Settings = namedtuple("Settings", "base_url api_key organization project headers proxies "
-                      "timeout retries model system system_role params log markdown color")
+                      "timeout retries model system system_role params log markdown color "
+                      "status")
 Settings.__doc__ = "Every setting, resolved: what the Client, the Chat and the display take."
 
 
@@ -4136,7 +4281,8 @@ def _settings(args, environ):
         params=dict(base.get("params", {}), **profile.get("params", {})),
         log=not args.no_log and pick(None, "log", default=True),
         markdown=not args.no_markdown and pick(None, "markdown", default=True),
-        color=not args.no_color and pick(None, "color", default=True))
+        color=not args.no_color and pick(None, "color", default=True),
+        status=not args.quiet and pick(None, "status", default=True))
 
 
 def _api_key(args, environ, path, config):
@@ -4244,6 +4390,7 @@ def _parser():
     add("--max-context", type=int)
     add("--no-color", action="store_true")
     add("--no-markdown", action="store_true")
+    add("-q", "--quiet", action="store_true")
     add("--system-role", choices=("system", "developer"))
     add("--config")
     add("-p", "--profile")
@@ -4420,9 +4567,10 @@ def _tools(args, ask, err):
     if args.max_tool_rounds < 0 or not 0 < args.tool_timeout <= MAX_TIMEOUT:
         raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0 "
                          "and at most %d seconds" % MAX_TIMEOUT)
+    status = getattr(err, "status", None)
     return Tools(commands, consent=ask_consent, ask_first=not args.yes, ask=ask,
                  notify=lambda text: _stderr_notice(err, text), timeout=args.tool_timeout,
-                 max_rounds=args.max_tool_rounds)
+                 max_rounds=args.max_tool_rounds, on_wait=status and status.wait)
 
 
 def _state_home(environ):
@@ -4438,6 +4586,7 @@ def _run(args, settings, stdin, out, err, environ):
                     organization=settings.organization, project=settings.project,
                     headers=settings.headers, proxies=settings.proxies,
                     timeout=settings.timeout, on_retry=notify,
+                    on_wait=err.status and err.status.wait,
                     retries=0 if args.check else settings.retries)   # --check diagnoses now
     try:
         return _run_with(client, args, settings, stdin, out, err, environ)
@@ -4536,7 +4685,7 @@ def _printer_factory(args, settings, chat, out, err, environ):
         return ReplyPrinter(out, err, n=chat.params.get("n", 1), show_text=show_text,
                             reasoning=not args.hide_reasoning, usage=args.usage,
                             logprobs=bool(chat.params.get("logprobs")), audio=audio,
-                            markdown=markdown)
+                            markdown=markdown, status=err.status)
     return new_printer
 
 
@@ -4626,6 +4775,12 @@ def _color_wanted(settings, environ, stream):
     NO_COLOR nor TERM=dumb."""
     return (settings.color and not environ.get("NO_COLOR")   # no-color.org
             and environ.get("TERM") != "dumb" and _is_terminal(stream))
+
+
+def _status_wanted(settings, environ, stream):
+    """The status line on stream: a terminal that can erase a line (not
+    TERM=dumb), unless --quiet (status = false)."""
+    return settings.status and environ.get("TERM") != "dumb" and _is_terminal(stream)
 
 
 def _forgiving(name):
@@ -4741,6 +4896,13 @@ Options:
   --no-markdown         do not highlight replies as markdown; on a terminal
                         with color they are, as they stream, with every
                         character left where it is
+  -q, --quiet           no status line (also: status = false).  On a terminal,
+                        any wait longer than half a second shows one dim line
+                        on stderr saying what chat.py waits for and how long:
+                        connecting to HOST, waiting for the model (with the
+                        hidden reasoning tokens so far), sending an upload,
+                        running a tool, a retry's countdown; it is erased
+                        before anything else is written
 
 Request fields (only what you set is sent; each is checked before sending):
   --temperature T       0 to 2                --top-p P          0 to 1
@@ -4828,7 +4990,7 @@ The config file:
   first output line is the key, e.g. from a password manager), api_key,
   organization, project, headers (lines of 'Name: value'), system,
   system_role, params (a JSON object of request fields), timeout, retries,
-  log, markdown, color.  Precedence: flags, then the chosen profile, then
+  log, markdown, color, status.  Precedence: flags, then the chosen profile, then
   the OPENAI_* variables, then [default], then the built-in defaults.  An
   unknown profile or key, or a value that fails its check, is a usage error
   naming the file, the section and the key; a file holding a key (api_key,
@@ -4976,15 +5138,20 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
                                        lambda text: _stderr_notice(err, text))
         settings = _settings(args, environ)
         secrets = _secrets(settings)
-        err = _ErrorStream(stderr, color=_color_wanted(settings, environ, stderr),
-                           secrets=secrets)
+        color = _color_wanted(settings, environ, stderr)
+        status = StatusLine(stderr, color=color) if _status_wanted(settings, environ, stderr) \
+            else None
+        err = _ErrorStream(stderr, color=color, secrets=secrets, status=status)
         redactor = Redactor(secrets)
-        if redactor:   # (only then: a wrapper costs a call per write)
-            out = _RedactedStdout(raw, redactor)
-        status = _run(args, settings, stdin, out, err, environ)
+        same_screen = status if _is_terminal(raw) else None
+        if redactor or same_screen:   # (only then: a wrapper costs a call per write)
+            out = _GuardedStdout(raw, redactor=redactor or None, status=same_screen)
+        code = _run(args, settings, stdin, out, err, environ)
         _stdout_end(out)
+        if status is not None:
+            status.clear()
         _stdout_write(out, "")   # flushed here, or the failure would come at exit
-        return status
+        return code
     except ChatError as exc:
         _stderr_notice(err, "error: %s" % exc)
         if isinstance(exc, StdoutError):

@@ -3263,12 +3263,14 @@ def test_terminal_ctrl_c_mid_reply_then_twice_to_leave(server, tmp_path, no_colo
 
 EVIL = ("\x1b]0;pwned-title\x07 \x1b]52;c;ZWNobyBwd25lZA==\x07 \x1b[2J\x1b[H "
         "\x9b31m \u202eevil\u202c rm -rf ~\x08\x08\x08\x08\x08\x08\x08\rharmless")
-# Escape sequences chat.py itself may write: its colors (SGR), and readline's
-# terminal modes (bracketed paste, meta key) in the console.
-OWN = re.compile(rb"\x1b\[[0-9;]*m|\x1b\[\?[0-9;]*[hl]")
+# Escape sequences chat.py itself may write: the status line (drawn after a
+# CR, ended by erase-in-line), its colors (SGR), and readline's terminal
+# modes (bracketed paste, meta key) in the console.
+OWN = re.compile(rb"\r(?:\x1b\[2m[^\x1b\r\n]*\x1b\[0m|[^\x1b\r\n]*)\x1b\[K"   # the status line
+                 rb"|\x1b\[[0-9;]*m|\x1b\[\?[0-9;]*[hl]")
 
 
-def on_terminal(server, *args, keys=(), env=None, stdin=None, timeout=20):
+def on_terminal(server, *args, keys=(), env=None, stdin=None, timeout=20, stdout_fd=None):
     """Run `python chat.py ARGS` on a pseudo-terminal, as a person would: keys
     is a list of (pattern to wait for, bytes to type); stdin, if given, is
     bytes piped in instead of the terminal.  Returns (exit status, every byte
@@ -3283,6 +3285,8 @@ def on_terminal(server, *args, keys=(), env=None, stdin=None, timeout=20):
         default_sigint()
         if stdin is not None:
             os.dup2(read_end, 0)
+        if stdout_fd is not None:   # stdout elsewhere, stderr still the terminal
+            os.dup2(stdout_fd, 1)
         os.execve(sys.executable, [sys.executable, CHAT_PY] + list(args), environ)
     import fcntl, struct, termios   # the size a real terminal reports
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", int(environ["LINES"]),
@@ -4416,3 +4420,119 @@ def test_check_against_a_plain_web_server_says_what_it_found(server):
     assert lines[3] == ("FAIL  chat: POST /chat/completions answered HTTP 501: Error response "
                         "(text/html, %s); a web server, not an OpenAI-compatible API: is "
                         "--base-url the API's?" % server_name)
+
+
+# ---------------------------------------------------------------------------
+# Waiting is visible (issue 22): a status line on the terminal, and nowhere else.
+# ---------------------------------------------------------------------------
+
+def held_back(reply, seconds):
+    """reply with its first chunk sent at once and the rest after seconds."""
+    reply.body = reply.body[:1] + [seconds] + reply.body[1:]
+    return reply
+
+
+def screen_until(data, marker, cols=100, rows=40):
+    """The screen as it was just before marker was written (and the status
+    line erased for it)."""
+    end = data.rindex(b"\r\x1b[K", 0, data.index(marker))
+    return "\n".join(screen_of(data[:end], cols, rows).display)
+
+
+def test_the_status_line_counts_while_the_model_thinks_then_leaves_no_trace(server):
+    server.add(held_back(stream_reply("The answer is 42."), 2.6))
+    status, data = on_terminal(server, keys=[(rb"> ", b"what is it?\r"),
+                                             (rb"answer is 42[\s\S]*> ", b"\x04")])
+    assert status == 0
+    assert b"waiting for the model... 1s" in data and b"waiting for the model... 2s" in data
+    before = screen_until(data, b"The answer")
+    assert "waiting for the model... 2s" in before   # on the screen, dim, while it waits
+    assert b"\x1b[2mwaiting for the model" in data
+    after = "\n".join(screen_of(data).display)
+    assert "waiting" not in after and "The answer is 42." in after
+    lines = [line.rstrip() for line in screen_of(data).display if line.strip()]
+    assert lines[-2:] == ["The answer is 42.", ">"]   # no blank line, nothing left over
+
+
+def test_the_status_line_never_reaches_a_pipe(server):
+    server.add(held_back(stream_reply("piped"), 1.5))
+    status, out, err, _ = run_child(server, "hi")
+    assert (status, out) == (0, b"piped\n") and err == ""   # stderr a pipe: nothing
+    server.add(held_back(stream_reply("on a terminal, stdout piped"), 1.5))
+    read_end, write_end = os.pipe()
+    status, data = on_terminal(server, "hi", env={}, stdout_fd=write_end)
+    os.close(write_end)
+    piped = os.read(read_end, 65536)
+    os.close(read_end)
+    assert piped == b"on a terminal, stdout piped\n"   # stdout exact
+    assert b"waiting for the model" in data   # (stderr, the terminal, had it)
+
+
+def test_a_retry_counts_down(server):
+    busy = Reply(b'{"error": {"message": "busy"}}', status=503, headers={
+        "Content-Type": "application/json", "Retry-After": "3"})
+    server.add(busy, stream_reply("after the wait"))
+    status, data = on_terminal(server, "hi")
+    assert status == 0
+    assert b"retry 1 of 2 in 2s" in data and b"retry 1 of 2 in 1s" in data
+    assert data.index(b"in 2s") < data.index(b"in 1s")
+    assert "retry 1 of 2 in" not in "\n".join(screen_of(data).display).split("3.0s")[-1]
+
+
+def test_a_running_tool_is_shown(server):
+    server.add(sse_reply(chunk(delta=call_delta(name="slow_tool", arguments="{}")),
+                         chunk(finish="tool_calls")), stream_reply("done"))
+    sleeper = "slow_tool=%s -c \"import time; time.sleep(1.6)\"" % sys.executable
+    status, data = on_terminal(server, "--yes", "--tool-exec", sleeper, "hi")
+    assert status == 0 and b"running slow_tool... 1s" in data
+    assert "running" not in "\n".join(screen_of(data).display)
+
+
+def test_a_narrow_terminal_keeps_the_line_to_one_row(server):
+    server.add(held_back(stream_reply("Narrow."), 1.5))
+    status, data = on_terminal(server, keys=[(rb"> ", b"q\r"), (rb"Narrow\.[\s\S]*> ", b"\x04")],
+                               env={"COLUMNS": "20"})
+    assert status == 0 and b"waiting for the mod\x1b" in data   # cut to 19 columns
+    before = screen_until(data, b"Narrow.", 20, 40).splitlines()
+    assert sum("waiting" in line for line in before) == 1 and not any(
+        "model" in line for line in before)   # one row, never wrapped
+    after = [line.rstrip() for line in screen_of(data, 20, 40).display if line.strip()]
+    assert after[-2:] == ["Narrow.", ">"] and not any("wait" in line for line in after)
+
+
+def test_quiet_and_dumb_terminals_show_no_status_line(server):
+    for args, env in ((["--quiet"], {}), ([], {"TERM": "dumb"})):
+        server.add(held_back(stream_reply("quiet"), 1.2))
+        status, data = on_terminal(server, *args, "hi", env=env)
+        assert status == 0 and b"waiting" not in data
+
+
+def test_no_color_keeps_the_line_without_color(server):
+    server.add(held_back(stream_reply("plain"), 1.2))
+    status, data = on_terminal(server, "hi", env={"NO_COLOR": "1"})
+    assert status == 0 and b"\rwaiting for the model... 1s\x1b[K" in data
+
+
+def test_hidden_reasoning_counts_on_the_status_line(server):
+    pieces = [chunk(delta={"reasoning_content": "step %d " % i}) for i in range(12)]
+    reply = sse_reply(*[chunk(delta={"role": "assistant"})] + pieces + [chunk("Done."),
+                                                                         chunk(finish="stop")])
+    reply.body = [p for piece in reply.body for p in (piece, 0.12)]   # slow thinking
+    server.add(reply)
+    status, data = on_terminal(server, "--hide-reasoning", "hi")
+    assert status == 0 and b"step" not in data
+    assert re.search(rb"waiting for the model\.\.\. 1s, \d+ reasoning tokens", data)
+
+
+def test_a_large_upload_says_how_much_was_sent(server):
+    seen = []
+    client = chat.Client(server.url, on_wait=lambda what, until=None, progress=None:
+                         seen.append((what, progress)))
+    server.add(stream_reply("got it"))
+    payload = chat.build_payload("m", [{"role": "user", "content": "x" * (3 * 2**20)}])
+    assert [c["choices"][0]["delta"].get("content") for c in client.stream(payload)][1] == "got it"
+    sending = [p for what, p in seen if what == "sending"]
+    assert sending[0].endswith("of 3.1 MB") and sending[-1] == "3.1 of 3.1 MB"
+    whats = [what for what, _ in seen]
+    assert whats[0].startswith("connecting to 127.0.0.1") and "waiting for the model" in whats
+    assert server.requests[0]["body"]["messages"][0]["content"] == "x" * (3 * 2**20)
