@@ -482,42 +482,46 @@ def conform(value, shape, dropped, path=""):
     _WRONG if value itself does not fit."""
     kind = type(shape)
     if kind is dict:
-        if type(value) is not dict:
-            return _WRONG
-        if shape is _MESSAGE and type(value.get("content")) is list:
-            _content_parts(value)
-        wrong = None
-        for key, item in value.items():
-            inner = shape.get(key)
-            if inner is None or item is None or type(item) is inner:
-                continue   # the usual case: not named, or of the named type
-            fitted = conform(item, inner, dropped, path + "." + key)
-            if fitted is _WRONG and key == "choices":   # without them, nothing to read
-                return _WRONG
-            if fitted is _WRONG:
-                dropped.append("%s.%s (%s)" % (path, key, type(item).__name__))
-                wrong = (wrong or []) + [key]
-            elif fitted is not item:
-                value[key] = fitted
-        for key in wrong or ():   # (not while the dict is being iterated)
-            del value[key]
-        return value
+        return _conform_object(value, shape, dropped, path) if type(value) is dict else _WRONG
     if kind is list:
-        if type(value) is not list:
-            return _WRONG
-        inner, kept = shape[0], []
-        for item in value:
-            fitted = item if type(item) is inner else conform(item, inner, dropped, path + "[]")
-            if fitted is _WRONG:
-                dropped.append("%s[] (%s)" % (path, type(item).__name__))
-            else:
-                kept.append(fitted)
-        return kept if len(kept) != len(value) else value
+        return _conform_list(value, shape[0], dropped, path) if type(value) is list else _WRONG
     if kind is tuple:
         return value if isinstance(value, shape) and type(value) is not bool else _WRONG
     if kind is type:
         return value if type(value) is shape else _WRONG
     return shape(value)
+
+
+def _conform_object(value, shape, dropped, path):
+    if shape is _MESSAGE and type(value.get("content")) is list:
+        _content_parts(value)
+    wrong = None
+    for key, item in value.items():
+        inner = shape.get(key)
+        if inner is None or item is None or type(item) is inner:
+            continue   # the usual case: not named, or of the named type
+        fitted = conform(item, inner, dropped, path + "." + key)
+        if fitted is _WRONG and key == "choices":   # without them, nothing to read
+            return _WRONG
+        if fitted is _WRONG:
+            dropped.append("%s.%s (%s)" % (path, key, type(item).__name__))
+            wrong = (wrong or []) + [key]
+        elif fitted is not item:
+            value[key] = fitted
+    for key in wrong or ():   # (not while the dict is being iterated)
+        del value[key]
+    return value
+
+
+def _conform_list(value, inner, dropped, path):
+    kept = []
+    for item in value:
+        fitted = item if type(item) is inner else conform(item, inner, dropped, path + "[]")
+        if fitted is _WRONG:
+            dropped.append("%s[] (%s)" % (path, type(item).__name__))
+        else:
+            kept.append(fitted)
+    return kept if len(kept) != len(value) else value
 
 
 def conform_chunk(chunk, dropped):
@@ -2620,20 +2624,25 @@ class MarkdownHighlighter:
                 self._previous = ")"
                 i += 1
             else:
-                j = i
-                while j < n and data[j] == char:
-                    j += 1
-                if j == n and not final and j - i <= self.HOLD_LIMIT:
-                    self._held = data[i:]   # the run may go on, or what follows matters
+                i = self._markers(data, i, out, final)
+                if i < 0:
                     return
-                if j - i > self.HOLD_LIMIT:   # markup is never this long: plain text,
-                    out.append(data[i:j])     # and what is held stays small (linear)
-                    self._previous = char
-                    i = j
-                    continue
-                self._run(data[i:j], data[j] if j < n else " ", out)
-                self._previous = char
-                i = j
+
+    def _markers(self, data, i, out, final):
+        """The run of ` or * or _ at i; return where it ends, or -1 if it is
+        held back until the next character shows what it is."""
+        char, j, n = data[i], i, len(data)
+        while j < n and data[j] == char:
+            j += 1
+        if j == n and not final and j - i <= self.HOLD_LIMIT:
+            self._held = data[i:]   # the run may go on, or what follows matters
+            return -1
+        if j - i > self.HOLD_LIMIT:   # markup is never this long: plain text, and
+            out.append(data[i:j])     # what is held stays small (linear)
+        else:
+            self._run(data[i:j], data[j] if j < n else " ", out)
+        self._previous = char
+        return j
 
     def _run(self, run, after, out):
         """A run of ` or * or _: code, bold or italic opening or closing."""
@@ -2793,33 +2802,39 @@ class ReplyPrinter(Printer):
             return
         for choice in chunk.get("choices") or ():
             index = choice.get("index", 0)
-            if not 0 <= index < self.n:
-                continue
-            delta = choice.get("delta") or {}
-            text = delta.get("content")
-            if text is None and "audio" in delta:
-                text = delta["audio"].get("transcript")
-            if self._current is None:
-                self._switch_to(index)
-            if index == self._current:
-                if self.reasoning and len(delta) > 1 or text is None:
-                    thought = delta.get("reasoning_content") or delta.get("reasoning")
-                    if thought and self.reasoning:
-                        self._think(thought)
-                    elif thought and self.status is not None:
-                        self._hidden += 1   # about a token a piece
-                        self.status.wait("waiting for the model", progress=(
-                            "%d reasoning tokens" % self._hidden))
-                if text:
-                    self._write(text)
-            elif text:
-                self._held.setdefault(index, []).append(text)
-            if choice.get("finish_reason"):
-                self._finished.add(index)
-                if index == self._current and self._held:
+            if 0 <= index < self.n:
+                self._choice(index, choice)
+
+    def _choice(self, index, choice):
+        """One choice's piece: written, held for its turn, or its reasoning shown."""
+        delta = choice.get("delta") or {}
+        text = delta.get("content")
+        if text is None and "audio" in delta:
+            text = delta["audio"].get("transcript")
+        if self._current is None:
+            self._switch_to(index)
+        if index == self._current:
+            if self.reasoning and len(delta) > 1 or text is None:
+                self._reasoning(delta.get("reasoning_content") or delta.get("reasoning"))
+            if text:
+                self._write(text)
+        elif text:
+            self._held.setdefault(index, []).append(text)
+        if choice.get("finish_reason"):
+            self._finished.add(index)
+            if index == self._current and self._held:
+                self._switch_to(min(self._held))
+                while self._current in self._finished and self._held:
                     self._switch_to(min(self._held))
-                    while self._current in self._finished and self._held:
-                        self._switch_to(min(self._held))
+
+    def _reasoning(self, thought):
+        """Show the live choice's reasoning; hidden, count it on the status line."""
+        if thought and self.reasoning:
+            self._think(thought)
+        elif thought and self.status is not None:
+            self._hidden += 1   # about a token a piece
+            self.status.wait("waiting for the model",
+                             progress="%d reasoning tokens" % self._hidden)
 
     def _switch_to(self, index):
         self.end_line()
