@@ -47,6 +47,7 @@ import argparse
 import atexit
 import base64
 import configparser
+import contextlib
 import difflib
 import glob
 import io
@@ -59,6 +60,8 @@ import random
 import re
 import select
 import shlex
+import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -70,9 +73,10 @@ import wave
 from collections import namedtuple
 from urllib.parse import urlsplit, urlunsplit
 try:
+    import fcntl     # to lock the kept conversations while one is written
     import termios   # to discard typeahead before a consent question
 except ImportError:   # Windows
-    termios = None
+    fcntl = termios = None
 # Two kinds of module are imported where they are first needed, not here.
 # The network ones (http.client, socket, ssl, urllib.request, email) by
 # _import_network(), before the first request: they take about 35 ms, which
@@ -474,6 +478,23 @@ CHUNK_SHAPE = {"id": str, "object": str, "created": (int, float), "model": str,
                "system_fingerprint": str, "service_tier": str, "usage": _USAGE,
                "choices": [_CHOICE]}
 MODELS_SHAPE = {"data": [{"id": str}]}
+
+
+def _history_content(value):
+    """A kept message's content: text, or content parts whose text is text."""
+    if type(value) is str:
+        return value
+    if type(value) is list and all(
+            type(part) is dict and type(part.get("type")) is str
+            and (part["type"] != "text" or type(part.get("text")) is str) for part in value):
+        return value
+    return _WRONG
+
+
+# A message of a kept or loaded conversation: what chat.py reads of it.
+HISTORY_SHAPE = {"role": str, "content": _history_content, "name": str, "refusal": str,
+                 "tool_call_id": str, "function_call": _FUNCTION,
+                 "tool_calls": [{"id": str, "type": str, "function": _FUNCTION}]}
 
 
 def conform(value, shape, dropped, path=""):
@@ -1006,6 +1027,10 @@ def parse_conversation(data):
                 and isinstance(message.get("content"), (str, list, type(None)))):
             raise UsageError("message %d is not a message: each needs a \"role\" and a "
                              "\"content\"" % (i + 1))
+        wrong = []
+        conform(dict(message), HISTORY_SHAPE, wrong)
+        if wrong:   # a file is not trusted either: the same checks as a server's chunks
+            raise UsageError("message %d is not well formed: %s" % (i + 1, wrong[0].lstrip(".")))
     model = data.get("model")
     params = {k: v for k, v in data.items()
               if k not in ("model", "messages", "stream", "stream_options")}
@@ -2067,6 +2092,7 @@ class Chat:
                 break
             except APIError as exc:
                 printer.end_line()
+                self._report(accumulator)
                 fixed = None if accumulator.text() else self._recover(exc, messages, tried)
                 if fixed is None:
                     self._keep_shown(messages, accumulator)
@@ -2074,36 +2100,26 @@ class Chat:
                 messages = fixed
             except (ChatError, KeyboardInterrupt):
                 printer.end_line()
+                self._report(accumulator)
                 self._keep_shown(messages, accumulator)
                 raise
         printer.finish(completion)
+        self._report(accumulator)   # (after the reply's last line is ended)
         self._record(messages, completion)
         return completion
 
     def _request(self, messages, printer, accumulator):
-        """One request; its reply goes through accumulator and printer.  Fields
-        of the wrong type are left out (and said so); a credential the server
-        echoes is blanked out of what is kept."""
-        dropped = accumulator.dropped   # the boundary and the accumulator say alike
-        try:
-            completion = self._receive(messages, printer, accumulator, dropped)
-        finally:
-            if dropped:
-                self.notify("the server sent fields of the wrong type, left out: %s"
-                            % ", ".join(sorted(set(dropped))[:5]))
-        return self.client.redactor.redact_all(completion)
-
-    def _receive(self, messages, printer, accumulator, dropped):
+        """One request; its reply goes through accumulator and printer.  A
+        credential the server echoes is blanked out of what is kept."""
         payload = build_payload(self.model, self._sendable(messages), self.stream, self.params)
         if not self.stream:
-            completion = self.client.complete(payload, dropped)
+            completion = self.client.complete(payload, accumulator.dropped)
             chunk = completion_to_chunk(completion)
             accumulator.add(chunk)   # checks its shape before it is shown
             completion["choices"] = [c for c in completion["choices"]   # as asked for
                                      if c.get("index", 0) in accumulator.choices]
             printer.chunk(chunk)
-            self._report_unrequested(accumulator)
-            return completion
+            return self.client.redactor.redact_all(completion)
         if self.max_context and "stream_options" not in payload:
             payload["stream_options"] = {"include_usage": True}   # for the real count
         chunks = self.client.stream(payload)
@@ -2116,8 +2132,7 @@ class Chat:
                 raise
         finally:
             chunks.close()   # on Ctrl-C this closes the connection at once
-        self._report_unrequested(accumulator)
-        return accumulator.result()
+        return self.client.redactor.redact_all(accumulator.result())
 
     def _sendable(self, messages):
         """messages as sent: a spoken reply refers to its audio by id, as the
@@ -2132,7 +2147,12 @@ class Chat:
                 if id(m) in self._audio and self._audio[id(m)][0] is m else m
                 for m in messages]
 
-    def _report_unrequested(self, accumulator):
+    def _report(self, accumulator):
+        """What the reply had that was left out: fields of the wrong type
+        (conform), a choice that was not asked for."""
+        if accumulator.dropped:
+            self.notify("the server sent fields of the wrong type, left out: %s"
+                        % ", ".join(sorted(set(accumulator.dropped))[:5]))
         if accumulator.unrequested is not None:
             self.notify("the server sent choice %d, which was not asked for (n is %d); "
                         "it was left out" % (accumulator.unrequested + 1, accumulator.n))
@@ -2515,6 +2535,12 @@ _QUOTE = re.compile(r" {0,3}>")
 _UNDECIDED = re.compile(r" *(?:#{1,6}|`{1,}|~{1,}|[-*+]|\d{1,9}[.)]?)?$")
 _SPECIAL = re.compile(r"[`*_\]\n]")
 _SPECIAL_IN_LINK = re.compile(r"[`*_\])\n]")
+
+
+def code_blocks(text):
+    """The contents of the fenced code blocks in markdown text, without the fences."""
+    return [body for _, body in
+            re.findall(r"(?ms)^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1", text)]
 
 
 class MarkdownHighlighter:
@@ -3051,18 +3077,19 @@ def read_json_file(path, what):
 
 def load_conversation(chat, path, *, model=None, params=None):
     """chat.load() the conversation saved at path; a UsageError names the file."""
-    body = read_json_file(path, "the conversation")
+    body = split_origin(read_json_file(path, "the conversation"))[0]
     try:
         chat.load(body, model=model, params=params)
     except UsageError as exc:
         raise UsageError("cannot load %s: %s" % (path, exc)) from None
 
 
-def save_conversation(path, body):
+def save_conversation(path, body, limit=None):
     """Write body to path as JSON, atomically, readable by the owner only:
     a field a line and a message a line, readable and quick to write (json's
     indent= would use its slow pure-Python encoder on every turn), written
-    piece by piece rather than built whole in memory first."""
+    piece by piece rather than built whole in memory first.  Returns the
+    bytes written; more than limit of them is an OutputError."""
     def pieces():
         for n, (key, value) in enumerate(body.items()):
             yield "%s  %s: " % ("{\n" if n == 0 else ",\n", json.dumps(key))
@@ -3073,15 +3100,16 @@ def save_conversation(path, body):
             else:
                 yield json.dumps(value, ensure_ascii=False)
         yield "\n}\n" if body else "{}\n"
-    write_atomically(path, (piece.encode("utf-8") for piece in pieces()))
+    return write_atomically(path, (piece.encode("utf-8") for piece in pieces()), limit)
 
 
-def write_atomically(path, data):
+def write_atomically(path, data, limit=None):
     """Write data (bytes, or an iterable of bytes) to path, readable by the
-    owner only.
+    owner only; return how many bytes were written.
 
     The bytes go to a temporary file in the same folder, are flushed to disk,
     then renamed over path: a crash or a full disk leaves the old file whole.
+    More than limit bytes is an OutputError, and nothing is written.
     """
     folder = os.path.dirname(os.path.abspath(path))
     try:
@@ -3089,8 +3117,13 @@ def write_atomically(path, data):
     except OSError as exc:
         raise OutputError("cannot save to %s: %s" % (path, exc.strerror)) from None
     try:
+        size = 0
         with os.fdopen(fd, "wb") as f:   # mkstemp made it 0600
             for piece in [data] if isinstance(data, bytes) else data:
+                size += len(piece)
+                if limit is not None and size > limit:
+                    raise OutputError("%s would be over %d MiB, more than chat.py reads back; "
+                                      "it was left as it was" % (path, limit >> 20))
                 f.write(piece)
             f.flush()
             os.fsync(f.fileno())
@@ -3111,55 +3144,107 @@ def write_atomically(path, data):
             os.close(folder_fd)
     except OSError:
         pass
+    return size
+
+
+# Where a kept conversation was held goes in the request body's own
+# metadata (string pairs the API accepts and stores), under these keys; it is
+# taken out again before the body is loaded, so chat.py never sends it.
+ORIGIN = ("chat_py_base_url", "chat_py_profile", "chat_py_forked_from")
+
+
+def with_origin(body, origin):
+    """body with origin ({key in ORIGIN: text}) in its metadata."""
+    metadata = dict(body.get("metadata") or {}, **{k: v for k, v in origin.items() if v})
+    return dict(body, metadata=metadata) if metadata else body
+
+
+def split_origin(body):
+    """(body without chat.py's metadata, that metadata as a dict)."""
+    metadata = body.get("metadata") if isinstance(body, dict) else None
+    if not isinstance(metadata, dict) or not any(k in metadata for k in ORIGIN):
+        return body, {}
+    origin = {k: v for k, v in metadata.items() if k in ORIGIN and isinstance(v, str)}
+    rest = {k: v for k, v in metadata.items() if k not in ORIGIN}
+    body = {k: v for k, v in body.items() if k != "metadata"}
+    if rest:
+        body["metadata"] = rest
+    return body, origin
 
 
 class ConversationLog:
     """Every conversation kept, one file each, as a replayable request body
-    (as --save writes it) in folder: made 0700, files 0600, written
-    atomically, never the key.  A conversation's ID is its file's name."""
+    (as --save writes it) in folder: made 0700 (whatever the umask or its
+    mode before), files 0600, written atomically, never the key.  A
+    conversation's ID is its file's name; a new one is created exclusively,
+    with 32 random bits, so conversations begun at once never collide."""
+
+    STALE = 3600   # seconds after which a temporary file left by a killed write goes
 
     def __init__(self, folder):
         self.folder = folder
 
-    def new_path(self, clock=time.time):
-        """The file for a new conversation, named by the time it started."""
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(clock()))
-        return os.path.join(self.folder, "%s-%s.json" % (stamp, os.urandom(2).hex()))
-
-    def save(self, path, body):
-        """Keep body in path; a ChatError if the folder or the file cannot be written."""
+    def prepare(self):
+        """Make the folder (yours alone) and clear out stale temporary files."""
         try:
             os.makedirs(self.folder, mode=0o700, exist_ok=True)
+            os.chmod(self.folder, 0o700)
         except OSError as exc:
             raise OutputError("cannot keep the conversation in %s: %s"
-                            % (self.folder, exc.strerror)) from None
-        save_conversation(path, body)
+                              % (self.folder, exc.strerror)) from None
+        now = time.time()
+        for name in _listdir(self.folder):
+            if name.startswith(".chat-") and name.endswith(".tmp"):
+                path = os.path.join(self.folder, name)
+                try:
+                    if now - os.stat(path).st_mtime > self.STALE:
+                        os.unlink(path)
+                except OSError:
+                    pass
 
-    def entries(self, notify=None, prefix=""):
-        """(ID, path, modified, body) of the kept conversations whose ID starts
-        with prefix, newest first, each file read only when its turn comes.
-        A file that is not a conversation is skipped; the skipped get one
-        notice when the iteration ends (close() it when stopping early)."""
-        try:
-            names = [n for n in os.listdir(self.folder) if n.endswith(".json")
-                     and n.startswith(prefix)]
-        except OSError:
-            return
-        dated = []
-        for name in names:
+    def new_path(self, clock=time.time):
+        """A new conversation's file, created (empty) so no other can take it."""
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(clock()))
+        while True:
+            path = os.path.join(self.folder, "%s-%s.json" % (stamp, os.urandom(4).hex()))
             try:
-                dated.append((os.stat(os.path.join(self.folder, name)).st_mtime, name))
-            except OSError:
-                pass
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                return path
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise OutputError("cannot keep the conversation in %s: %s"
+                                  % (self.folder, exc.strerror)) from None
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the folder's lock (where the platform has one) for a check and a write."""
+        if fcntl is None:
+            yield
+            return
+        fd = os.open(self.folder, os.O_RDONLY)   # the folder itself: no lock file to leave
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)   # (and with it the lock)
+
+    def entries(self, notify=None):
+        """(ID, path, modified, body) of the kept conversations, newest first,
+        each file read only when its turn comes.  Only regular files are read
+        (a FIFO would hang); one that is not a conversation is skipped, and the
+        skipped get one notice when the iteration ends (close() it when
+        stopping early).  A new conversation's still empty file is no notice."""
         skipped = []
         try:
-            for modified, name in sorted(dated, reverse=True):
+            for modified, name in self._dated():
                 path = os.path.join(self.folder, name)
                 try:
                     body = read_json_file(path, "the conversation")
-                    parse_conversation(body)
+                    parse_conversation(split_origin(body)[0])
                 except UsageError:
-                    skipped.append(name)
+                    if _file_size(path):
+                        skipped.append(name)
                     continue
                 yield name[:-5], path, modified, body
         finally:
@@ -3167,6 +3252,18 @@ class ConversationLog:
                 notify("skipped %d file%s in %s that %s not conversations: %s" % (
                     len(skipped), "" if len(skipped) == 1 else "s", self.folder,
                     "is" if len(skipped) == 1 else "are", ", ".join(sorted(skipped)[:3])))
+
+    def _dated(self):
+        """(modified, name) of the regular .json files in the folder, newest first."""
+        dated = []
+        for name in _listdir(self.folder):
+            try:
+                info = os.stat(os.path.join(self.folder, name))
+            except OSError:
+                continue
+            if name.endswith(".json") and stat.S_ISREG(info.st_mode):
+                dated.append((info.st_mtime, name))
+        return sorted(dated, reverse=True)
 
     def latest(self, notify=None):
         """The path of the most recent conversation, or None."""
@@ -3178,29 +3275,165 @@ class ConversationLog:
         finally:
             entries.close()
 
-    def find(self, wanted, notify=None):
-        """The path of the conversation whose ID is wanted (or starts so)."""
-        matches = [(id, path) for id, path, _, _ in self.entries(notify, prefix=wanted)]
-        exact = [path for id, path in matches if id == wanted]
-        paths = exact or [path for _, path in matches]
-        if len(paths) != 1:
-            raise UsageError("%s conversation has the ID %s; chat.py --list shows them" % (
-                "no" if not paths else "more than one", wanted))
-        return paths[0]
+    def find(self, wanted):
+        """The path of the conversation whose ID is wanted, or is the only one
+        that has wanted in it (a part is enough); a UsageError otherwise."""
+        ids = [name[:-5] for _, name in self._dated()]
+        matches = [id for id in ids if id == wanted] or [id for id in ids if wanted in id]
+        if len(matches) != 1:
+            raise UsageError(
+                "no conversation has the ID %s; chat.py --list shows them" % wanted
+                if not matches else "%s names %d conversations (%s); give more of the ID" % (
+                    wanted, len(matches), ", ".join(matches[:4]) + (
+                        ", ..." if len(matches) > 4 else "")))
+        return os.path.join(self.folder, matches[0] + ".json")
 
 
-def conversation_summary(id, modified, body):
-    """One line of --list: ID, date, model, turns, the first user line."""
+def _listdir(folder):
+    try:
+        return os.listdir(folder)
+    except OSError:
+        return []
+
+
+def _file_size(path):
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _signature(path):
+    """What tells whether a file was changed: its inode, size and time."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns
+
+
+@contextlib.contextmanager
+def _interrupts_deferred():
+    """Ctrl-C in the block takes effect when it is done (a save is finished,
+    not cut short); only the main thread can do this."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    caught = []
+    signal.signal(signal.SIGINT, lambda *args: caught.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if caught:
+            raise KeyboardInterrupt
+
+
+class Keeper:
+    """Keeps one conversation after every turn: in the log (log, path None
+    for a new one, seen: _signature(path) when it was read, origin: where it
+    is held) and in --save's file (save_path).
+
+    A turn is never lost: a kept file that another process changed since it
+    was read is not overwritten; the conversation goes on in a new file that
+    says where it forked from (forking rather than merging: each reply was
+    written for the history its process sent).  Ctrl-C during a save takes
+    effect once it is done.  A failure to keep it in the log is a notice,
+    never the end of the chat; one to write --save's file is an error."""
+
+    def __init__(self, log, *, path=None, seen=None, origin=None, save_path=None,
+                 notify=None):
+        self.log, self.path, self.save_path = log, path, save_path
+        self.origin = dict(origin or {})
+        self.notify = notify or (lambda text: None)
+        self.seen = seen   # _signature() of path as this process read it
+        self.size = _file_size(path) if path else 0
+
+    def check(self, chat, content):
+        """Refuse (UsageError), before it is sent, a turn that would make the
+        kept conversation larger than chat.py can read back."""
+        if self.log is None and not self.save_path:
+            return
+        size = self.size or len(json.dumps(chat.body()))
+        size += len(json.dumps(content)) + 2**20   # and room for a reply
+        if size > MAX_BODY:
+            raise UsageError("this turn would make the conversation %d MiB, more than chat.py "
+                             "can keep (%d MiB): start a new one (/reset, or without -c), or "
+                             "send the large attachment in a conversation of its own"
+                             % (size >> 20, MAX_BODY >> 20))
+
+    def __call__(self, chat):
+        body = chat.body()
+        if self.log is not None and chat.messages:
+            try:
+                with _interrupts_deferred():
+                    self._keep(with_origin(body, self.origin))
+            except ChatError as exc:
+                self.notify("error: %s (the conversation is still here)" % exc)
+        if self.save_path:
+            with _interrupts_deferred():
+                save_conversation(self.save_path, body)
+
+    def _keep(self, body):
+        self.log.prepare()
+        with self.log.locked():
+            if self.path is None:
+                self.path = self.log.new_path()
+            elif _signature(self.path) != self.seen:   # another process kept a turn there
+                forked = os.path.basename(self.path)[:-5]
+                self.path = self.log.new_path()
+                self.origin["chat_py_forked_from"] = forked
+                body = with_origin(body, self.origin)
+                self.notify("%s was changed by another chat.py meanwhile; this conversation "
+                            "goes on as %s, forked from it" % (forked,
+                                                               os.path.basename(self.path)[:-5]))
+            self.size = save_conversation(self.path, body, MAX_BODY)
+            self.seen = _signature(self.path)
+
+
+def conversation_summary(id, modified, body, origin=None):
+    """One row of --list: ID, date, where it is held (the profile, else the
+    host), model, turns, the first user line."""
     messages = body.get("messages") if isinstance(body, dict) else body
     users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-    first = users[0].get("content") if users else ""
-    if isinstance(first, list):
-        first = " ".join(p.get("text", "") for p in first if isinstance(p, dict))
-    first = _one_line(str(first or ""))
-    return "%s  %s  %s  %d turn%s  %s" % (
-        id, time.strftime("%Y-%m-%d %H:%M", time.localtime(modified)),
-        (body.get("model") if isinstance(body, dict) else None) or "-", len(users),
-        "" if len(users) == 1 else "s", first[:60] + ("..." if len(first) > 60 else ""))
+    first = _text_of(users[0].get("content")) if users else ""
+    first = _one_line(first)
+    origin = origin or {}
+    where = origin.get("chat_py_profile") or urlsplit(
+        origin.get("chat_py_base_url") or "").hostname or "-"
+    return (id, time.strftime("%Y-%m-%d %H:%M", time.localtime(modified)), where,
+            (body.get("model") if isinstance(body, dict) else None) or "-",
+            "%d turn%s" % (len(users), "" if len(users) == 1 else "s"),
+            first[:60] + ("..." if len(first) > 60 else ""))
+
+
+def _text_of(content):
+    """A message's content as text: its text parts joined, others named."""
+    if isinstance(content, list):
+        return " ".join(p["text"] if p.get("type") == "text" else "[%s]" % p.get("type")
+                        for p in content if isinstance(p, dict))
+    return content or ""
+
+
+def conversation_markdown(id, body):
+    """A kept conversation as readable Markdown: a heading per message, its
+    text, its tool calls and their results."""
+    lines = ["# %s (%s)" % (id, body.get("model") or "no model")]
+    for message in body["messages"]:
+        lines += ["", "## %s" % message.get("role"), ""]
+        if message.get("role") == "tool":
+            lines[-2] += " (result of %s)" % message.get("tool_call_id")
+        text = _text_of(message.get("content"))
+        if text:
+            lines.append(text)
+        for call in tool_calls(message):
+            function = call.get("function") or {}
+            lines += ["", "Calls `%s`%s:" % (function.get("name"),
+                                              " (%s)" % call["id"] if call.get("id") else ""),
+                      "```json", indented_arguments(function.get("arguments")).rstrip("\n"),
+                      "```"]
+    return "\n".join(lines) + "\n"
 
 
 def wav_bytes(pcm):
@@ -3539,6 +3772,12 @@ class Console:
     def send(self, text):
         """Send text, with what is attached to it, as one turn."""
         content = user_content(text, self.attachments)
+        check = getattr(self.keep, "check", None)   # (a Keeper refuses what it cannot keep)
+        if check is not None:
+            try:
+                check(self.chat, content)
+            except ChatError as exc:
+                return self._failed(exc)
         self.attachments = []
         return self.turn(lambda printer: self.chat.send(content, printer))
 
@@ -3605,6 +3844,8 @@ class Console:
             self.keep(self.chat)
         except ChatError as exc:
             _stderr_notice(self.err, "error: %s (the conversation is still here)" % exc)
+        except KeyboardInterrupt:   # pressed while it was kept: kept all the same
+            _stderr_dim(self.err, "[interrupted]\n")
         return status
 
     def _failed(self, exc):
@@ -3741,10 +3982,10 @@ class Console:
             raise UsageError("there is no reply to copy yet")
         text = replies[-1]["content"]
         if argument == "code":
-            blocks = re.findall(r"(?ms)^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1", text)
+            blocks = code_blocks(text)
             if not blocks:
                 raise UsageError("the last reply has no fenced code block")
-            text = blocks[-1][1]
+            text = blocks[-1]
         elif argument:
             raise UsageError("/copy takes nothing, or code")
         terminal = next((s for s in (self.err, self.out) if _is_terminal(s)), None)
@@ -3757,6 +3998,11 @@ class Console:
         _stderr_notice(self.err, "copied %d characters" % len(text))
 
     def do_usage(self, argument):
+        if self.chat.stream and "stream_options" not in self.chat.params:
+            # A stream reports usage only when asked: ask from now on.
+            self.chat.set_param("stream_options", {"include_usage": True})
+            _stderr_notice(self.err, "usage is asked for with each reply from now on "
+                           "(chat.py --usage shows it after each)")
         t = self.chat.totals
         counted = ("%d prompt + %d completion = %d tokens" % (
             t["prompt_tokens"], t["completion_tokens"], t["total_tokens"])
@@ -4413,6 +4659,10 @@ def _parser():
     add("-c", "--continue", dest="resume_last", action="store_true")
     add("--resume", metavar="ID")
     add("--list", nargs="?", const="", metavar="TEXT")
+    add("--show", nargs="?", const="", metavar="ID")
+    add("-r", "--reply", nargs="?", const="", metavar="ID")
+    add("--delete", metavar="ID")
+    add("-x", "--extract", action="store_true")
     add("--models", action="store_true")
     add("--temperature", type=float)
     add("--top-p", type=float)
@@ -4618,9 +4868,9 @@ def _run_with(client, args, settings, stdin, out, err, environ):
     chat = Chat(client, settings.model, system=settings.system,
                 params=dict(settings.params, **flags), stream=not args.no_stream,
                 max_context=args.max_context, notify=notify, system_role=settings.system_role)
-    log = _conversation_log(environ)
-    carried_on = _carried_on(args, log, notify)
-    _load(args, chat, carried_on or args.load, flags)
+    carried = args.carried   # -c or --resume: the kept file it goes on in
+    seen = _signature(carried) if carried else None   # (before it is read)
+    _load(args, chat, carried or args.load, flags, notify)
     if args.check:
         return check_connection(chat, out)
     prompt = _prompt_text(args, stdin)
@@ -4628,11 +4878,13 @@ def _run_with(client, args, settings, stdin, out, err, environ):
                    + [audio_part(path) for path in args.audio]
                    + [file_part(path) for path in args.file])
     new_printer = _printer_factory(args, settings, chat, out, err, environ)
-    log_path = (carried_on or log.new_path()) if settings.log else None
-    keep = _keeper(args.save, log, log_path, notify)
+    keep = Keeper(_conversation_log(environ) if settings.log else None,
+                  path=carried if settings.log else None, seen=seen, save_path=args.save,
+                  origin=_origin(settings, args, environ), notify=notify)
     if prompt and not args.interactive:
-        return _one_shot(args, chat, user_content(prompt, attachments), stdin, out, err,
-                         new_printer, keep)
+        content = user_content(prompt, attachments)
+        keep.check(chat, content)
+        return _one_shot(args, chat, content, stdin, out, err, new_printer, keep)
     console = _console(args, chat, stdin, out, err, environ,
                        new_printer=new_printer, attachments=attachments, keep=keep)
     if prompt:   # the first turn of -i
@@ -4653,7 +4905,7 @@ def _check_combination(args):
 def _carried_on(args, log, notify):
     """The kept conversation that -c or --resume ID carries on, or None."""
     if args.resume:
-        return log.find(args.resume, notify)
+        return log.find(args.resume)
     if not args.resume_last:
         return None
     path = log.latest(notify)
@@ -4662,17 +4914,63 @@ def _carried_on(args, log, notify):
     return path
 
 
-def _load(args, chat, path, flags):
-    """Load the conversation at path into chat, the flags winning over its fields;
-    --load F --save F with no F yet starts F instead."""
+def _go_back(args, environ, err):
+    """For -c and --resume: set args.carried, and the endpoint the kept
+    conversation was held at, unless this command line names one (then it
+    moves there: _moving() says so)."""
+    log = _conversation_log(environ)
+    args.carried = _carried_on(args, log, lambda text: _stderr_notice(err, text))
+    args.origin = {}
+    if args.carried:
+        args.origin = split_origin(read_json_file(args.carried, "the conversation"))[1]
+        if args.profile is None and args.base_url is None:
+            args.profile = args.origin.get("chat_py_profile")
+            if args.profile is None:
+                args.base_url = args.origin.get("chat_py_base_url")
+
+
+def _moving(args, settings, environ):
+    """The notice for a kept conversation going on at another endpoint, or None."""
+    held = args.origin.get("chat_py_profile") or args.origin.get("chat_py_base_url")
+    now = _origin(settings, args, environ)
+    here = now.get("chat_py_profile") or now.get("chat_py_base_url")
+    if held and held != here:
+        return "this conversation was held at %s; it goes on at %s" % (held, here)
+    return None
+
+
+def _origin(settings, args, environ):
+    """Where a conversation is held, as it is kept: the base URL without its
+    credentials (user, password, secret query values), the profile if one
+    was chosen; never a key."""
+    parts = urlsplit(settings.base_url)
+    query = "&".join(name + equals + value for name, equals, value in _query_items(parts.query)
+                     if not (equals and _SECRET_NAME.search(name)))
+    base_url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, query, ""))
+    return {"chat_py_base_url": base_url,
+            "chat_py_profile": args.profile or environ.get("CHAT_PY_PROFILE") or None}
+
+
+def _load(args, chat, path, flags, notify):
+    """Load the conversation at path into chat, the flags winning over its fields,
+    and say which fields it will send; --load F --save F with no F yet starts F
+    instead."""
     if not path:
         return
     starts_save = (path == args.load and args.save and not os.path.exists(path)
                    and os.path.abspath(args.save) == os.path.abspath(path))
-    if not starts_save:
-        load_conversation(chat, path, model=args.model, params=flags)
-        if args.system:
-            chat.set_system(args.system)
+    if starts_save:
+        return
+    before = dict(chat.params)
+    load_conversation(chat, path, model=args.model, params=flags)
+    if args.system:
+        chat.set_system(args.system)
+    brought = {k: v for k, v in chat.params.items() if k not in flags and before.get(k) != v}
+    if brought:   # each may multiply the cost (n) or change the service: said first
+        notify("the loaded conversation sends %s with each request (a flag, or /unset "
+               "in the chat, changes that)" % ", ".join(
+                   "%s: %s" % (k, _one_line(json.dumps(v, ensure_ascii=False))[:40])
+                   for k, v in sorted(brought.items())))
 
 
 def _prompt_text(args, stdin):
@@ -4727,39 +5025,67 @@ def _conversation_log(environ):
     return ConversationLog(os.path.join(_state_home(environ), "chat.py", "conversations"))
 
 
-def _keeper(save_path, log, log_path, notify):
-    """keep(chat): write the conversation to --save's file and to the log,
-    after every turn.  A failure to keep it in the log is a notice, never
-    the end of the chat; one to write --save's file is an error."""
-    def keep(chat):
-        body = chat.body()
-        if log_path and chat.messages:
-            try:
-                log.save(log_path, body)
-            except ChatError as exc:
-                notify("error: %s (the conversation is still here)" % exc)
-        if save_path:
-            save_conversation(save_path, body)
-    return keep
+def _reads_the_log(args):
+    return (args.list is not None or args.show is not None or args.reply is not None
+            or args.delete is not None)
 
 
-def _list_conversations(log, text, out, notify):
-    """--list [TEXT]: the kept conversations, newest first, one a line."""
+def _conversations(args, log, out, notify):
+    """--list, --show, --reply, --delete: the kept conversations, from the shell."""
+    if args.list is not None:
+        return _list_conversations(log, args.list, args.n or LIST_LIMIT, out, notify)
+    if args.delete is not None:
+        path = log.find(args.delete)
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            raise OutputError("cannot delete %s: %s" % (path, exc.strerror)) from None
+        notify("deleted %s" % os.path.basename(path)[:-5])
+        return 0
+    wanted = args.show if args.show is not None else args.reply
+    path = log.find(wanted) if wanted else log.latest(notify)
+    if path is None:
+        raise UsageError("there is no kept conversation yet (%s is empty)" % log.folder)
+    body = split_origin(read_json_file(path, "the conversation"))[0]
+    try:
+        messages = parse_conversation(body)[1]
+    except UsageError as exc:
+        raise UsageError("cannot read %s: %s" % (path, exc)) from None
+    if args.reply is not None:
+        replies = [m for m in messages if m.get("role") == "assistant"
+                   and isinstance(m.get("content"), str)]
+        if not replies:
+            raise UsageError("%s has no reply yet" % os.path.basename(path)[:-5])
+        _stdout_show(out, replies[-1]["content"] + ("" if replies[-1]["content"].endswith("\n")
+                                                    else "\n"))
+    elif args.output == "json":
+        _stdout_show(out, json.dumps(body, indent=2, ensure_ascii=False) + "\n")
+    else:
+        _stdout_show(out, conversation_markdown(os.path.basename(path)[:-5], body))
+    return 0
+
+
+def _list_conversations(log, text, limit, out, notify):
+    """--list [TEXT]: the kept conversations, newest first, one a line, in
+    aligned columns; TEXT keeps those with it in any message."""
     wanted = text.lower()
-    shown = 0
+    rows = []
     entries = log.entries(notify)
     try:
         for id, path, modified, body in entries:
+            body, origin = split_origin(body)
             messages = body.get("messages") if isinstance(body, dict) else body
-            if wanted and not any(wanted in json.dumps(m.get("content"), ensure_ascii=False).lower()
-                                  for m in messages if isinstance(m, dict)):
+            if wanted and not any(wanted in json.dumps(m, ensure_ascii=False).lower()
+                                  for m in messages):
                 continue
-            _stdout_show(out, conversation_summary(id, modified, body) + "\n")
-            shown += 1
-            if shown == LIST_LIMIT:
+            rows.append(conversation_summary(id, modified, body, origin))
+            if len(rows) == limit:
                 break
     finally:
         entries.close()   # the notice of skipped files, if any
+    widths = [max(len(row[i]) for row in rows) for i in range(5)] if rows else []
+    _stdout_show(out, "".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths))
+                              + "  " + row[5] + "\n" for row in rows))
     return 0
 
 
@@ -4769,7 +5095,8 @@ def _one_shot(args, chat, content, stdin, out, err, new_printer, keep):
     if stdin is not None and _is_terminal(stdin):   # someone to type a tool's result
         ask = lambda question: (_write_sanitized(err, question), stdin.readline().strip())[1]   # noqa: E731
     tools = _tools(args, ask, err)
-    printer = lambda: new_printer(show_text=args.output == "text")   # noqa: E731
+    printer = lambda: new_printer(   # noqa: E731
+        show_text=args.output == "text" and not args.extract)
     try:
         completion = chat.send(content, printer())
         if tools.commands:
@@ -4778,6 +5105,9 @@ def _one_shot(args, chat, content, stdin, out, err, new_printer, keep):
         keep(chat)
     if args.output == "json":
         _stdout_show(out, json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
+    elif args.extract:   # only the code: the rest stays in the conversation
+        reply = ((completion.get("choices") or [{}])[0].get("message") or {}).get("content")
+        _stdout_show(out, "".join(code_blocks(reply or "")))
     else:
         calls = tool_calls(((completion.get("choices") or [{}])[0]).get("message") or {})
         if calls:   # left for the caller to answer
@@ -4885,11 +5215,23 @@ Options:
   direct or through a proxy's tunnel: each turn, tool round and retry after
   the first skips the connect and the TLS handshake.)
   -c, --continue        carry on the most recent conversation (one-shot or in
-                        the chat); its turns go on in the same kept file
-  --resume ID           carry on the kept conversation ID (see --list)
-  --list [TEXT]         list the kept conversations, newest first: ID, date,
-                        model, turns, first line; TEXT keeps those that
-                        mention it
+                        the chat), at the endpoint it was held at; its turns
+                        go on in the same kept file
+  --resume ID           carry on the kept conversation ID (see --list); any
+                        part of an ID that names one conversation is enough,
+                        here and for --show, --reply and --delete
+  --list [TEXT]         list the kept conversations, newest first, in columns:
+                        ID, date, where (profile or host), model, turns,
+                        first line; TEXT keeps those with it in any message;
+                        -n N lists N (default 100)
+  --show [ID]           print a conversation (default: the latest) as
+                        Markdown: a heading per message, tool calls and
+                        results; with --output json, its request body
+  -r, --reply [ID]      print only the last reply of a conversation (default:
+                        the latest), exactly as received: for pipes
+  --delete ID           remove a kept conversation
+  -x, --extract         one-shot: stdout gets only the reply's fenced code
+                        blocks, without the fences (the whole reply is kept)
   --no-log              keep nothing of this run (also: log = false)
   -p, --profile NAME    use the config file's [NAME] (env CHAT_PY_PROFILE)
   --config FILE         the config file (default: see "The config file")
@@ -4993,9 +5335,19 @@ Conversations kept:
   replayable request body (as --save writes it) in
   $XDG_STATE_HOME/chat.py/conversations/ (default ~/.local/state/...): the
   folder is yours alone (0700), each file 0600, written atomically, never
-  the key.  --list shows them, -c and --resume ID carry one on, --no-log (or
-  log = false in the config) keeps nothing.  A file there that is not a
-  conversation is skipped with a notice.
+  the key.  --list shows them, -c and --resume ID carry one on, --show and
+  --reply print one, --delete removes one, --no-log (or log = false in the
+  config) keeps nothing.  A file there that is not a conversation, or whose
+  messages are not well formed, is skipped with a notice (and refused by
+  --resume).  Each records where it was held (the base URL without its
+  credentials, and the profile) in its metadata; -c and --resume go back
+  there, and a --base-url or -p given with them moves it, with a notice.
+  A turn is never lost: a new conversation's file is created exclusively;
+  one that another chat.py changed meanwhile is not overwritten, the
+  conversation goes on in a new file that says where it forked from; a
+  turn that would make the file larger than chat.py reads back (64 MiB) is
+  refused before it is sent; Ctrl-C during a save lets it finish.  Fields a
+  loaded conversation sends (n, store, service_tier...) are named once.
 
 The config file:
   $XDG_CONFIG_HOME/chat.py/config.ini (default ~/.config/chat.py/config.ini,
@@ -5102,8 +5454,9 @@ The server and the model:
   --models, --check     list the models; diagnose the connection and key
 
 The conversation (each is kept; --no-log keeps nothing):
-  -c, --continue        carry on the last conversation
+  -c, --continue        carry on the last conversation, where it was held
   --list [TEXT], --resume ID   find a kept conversation, carry it on
+  --show [ID], -r, --reply [ID], --delete ID   print one, or its last reply
   -s, --system TEXT     the system message
   --save FILE, --load FILE     keep a conversation in FILE, carry it on
   --image PATH|URL, --file FILE, --audio FILE   attach (each repeatable)
@@ -5148,15 +5501,21 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
         if args.version:
             _stdout_write(out, "chat.py %s\n" % __version__)
             return 0
-        if args.list is not None:   # needs no server, no key, no config
-            return _list_conversations(_conversation_log(environ), args.list, out,
-                                       lambda text: _stderr_notice(err, text))
+        if _reads_the_log(args):   # needs no server, no key, no config
+            return _conversations(args, _conversation_log(environ), out,
+                                  lambda text: _stderr_notice(err, text))
+        args.carried, args.origin = None, {}
+        if args.resume or args.resume_last:
+            _go_back(args, environ, err)
         settings = _settings(args, environ)
         secrets = _secrets(settings)
         color = _color_wanted(settings, environ, stderr)
         status = StatusLine(stderr, color=color) if _status_wanted(settings, environ, stderr) \
             else None
         err = _ErrorStream(stderr, color=color, secrets=secrets, status=status)
+        moving = args.carried and _moving(args, settings, environ)
+        if moving:
+            _stderr_notice(err, moving)
         redactor = Redactor(secrets)
         same_screen = status if _is_terminal(raw) else None
         if redactor or same_screen:   # (only then: a wrapper costs a call per write)
