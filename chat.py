@@ -3187,8 +3187,8 @@ class ConversationLog:
     def prepare(self):
         """Make the folder (yours alone) and clear out stale temporary files."""
         try:
-            os.makedirs(self.folder, mode=0o700, exist_ok=True)
-            os.chmod(self.folder, 0o700)
+            private_folder(os.path.dirname(self.folder))   # chat.py's own state folder
+            private_folder(self.folder)
         except OSError as exc:
             raise OutputError("cannot keep the conversation in %s: %s"
                               % (self.folder, exc.strerror)) from None
@@ -3287,6 +3287,14 @@ class ConversationLog:
                     wanted, len(matches), ", ".join(matches[:4]) + (
                         ", ..." if len(matches) > 4 else "")))
         return os.path.join(self.folder, matches[0] + ".json")
+
+
+def private_folder(path):
+    """Make the folder path, readable by its owner alone whatever the umask
+    or the mode it had (os.makedirs gives its mode to the last folder only)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    if stat.S_IMODE(os.stat(path).st_mode) != 0o700:
+        os.chmod(path, 0o700)
 
 
 def _listdir(folder):
@@ -4158,7 +4166,7 @@ def _once(function):
 
 def _save_history(readline, path):
     try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        private_folder(os.path.dirname(path))
         readline.write_history_file(path)
         os.chmod(path, 0o600)
     except OSError:

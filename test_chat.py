@@ -4536,3 +4536,250 @@ def test_a_large_upload_says_how_much_was_sent(server):
     whats = [what for what, _ in seen]
     assert whats[0].startswith("connecting to 127.0.0.1") and "waiting for the model" in whats
     assert server.requests[0]["body"]["messages"][0]["content"] == "x" * (3 * 2**20)
+
+
+# ---------------------------------------------------------------------------
+# Kept conversations that lose nothing and go back where they came from (issue 19).
+# ---------------------------------------------------------------------------
+
+def kept_files():
+    return sorted(n for n in os.listdir(kept_folder()) if n.endswith(".json"))
+
+
+def kept_bodies():
+    return [json.load(open(os.path.join(kept_folder(), n))) for n in kept_files()]
+
+
+def test_c_goes_back_to_the_profile_it_was_held_at(server):
+    other = LoopbackServer()
+    try:
+        write_config("[default]\nbase_url = %s\n[other]\nbase_url = %s\nheaders = X-Team: blue\n"
+                     % (server.url, other.url))
+        other.add(stream_reply("from other"), stream_reply("still other"))
+        assert run_main(None, "-p", "other", "question")[:2] == (0, "from other\n")
+        status, out, err = run_main(None, "-c", "follow-up")
+        assert (status, out, err) == (0, "still other\n", "")
+        assert server.requests == [] and other.requests[1]["headers"]["x-team"] == "blue"
+        assert [m["content"] for m in other.requests[1]["body"]["messages"]] == [
+            "question", "from other", "follow-up"]
+        assert "metadata" not in other.requests[1]["body"]   # chat.py's own, never sent
+        assert kept_bodies()[0]["metadata"]["chat_py_profile"] == "other"
+    finally:
+        other.close()
+
+
+def test_c_after_base_url_needs_no_flag_and_a_flag_moves_it(server):
+    other = LoopbackServer()
+    try:
+        env = {"OPENAI_BASE_URL": ""}   # nothing but the flag names the server
+        server.add(stream_reply("one"), stream_reply("two"))
+        assert run_main(None, "--base-url", server.url, "-m", "m", "q", env=env)[:2] == (0, "one\n")
+        assert run_main(None, "-c", "again", env=env)[:2] == (0, "two\n")
+        assert len(server.requests) == 2 and server.requests[1]["body"]["model"] == "m"
+        other.add(stream_reply("moved"))
+        status, out, err = run_main(None, "-c", "--base-url", other.url, "elsewhere", env=env)
+        assert (status, out) == (0, "moved\n")
+        assert err == "chat.py: this conversation was held at %s; it goes on at %s\n" % (
+            server.url, other.url)
+        assert len(other.requests[0]["body"]["messages"]) == 5   # the whole conversation went
+    finally:
+        other.close()
+
+
+def test_four_concurrent_c_processes_keep_all_four_turns(server):
+    server.add(stream_reply("first"))
+    assert run_main(server, "start")[0] == 0
+    release = threading.Event()
+    for i in range(4):   # every reply waits until all four requests are in
+        reply = stream_reply("reply %d" % i)
+        reply.body = [release] + reply.body
+        server.add(reply)
+    procs = [subprocess.Popen([sys.executable, CHAT_PY, "-c", "turn %d" % i],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=clean_env(OPENAI_BASE_URL=server.url,
+                              XDG_STATE_HOME=os.environ["XDG_STATE_HOME"],
+                              XDG_CONFIG_HOME=os.environ["XDG_CONFIG_HOME"]))
+             for i in range(4)]
+    deadline = time.monotonic() + 20
+    while len(server.requests) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    release.set()
+    results = [p.communicate(timeout=30) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    kept = [m["content"] for body in kept_bodies() for m in body["messages"]
+            if m["role"] == "user"]
+    assert sorted(set(k for k in kept if k.startswith("turn"))) == ["turn %d" % i for i in range(4)]
+    forks = [b["metadata"].get("chat_py_forked_from") for b in kept_bodies()]
+    assert len(kept_files()) == 4 and forks.count(None) == 1   # one went on, three forked
+    assert sum(b"forked from it" in err for _, err in results) == 3
+
+
+def test_conversations_started_at_once_never_collide(tmp_path):
+    log = chat.ConversationLog(str(tmp_path / "kept"))
+    log.prepare()
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(log.new_path(clock=lambda: 1e9)))
+               for _ in range(200)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(paths)) == 200 and len(os.listdir(str(tmp_path / "kept"))) == 200
+
+
+def test_a_turn_too_large_to_keep_is_refused_before_it_is_sent(server):
+    server.add(stream_reply("ok"))
+    assert run_main(server, "start")[0] == 0
+    path = os.path.join(kept_folder(), kept_files()[0])
+    body = json.load(open(path))
+    body["messages"].append({"role": "user", "content": "x" * (chat.MAX_BODY - 2**19)})
+    body["messages"].append({"role": "assistant", "content": "big"})
+    json.dump(body, open(path, "w"))
+    status, out, err = run_main(server, "-c", "one more")
+    assert (status, out) == (2, "") and "more than chat.py can keep (64 MiB)" in err
+    assert len(server.requests) == 1   # nothing more was sent
+
+
+BROKEN_KEPT = {
+    "a text part that is a number": [{"role": "user", "content": [{"type": "text", "text": 5}]}],
+    "tool_calls that is a string": [{"role": "user", "content": "hi"},
+                                    {"role": "assistant", "content": None, "tool_calls": "x"}],
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN_KEPT))
+def test_a_malformed_kept_file_is_refused_with_one_line(server, case):
+    os.makedirs(kept_folder(), exist_ok=True)
+    path = os.path.join(kept_folder(), "20260101-000000-badbad00.json")
+    json.dump({"model": "m", "messages": BROKEN_KEPT[case]}, open(path, "w"))
+    status, out, err = run_main(None, "--list")
+    assert (status, out) == (0, "") and "skipped 1 file" in err and err.count("\n") == 1
+    status, out, err = run_main(server, "--resume", "badbad00", "hi")
+    assert status == 2 and err.count("\n") == 1 and "is not well formed" in err
+    status, out, err = run_main(server, "--load", path, "hi")
+    assert status == 2 and err.count("\n") == 1 and "is not well formed" in err
+    assert server.requests == []
+
+
+def test_show_reply_delete_and_short_ids(server):
+    server.add(stream_reply("Lima is the capital.\n```sh\nls\n```"))
+    assert run_main(server, "capital of Peru?")[0] == 0
+    first = kept_files()[0][:-5]
+    server.add(stream_reply("Other."))
+    assert run_main(server, "another topic")[0] == 0
+    second = [f[:-5] for f in kept_files() if f[:-5] != first][0]
+    status, out, _ = run_main(None, "--reply", first[-6:])
+    assert (status, out) == (0, "Lima is the capital.\n```sh\nls\n```\n")
+    status, out, _ = run_main(None, "-r")
+    assert out == "Other.\n"   # the latest
+    status, out, _ = run_main(None, "--show", first[-6:])
+    assert out.startswith("# %s (gpt-4o-mini)\n\n## user\n\ncapital of Peru?\n\n## assistant\n" % first)
+    status, out, _ = run_main(None, "--show", first[-6:], "-o", "json")
+    assert json.loads(out)["messages"][0]["content"] == "capital of Peru?"
+    assert "metadata" not in json.loads(out)
+    shared = os.path.commonprefix([first, second])
+    status, _, err = run_main(None, "--show", shared)
+    assert status == 2 and "names 2 conversations" in err
+    status, _, err = run_main(None, "--delete", first[-6:])
+    assert status == 0 and kept_files() == [second + ".json"]
+
+
+def test_list_columns_limit_and_search(server):
+    other = LoopbackServer()
+    try:
+        write_config("[work]\nbase_url = %s\n" % other.url)
+        server.add(stream_reply("a"), stream_reply("b"))
+        other.add(stream_reply("c"))
+        run_main(server, "first question")
+        run_main(server, "second question mentions kiwi")
+        run_main(None, "-p", "work", "third")
+        lines = run_main(None, "--list")[1].splitlines()
+        assert len(lines) == 3 and lines[0].split()[3] == "work"   # the profile is where
+        assert lines[1].split()[3] == "127.0.0.1"
+        starts = {len(line) - len(line.lstrip()) for line in lines}
+        assert len({line.index(" 1 turn") for line in lines}) == 1   # aligned
+        assert run_main(None, "--list", "-n", "2")[1].count("\n") == 2
+        found = run_main(None, "--list", "b")[1].splitlines()   # a reply's text counts too
+        assert len(found) == 1 and "second question" in found[0]
+    finally:
+        other.close()
+
+
+def test_extract_prints_only_the_code(server):
+    server.add(stream_reply("Use this:\n\n```sh\nwc -l *.py\n```\n\nand this:\n~~~\necho hi\n~~~\n"))
+    status, out, err = run_main(server, "-x", "count lines")
+    assert (status, out) == (0, "wc -l *.py\necho hi\n")
+    assert "Use this" in kept_bodies()[0]["messages"][-1]["content"]   # the whole reply is kept
+
+
+def test_usage_in_the_chat_turns_it_on(server):
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    server.add(stream_reply("one"), Reply(sse(chunk(delta={"role": "assistant"}), chunk("two"),
+                                              chunk(finish="stop"), chunk(choices=False, usage=usage)),
+                                          headers=SSE))
+    status, out, err = run_main(server, "-i", stdin="a\n/usage\nb\n/usage\n")
+    assert status == 0 and "usage is asked for with each reply from now on" in err
+    assert "stream_options" not in server.requests[0]["body"]
+    assert server.requests[1]["body"]["stream_options"] == {"include_usage": True}
+    assert err.splitlines()[-1] == ("chat.py: this session: 2 requests, 3 prompt + 2 "
+                                    "completion = 5 tokens")
+
+
+def test_a_notice_after_an_unfinished_line_starts_a_line_of_its_own(server):
+    server.add(sse_reply(chunk("real answer"), chunk("extra", index=1), chunk(finish="stop")))
+    status, data = on_terminal(server, "hi")
+    screen = [line.rstrip() for line in screen_of(data).display if line.strip()]
+    assert screen[0] == "real answer"
+    assert screen[1].startswith("chat.py: the server sent choice 2, which was not asked for")
+
+
+def test_loaded_fields_are_named_before_the_first_request(server, tmp_path):
+    path = tmp_path / "shared.json"
+    path.write_text(json.dumps({"model": "m", "n": 128, "store": True, "service_tier": "priority",
+                                "messages": [{"role": "user", "content": "hi"}]}))
+    server.add(stream_reply("ok"))
+    status, out, err = run_main(server, "--load", str(path), "-n", "1", "next")
+    assert status == 0
+    assert err.startswith("chat.py: the loaded conversation sends service_tier: \"priority\", "
+                          "store: true with each request")
+    assert server.requests[0]["body"]["n"] == 1   # the flag won, and is not named
+
+
+def test_ctrl_c_while_saving_lets_the_save_finish():
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach only the main thread")
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with chat._interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            done.append("saved")
+    assert done == ["saved"]
+
+
+def test_the_store_cleans_up_and_reads_only_regular_files(server, tmp_path):
+    folder = kept_folder()
+    os.makedirs(folder, mode=0o755, exist_ok=True)
+    os.chmod(folder, 0o755)
+    stale = os.path.join(folder, ".chat-left-behind.tmp")
+    open(stale, "w").close()
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    os.mkfifo(os.path.join(folder, "trap.json"))
+    server.add(stream_reply("ok"))
+    assert run_main(server, "hi")[:2] == (0, "ok\n")
+    assert os.stat(folder).st_mode & 0o777 == 0o700 and not os.path.exists(stale)
+    status, out, err = run_main(None, "--list")   # the FIFO does not hang it
+    assert status == 0 and out.count("\n") == 1
+
+
+def test_the_state_folders_are_private_whatever_the_umask(server, tmp_path):
+    state = tmp_path / "state"
+    server.add(stream_reply("ok"))
+    proc = subprocess.run([sys.executable, CHAT_PY, "hi"], stdin=subprocess.DEVNULL,
+                          capture_output=True, timeout=30, preexec_fn=lambda: os.umask(0),
+                          env=clean_env(OPENAI_BASE_URL=server.url, XDG_STATE_HOME=str(state)))
+    assert proc.returncode == 0, proc.stderr
+    for folder in (state / "chat.py", state / "chat.py" / "conversations"):
+        assert os.stat(str(folder)).st_mode & 0o777 == 0o700, folder
+    for name in os.listdir(str(state / "chat.py" / "conversations")):
+        assert os.stat(str(state / "chat.py" / "conversations" / name)).st_mode & 0o777 == 0o600
