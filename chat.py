@@ -50,6 +50,7 @@ import configparser
 import contextlib
 import difflib
 import glob
+import hashlib
 import io
 import ipaddress
 import json
@@ -1243,8 +1244,8 @@ def _connection_pool(on_wait):
         def _idle(self, key):
             """The connection kept for key, if it can take another request."""
             connection, last = self.idle.pop(key, (None, None))
-            if connection is None:
-                return None
+            if connection is None or not last.isclosed():
+                return None   # (an answer still being read keeps its connection)
             closed = connection.sock is None or not last.reusable
             if not closed:   # readable while idle: the server closed it (or misbehaves)
                 closed = bool(select.select([connection.sock], [], [], 0)[0])
@@ -1914,12 +1915,15 @@ class Chat:
     are.  stream: ask for SSE.  max_context: the most tokens a request may
     hold (None: no bound until the server reports one).  notify(text) hears
     of trimming and retries.  system_role: "system", or "developer" as newer
-    reasoning models expect.
+    reasoning models expect.  more_tools(): tool definitions to offer with
+    each request besides params' "tools" (an MCP server's), asked anew for
+    each request.
     """
 
     def __init__(self, client, model, *, system=None, params=None, stream=True,
-                 max_context=None, notify=None, system_role="system"):
+                 max_context=None, notify=None, system_role="system", more_tools=None):
         self.client, self.model, self.stream = client, model, stream
+        self.more_tools = more_tools
         self.params = dict(params or {})
         check_params(self.params)
         self.system_role = system_role
@@ -2052,8 +2056,9 @@ class Chat:
     def follow_tools(self, completion, tools, new_printer=Printer):
         """Answer the tool calls of a reply and send the results back, round
         after round, until a reply calls no tool or tools.max_rounds is reached.
-        new_printer() gives the printer for each reply.  Returns the last
-        chat.completion."""
+        tools.answer(call) gives a result's text, or (text, content parts for
+        the model to see: images).  new_printer() gives the printer for each
+        reply.  Returns the last chat.completion."""
         for rounds in range(tools.max_rounds + 1):
             choices = completion.get("choices") or [{}]
             calls = tool_calls(choices[0].get("message") or {})
@@ -2062,13 +2067,20 @@ class Chat:
             if rounds == tools.max_rounds:
                 self.notify("stopped after %d rounds of tool calls (--max-tool-rounds)" % rounds)
                 break
-            results = []
+            results, seen = [], []
             try:
                 for call in calls:
-                    results.append(tool_result(call, tools.answer(call)))
+                    answer = tools.answer(call)
+                    text, parts = answer if isinstance(answer, tuple) else (answer, ())
+                    results.append(tool_result(call, text))
+                    seen += parts
             finally:   # every call gets an answer, so the conversation stays valid
                 self.messages = self.messages + results + [
                     tool_result(call, "error: cancelled by the user") for call in calls[len(results):]]
+            if seen:   # a tool message carries text only: images go in a user message
+                self.messages = self.messages + [{"role": "user", "content": [
+                    {"type": "text", "text": "(what the tools above returned to look at)"}]
+                    + seen}]
             completion = self.reply(new_printer())
         return completion
 
@@ -2112,6 +2124,9 @@ class Chat:
         """One request; its reply goes through accumulator and printer.  A
         credential the server echoes is blanked out of what is kept."""
         payload = build_payload(self.model, self._sendable(messages), self.stream, self.params)
+        more = self.more_tools() if self.more_tools else ()
+        if more:   # (asked for each request: a server's tools may change)
+            payload["tools"] = list(payload.get("tools") or ()) + list(more)
         if not self.stream:
             completion = self.client.complete(payload, accumulator.dropped)
             chunk = completion_to_chunk(completion)
@@ -2428,15 +2443,16 @@ def _fit_width(text, width):
     return text
 
 
-def ask_consent(name, arguments, argv):
-    """Ask on the controlling terminal whether to run argv for the model's
-    call of the tool name with arguments (the canonical JSON text that argv
-    will get); True or False, None where there is no terminal.  Never reads
-    stdin, which may be a script, and discards what was typed before the
-    question appeared: only an answer typed after it counts.  Whatever the
-    screen's height, the lines just above [y/N] name the tool and the
-    command; arguments too long for the screen are cut, and v shows them
-    whole.  Ctrl-D answers no; Ctrl-C raises KeyboardInterrupt."""
+def ask_consent(name, arguments, what):
+    """Ask on the controlling terminal whether to run what (a command line,
+    an MCP server's tool) for the model's call of the tool name with
+    arguments (the canonical JSON text it will get); True, False, "always"
+    (a: allow the tool for the session), None where there is no terminal.
+    Never reads stdin, which may be a script, and discards what was typed
+    before the question appeared: only an answer typed after it counts.
+    Whatever the screen's height, the lines just above [y/N] name the tool
+    and what runs; arguments too long for the screen are cut, and v shows
+    them whole.  Ctrl-D answers no; Ctrl-C raises KeyboardInterrupt."""
     try:
         fd = os.open("/dev/tty", os.O_RDWR | getattr(os, "O_NOCTTY", 0))
     except OSError:
@@ -2444,8 +2460,7 @@ def ask_consent(name, arguments, argv):
     try:
         lines = indented_arguments(arguments).splitlines(True)
         rows, columns = _terminal_size(fd)
-        final = "chat.py: run the tool %s, that is `%s`? [y/N/v] " % (
-            name, " ".join(shlex.quote(word) for word in argv))
+        final = "chat.py: run the tool %s, that is %s? [y/N/a/v] " % (name, what)
         height = lambda text: len(sanitize(text)) // columns + 1   # noqa: E731 (wrapped)
         room = max(rows - 3 - height(final) - height("chat.py: the model calls %s" % name), 2)
         shown, used = [], 0
@@ -2458,12 +2473,14 @@ def ask_consent(name, arguments, argv):
             shown.append(line)
         cut = len(shown) < len(lines) or shown != lines
         if not cut:
-            final = final.replace("/v]", "]")
+            final = final.replace("/a/v]", "/a]")
         _discard_typeahead(fd)
         _write_tty(fd, "chat.py: the model calls %s with these arguments:\n%s%s"
                    % (name, "".join(shown), final))
         while True:
             answer = _read_tty_line(fd).lower()
+            if answer in ("a", "always"):
+                return "always"
             if answer != "v" or not cut:
                 return answer in ("y", "yes")
             _write_tty(fd, "".join(lines) + final)
@@ -3588,9 +3605,11 @@ def run_tool_command(argv, arguments, timeout):
 class Tools:
     """Answers the model's tool calls.
 
-    commands: tool name -> argv to run for it (--tool-exec).  consent(name,
-    arguments, argv): True if the user agrees to run argv with arguments,
-    False if not, None where nobody can be asked.  ask_first: ask consent
+    commands: tool name -> argv to run for it (--tool-exec).  mcp: the
+    McpTools whose calls go to MCP servers.  consent(name, arguments, what):
+    True if the user agrees to run what (a command, an MCP server's tool)
+    with arguments, "always" to allow that tool for the session, False if
+    not, None where nobody can be asked.  ask_first: ask consent
     before running a command (False: --yes).  ask(prompt): a line typed by the user, the
     result of a tool with no command; None where nobody can be asked.
     notify(text) hears of a command not run for want of consent.  timeout:
@@ -3600,37 +3619,60 @@ class Tools:
     """
 
     def __init__(self, commands=None, *, consent=None, ask_first=True, ask=None, notify=None,
-                 timeout=DEFAULT_TOOL_TIMEOUT, max_rounds=DEFAULT_TOOL_ROUNDS, on_wait=None):
+                 timeout=DEFAULT_TOOL_TIMEOUT, max_rounds=DEFAULT_TOOL_ROUNDS, on_wait=None,
+                 mcp=None):
         self.commands, self.consent, self.ask_first = commands or {}, consent, ask_first
         self.ask, self.notify = ask, notify or (lambda text: None)
         self.timeout, self.max_rounds = timeout, max_rounds
         self.on_wait = on_wait or (lambda what: None)
+        self.mcp = mcp            # McpTools: the tools of MCP servers, or None
+        self.allowed = set()      # tools the user allowed for the session ("a")
 
     def answer(self, call):
-        """The result to send back for one call."""
-        function = call.get("function") or {}
+        """The result to send back for one call: its text, or (text, content
+        parts the model should see, such as an image an MCP tool returned)."""
+        function = call.get("function") or call.get("custom") or {}
         name = function.get("name")
-        try:   # parsed once: what is shown and approved is what the command gets
-            arguments = canonical_arguments(function.get("arguments"))
-        except ValueError as exc:
-            return "error: the tool was not run: %s" % exc
+        custom = call.get("type") == "custom"   # free text in, as the tool was defined
+        arguments = function.get("input") if custom else function.get("arguments")
+        if not custom:
+            try:   # parsed once: what is shown and approved is what the tool gets
+                arguments = canonical_arguments(arguments)
+            except ValueError as exc:
+                return "error: the tool was not run: %s" % exc
+        runner = self._runner(name)
+        if runner is None:
+            return self._typed_result(name)
+        what, run = runner
+        if self.ask_first and name not in self.allowed:
+            self.on_wait(None)   # nothing waits while the question is asked
+            agreed = self.consent(name, arguments or "", what) if self.consent else None
+            if agreed is None:
+                self.notify("%s was not run: there is no terminal to ask for consent on "
+                            "(chat.py --yes would have run it)" % name)
+                return "error: not run: running tools needs the user's consent (chat.py --yes)"
+            if not agreed:
+                return "error: the user chose not to run this tool"
+            if agreed == "always":
+                self.allowed.add(name)
+        self.on_wait("running %s" % name)
+        try:
+            return run(arguments or "")
+        finally:
+            self.on_wait(None)
+
+    def _runner(self, name):
+        """(what runs, as the consent question says it; run(arguments)), or None."""
         argv = self.commands.get(name)
         if argv is not None:
-            if self.ask_first:
-                self.on_wait(None)   # nothing waits while the question is asked
-                agreed = self.consent(name, arguments, argv) if self.consent else None
-                if agreed is None:
-                    self.notify("%s was not run: there is no terminal to ask for consent on "
-                                "(chat.py --yes would have run it)" % name)
-                    return ("error: not run: running tools needs the user's consent "
-                            "(chat.py --yes)")
-                if not agreed:
-                    return "error: the user chose not to run this tool"
-            self.on_wait("running %s" % name)
-            try:
-                return run_tool_command(argv, arguments, self.timeout)
-            finally:
-                self.on_wait(None)
+            return ("`%s`" % " ".join(shlex.quote(word) for word in argv),
+                    lambda arguments: run_tool_command(argv, arguments, self.timeout))
+        if self.mcp is not None and self.mcp.owns(name):
+            return (self.mcp.describe(name),
+                    lambda arguments: self.mcp.call(name, arguments, self.timeout, self.on_wait))
+        return None
+
+    def _typed_result(self, name):
         if self.ask is None:
             return "error: chat.py has no command for the tool %s" % name
         try:
@@ -3639,10 +3681,10 @@ class Tools:
             return "error: the user gave no result"
         if answer.startswith("@"):
             try:
-                with open(answer[1:].strip(), encoding="utf-8", errors="replace") as f:
-                    return f.read()
-            except OSError as exc:
-                return "error: the user's file could not be read: %s" % exc.strerror
+                return read_bounded(answer[1:].strip(), "the result file", MAX_TOOL_OUTPUT
+                                    ).decode("utf-8", "replace")
+            except UsageError as exc:
+                return "error: the user's file could not be read: %s" % exc
         return answer
 
 
@@ -3681,6 +3723,574 @@ def indented_arguments(arguments):
     except ValueError as exc:
         shown = "%s\n(%s)" % (arguments, str(exc).split(":")[0])
     return "".join("  %s\n" % line for line in shown.splitlines())
+
+
+# ---------------------------------------------------------------------------
+# MCP: the tools of Model Context Protocol servers, offered to the model and
+# called through the same consent as --tool-exec commands.
+# https://modelcontextprotocol.io/specification (revisions 2024-11-05 to 2026-07-28)
+# Lifting: needs the errors, the SSE decoders, conform, Client and the Tools section.
+# ---------------------------------------------------------------------------
+
+MCP_MODERN = "2026-07-28"            # stateless: server/discover, _meta on every request
+MCP_LEGACY = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")   # initialize
+MCP_DISCOVER_WAIT = 3.0              # seconds for server/discover before trying initialize
+MCP_START_WAIT = 30.0                # seconds a server may take to start and list its tools
+MCP_MAX_CALL = 1800.0                # seconds a call may last, however much progress it reports
+MAX_MCP_MESSAGE = 16 * 2**20         # one JSON-RPC message larger than this fails the server
+MAX_MCP_TOOLS = 512                  # tools one server may offer
+_MCP_NAME = re.compile(r"[^A-Za-z0-9_-]")
+
+
+class McpError(ChatError):
+    """An MCP server failed, or answered a request with a JSON-RPC error."""
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.code = code
+
+
+McpSpec = namedtuple("McpSpec", "name command args env url headers")
+McpSpec.__doc__ = "One MCP server as configured: a command (stdio) or a url (HTTP)."
+
+_VARIABLE = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_variables(text, environ):
+    """text with ${VAR}, ${VAR:-default} and ${env:VAR} taken from environ."""
+    return _VARIABLE.sub(lambda m: environ.get(m.group(1)) or (m.group(2) or ""), text)
+
+
+def mcp_specs(argument, environ):
+    """The servers --mcp ARGUMENT names: a file that exists is read as the
+    JSON people already keep (Claude Desktop, Cursor, Claude Code's
+    "mcpServers", VS Code's "servers"); otherwise NAME=COMMAND is one stdio
+    server (NAME=URL one HTTP server).  A UsageError says what is off."""
+    path = os.path.expanduser(argument)
+    if os.path.isfile(path):
+        data = read_json_file(path, "the MCP config")
+        servers = data.get("mcpServers", data.get("servers")) if isinstance(data, dict) else None
+        if not isinstance(servers, dict):
+            raise UsageError("the MCP config %s has no \"mcpServers\" (or \"servers\") object"
+                             % path)
+        return [_mcp_spec(name, entry, environ, path) for name, entry in servers.items()]
+    name, equals, command = argument.partition("=")
+    if not equals or not name.strip() or not command.strip():
+        raise UsageError("--mcp takes a config file or NAME=COMMAND, e.g. "
+                         "--mcp 'time=uvx mcp-server-time'; %s is neither" % argument)
+    if command.strip().startswith(("http://", "https://")):
+        return [_mcp_spec(name.strip(), {"url": command.strip()}, environ, "--mcp")]
+    try:
+        words = shlex.split(command)
+    except ValueError as exc:
+        raise UsageError("--mcp %s: %s" % (name, exc)) from None
+    return [_mcp_spec(name.strip(), {"command": words[0], "args": words[1:]}, environ, "--mcp")]
+
+
+def _mcp_spec(name, entry, environ, where):
+    """One server's entry, checked and with its variables expanded."""
+    def texts(value, what):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise UsageError("%s: server %s: %s must be a list of strings" % (where, name, what))
+        return [expand_variables(v, environ) for v in value]
+
+    def pairs(value, what):
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise UsageError("%s: server %s: %s must map names to strings" % (where, name, what))
+        return {k: expand_variables(v, environ) for k, v in value.items()}
+
+    if not isinstance(entry, dict):
+        raise UsageError("%s: server %s is not an object" % (where, name))
+    kind = entry.get("type", "http" if "url" in entry else "stdio")
+    if kind == "stdio" and isinstance(entry.get("command"), str):
+        return McpSpec(name, expand_variables(entry["command"], environ),
+                       texts(entry.get("args", []), "args"), pairs(entry.get("env", {}), "env"),
+                       None, {})
+    if kind in ("http", "streamable-http", "streamableHttp") and isinstance(entry.get("url"), str):
+        url = normalize_base_url(expand_variables(entry["url"], environ))
+        headers = pairs(entry.get("headers", {}), "headers")
+        parts = urlsplit(url)
+        if (parts.scheme == "http" and not is_loopback_host(parts.hostname)
+                and (parts.username or any(is_secret_header(h) for h in headers))):
+            raise UsageError("%s: server %s: refusing to send credentials in clear text to %s "
+                             "over plain http; use https" % (where, name, parts.hostname))
+        return McpSpec(name, None, [], {}, url, headers)
+    raise UsageError("%s: server %s needs a \"command\" (stdio) or a \"url\" (streamable "
+                     "HTTP; the old SSE transport is not supported)" % (where, name))
+
+
+class _Stdio:
+    """An MCP server run as a process: one JSON-RPC message a line on its
+    stdin and stdout; its stderr is only logging, and goes to log_path."""
+
+    def __init__(self, spec, log_path, on_message, on_broken):
+        with open(log_path, "ab") as log:   # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [spec.command] + spec.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=log, env=dict(os.environ, **spec.env), start_new_session=True)
+        self._lock = threading.Lock()
+        self._on_message, self._on_broken = on_message, on_broken
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def send(self, message):
+        data = json.dumps(message).encode("utf-8") + b"\n"
+        with self._lock:
+            try:
+                self.proc.stdin.write(data)
+                self.proc.stdin.flush()
+            except (OSError, ValueError):
+                raise McpError("the server has stopped") from None
+
+    def _read(self):
+        try:
+            while True:
+                line = self.proc.stdout.readline(MAX_MCP_MESSAGE + 1)
+                if not line:
+                    return self._on_broken("it exited (status %s)" % self.proc.poll())
+                if len(line) > MAX_MCP_MESSAGE:
+                    return self._on_broken("it sent a message over %d MiB"
+                                           % (MAX_MCP_MESSAGE >> 20))
+                if line.strip():
+                    try:
+                        message = parse_json(line.decode("utf-8"))
+                    except ValueError:
+                        return self._on_broken("it wrote something that is not JSON-RPC on "
+                                               "stdout: %s" % _one_line(line.decode(
+                                                   "utf-8", "replace"))[:80])
+                    self._on_message(message)
+        except (OSError, ValueError):
+            return self._on_broken("its stdout broke")
+
+    def close(self):
+        """Close its stdin, wait a moment, then SIGTERM, then SIGKILL."""
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+        for stop in (None, self.proc.terminate, self.proc.kill):
+            if stop is not None:
+                try:
+                    stop()
+                except OSError:
+                    pass
+            try:
+                self.proc.wait(1.0)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+class _Http:
+    """An MCP server over streamable HTTP: one POST a message, answered with
+    JSON or an event stream (read with the SSE decoders above); its session
+    kept in Mcp-Session-Id, and DELETEd at the end."""
+
+    def __init__(self, spec, on_message, on_broken, proxies=None):
+        self.client = Client(spec.url, headers=list(spec.headers.items()), retries=0,
+                             timeout=MCP_START_WAIT, proxies=proxies)
+        self.client.headers["Accept"] = "application/json, text/event-stream"
+        self._on_message, self._on_broken = on_message, on_broken
+        self.session = None
+
+    def send(self, message):
+        """POST message; the messages of the answer go to on_message."""
+        try:
+            response = self.client.request("POST", "", message, probe=True)
+        except APIError as exc:
+            if exc.status == 404 and self.session:   # the session is gone: start anew
+                self.session = None
+                self.client.headers.pop("Mcp-Session-Id", None)
+                raise McpError("the server ended the session", code="session") from None
+            raise McpError(str(exc)) from None
+        with response:
+            session = response.headers.get("Mcp-Session-Id")
+            if session:
+                self.session = self.client.headers["Mcp-Session-Id"] = session
+            kind = (response.headers.get("Content-Type") or "").lower()
+            if response.status == 202 or "json" not in kind and "event-stream" not in kind:
+                return
+            if "json" in kind:
+                self._on_message(self.client.read_json(response))
+                return
+            lines, events = LineDecoder(MAX_MCP_MESSAGE), SSEDecoder(MAX_MCP_MESSAGE)
+            for data in self.client._reads(response):
+                for line in lines.feed(data):
+                    event = events.decode(line)
+                    if event is not None and event.data.strip():
+                        try:
+                            self._on_message(parse_json(event.data))
+                        except ValueError:
+                            self._on_broken("it sent an event that is not JSON-RPC")
+                            return
+
+    def close(self):
+        if self.session:
+            try:
+                self.client.request("DELETE", "", probe=True).close()
+            except ChatError:
+                pass
+        self.client.close()
+
+
+class McpServer:
+    """One MCP server: started, handshaken (server/discover for the current
+    revision, initialize for the earlier ones), its tools listed; requests
+    sent and answered, with progress and cancellation.  state: starting,
+    ready, failed or stopped; error: the last thing that went wrong."""
+
+    def __init__(self, spec, *, log_folder, notify, proxies=None):
+        self.spec, self.log_folder, self.notify, self.proxies = spec, log_folder, notify, proxies
+        self.state, self.error, self.version, self.tools = "starting", None, None, []
+        self.stale = False          # tools/list_changed came: list again before the next request
+        self._transport = None
+        self._lock = threading.Lock()
+        self._pending = {}          # request id -> [Event, message]
+        self._progress = {}         # progress token -> on_progress(text)
+        self._ids = iter(range(1, 1 << 62))
+        self._restarted = False
+        self.ready = threading.Event()   # set when started or failed
+
+    def start(self):
+        """Start and handshake in a thread of its own; ready is set when done."""
+        threading.Thread(target=self._start, daemon=True).start()
+
+    def _start(self):
+        try:
+            self._connect()
+            self.state = "ready"
+        except (ChatError, OSError) as exc:
+            self._fail(str(exc) if isinstance(exc, ChatError) else exc.strerror or str(exc))
+        finally:
+            self.ready.set()
+
+    def _connect(self):
+        if self.spec.url:
+            self._transport = _Http(self.spec, self._dispatch, self._broken, self.proxies)
+        else:
+            log = os.path.join(self.log_folder, "mcp-%s.log" % _MCP_NAME.sub("_", self.spec.name))
+            self._transport = _Stdio(self.spec, log, self._dispatch, self._broken)
+        self._handshake()
+        self.list_tools()
+
+    def _handshake(self):
+        """The current revision has no initialize: try server/discover first,
+        and on any error or silence fall back to initialize."""
+        self.version = MCP_MODERN
+        try:
+            result = self.request("server/discover", {}, timeout=MCP_DISCOVER_WAIT)
+            versions = result.get("supportedVersions") if isinstance(result, dict) else None
+            if isinstance(versions, list) and MCP_MODERN in versions:
+                return
+        except McpError as exc:
+            if exc.code == "stopped":
+                raise
+        self.version = MCP_LEGACY[0]
+        result = self.request("initialize", {
+            "protocolVersion": MCP_LEGACY[0], "capabilities": {},
+            "clientInfo": {"name": "chat.py", "version": __version__}}, timeout=MCP_START_WAIT)
+        version = result.get("protocolVersion") if isinstance(result, dict) else None
+        if version not in MCP_LEGACY:
+            raise McpError("it speaks MCP %s, which chat.py does not"
+                           % _one_line(json.dumps(version))[:40])
+        self.version = version
+        if isinstance(self._transport, _Http):
+            self._transport.client.headers["MCP-Protocol-Version"] = version
+        self.notify_server("notifications/initialized")
+
+    def list_tools(self):
+        """Ask for the server's tools, every page of them."""
+        tools, cursor = [], None
+        while True:
+            result = self.request("tools/list", {"cursor": cursor} if cursor else {},
+                                  timeout=MCP_START_WAIT)
+            page = conform(result, {"tools": [{"name": str, "description": str,
+                                              "inputSchema": dict}],
+                                    "nextCursor": str}, [])
+            if page is _WRONG or not isinstance(page.get("tools"), list):
+                raise McpError("its tools/list answer has no list of tools")
+            tools += [t for t in page["tools"] if isinstance(t.get("name"), str) and t["name"]]
+            if len(tools) > MAX_MCP_TOOLS:
+                raise McpError("it offers more than %d tools" % MAX_MCP_TOOLS)
+            cursor = page.get("nextCursor")
+            if not cursor:
+                break
+        self.tools, self.stale = tools, False
+
+    def request(self, method, params, *, timeout, on_progress=None):
+        """Send a request and wait for its answer's result; McpError for a
+        JSON-RPC error, a stopped server or silence past timeout (then the
+        server is told the request is cancelled).  on_progress(text) hears
+        the server's progress notifications, each of which moves the
+        deadline on (never past MCP_MAX_CALL)."""
+        id = next(self._ids)
+        params = dict(params)
+        if self.version == MCP_MODERN:   # every request carries its version and capabilities
+            params["_meta"] = dict(params.get("_meta") or {}, **{
+                "io.modelcontextprotocol/protocolVersion": MCP_MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "chat.py", "version": __version__}})
+        if on_progress is not None:
+            params["_meta"] = dict(params.get("_meta") or {}, progressToken=id)
+        slot = [threading.Event(), None, time.monotonic()]
+        with self._lock:
+            self._pending[id] = slot
+            if on_progress is not None:
+                self._progress[id] = lambda text: (slot.__setitem__(2, time.monotonic()),
+                                                   on_progress(text))
+        started = time.monotonic()
+        try:
+            self._send({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+            while not slot[0].wait(0.1):
+                now = time.monotonic()
+                if self.state in ("failed", "stopped"):
+                    raise McpError(self.error or "the server stopped", code="stopped")
+                if now - slot[2] > timeout or now - started > MCP_MAX_CALL:
+                    self._cancel(id, "no answer within %gs" % timeout)
+                    raise McpError("no answer within %gs; the call was cancelled" % timeout,
+                                   code="timeout")
+        except KeyboardInterrupt:
+            self._cancel(id, "the user pressed Ctrl-C")
+            raise
+        finally:
+            with self._lock:
+                self._pending.pop(id, None)
+                self._progress.pop(id, None)
+        message = slot[1]
+        error = message.get("error")
+        if error is not None:
+            words = error.get("message") if isinstance(error, dict) else error
+            raise McpError(_one_line(str(words))[:500],
+                           code=error.get("code") if isinstance(error, dict) else None)
+        return message.get("result")
+
+    def notify_server(self, method, params=None):
+        message = {"jsonrpc": "2.0", "method": method}
+        if params is not None:
+            message["params"] = params
+        self._send(message)
+
+    def _send(self, message):
+        if self._transport is None or self.state == "stopped":
+            raise McpError("the server is not running", code="stopped")
+        self._transport.send(message)
+
+    def _cancel(self, id, reason):
+        try:
+            self.notify_server("notifications/cancelled", {"requestId": id, "reason": reason})
+        except McpError:
+            pass
+
+    def _dispatch(self, message):
+        """A message from the server: an answer, a notification, or a request."""
+        if not isinstance(message, dict):
+            return self._broken("it sent a message that is not a JSON object")
+        if "method" not in message:   # an answer to one of ours
+            with self._lock:
+                slot = self._pending.get(message.get("id"))
+            if slot is not None:
+                slot[1] = message
+                slot[0].set()
+            return
+        method, params = message.get("method"), message.get("params")
+        params = params if isinstance(params, dict) else {}
+        if "id" in message:   # the server asks: ping is answered, the rest refused
+            answer = {"jsonrpc": "2.0", "id": message["id"]}
+            if method == "ping":
+                answer["result"] = {}
+            else:
+                answer["error"] = {"code": -32601, "message": "chat.py does not offer %s"
+                                   % _one_line(str(method))[:60]}
+            try:
+                self._send(answer)
+            except McpError:
+                pass
+        elif method == "notifications/tools/list_changed":
+            self.stale = True
+        elif method == "notifications/progress":
+            with self._lock:
+                on_progress = self._progress.get(params.get("progressToken"))
+            if on_progress is not None:
+                on_progress(_progress_text(params))
+
+    def _broken(self, why):
+        self._fail(why)   # (whoever waits for an answer sees the state within 0.1 s)
+
+    def _fail(self, why):
+        if self.state in ("failed", "stopped"):
+            return
+        self.state, self.error = "failed", why
+        self.notify("MCP server %s failed: %s" % (self.spec.name, why))
+
+    def call(self, tool, arguments, *, timeout, on_progress):
+        """Call tool; the result (a dict), or McpError.  A server that died is
+        started once more, the first time its tool is called after."""
+        if self.state == "failed" and not self._restarted and self._transport is not None:
+            self._restarted = True
+            self.close()
+            self.state, self.error = "starting", None
+            self.ready.clear()
+            self._start()
+        if self.state != "ready":
+            raise McpError("the MCP server %s is %s%s" % (
+                self.spec.name, self.state, ": %s" % self.error if self.error else ""))
+        return self.request("tools/call", {"name": tool, "arguments": arguments},
+                            timeout=timeout, on_progress=on_progress)
+
+    def close(self):
+        if self.state != "failed":
+            self.state = "stopped"   # (first: its exit is no failure to report)
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+
+
+def _progress_text(params):
+    """A progress notification in a few words: its message, or progress of total."""
+    message = params.get("message")
+    if isinstance(message, str) and message.strip():
+        return _one_line(message)[:80]
+    progress, total = params.get("progress"), params.get("total")
+    if _is_number(progress) and _is_number(total) and total:
+        return "%d%%" % (100 * progress / total)
+    return "%s done" % progress if _is_number(progress) else ""
+
+
+def mcp_result(result):
+    """A tools/call result as the model can use it: (text, content parts).
+    Text items are joined; structuredContent stands as JSON where there is
+    no text; a resource link is a line with its name and URI; an embedded
+    text resource is its text; an image is an image part (a tool message
+    carries only text); audio and binary resources are described by type
+    and size; isError marks the text as an error."""
+    if not isinstance(result, dict):
+        return "error: the MCP server's result is not an object", []
+    texts, parts = [], []
+    for item in result.get("content") if isinstance(result.get("content"), list) else ():
+        if not isinstance(item, dict):
+            continue
+        kind = item.get("type")
+        if kind == "text" and isinstance(item.get("text"), str):
+            texts.append(item["text"])
+        elif kind == "image" and isinstance(item.get("data"), str):
+            mime = item.get("mimeType") if isinstance(item.get("mimeType"), str) else "image/png"
+            parts.append({"type": "image_url", "image_url": {
+                "url": "data:%s;base64,%s" % (mime, item["data"])}})
+            texts.append("[an image, %s, is attached below]" % mime)
+        elif kind == "resource_link":
+            texts.append("[resource %s: %s]" % (item.get("name"), item.get("uri")))
+        elif kind == "resource" and isinstance(item.get("resource"), dict):
+            resource = item["resource"]
+            if isinstance(resource.get("text"), str):
+                texts.append(resource["text"])
+            else:
+                texts.append("[a %s resource of %d bytes: %s]" % (
+                    resource.get("mimeType") or "binary", len(str(resource.get("blob") or ""))
+                    * 3 // 4, resource.get("uri")))
+        elif kind == "audio":
+            texts.append("[%s audio of %d bytes]" % (item.get("mimeType") or "some",
+                                                      len(str(item.get("data") or "")) * 3 // 4))
+    if not texts and "structuredContent" in result:
+        texts.append(json.dumps(result["structuredContent"], ensure_ascii=False))
+    text = "\n".join(texts)
+    if len(text) > MAX_TOOL_OUTPUT:
+        text = text[:MAX_TOOL_OUTPUT] + "\n[cut at %d KiB]" % (MAX_TOOL_OUTPUT >> 10)
+    if result.get("isError") is True:
+        text = "error: " + text
+    return text, parts
+
+
+def mcp_tool_name(server, tool, taken):
+    """SERVER__TOOL as the API takes a function's name: only A-Z, a-z, 0-9,
+    _ and -, at most 64 characters (shortened with a stable hash when
+    longer), and not one in taken."""
+    name = _MCP_NAME.sub("_", "%s__%s" % (server, tool))
+    if len(name) > 64 or name in taken:
+        digest = hashlib.sha256(("%s\0%s" % (server, tool)).encode("utf-8")).hexdigest()[:8]
+        name = name[:55] + "_" + digest
+    while name in taken:
+        name = name[:-1] + random.choice("abcdefghijklmnopqrstuvwxyz")
+    return name
+
+
+class McpTools:
+    """The tools of every MCP server, as function tools for the model, named
+    SERVER__TOOL and mapped back exactly; calls go to their server."""
+
+    def __init__(self, specs, *, log_folder, notify, proxies=None):
+        self.servers = [McpServer(spec, log_folder=log_folder, notify=notify, proxies=proxies)
+                        for spec in specs]
+        self.names = {}   # the name the model sees -> (server, the tool's own name)
+
+    def start(self):
+        """Start every server at once, each in a thread: the chat does not wait."""
+        for server in self.servers:
+            server.start()
+
+    def definitions(self):
+        """The function tools to offer now: servers still starting are waited
+        for (up to MCP_START_WAIT), and tools re-listed after list_changed."""
+        offered, names = [], {}
+        for server in self.servers:
+            server.ready.wait(MCP_START_WAIT)
+            if server.state == "ready" and server.stale:
+                try:
+                    server.list_tools()
+                except McpError as exc:
+                    server.error = str(exc)
+            if server.state != "ready":
+                continue
+            for tool in server.tools:
+                name = mcp_tool_name(server.spec.name, tool["name"], names)
+                names[name] = (server, tool["name"])
+                function = {"name": name, "parameters": tool.get("inputSchema") or {
+                    "type": "object", "properties": {}}}
+                if tool.get("description"):
+                    function["description"] = tool["description"]
+                offered.append({"type": "function", "function": function})
+        self.names = names
+        return offered
+
+    def owns(self, name):
+        return name in self.names
+
+    def describe(self, name):
+        server, tool = self.names[name]
+        return "the tool %s of the MCP server %s" % (tool, server.spec.name)
+
+    def call(self, name, arguments, timeout, on_wait):
+        """Call the tool the model knows as name; (text, parts) for the model."""
+        server, tool = self.names[name]
+        label = "running %s" % name
+        try:
+            result = server.call(tool, parse_json(arguments or "{}"), timeout=timeout,
+                                 on_progress=lambda text: on_wait(label, progress=text or None))
+        except McpError as exc:
+            if exc.code == "timeout":
+                return "error: cancelled: %s" % exc
+            return "error: %s" % exc
+        except KeyboardInterrupt:
+            return "error: cancelled by the user"
+        return mcp_result(result)
+
+    def describe_tools(self):
+        """Lines for /tools: each tool the model may call, its server and state."""
+        lines = []
+        for server in self.servers:
+            for tool in server.tools:
+                lines.append("  %-30s %s (%s)" % (tool["name"], server.spec.name, server.state))
+            if not server.tools:
+                lines.append("  %-30s %s (%s)" % ("(none)", server.spec.name, server.state))
+        return lines
+
+    def describe_servers(self):
+        """Lines for /mcp: each server's state, protocol, tool count, last error."""
+        return ["  %-16s %-9s MCP %-10s %3d tools%s" % (
+            s.spec.name, s.state, s.version or "-", len(s.tools),
+            "  last error: %s" % s.error if s.error else "") for s in self.servers]
+
+    def close(self):
+        for server in self.servers:
+            server.close()
 
 
 # ---------------------------------------------------------------------------
@@ -3731,6 +4341,8 @@ class Console:
         "/edit": ("do_edit", "[TEXT]", "write the next message in your editor ($VISUAL, $EDITOR)"),
         "/copy": ("do_copy", "[code]", "copy the last reply (or its last code block) to "
                                        "the clipboard"),
+        "/tools": ("do_tools", "", "list the tools the model may call"),
+        "/mcp": ("do_mcp", "", "show the MCP servers: state, protocol, tools, last error"),
     }
     FILE_COMMANDS = ("/save", "/load", "/image", "/audio", "/file")   # their argument is a path
 
@@ -4004,6 +4616,23 @@ class Console:
         terminal.write("\x1b]52;c;%s\x07" % base64.b64encode(text.encode("utf-8")).decode("ascii"))
         terminal.flush()
         _stderr_notice(self.err, "copied %d characters" % len(text))
+
+    def do_tools(self, argument):
+        mcp = self.tools.mcp
+        if mcp is not None:
+            mcp.definitions()   # (waits for servers still starting, re-lists changed ones)
+        listed = ["  %-30s %s\n" % ((t.get("function") or t.get("custom") or {}).get("name"),
+                                    "--tools") for t in self.chat.params.get("tools") or ()
+                  if isinstance(t, dict)]
+        listed += [line + "\n" for line in (mcp.describe_tools() if mcp else ())]
+        _write_sanitized(self.err, "".join(listed) or "  (no tools: --tools FILE, --mcp FILE)\n")
+
+    def do_mcp(self, argument):
+        mcp = self.tools.mcp
+        if mcp is None:
+            raise UsageError("no MCP servers: start chat.py with --mcp FILE (or mcp = FILE in "
+                             "the config)")
+        _write_sanitized(self.err, "".join(line + "\n" for line in mcp.describe_servers()))
 
     def do_usage(self, argument):
         if self.chat.stream and "stream_options" not in self.chat.params:
@@ -4404,6 +5033,7 @@ CONFIG_KEYS = {
     "markdown": (_config_bool, "true or false"),
     "color": (_config_bool, "true or false"),
     "status": (_config_bool, "true or false"),
+    "mcp": (shlex.split, "MCP config files (or NAME=COMMAND), separated by spaces"),
 }
 
 
@@ -4507,7 +5137,7 @@ def config_path(args, environ):
 
 Settings = namedtuple("Settings", "base_url api_key organization project headers proxies "
                       "timeout retries model system system_role params log markdown color "
-                      "status")
+                      "status mcp")
 Settings.__doc__ = "Every setting, resolved: what the Client, the Chat and the display take."
 
 
@@ -4551,7 +5181,9 @@ def _settings(args, environ):
         log=not args.no_log and pick(None, "log", default=True),
         markdown=not args.no_markdown and pick(None, "markdown", default=True),
         color=not args.no_color and pick(None, "color", default=True),
-        status=not args.quiet and pick(None, "status", default=True))
+        status=not args.quiet and pick(None, "status", default=True),
+        mcp=[] if args.no_mcp else
+        base.get("mcp", []) + profile.get("mcp", []) + list(args.mcp))
 
 
 def _api_key(args, environ, path, config):
@@ -4703,6 +5335,8 @@ def _parser():
     add("--reasoning-effort")
     add("--hide-reasoning", action="store_true")
     add("--tool-exec", action="append", default=[])
+    add("--mcp", action="append", default=[])
+    add("--no-mcp", action="store_true")
     add("--yes", action="store_true")
     add("--max-tool-rounds", type=int, default=DEFAULT_TOOL_ROUNDS)
     add("--tool-timeout", type=float, default=DEFAULT_TOOL_TIMEOUT)
@@ -4822,7 +5456,7 @@ def _audio_format(path, streaming):
     return formats[extension]
 
 
-def _tools(args, ask, err):
+def _tools(args, ask, err, mcp=None):
     """The Tools that --tool-exec, --yes, --tool-timeout and --max-tool-rounds
     describe; ask(question) reads a tool's result typed by the user (None:
     nobody to ask).  Consent to run a command is asked on the terminal."""
@@ -4843,7 +5477,7 @@ def _tools(args, ask, err):
     status = getattr(err, "status", None)
     return Tools(commands, consent=ask_consent, ask_first=not args.yes, ask=ask,
                  notify=lambda text: _stderr_notice(err, text), timeout=args.tool_timeout,
-                 max_rounds=args.max_tool_rounds, on_wait=status and status.wait)
+                 max_rounds=args.max_tool_rounds, on_wait=status and status.wait, mcp=mcp)
 
 
 def _state_home(environ):
@@ -4873,9 +5507,40 @@ def _run_with(client, args, settings, stdin, out, err, environ):
         _stdout_show(out, "".join(model + "\n" for model in client.models()))
         return 0
     flags = _request_params(args)
-    chat = Chat(client, settings.model, system=settings.system,
-                params=dict(settings.params, **flags), stream=not args.no_stream,
-                max_context=args.max_context, notify=notify, system_role=settings.system_role)
+    mcp = _mcp_tools(settings, environ, notify)
+    try:
+        chat = Chat(client, settings.model, system=settings.system,
+                    params=dict(settings.params, **flags), stream=not args.no_stream,
+                    max_context=args.max_context, notify=notify,
+                    system_role=settings.system_role, more_tools=mcp and mcp.definitions)
+        return _talk(chat, mcp, args, settings, stdin, out, err, environ, flags)
+    finally:
+        if mcp is not None:
+            mcp.close()
+
+
+def _mcp_tools(settings, environ, notify):
+    """The MCP servers the settings name, started (each in its own thread), or None."""
+    specs = [spec for argument in settings.mcp for spec in mcp_specs(argument, environ)]
+    if not specs:
+        return None
+    names = [spec.name for spec in specs]
+    if len(set(names)) != len(names):
+        raise UsageError("two MCP servers are named %s; each needs a name of its own"
+                         % next(n for n in names if names.count(n) > 1))
+    folder = os.path.join(_state_home(environ), "chat.py")   # their stderr: mcp-NAME.log
+    try:
+        private_folder(folder)
+    except OSError as exc:
+        raise OutputError("cannot make %s: %s" % (folder, exc.strerror)) from None
+    mcp = McpTools(specs, log_folder=folder, notify=notify, proxies=settings.proxies)
+    mcp.start()
+    return mcp
+
+
+def _talk(chat, mcp, args, settings, stdin, out, err, environ, flags):
+    """The conversation itself: --check, one-shot, or the console."""
+    notify = lambda text: _stderr_notice(err, text)   # noqa: E731
     carried = args.carried   # -c or --resume: the kept file it goes on in
     seen = _signature(carried) if carried else None   # (before it is read)
     _load(args, chat, carried or args.load, flags, notify)
@@ -4892,8 +5557,8 @@ def _run_with(client, args, settings, stdin, out, err, environ):
     if prompt and not args.interactive:
         content = user_content(prompt, attachments)
         keep.check(chat, content)
-        return _one_shot(args, chat, content, stdin, out, err, new_printer, keep)
-    console = _console(args, chat, stdin, out, err, environ,
+        return _one_shot(args, chat, content, stdin, out, err, new_printer, keep, mcp)
+    console = _console(args, chat, stdin, out, err, environ, mcp,
                        new_printer=new_printer, attachments=attachments, keep=keep)
     if prompt:   # the first turn of -i
         status = console.send(prompt)
@@ -5010,7 +5675,7 @@ def _printer_factory(args, settings, chat, out, err, environ):
     return new_printer
 
 
-def _console(args, chat, stdin, out, err, environ, **options):
+def _console(args, chat, stdin, out, err, environ, mcp=None, **options):
     """The Console for the chat: on the terminal, or reading a script from stdin."""
     if stdin is None:
         raise UsageError("no input to chat with: give a PROMPT")
@@ -5024,7 +5689,7 @@ def _console(args, chat, stdin, out, err, environ, **options):
         _write_sanitized(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
              % (__version__, chat.model, chat.client.shown_url))
     return Console(chat, read_line, out, err, piped=piped, save_path=args.save,
-                   line_buffer=line_buffer, tools=_tools(args, read_line, err),
+                   line_buffer=line_buffer, tools=_tools(args, read_line, err, mcp),
                    more_waiting=waiting, models=models,
                    editor=environ.get("VISUAL") or environ.get("EDITOR"), **options)
 
@@ -5097,17 +5762,17 @@ def _list_conversations(log, text, limit, out, notify):
     return 0
 
 
-def _one_shot(args, chat, content, stdin, out, err, new_printer, keep):
+def _one_shot(args, chat, content, stdin, out, err, new_printer, keep, mcp=None):
     """Send one message (and answer its tool calls); print the reply or the document."""
     ask = None
     if stdin is not None and _is_terminal(stdin):   # someone to type a tool's result
         ask = lambda question: (_write_sanitized(err, question), stdin.readline().strip())[1]   # noqa: E731
-    tools = _tools(args, ask, err)
+    tools = _tools(args, ask, err, mcp)
     printer = lambda: new_printer(   # noqa: E731
         show_text=args.output == "text" and not args.extract)
     try:
         completion = chat.send(content, printer())
-        if tools.commands:
+        if tools.commands or tools.mcp:
             completion = chat.follow_tools(completion, tools, printer)
     finally:
         keep(chat)
