@@ -1,4 +1,5 @@
-# make test   run the test suite (installs pinned pytest, hypothesis and pyte into .venv if needed)
+# make test   run the test suite (installs pinned pytest, hypothesis and pyte into .venv if needed,
+#             and the reference MCP servers the MCP tests talk to, if the registries answer)
 # make check  byte-compile, and prove with vermin that chat.py runs on Python 3.6+
 # make e2e    the end-to-end tests against llama.cpp's server with a real model
 # make bench  measure chat.py against a minimal floor (not part of make test)
@@ -11,14 +12,30 @@ PREFIX ?= $(HOME)/.local
 VENV   := .venv
 PYTEST := pytest==8.3.5 hypothesis==6.113.0 pyte==0.8.2 wcwidth==0.2.13
 VERMIN := vermin==1.9.2
+# The real MCP servers of the tests, kept out of the tree (like make e2e's llama.cpp).
+MCP_HOME ?= $(HOME)/.cache/chat.py/mcp
+MCP_TIME := mcp-server-time==2026.10.19
+MCP_EVERYTHING := @modelcontextprotocol/server-everything@2026.8.31
 
-.PHONY: test e2e check bench mutate run install clean
+.PHONY: test e2e check bench mutate run install mcp-servers clean
 PYTEST_ARGS ?=
 
 test:
+	@$(MAKE) --no-print-directory mcp-servers || echo "make test: the MCP servers could not be installed; their tests will skip"
 	@if $(PYTHON) -c 'import pytest, hypothesis, pyte' 2>/dev/null; then py='$(PYTHON)'; \
 	else $(MAKE) --no-print-directory $(VENV)/.pytest && py='$(VENV)/bin/python'; fi; \
-	$$py -m pytest -q -rs -o 'markers=e2e: against a real server (make e2e)' $(PYTEST_ARGS) test_chat.py
+	CHAT_PY_MCP_HOME='$(MCP_HOME)' $$py -m pytest -q -rs -o 'markers=e2e: against a real server (make e2e)' $(PYTEST_ARGS) test_chat.py
+
+# mcp-server-time needs Python 3.10+: $(PYTHON) if it is that new, else a python3.1x that runs.
+mcp-servers: $(MCP_HOME)/.installed
+
+$(MCP_HOME)/.installed: Makefile
+	mkdir -p $(MCP_HOME)
+	for py in $(PYTHON) python3.13 python3.12 python3.11 python3.10; do \
+	    $$py -c 'import sys; assert sys.version_info >= (3, 10)' 2>/dev/null && break; done; \
+	$$py -m venv $(MCP_HOME)/venv && $(MCP_HOME)/venv/bin/python -m pip install -q '$(MCP_TIME)'
+	cd $(MCP_HOME) && npm install --silent --no-audit --no-fund '$(MCP_EVERYTHING)'
+	touch $@
 
 e2e:
 	bash .ci/e2e

@@ -334,11 +334,15 @@ def _is_tool_choice(value):
 
 
 def _is_function_list(value, wrapped):
-    return isinstance(value, list) and all(
-        isinstance(item, dict) and isinstance(
-            (item.get("function") if wrapped else item) or {}, dict) and
-        isinstance(((item.get("function") or {}) if wrapped else item).get("name"), str)
-        for item in value)
+    """A list of tool definitions, each with a name: functions, or (wrapped,
+    as "tools" has them) custom tools, which take free text."""
+    def named(item):
+        if not isinstance(item, dict):
+            return False
+        inner = item if not wrapped else item.get(
+            "custom" if wrapped and item.get("type") == "custom" else "function")
+        return isinstance(inner, dict) and isinstance(inner.get("name"), str)
+    return isinstance(value, list) and all(named(item) for item in value)
 # Body field: (the flag that sets it, what it must be, the test).  Fields not
 # listed here (set with --param or /set) are sent as they are.
 PARAM_RULES = {
@@ -366,7 +370,7 @@ PARAM_RULES = {
     "service_tier": ("--service-tier", "a string", lambda v: isinstance(v, str)),
     "response_format": ("--response-format", 'an object such as {"type": "json_object"}',
                         lambda v: isinstance(v, dict) and isinstance(v.get("type"), str)),
-    "tools": ("--tools", "a list of tool definitions, each with a function name",
+    "tools": ("--tools", "a list of tool definitions, each with a name",
               lambda v: _is_function_list(v, wrapped=True)),
     "tool_choice": ("--tool-choice", "auto, none, required or a tool", _is_tool_choice),
     "parallel_tool_calls": ("--no-parallel-tool-calls", "true or false",
@@ -903,7 +907,10 @@ class ChatAccumulator:
             message.update(_finished(c["message"]))
             for call in message.get("tool_calls") or ():
                 call.setdefault("id", None)
-                call.setdefault("type", "function")
+                call.setdefault("type", "custom" if "custom" in call else "function")
+                if call["type"] == "custom":   # free text in (a custom tool's input)
+                    call.setdefault("custom", {}).setdefault("input", "")
+                    continue
                 function = call.setdefault("function", {})
                 function.setdefault("name", "")
                 function.setdefault("arguments", "")
@@ -2968,10 +2975,14 @@ class ReplyPrinter(Printer):
                 "content_filter": "stopped by the content filter"}[reason], reason))
 
     def _show_call(self, label, call):
-        function = call.get("function") or {}
+        function = call.get("function") or call.get("custom") or {}
         _stderr_notice(self.err, "%sthe model calls %s%s:" % (
             label, function.get("name"), " (%s)" % call["id"] if call.get("id") else ""))
-        _stderr_dim(self.err, indented_arguments(function.get("arguments")))
+        if call.get("type") == "custom":   # free text, shown as it is
+            _stderr_dim(self.err, "".join("  %s\n" % line for line in
+                                          str(function.get("input") or "").splitlines()))
+        else:
+            _stderr_dim(self.err, indented_arguments(function.get("arguments")))
 
     def _show_sources(self, label, annotations):
         cited = [a.get("url_citation") for a in annotations or ()
@@ -3624,7 +3635,7 @@ class Tools:
         self.commands, self.consent, self.ask_first = commands or {}, consent, ask_first
         self.ask, self.notify = ask, notify or (lambda text: None)
         self.timeout, self.max_rounds = timeout, max_rounds
-        self.on_wait = on_wait or (lambda what: None)
+        self.on_wait = on_wait or (lambda what, **details: None)
         self.mcp = mcp            # McpTools: the tools of MCP servers, or None
         self.allowed = set()      # tools the user allowed for the session ("a")
 
@@ -3846,7 +3857,11 @@ class _Stdio:
             while True:
                 line = self.proc.stdout.readline(MAX_MCP_MESSAGE + 1)
                 if not line:
-                    return self._on_broken("it exited (status %s)" % self.proc.poll())
+                    try:
+                        status = self.proc.wait(1.0)
+                    except subprocess.TimeoutExpired:
+                        status = "unknown: its stdout closed"
+                    return self._on_broken("it exited (status %s)" % status)
                 if len(line) > MAX_MCP_MESSAGE:
                     return self._on_broken("it sent a message over %d MiB"
                                            % (MAX_MCP_MESSAGE >> 20))
@@ -4043,7 +4058,8 @@ class McpServer:
             while not slot[0].wait(0.1):
                 now = time.monotonic()
                 if self.state in ("failed", "stopped"):
-                    raise McpError(self.error or "the server stopped", code="stopped")
+                    raise McpError("the MCP server %s failed: %s" % (
+                        self.spec.name, self.error or "it stopped"), code="stopped")
                 if now - slot[2] > timeout or now - started > MCP_MAX_CALL:
                     self._cancel(id, "no answer within %gs" % timeout)
                     raise McpError("no answer within %gs; the call was cancelled" % timeout,
@@ -4110,7 +4126,7 @@ class McpServer:
             with self._lock:
                 on_progress = self._progress.get(params.get("progressToken"))
             if on_progress is not None:
-                on_progress(_progress_text(params))
+                on_progress(sanitize(_progress_text(params)))
 
     def _broken(self, why):
         self._fail(why)   # (whoever waits for an answer sees the state within 0.1 s)
@@ -5991,7 +6007,22 @@ Tools:
                         Arguments that repeat a key are refused.  With no
                         terminal to ask on, the tool is not run and the
                         model is told
-  --yes                 run --tool-exec commands without asking
+  --mcp FILE|NAME=COMMAND   offer the tools of MCP (Model Context Protocol)
+                        servers; repeatable (also: mcp = FILE in the config).
+                        An argument that names an existing file is read as the
+                        JSON editors keep: {"mcpServers": {NAME: {"command",
+                        "args", "env"} or {"url", "headers"}}} (Claude
+                        Desktop, Cursor, Claude Code) or VS Code's {"servers":
+                        {NAME: {"type", ...}}}, with ${VAR}, ${VAR:-default}
+                        and ${env:VAR} expanded; anything else is NAME=COMMAND
+                        (one stdio server) or NAME=URL (streamable HTTP).
+                        Tools are offered as SERVER__TOOL; each call is asked
+                        for as a --tool-exec command is (a allows the tool for
+                        the session), bounded by --tool-timeout (progress
+                        extends it, to 30 minutes at most); a server's stderr
+                        goes to $XDG_STATE_HOME/chat.py/mcp-NAME.log
+  --no-mcp              start no MCP server this time
+  --yes                 run --tool-exec commands and MCP tools without asking
   --tool-timeout SECONDS   how long a command may run (default 60)
   --max-tool-rounds N   rounds of calls and results before stopping (default 8)
   A tool with no command is answered in the chat by typing its result (or
@@ -6030,7 +6061,7 @@ The config file:
   first output line is the key, e.g. from a password manager), api_key,
   organization, project, headers (lines of 'Name: value'), system,
   system_role, params (a JSON object of request fields), timeout, retries,
-  log, markdown, color, status.  Precedence: flags, then the chosen profile, then
+  log, markdown, color, status, mcp.  Precedence: flags, then the chosen profile, then
   the OPENAI_* variables, then [default], then the built-in defaults.  An
   unknown profile or key, or a value that fails its check, is a usage error
   naming the file, the section and the key; a file holding a key (api_key,
@@ -6079,6 +6110,8 @@ In the chat:
                         file or a failed editor sends nothing
   /copy [code]          put the last reply (or its last code block) on the
                         clipboard, through the terminal (OSC 52; works over SSH)
+  /tools                list every tool the model may call, with its server
+  /mcp                  the MCP servers: state, protocol, tools, last error
   /curl [TEXT]          show a curl command for the request that sending TEXT
                         would make (no TEXT: the last request, as /retry would
                         send it); the key shows as $OPENAI_API_KEY
@@ -6144,7 +6177,8 @@ The reply:
 Tools:
   --tools FILE          tool definitions the model may call
   --tool-exec NAME=COMMAND   answer NAME's calls by running COMMAND (no shell)
-  --yes                 run those commands without asking
+  --mcp FILE            offer the tools of the MCP servers FILE names
+  --yes                 run those commands and tools without asking
 
   -h, --help, --manual, --version
 Exit status: 0 success, 1 API or network failure, 2 usage error, 130 Ctrl-C.
