@@ -6185,6 +6185,34 @@ Exit status: 0 success, 1 API or network failure, 2 usage error, 130 Ctrl-C.
 """
 
 
+class _Outputs:
+    """stdout and stderr as main() writes to them: replaced by guarded ones
+    once the settings tell the secrets to blank, color and the status line."""
+
+    def __init__(self, raw, stderr):
+        self.raw, self.out, self.stderr = raw, raw, stderr
+        self.err = _ErrorStream(stderr)   # until the settings are known: no color, no key yet
+        self.status = None
+
+    def settle(self, settings, environ):
+        """The streams the settings ask for."""
+        secrets = _secrets(settings)
+        color = _color_wanted(settings, environ, self.stderr)
+        if _status_wanted(settings, environ, self.stderr):
+            self.status = StatusLine(self.stderr, color=color)
+        self.err = _ErrorStream(self.stderr, color=color, secrets=secrets, status=self.status)
+        redactor = Redactor(secrets)
+        same_screen = self.status if _is_terminal(self.raw) else None
+        if redactor or same_screen:   # (only then: a wrapper costs a call per write)
+            self.out = _GuardedStdout(self.raw, redactor=redactor or None, status=same_screen)
+
+    def end(self):
+        _stdout_end(self.out)
+        if self.status is not None:
+            self.status.clear()
+        _stdout_write(self.out, "")   # flushed here, or the failure would come at exit
+
+
 def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     """Run chat.py; return the exit status.  Every argument defaults to the process's own."""
     if argv is None:   # bytes that are not UTF-8 become U+FFFD rather than fail later
@@ -6194,58 +6222,51 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     environ = os.environ if environ is None else environ
     if stderr is None:   # started with 2>&-
         stderr = open(os.devnull, "w")
-    err = _ErrorStream(stderr)   # until the settings are known: no color, no key yet
-    raw = _forgiving("stdout") if stdout is None else stdout
-    if raw is None:   # started with >&-
-        _stderr_notice(err, "error: stdout is closed: there is nowhere to put the answer")
+    outputs = _Outputs(_forgiving("stdout") if stdout is None else stdout, stderr)
+    if outputs.raw is None:   # started with >&-
+        _stderr_notice(outputs.err, "error: stdout is closed: there is nowhere to put the answer")
         return 2
-    out = raw
     try:
-        args = _parser().parse_args(argv)
-        if args.help or args.manual:
-            _stdout_write(out, HELP if args.help else MANUAL)
-            return 0
-        if args.version:
-            _stdout_write(out, "chat.py %s\n" % __version__)
-            return 0
-        if _reads_the_log(args):   # needs no server, no key, no config
-            return _conversations(args, _conversation_log(environ), out,
-                                  lambda text: _stderr_notice(err, text))
-        args.carried, args.origin = None, {}
-        if args.resume or args.resume_last:
-            _go_back(args, environ, err)
-        settings = _settings(args, environ)
-        secrets = _secrets(settings)
-        color = _color_wanted(settings, environ, stderr)
-        status = StatusLine(stderr, color=color) if _status_wanted(settings, environ, stderr) \
-            else None
-        err = _ErrorStream(stderr, color=color, secrets=secrets, status=status)
-        moving = args.carried and _moving(args, settings, environ)
-        if moving:
-            _stderr_notice(err, moving)
-        redactor = Redactor(secrets)
-        same_screen = status if _is_terminal(raw) else None
-        if redactor or same_screen:   # (only then: a wrapper costs a call per write)
-            out = _GuardedStdout(raw, redactor=redactor or None, status=same_screen)
-        code = _run(args, settings, stdin, out, err, environ)
-        _stdout_end(out)
-        if status is not None:
-            status.clear()
-        _stdout_write(out, "")   # flushed here, or the failure would come at exit
-        return code
+        return _main(argv, stdin, environ, outputs)
     except ChatError as exc:
-        _stderr_notice(err, "error: %s" % exc)
+        _stderr_notice(outputs.err, "error: %s" % exc)
         if isinstance(exc, StdoutError):
-            _silence(raw)
+            _silence(outputs.raw)
         return exc.exit_code
     except KeyboardInterrupt:
-        _write_sanitized(err, "\n[interrupted]\n")
+        _write_sanitized(outputs.err, "\n[interrupted]\n")
         return 130
     except BrokenPipeError:
-        _silence(raw)   # the reader went away (e.g. `| head`): nothing more to say there
+        _silence(outputs.raw)   # the reader went away (e.g. `| head`): nothing more to say
         return 1
     except (RecursionError, MemoryError):   # the last net: bounds should catch these first
-        _stderr_notice(err, "error: the answer is too large or too deeply nested to handle")
+        _stderr_notice(outputs.err, "error: the answer is too large or too deeply nested to handle")
         return 1
+
+
+def _main(argv, stdin, environ, outputs):
+    args = _parser().parse_args(argv)
+    if args.help or args.manual:
+        _stdout_write(outputs.out, HELP if args.help else MANUAL)
+        return 0
+    if args.version:
+        _stdout_write(outputs.out, "chat.py %s\n" % __version__)
+        return 0
+    if _reads_the_log(args):   # needs no server, no key, no config
+        return _conversations(args, _conversation_log(environ), outputs.out,
+                              lambda text: _stderr_notice(outputs.err, text))
+    args.carried, args.origin = None, {}
+    if args.resume or args.resume_last:
+        _go_back(args, environ, outputs.err)
+    settings = _settings(args, environ)
+    outputs.settle(settings, environ)
+    moving = args.carried and _moving(args, settings, environ)
+    if moving:
+        _stderr_notice(outputs.err, moving)
+    code = _run(args, settings, stdin, outputs.out, outputs.err, environ)
+    outputs.end()
+    return code
+
+
 if __name__ == "__main__":
     sys.exit(main())

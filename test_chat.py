@@ -5100,3 +5100,24 @@ def test_the_reference_servers_on_a_terminal_with_consent(server, tmp_path):
                                keys=[(rb"\[y/N/a\] ", b"y\r")])
     assert status == 0 and b"Europe/Paris" in data
     assert b"the tool get_current_time of the MCP server time" in data
+
+
+def test_a_custom_tool_gets_its_free_text_input_on_stdin(server, tmp_path):
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps([{"type": "custom", "custom": {
+        "name": "shout", "description": "upper-cases text"}}]))
+    script = tmp_path / "shout.py"
+    script.write_text("import sys\nsys.stdout.write(sys.stdin.read().upper())\n")
+    server.add(sse_reply(
+        chunk(delta={"tool_calls": [{"index": 0, "id": "c1", "type": "custom",
+                                     "custom": {"name": "shout", "input": "hello "}}]}),
+        chunk(delta={"tool_calls": [{"index": 0, "custom": {"input": "world"}}]}),
+        chunk(finish="tool_calls")), stream_reply("done"))
+    status, out, err = run_main(server, "--tools", str(tools), "--yes", "--tool-exec",
+                                "shout=%s %s" % (sys.executable, script), "hi")
+    assert (status, out) == (0, "done\n"), err
+    assert server.requests[0]["body"]["tools"][0]["type"] == "custom"
+    sent = server.requests[1]["body"]["messages"]
+    assert sent[1]["tool_calls"] == [{"id": "c1", "type": "custom",
+                                      "custom": {"name": "shout", "input": "hello world"}}]
+    assert sent[2] == {"role": "tool", "tool_call_id": "c1", "content": "HELLO WORLD"}
