@@ -1185,7 +1185,7 @@ def _connection_pool(on_wait):
             if owner is not None and not self.reusable:
                 owner.close()   # an answer not read to its end: the connection is done
 
-        def finish(self, wait=0.5, limit=READ_SIZE):
+        def finish(self, wait=0.25, limit=READ_SIZE):
             """Read the rest of the body (after a stream's last event, the end
             of its chunked body), if it is small and comes within wait seconds,
             so that the connection can take the next request."""
@@ -5347,7 +5347,7 @@ def _parser():
     add("--audio", action="append", default=[])
     add("--file", action="append", default=[])
     add("--audio-out")
-    add("--voice", default="alloy")
+    add("--voice", default=DEFAULT_VOICE)
     add("--reasoning-effort")
     add("--hide-reasoning", action="store_true")
     add("--tool-exec", action="append", default=[])

@@ -1300,17 +1300,22 @@ def test_key_never_reaches_any_output(server, tmp_path):
     assert key not in out + err
 
 
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory):
-    """A self-signed certificate for 127.0.0.1: (certfile, keyfile)."""
+def self_signed(tmp_path_factory, name, alt_name):
+    """A self-signed certificate for name: (certfile, keyfile)."""
     if shutil.which("openssl") is None:
         pytest.skip("openssl is not installed")
     folder = tmp_path_factory.mktemp("tls")
     cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-keyout", key, "-out", cert, "-subj", "/CN=127.0.0.1",
-                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+                    "-keyout", key, "-out", cert, "-subj", "/CN=" + name,
+                    "-addext", "subjectAltName=" + alt_name], check=True, capture_output=True)
     return cert, key
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1."""
+    return self_signed(tmp_path_factory, "127.0.0.1", "IP:127.0.0.1")
 
 
 def test_tls_certificates_are_verified(certificate):
@@ -4338,14 +4343,7 @@ class ConnectProxy:
 @pytest.fixture(scope="module")
 def named_certificate(tmp_path_factory):
     """A self-signed certificate for the host name chatserver."""
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    folder = tmp_path_factory.mktemp("tls-named")
-    cert, key = str(folder / "cert.pem"), str(folder / "key.pem")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
-                    "-keyout", key, "-out", cert, "-subj", "/CN=chatserver",
-                    "-addext", "subjectAltName=DNS:chatserver"], check=True, capture_output=True)
-    return cert, key
+    return self_signed(tmp_path_factory, "chatserver", "DNS:chatserver")
 
 
 def test_one_connect_tunnel_carries_several_turns(named_certificate):
