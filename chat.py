@@ -24,12 +24,16 @@ application (terminal, files, tools, console, settings, main) follows.
     Chat.send(text)             the user message joins a copy of the history
       fit_context               the oldest exchanges dropped to fit the context
       build_payload             {"model", "messages", "stream": true, ...}
-      Client.stream             POST {base}/chat/completions; retried only
-                                before any byte of an answer arrived
+      Client.stream             POST {base}/chat/completions on the connection
+                                kept open; retried only before any byte of an
+                                answer arrived
         LineDecoder.feed        bytes -> text lines (CRLF, LF or CR)
         SSEDecoder.decode       lines -> events (event, data, id, retry)
         parse_event             event -> chunk dict; an error event raises
-      ChatAccumulator.add       chunks -> a message per choice (merge_delta)
+      ChatAccumulator.add       each chunk checked for shape (conform_chunk: a
+                                field of the wrong type is left out, and said),
+                                then merged into a message per choice
+                                (merge_delta)
       Printer.chunk             each chunk shown as it arrives
       ChatAccumulator.result    the whole chat.completion
       history_message           the reply as the API takes it back
