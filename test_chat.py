@@ -4116,11 +4116,11 @@ def test_a_slowly_pasted_command_is_not_run(server, tmp_path):
     slow.body = [0.5] + slow.body   # the reply takes longer than the paste
     server.add(stream_reply("first"), slow)
     save = b"/save " + str(target).encode() + b"\r"
-    # Lines 60 ms apart, slower than PASTE_WAIT, as a paste over a slow link
+    # Lines 120 ms apart, slower than PASTE_WAIT, as a paste over a slow link
     # arrives: a command first, then a line after it; then a line, then a command.
     status, data = on_terminal(server, keys=[
-        (rb"> ", save), (None, 0.06), (rb"", b"and this line\r"),
-        (rb"first[\s\S]*> ", b"look at this\r"), (None, 0.06), (rb"", save),
+        (rb"> ", save), (None, 0.12), (rb"", b"and this line\r"),
+        (rb"first[\s\S]*> ", b"look at this\r"), (None, 0.12), (rb"", save),
         (rb"was not run[\s\S]*> ", b"\x04")], env={"TERM": "dumb"})
     assert status == 0 and not target.exists()
     assert server.requests[0]["body"]["messages"][-1]["content"] == \
