@@ -3835,20 +3835,21 @@ def _mcp_spec(name, entry, environ, where):
 
 
 class _Stdio:
-    """An MCP server run as a process: one JSON-RPC message a line on its
-    stdin and stdout; its stderr is only logging, and goes to log_path."""
+    """An MCP server run as a process (in environ, with its own env added):
+    one JSON-RPC message a line on its stdin and stdout; its stderr is only
+    logging, and goes to log_path."""
 
-    def __init__(self, spec, log_path, on_message, on_broken):
+    def __init__(self, spec, log_path, on_message, on_broken, environ):
         with open(log_path, "ab") as log:   # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 [spec.command] + spec.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=log, env=dict(os.environ, **spec.env), start_new_session=True)
+                stderr=log, env=dict(environ, **spec.env), start_new_session=True)
         self._lock = threading.Lock()
         self._on_message, self._on_broken = on_message, on_broken
         threading.Thread(target=self._read, daemon=True).start()
 
-    def send(self, message):
-        data = json.dumps(message).encode("utf-8") + b"\n"
+    def send(self, message, timeout=None):
+        data = json.dumps(message).encode("utf-8") + b"\n"   # (the answer comes on its own)
         with self._lock:
             try:
                 self.proc.stdin.write(data)
@@ -3911,8 +3912,12 @@ class _Http:
         self._on_message, self._on_broken = on_message, on_broken
         self.session = None
 
-    def send(self, message):
-        """POST message; the messages of the answer go to on_message."""
+    def send(self, message, timeout=None):
+        """POST message; the messages of the answer go to on_message as they
+        come.  timeout: the longest silence while it streams (each message,
+        progress among them, starts it again); never past MCP_MAX_CALL."""
+        self.client.timeout = timeout or MCP_START_WAIT
+        started = time.monotonic()
         try:
             response = self.client.request("POST", "", message, probe=True)
         except APIError as exc:
@@ -3928,11 +3933,20 @@ class _Http:
             kind = (response.headers.get("Content-Type") or "").lower()
             if response.status == 202 or "json" not in kind and "event-stream" not in kind:
                 return
-            if "json" in kind:
-                self._on_message(self.client.read_json(response))
+            if "json" in kind:   # (an error answer is a message too: not read_json)
+                try:
+                    body = response.read(MAX_MCP_MESSAGE + 1)
+                except (OSError, http.client.HTTPException) as exc:
+                    raise McpError("its answer broke off (%s)" % exc) from None
+                if len(body) > MAX_MCP_MESSAGE:
+                    raise McpError("it sent a message over %d MiB" % (MAX_MCP_MESSAGE >> 20))
+                try:
+                    self._on_message(parse_json(body.decode("utf-8")))
+                except ValueError:
+                    self._on_broken("it answered with JSON that is not JSON-RPC")
                 return
             lines, events = LineDecoder(MAX_MCP_MESSAGE), SSEDecoder(MAX_MCP_MESSAGE)
-            for data in self.client._reads(response):
+            for data in self._reads(response, started):
                 for line in lines.feed(data):
                     event = events.decode(line)
                     if event is not None and event.data.strip():
@@ -3941,6 +3955,18 @@ class _Http:
                         except ValueError:
                             self._on_broken("it sent an event that is not JSON-RPC")
                             return
+
+    def _reads(self, response, started):
+        try:
+            for data in self.client._reads(response):
+                yield data
+                if time.monotonic() - started > MCP_MAX_CALL:
+                    raise McpError("it ran past %d minutes" % (MCP_MAX_CALL // 60),
+                                   code="timeout")
+        except APITimeoutError:
+            raise McpError("no answer within %gs" % self.client.timeout, code="timeout") from None
+        except StreamError as exc:
+            raise McpError(str(exc)) from None
 
     def close(self):
         if self.session:
@@ -3957,8 +3983,9 @@ class McpServer:
     sent and answered, with progress and cancellation.  state: starting,
     ready, failed or stopped; error: the last thing that went wrong."""
 
-    def __init__(self, spec, *, log_folder, notify, proxies=None):
+    def __init__(self, spec, *, log_folder, notify, proxies=None, environ=None):
         self.spec, self.log_folder, self.notify, self.proxies = spec, log_folder, notify, proxies
+        self.environ = os.environ if environ is None else environ
         self.state, self.error, self.version, self.tools = "starting", None, None, []
         self.stale = False          # tools/list_changed came: list again before the next request
         self._transport = None
@@ -3987,7 +4014,7 @@ class McpServer:
             self._transport = _Http(self.spec, self._dispatch, self._broken, self.proxies)
         else:
             log = os.path.join(self.log_folder, "mcp-%s.log" % _MCP_NAME.sub("_", self.spec.name))
-            self._transport = _Stdio(self.spec, log, self._dispatch, self._broken)
+            self._transport = _Stdio(self.spec, log, self._dispatch, self._broken, self.environ)
         self._handshake()
         self.list_tools()
 
@@ -4058,7 +4085,14 @@ class McpServer:
                                                    on_progress(text))
         started = time.monotonic()
         try:
-            self._send({"jsonrpc": "2.0", "id": id, "method": method, "params": params})
+            try:
+                self._send({"jsonrpc": "2.0", "id": id, "method": method, "params": params},
+                           timeout)
+            except McpError as exc:
+                if exc.code == "timeout":   # (over HTTP the answer streams in _send)
+                    self._cancel(id, str(exc))
+                    raise McpError("%s; the call was cancelled" % exc, code="timeout") from None
+                raise
             while not slot[0].wait(0.1):
                 now = time.monotonic()
                 if self.state in ("failed", "stopped"):
@@ -4089,10 +4123,10 @@ class McpServer:
             message["params"] = params
         self._send(message)
 
-    def _send(self, message):
+    def _send(self, message, timeout=None):
         if self._transport is None or self.state == "stopped":
             raise McpError("the server is not running", code="stopped")
-        self._transport.send(message)
+        self._transport.send(message, timeout)
 
     def _cancel(self, id, reason):
         try:
@@ -4236,9 +4270,9 @@ class McpTools:
     """The tools of every MCP server, as function tools for the model, named
     SERVER__TOOL and mapped back exactly; calls go to their server."""
 
-    def __init__(self, specs, *, log_folder, notify, proxies=None):
-        self.servers = [McpServer(spec, log_folder=log_folder, notify=notify, proxies=proxies)
-                        for spec in specs]
+    def __init__(self, specs, *, log_folder, notify, proxies=None, environ=None):
+        self.servers = [McpServer(spec, log_folder=log_folder, notify=notify, proxies=proxies,
+                                  environ=environ) for spec in specs]
         self.names = {}   # the name the model sees -> (server, the tool's own name)
 
     def start(self):
@@ -5553,7 +5587,8 @@ def _mcp_tools(settings, environ, notify):
         private_folder(folder)
     except OSError as exc:
         raise OutputError("cannot make %s: %s" % (folder, exc.strerror)) from None
-    mcp = McpTools(specs, log_folder=folder, notify=notify, proxies=settings.proxies)
+    mcp = McpTools(specs, log_folder=folder, notify=notify, proxies=settings.proxies,
+                   environ=environ)
     mcp.start()
     return mcp
 

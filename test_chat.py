@@ -5119,3 +5119,90 @@ def test_a_custom_tool_gets_its_free_text_input_on_stdin(server, tmp_path):
     assert sent[1]["tool_calls"] == [{"id": "c1", "type": "custom",
                                       "custom": {"name": "shout", "input": "hello world"}}]
     assert sent[2] == {"role": "tool", "tool_call_id": "c1", "content": "HELLO WORLD"}
+
+
+class HttpMcp:
+    """A streamable-HTTP MCP server on 127.0.0.1: JSON answers, a session id,
+    and a tool (slow) that streams progress for a while and then never
+    answers.  seen records each message and DELETE."""
+
+    def __init__(self):
+        self.seen = []
+        mcp = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_DELETE(self):
+                mcp.seen.append(("DELETE", self.headers.get("Mcp-Session-Id")))
+                self.send_response(204)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def do_POST(self):
+                message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                mcp.seen.append((message.get("method"), self.headers.get("Mcp-Session-Id")))
+                method, id = message.get("method"), message.get("id")
+                if id is None:   # a notification
+                    self.send_response(202)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                if method == "tools/call":
+                    return self.stream(message)
+                result = {"initialize": {"protocolVersion": "2025-06-18", "capabilities": {}},
+                          "tools/list": {"tools": [{"name": "slow", "inputSchema": {}}]}}.get(method)
+                body = json.dumps({"jsonrpc": "2.0", "id": id, "result": result} if result else
+                                  {"jsonrpc": "2.0", "id": id, "error": {"code": -32601,
+                                                                          "message": "no"}}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Mcp-Session-Id", "sess-1")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def stream(self, message):
+                token = message["params"]["_meta"]["progressToken"]
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for step in range(4):   # progress for 1.6 s, then silence
+                    note = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+                        "progressToken": token, "progress": step, "message": "step %d" % step}}
+                    try:
+                        self.wfile.write(b"data: " + json.dumps(note).encode() + b"\n\n")
+                        self.wfile.flush()
+                    except OSError:
+                        return
+                    time.sleep(0.4)
+                time.sleep(5)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.close = serve_in_thread(self.httpd)
+        self.url = "http://127.0.0.1:%d/mcp" % self.httpd.server_address[1]
+
+
+def test_an_http_mcp_call_is_bounded_progress_extends_it_and_it_is_cancelled(server):
+    mcp = HttpMcp()
+    try:
+        server.add(*calling("web__slow"))
+        started = time.monotonic()
+        status, out, err = run_main(server, "--mcp", "web=" + mcp.url, "--yes",
+                                    "--tool-timeout", "1", "hi")
+        assert status == 0, err
+        assert out == ("The tool said: error: cancelled: no answer within 1s; the call was "
+                       "cancelled\n")
+        methods = [m for m, _ in mcp.seen]
+        assert methods[:4] == ["server/discover", "initialize", "notifications/initialized",
+                               "tools/list"]
+        assert "notifications/cancelled" in methods and methods[-1] == "DELETE"
+        assert ("tools/call", "sess-1") in mcp.seen   # the session went with each request
+        assert time.monotonic() - started > 1.6   # progress kept it going past 1 s
+    finally:
+        mcp.close()
