@@ -1360,6 +1360,21 @@ def shown_url(url):
     return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
+def basic_credentials(url):
+    """("user:password" as a URL carries them, or None; the URL without them)."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return None, url
+    return ("%s:%s" % (urllib.parse.unquote(parts.username),
+                       urllib.parse.unquote(parts.password or "")),
+            urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2])))
+
+
+def basic_authorization(credentials):
+    """The Authorization value for "user:password"."""
+    return "Basic " + base64.b64encode(credentials.encode("utf-8")).decode("ascii")
+
+
 def url_secrets(url):
     """The credentials a URL carries: its user and password, and the values
     of its secret-looking query parameters."""
@@ -1584,12 +1599,7 @@ class Client:
     def __init__(self, base_url, *, api_key=None, organization=None, project=None,
                  headers=(), timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES,
                  proxies=None, on_retry=None, sleep=None, on_wait=None):
-        parts = urlsplit(base_url)
-        basic = None
-        if parts.username is not None:   # user:password@host: HTTP Basic, not in the URL
-            basic = "%s:%s" % (urllib.parse.unquote(parts.username),
-                               urllib.parse.unquote(parts.password or ""))
-            base_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        basic, base_url = basic_credentials(base_url)   # sent as HTTP Basic, not in the URL
         self.base_url = base_url
         self.shown_url = shown_url(base_url)   # the one to put in messages
         self.api_key = None if basic else api_key
@@ -1605,8 +1615,7 @@ class Client:
             "User-Agent": "chat.py/%s (Python %d.%d)" % ((__version__,) + sys.version_info[:2]),
         }
         if basic:
-            self.headers["Authorization"] = "Basic " + base64.b64encode(
-                basic.encode("utf-8")).decode("ascii")
+            self.headers["Authorization"] = basic_authorization(basic)
         elif api_key:
             self.headers["Authorization"] = "Bearer " + api_key
         if organization:
@@ -2414,7 +2423,10 @@ class StatusLine:
         while True:
             time.sleep(self.INTERVAL)
             with self._lock:
-                if self._what is not None and self._clock() - self._since >= self.DELAY:
+                if self._what is None:   # nothing waits: no wake-ups while idle
+                    self._thread = None
+                    return
+                if self._clock() - self._since >= self.DELAY:
                     self._draw()
 
     def _draw(self):
@@ -3107,9 +3119,11 @@ def read_json_file(path, what):
         raise UsageError("%s %s is not valid JSON: %s" % (what, path, exc)) from None
 
 
-def load_conversation(chat, path, *, model=None, params=None):
-    """chat.load() the conversation saved at path; a UsageError names the file."""
-    body = split_origin(read_json_file(path, "the conversation"))[0]
+def load_conversation(chat, path, *, model=None, params=None, body=None):
+    """chat.load() the conversation saved at path (body: its JSON, where it
+    was read already, chat.py's metadata taken out); a UsageError names the file."""
+    if body is None:
+        body = split_origin(read_json_file(path, "the conversation"))[0]
     try:
         chat.load(body, model=model, params=params)
     except UsageError as exc:
@@ -3388,6 +3402,7 @@ class Keeper:
         self.origin = dict(origin or {})
         self.notify = notify or (lambda text: None)
         self.seen = seen   # _signature() of path as this process read it
+        self._prepared = False
         self.size = _file_size(path) if path else 0
 
     def check(self, chat, content):
@@ -3416,7 +3431,9 @@ class Keeper:
                 save_conversation(self.save_path, body)
 
     def _keep(self, body):
-        self.log.prepare()
+        if not self._prepared:   # once: make the folder private, clear old temporary files
+            self.log.prepare()
+            self._prepared = True
         with self.log.locked():
             if self.path is None:
                 self.path = self.log.new_path()
@@ -4878,9 +4895,8 @@ def _probe_v1(client):
 class _Report:
     """--check's lines: a status word, then what was found; secrets blanked."""
 
-    def __init__(self, out, secrets):
-        self.out, self.failed = out, []
-        self._redactor = Redactor(secrets)
+    def __init__(self, out, redactor):
+        self.out, self.failed, self._redactor = out, [], redactor
 
     def say(self, status, text):
         if status == "FAIL":
@@ -4914,7 +4930,7 @@ def check_connection(chat, out):
     with retries=0 to diagnose now rather than wait and retry.
     """
     client = chat.client
-    report = _Report(out, [client.api_key])
+    report = _Report(out, client.redactor)
     _write_sanitized(out, "Checking %s with model %s and %s.\n" % (
         client.shown_url, chat.model, "a key" if client.api_key else "no key"))
     try:
@@ -5300,12 +5316,9 @@ def _check_limits(timeout, retries, max_context):
 def _secrets(settings):
     """Everything the settings hold that must never be shown: the key, the
     credentials in the base URL, and the values of credential headers."""
-    parts = urlsplit(settings.base_url)
-    basic = []
-    if parts.username is not None:   # sent as Basic authentication: its base64 too
-        basic = [base64.b64encode(("%s:%s" % (urllib.parse.unquote(parts.username),
-                 urllib.parse.unquote(parts.password or ""))).encode("utf-8")).decode("ascii")]
-    return ([settings.api_key] + url_secrets(settings.base_url) + basic
+    basic = basic_credentials(settings.base_url)[0]   # sent as Basic: its base64 too
+    return ([settings.api_key] + url_secrets(settings.base_url)
+            + ([basic_authorization(basic).split(" ")[1]] if basic else [])
             + [value for name, value in settings.headers if is_secret_header(name)])
 
 
@@ -5596,8 +5609,8 @@ def _mcp_tools(settings, environ, notify):
 def _talk(chat, mcp, args, settings, stdin, out, err, environ, flags):
     """The conversation itself: --check, one-shot, or the console."""
     notify = lambda text: _stderr_notice(err, text)   # noqa: E731
-    carried = args.carried   # -c or --resume: the kept file it goes on in
-    seen = _signature(carried) if carried else None   # (before it is read)
+    carried = args.carried   # -c or --resume: the kept file it goes on in, read by _go_back
+    seen = args.seen if carried else None
     _load(args, chat, carried or args.load, flags, notify)
     if args.check:
         return check_connection(chat, out)
@@ -5650,7 +5663,9 @@ def _go_back(args, environ, err):
     args.carried = _carried_on(args, log, lambda text: _stderr_notice(err, text))
     args.origin = {}
     if args.carried:
-        args.origin = split_origin(read_json_file(args.carried, "the conversation"))[1]
+        args.seen = _signature(args.carried)   # (before it is read: Keeper compares)
+        args.carried_body, args.origin = split_origin(
+            read_json_file(args.carried, "the conversation"))
         if args.profile is None and args.base_url is None:
             args.profile = args.origin.get("chat_py_profile")
             if args.profile is None:
@@ -5690,7 +5705,8 @@ def _load(args, chat, path, flags, notify):
     if starts_save:
         return
     before = dict(chat.params)
-    load_conversation(chat, path, model=args.model, params=flags)
+    load_conversation(chat, path, model=args.model, params=flags,
+                      body=args.carried_body if path == args.carried else None)
     if args.system:
         chat.set_system(args.system)
     brought = {k: v for k, v in chat.params.items() if k not in flags and before.get(k) != v}
@@ -6294,7 +6310,7 @@ def _main(argv, stdin, environ, outputs):
     if _reads_the_log(args):   # needs no server, no key, no config
         return _conversations(args, _conversation_log(environ), outputs.out,
                               lambda text: _stderr_notice(outputs.err, text))
-    args.carried, args.origin = None, {}
+    args.carried, args.carried_body, args.seen, args.origin = None, None, None, {}
     if args.resume or args.resume_last:
         _go_back(args, environ, outputs.err)
     settings = _settings(args, environ)
