@@ -1160,127 +1160,11 @@ def _import_network():
     import urllib.request
 
 
-def _connection_pool(on_wait):
-    """A urllib.request handler that keeps the connection to each server
-    open between requests and sends the next request on it (HTTP/1.1
-    keep-alive), for http and https, direct or through a proxy's CONNECT
-    tunnel; no connection is shared between hosts.
-
-    A connection is used again only if its last answer was read to its end
-    and did not say Connection: close (an HTTP/1.0 server, a stream cut
-    short, an interrupted reply: each closes it for good).  One the server
-    has closed meanwhile (its idle timeout, a proxy that dropped it) is
-    found before any byte of an answer: as sending fails, or the status line
-    never comes.  Only then is the request sent once more, on a new
-    connection, so the server sees it once.  on_wait(what) hears what each
-    request waits for: a new connection, then the answer (request.waiting)."""
-    _import_network()
-
-    class Response(http.client.HTTPResponse):
-        reusable = False   # set by close(): the body was read to its end
-        owner = None       # the connection it came on, until it is closed
-
-        def close(self):
-            owner, self.owner = self.owner, None
-            if owner is not None:
-                self.reusable = not self.will_close and (
-                    self.fp is None or (not self.chunked and self.length == 0))
-            super().close()
-            if owner is not None and not self.reusable:
-                owner.close()   # an answer not read to its end: the connection is done
-
-        def finish(self, wait=0.25, limit=READ_SIZE):
-            """Read the rest of the body (after a stream's last event, the end
-            of its chunked body), if it is small and comes within wait seconds,
-            so that the connection can take the next request."""
-            if self.owner is None or self.owner.sock is None:
-                return
-            self.owner.sock.settimeout(wait)
-            try:
-                while limit > 0:
-                    data = self.read1(limit)
-                    if not data:
-                        return
-                    limit -= len(data)
-            except (OSError, http.client.HTTPException):
-                pass   # then it is not read to its end, and closes
-
-    class KeepAlive(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
-        def __init__(self):
-            urllib.request.HTTPSHandler.__init__(self)   # the default TLS settings
-            self.idle = {}   # (scheme, host, tunnel, target) -> (connection, its last answer)
-
-        def http_open(self, request):
-            return self._open(http.client.HTTPConnection, request)
-
-        def https_open(self, request):
-            return self._open(http.client.HTTPSConnection, request)
-
-        def _open(self, connection_class, request):
-            key = (request.type, request.host, request._tunnel_host,
-                   urlsplit(request.full_url).netloc)
-            connection = self._idle(key)
-            while True:
-                reused = connection is not None
-                if not reused:
-                    on_wait("connecting to %s" % urlsplit(request.full_url).hostname)
-                    connection = connection_class(request.host, timeout=request.timeout)
-                    connection.response_class = Response
-                try:
-                    response = self._send(connection, request, tunnel=not reused)
-                    break
-                except (BrokenPipeError, ConnectionResetError) as exc:
-                    # (RemoteDisconnected is a ConnectionResetError: no status line)
-                    connection.close()
-                    if not reused:
-                        raise urllib.error.URLError(exc) from None
-                    connection = None   # closed while idle: once more, on a new one
-                except OSError as exc:
-                    connection.close()
-                    raise urllib.error.URLError(exc) from None
-                except BaseException:
-                    connection.close()
-                    raise
-            response.owner = connection
-            if not response.will_close:
-                self.idle[key] = (connection, response)
-            response.url, response.msg = request.get_full_url(), response.reason
-            return response
-
-        def close(self):
-            for connection, _ in self.idle.values():
-                connection.close()
-            self.idle.clear()
-
-        def _idle(self, key):
-            """The connection kept for key, if it can take another request."""
-            connection, last = self.idle.pop(key, (None, None))
-            if connection is None or not last.isclosed():
-                return None   # (an answer still being read keeps its connection)
-            closed = connection.sock is None or not last.reusable
-            if not closed:   # readable while idle: the server closed it (or misbehaves)
-                closed = bool(select.select([connection.sock], [], [], 0)[0])
-            if closed:
-                connection.close()
-                return None
-            return connection
-
-        def _send(self, connection, request, tunnel):
-            headers = dict(request.unredirected_hdrs)
-            headers.update((k, v) for k, v in request.headers.items() if k not in headers)
-            headers = {name.title(): value for name, value in headers.items()}
-            if request._tunnel_host and tunnel:
-                proxy_auth = {k: headers.pop(k) for k in list(headers)
-                              if k == "Proxy-Authorization"}
-                connection.set_tunnel(request._tunnel_host, headers=proxy_auth)
-            connection.timeout = request.timeout
-            if connection.sock is not None:
-                connection.sock.settimeout(request.timeout)
-            connection.request(request.get_method(), request.selector, request.data, headers)
-            on_wait(getattr(request, "waiting", None))   # sent: now the answer
-            return connection.getresponse()
-
-    return KeepAlive()
+class StaleConnection(ConnectionError):
+    """Raised by a connection layer (Client's connections) when a connection
+    kept open from an earlier request proves closed before any byte of the
+    answer came: the server never took the request, so Client sends it
+    again at once, on a new connection, whatever its retries."""
 
 
 def normalize_base_url(url):
@@ -1594,11 +1478,17 @@ class Client:
     on_wait(what, until=None, progress=None) hears what a request waits for
     as it goes (a connection, an upload, the model's answer, a retry's
     back-off until a time.monotonic()), and None when it no longer waits.
+    connections: the urllib.request handler that opens the connections, for
+    http and https (default: urllib's own, a new connection per request;
+    main() gives keep_alive(), which keeps one open for the whole chat).  It
+    raises StaleConnection for a kept connection found closed, and its
+    responses may have finish(), which reads the body's end after a stream's
+    last event so the connection can take the next request.
     """
 
     def __init__(self, base_url, *, api_key=None, organization=None, project=None,
                  headers=(), timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES,
-                 proxies=None, on_retry=None, sleep=None, on_wait=None):
+                 proxies=None, on_retry=None, sleep=None, on_wait=None, connections=None):
         basic, base_url = basic_credentials(base_url)   # sent as HTTP Basic, not in the URL
         self.base_url = base_url
         self.shown_url = shown_url(base_url)   # the one to put in messages
@@ -1608,7 +1498,8 @@ class Client:
         self.retries = retries
         self.on_retry = on_retry or (lambda text: None)
         self.sleep = sleep or time.sleep
-        self._urlopener = self._pool = None   # made at the first request
+        self.connections = connections
+        self._urlopener = None   # made at the first request
         self.on_wait = on_wait or (lambda what, until=None, progress=None: None)
         self.headers = {
             "Content-Type": "application/json",
@@ -1647,68 +1538,76 @@ class Client:
         else:
             del headers["Content-Type"]
         opener = self._opener()
-        body = data
         if data is not None and len(data) > SHOWN_UPLOAD:   # say how much is sent
             headers["Content-Length"] = str(len(data))
-            body = _Upload(data, self.on_wait)
-        request = urllib.request.Request(endpoint_url(self.base_url, path), data=body,
+            data = _Upload(data, self.on_wait)
+        request = urllib.request.Request(endpoint_url(self.base_url, path), data=data,
                                          headers=headers, method=method)
         request.waiting = ("waiting for the model" if path == "/chat/completions" else
                            "waiting for %s" % urlsplit(self.base_url).hostname)
         retries = 0 if probe else self.retries
-        for attempt in range(retries + 1):
-            retry_headers = {}
-            if isinstance(body, _Upload):
-                body.seek(0)
+        attempt, resent = 0, False
+        while True:
+            if isinstance(data, _Upload):
+                data.seek(0)   # every attempt sends the whole body
+            self.on_wait(request.waiting)
             try:
                 response = opener.open(request, timeout=self.timeout)
                 if path != "/chat/completions":   # a reply waits on, till its first word
                     self.on_wait(None)
                 return response
-            except urllib.error.HTTPError as exc:
-                try:
-                    body = exc.read(MAX_ERROR_BODY)
-                except (OSError, http.client.HTTPException, AttributeError):
-                    body = b""
-                finally:
-                    exc.close()
-                error, cause = self._status_error(exc.code, exc.headers, body, probe), exc
-                retry_headers = exc.headers
-                why = "HTTP %d" % exc.code if exc.code in RETRY_STATUSES else None
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                error, cause = self._connection_error(reason), exc
-                why = ("connection refused" if isinstance(reason, ConnectionRefusedError) else
-                       "connection reset" if isinstance(reason, ConnectionResetError) else None)
-            except http.client.HTTPException as exc:   # the answer was not HTTP at all
-                reason = _one_line(str(exc)) or type(exc).__name__
-                error, cause = APIConnectionError("%s did not answer with valid HTTP (%s)"
-                                                  % (self.shown_url, reason)), exc
-                why = None
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                if isinstance(getattr(exc, "reason", exc), StaleConnection) and not resent:
+                    resent = True   # the server never took it: once more, silently
+                    continue
+                cause = exc
+                error, why, retry_headers = self._failure(exc, probe)
             if why is None or attempt == retries:
                 self.on_wait(None)
                 raise error from cause
             delay = retry_delay(attempt, retry_headers)
-            self.on_retry("%s; retry %d of %d in %.1fs" % (why, attempt + 1, retries, delay))
-            self.on_wait("retry %d of %d" % (attempt + 1, retries), until=time.monotonic() + delay)
+            attempt += 1
+            self.on_retry("%s; retry %d of %d in %.1fs" % (why, attempt, retries, delay))
+            self.on_wait("retry %d of %d" % (attempt, retries), until=time.monotonic() + delay)
             self.sleep(delay)
 
+    def _failure(self, exc, probe):
+        """(the ChatError for what opening a request raised, why it may be
+        retried or None, the answer's headers)."""
+        if isinstance(exc, urllib.error.HTTPError):
+            try:
+                body = exc.read(MAX_ERROR_BODY)
+            except (OSError, http.client.HTTPException, AttributeError):
+                body = b""
+            finally:
+                exc.close()
+            why = "HTTP %d" % exc.code if exc.code in RETRY_STATUSES else None
+            return self._status_error(exc.code, exc.headers, body, probe), why, exc.headers
+        if isinstance(exc, (urllib.error.URLError, OSError)):
+            reason = getattr(exc, "reason", exc)
+            why = ("connection refused" if isinstance(reason, ConnectionRefusedError) else
+                   "connection reset" if isinstance(reason, ConnectionResetError) else None)
+            return self._connection_error(reason), why, {}
+        reason = _one_line(str(exc)) or type(exc).__name__   # the answer was not HTTP at all
+        return APIConnectionError("%s did not answer with valid HTTP (%s)"
+                                  % (self.shown_url, reason)), None, {}
+
     def _opener(self):
-        """The one urllib opener of this client, made at its first request: it
-        keeps the connection open between requests (_connection_pool)."""
+        """The one urllib opener of this client, made at its first request."""
         if self._urlopener is None:
             _import_network()
-            self._pool = _connection_pool(self.on_wait)
-            handlers = [_no_redirect_handler(), self._pool]
+            handlers = [_no_redirect_handler()]
             if self.proxies is not None:
                 handlers.append(urllib.request.ProxyHandler(self.proxies))
+            if self.connections is not None:
+                handlers.append(self.connections)
             self._urlopener = urllib.request.build_opener(*handlers)
         return self._urlopener
 
     def close(self):
-        """Close the connections kept open for the next request."""
-        if self._pool is not None:
-            self._pool.close()
+        """Close the connections kept open for the next request, if any."""
+        if self.connections is not None:
+            self.connections.close()
 
     def _status_error(self, status, headers, body, probe=False):
         message, type_, code = error_message(body)
@@ -2268,6 +2167,145 @@ class Chat:
 # ---------------------------------------------------------------------------
 # The application starts here; the reference client above needs none of it.
 #
+# One connection for the whole chat: keep_alive() is the connection layer
+# main() gives Client (its connections), in place of urllib's own.
+# Lifting: needs StaleConnection and READ_SIZE from the HTTP section.
+# ---------------------------------------------------------------------------
+
+MAX_INTERIM = 16   # 1xx interim answers (103 Early Hints...) skipped before one gives up
+
+
+def keep_alive(on_wait=None):
+    """A urllib.request handler for Client's connections that keeps the
+    connection to each server open between requests and sends the next
+    request on it (HTTP/1.1 keep-alive), for http and https, direct or
+    through a proxy's CONNECT tunnel; no connection is shared between hosts.
+
+    A connection is used again only if its last answer was a success read
+    to its end without Connection: close (an HTTP/1.0 server, an error, a
+    stream cut short, an interrupted reply, anything it did not expect:
+    each closes it for good), and if nothing arrived on it while it was
+    idle (the server closed it, or wrote what no request asked for).  One
+    that proves closed as the next request goes out, before any byte of an
+    answer, raises StaleConnection: Client then sends the request again on
+    a new one.  1xx interim answers are skipped.  on_wait(what) hears what
+    each request waits for: a new connection, then the answer."""
+    _import_network()
+    on_wait = on_wait or (lambda what: None)
+
+    class Response(http.client.HTTPResponse):
+        reusable = False   # set by close(): a success, read to its end
+        owner = None       # the connection it came on, until it is closed
+
+        def _read_status(self):
+            # RFC 9110 15.2: a client skips the interim answers it does not
+            # know; http.client skips only 100 (which begin() handles).
+            for _ in range(MAX_INTERIM):
+                version, status, reason = super()._read_status()
+                if status == 100 or not 101 < status < 200:
+                    return version, status, reason
+                http.client.parse_headers(self.fp)
+            raise http.client.HTTPException("more than %d interim answers" % MAX_INTERIM)
+
+        def close(self):
+            owner, self.owner = self.owner, None
+            if owner is not None:
+                self.reusable = 200 <= self.status < 300 and not self.will_close and (
+                    self.fp is None or (not self.chunked and self.length == 0))
+            super().close()
+            if owner is not None and not self.reusable:
+                owner.close()
+
+        def finish(self, wait=0.25, limit=READ_SIZE):
+            """Read the rest of the body (after a stream's last event, the end
+            of its chunked body), if it is small and comes within wait seconds,
+            so that the connection can take the next request."""
+            if self.owner is None or self.owner.sock is None:
+                return
+            self.owner.sock.settimeout(wait)
+            try:
+                while limit > 0:
+                    data = self.read1(limit)
+                    if not data:
+                        return
+                    limit -= len(data)
+            except (OSError, http.client.HTTPException):
+                pass   # then it is not read to its end, and closes
+
+    class KeepAlive(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+        def __init__(self):
+            urllib.request.HTTPSHandler.__init__(self)   # the default TLS settings
+            self.idle = {}   # (scheme, host, tunnel, target) -> (connection, its last answer)
+
+        def http_open(self, request):
+            return self._open(http.client.HTTPConnection, request)
+
+        def https_open(self, request):
+            return self._open(http.client.HTTPSConnection, request)
+
+        def _open(self, connection_class, request):
+            key = (request.type, request.host, request._tunnel_host,
+                   urlsplit(request.full_url).netloc)
+            connection = self._idle(key)
+            reused = connection is not None
+            if not reused:
+                on_wait("connecting to %s" % urlsplit(request.full_url).hostname)
+                connection = connection_class(request.host, timeout=request.timeout)
+                connection.response_class = Response
+            try:
+                response = self._send(connection, request, tunnel=not reused)
+            except BaseException as exc:
+                connection.close()
+                # (RemoteDisconnected is a ConnectionResetError: no status line)
+                if reused and isinstance(exc, (BrokenPipeError, ConnectionResetError)):
+                    raise StaleConnection("the connection kept open was closed") from None
+                if isinstance(exc, OSError):
+                    raise urllib.error.URLError(exc) from None
+                raise
+            response.owner = connection
+            if not response.will_close:
+                self.idle[key] = (connection, response)
+            response.url, response.msg = request.get_full_url(), response.reason
+            return response
+
+        def close(self):
+            for connection, _ in self.idle.values():
+                connection.close()
+            self.idle.clear()
+
+        def _idle(self, key):
+            """The connection kept for key, if it can take another request."""
+            connection, last = self.idle.pop(key, (None, None))
+            if connection is None or not last.isclosed():
+                return None   # (an answer still being read keeps its connection)
+            closed = connection.sock is None or not last.reusable
+            if not closed:   # readable while idle: closed by the server, or stale bytes
+                closed = bool(select.select([connection.sock], [], [], 0)[0])
+            if closed:
+                connection.close()
+                return None
+            return connection
+
+        def _send(self, connection, request, tunnel):
+            headers = dict(request.unredirected_hdrs)
+            headers.update((k, v) for k, v in request.headers.items() if k not in headers)
+            headers = {name.title(): value for name, value in headers.items()}
+            if request._tunnel_host:   # the proxy's credential is for the proxy alone
+                proxy_auth = {k: headers.pop(k) for k in list(headers)
+                              if k == "Proxy-Authorization"}
+                if tunnel:
+                    connection.set_tunnel(request._tunnel_host, headers=proxy_auth)
+            connection.timeout = request.timeout
+            if connection.sock is not None:
+                connection.sock.settimeout(request.timeout)
+            connection.request(request.get_method(), request.selector, request.data, headers)
+            on_wait(getattr(request, "waiting", None))   # sent: now the answer
+            return connection.getresponse()
+
+    return KeepAlive()
+
+
+# ---------------------------------------------------------------------------
 # Text for a terminal: the one sanitizer, the streams chat.py writes to,
 # secrets kept off the screen, consent asked on the terminal.
 # Lifting: needs the standard library only.
@@ -5556,12 +5594,13 @@ def _run(args, settings, stdin, out, err, environ):
     """Everything after the settings: --models, --check, one-shot, or the console."""
     notify = lambda text: _stderr_notice(err, text)   # noqa: E731
     _check_combination(args)
+    on_wait = err.status and err.status.wait
     client = Client(settings.base_url, api_key=settings.api_key,
                     organization=settings.organization, project=settings.project,
                     headers=settings.headers, proxies=settings.proxies,
-                    timeout=settings.timeout, on_retry=notify,
-                    on_wait=err.status and err.status.wait,
-                    retries=0 if args.check else settings.retries)   # --check diagnoses now
+                    timeout=settings.timeout, on_retry=notify, on_wait=on_wait,
+                    retries=0 if args.check else settings.retries,   # --check diagnoses now
+                    connections=keep_alive(on_wait))
     try:
         return _run_with(client, args, settings, stdin, out, err, environ)
     finally:

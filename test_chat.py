@@ -46,8 +46,11 @@ class Reply:
     None closes the connection without answering; cut closes a chunked body
     without its last chunk."""
 
-    def __init__(self, body=b"", status=200, headers=None, chunked=None, cut=False):
+    def __init__(self, body=b"", status=200, headers=None, chunked=None, cut=False,
+                 interim=b"", after=b""):
         self.body, self.status, self.cut = body, status, cut
+        self.interim = interim   # raw bytes before the answer (1xx answers)
+        self.after = after       # raw bytes after it, on a connection kept open
         self.headers = {"Content-Type": "application/json"} if headers is None else headers
         self.chunked = not isinstance(body, bytes) if chunked is None else chunked
         self.finished = threading.Event()   # set once the body was written or refused
@@ -63,6 +66,7 @@ class LoopbackServer:
         self.connections = 0        # TCP connections accepted
         self.idle_timeout = None    # close a kept connection idle this long (seconds)
         self.per_connection = None  # close a connection when it would serve one more
+        self.close_as_it_comes = False   # ... only once the next request's bytes arrive
         self.scheme = "https" if tls else "http"
         server = self
 
@@ -80,7 +84,11 @@ class LoopbackServer:
             def handle_one_request(self):
                 if server.per_connection and self.served >= server.per_connection:
                     # As a server whose idle timeout passes just as the next
-                    # request comes: closed without reading it.
+                    # request comes: closed without answering it (at once,
+                    # or once its first bytes are here).
+                    if server.close_as_it_comes:
+                        select.select([self.connection], [], [], 10)
+                        self.connection.recv(1024)
                     self.close_connection = True
                     return
                 self.served += 1
@@ -120,6 +128,7 @@ class LoopbackServer:
                     reply.finished.set()
 
             def _send(self, reply):
+                self.wfile.write(reply.interim)
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
@@ -146,6 +155,10 @@ class LoopbackServer:
                     self.close_connection = True
                 elif reply.chunked:
                     self.wfile.write(b"0\r\n\r\n")
+                    self.wfile.flush()
+                if reply.after:   # once the client has read the answer: while idle
+                    time.sleep(0.2)
+                    self.wfile.write(reply.after)
                     self.wfile.flush()
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -4302,6 +4315,83 @@ def test_a_cut_or_interrupted_reply_closes_its_connection(server):
     assert server.connections == 3   # neither broken connection was used again
 
 
+def test_a_kept_connection_closed_as_a_large_request_comes_sends_it_whole_once_more(server):
+    # The server takes the first bytes of the second request, then closes:
+    # the request is sent again on a new connection, all 3 MiB of it, and
+    # nothing is said, even with --retries 0 (the server never took it).
+    server.per_connection, server.close_as_it_comes = 1, True
+    server.add(stream_reply("one"), stream_reply("two"))
+    big = "y" * (3 * 2**20)
+    status, out, err = run_main(server, "--retries", "0", "--no-log", "-i", stdin="a\n%s\n" % big)
+    assert (status, out, err) == (0, "one\ntwo\n", "")
+    assert [r["body"]["messages"][-1]["content"] for r in server.requests] == ["a", big]
+    assert server.connections == 2
+
+
+def kept_client(server):
+    """A Client as main() makes it: no retries, one connection kept open."""
+    return chat.Client(server.url, retries=0, connections=chat.keep_alive())
+
+
+def replies_of(client, count):
+    """The content of count streamed replies, or the error each ended in."""
+    payload = chat.build_payload("m", [{"role": "user", "content": "x"}])
+    seen = []
+    for _ in range(count):
+        try:
+            seen.append("".join(c["choices"][0]["delta"].get("content") or ""
+                                for c in client.stream(payload)))
+        except chat.ChatError as exc:
+            seen.append(str(exc))
+    return seen
+
+
+def test_bytes_left_on_an_idle_connection_are_never_read_as_the_next_answer(server):
+    # A server that says 408 on an idle connection (and keeps it open): that
+    # answer belongs to no request, so the connection is not used again.
+    first = server.add(stream_reply("one"))
+    first.after = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n"
+    server.add(stream_reply("two"))
+    client = kept_client(server)
+    assert replies_of(client, 1) == ["one"]
+    assert first.finished.wait(5)   # the 408 was written while the connection was idle
+    assert replies_of(client, 1) == ["two"]
+    assert server.connections == 2 and len(server.requests) == 2
+
+
+def test_interim_answers_are_skipped_and_the_connection_stays_in_step(server):
+    first = server.add(stream_reply("one"))
+    first.interim = (b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+                     b"HTTP/1.1 102 Processing\r\n\r\n")
+    server.add(stream_reply("two"))
+    status, out, err = run_main(server, "--retries", "0", "-i", stdin="a\nb\n")
+    assert (status, out, err) == (0, "one\ntwo\n", "")
+    assert server.connections == 1
+
+
+def test_endless_interim_answers_are_a_failure_and_close_the_connection(server):
+    server.add(Reply(interim=b"HTTP/1.1 103 Early Hints\r\n\r\n" * 40), stream_reply("two"))
+    first, second = replies_of(kept_client(server), 2)
+    assert "did not answer with valid HTTP (more than 16 interim answers)" in first
+    assert second == "two" and server.connections == 2
+
+
+def test_an_error_answer_closes_its_connection(server):
+    server.add(Reply(b'{"error": {"message": "no"}}', status=400), stream_reply("two"))
+    first, second = replies_of(kept_client(server), 2)
+    assert first.startswith("HTTP 400: no") and second == "two"
+    assert server.connections == 2
+
+
+def test_the_reference_client_opens_a_connection_per_request(server):
+    server.add(stream_reply("one"), stream_reply("two"))
+    client = chat.Client(server.url)
+    payload = chat.build_payload("m", [{"role": "user", "content": "x"}])
+    for _ in range(2):
+        list(client.stream(payload))
+    assert server.connections == 2
+
+
 
 class ConnectProxy:
     """A loopback proxy that answers CONNECT by tunnelling to relay_to's port
@@ -4524,15 +4614,16 @@ def test_hidden_reasoning_counts_on_the_status_line(server):
 
 def test_a_large_upload_says_how_much_was_sent(server):
     seen = []
-    client = chat.Client(server.url, on_wait=lambda what, until=None, progress=None:
-                         seen.append((what, progress)))
+    on_wait = lambda what, until=None, progress=None: seen.append((what, progress))  # noqa
+    client = chat.Client(server.url, on_wait=on_wait, connections=chat.keep_alive(on_wait))
     server.add(stream_reply("got it"))
     payload = chat.build_payload("m", [{"role": "user", "content": "x" * (3 * 2**20)}])
     assert [c["choices"][0]["delta"].get("content") for c in client.stream(payload)][1] == "got it"
     sending = [p for what, p in seen if what == "sending"]
     assert sending[0].endswith("of 3.1 MB") and sending[-1] == "3.1 of 3.1 MB"
     whats = [what for what, _ in seen]
-    assert whats[0].startswith("connecting to 127.0.0.1") and "waiting for the model" in whats
+    assert whats[:2] == ["waiting for the model", "connecting to 127.0.0.1"]
+    assert whats[-2:] == ["sending", "waiting for the model"]   # sent: the answer comes
     assert server.requests[0]["body"]["messages"][0]["content"] == "x" * (3 * 2**20)
 
 
