@@ -139,8 +139,14 @@ _IMAGE_MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jp
 # ---------------------------------------------------------------------------
 
 class ChatError(Exception):
-    """Base class of every error chat.py reports; str() is the one line shown."""
+    """Base class of every error chat.py reports; str() is the one line shown.
+    fix names the setting that would mend it ("timeout", "base_url", "key",
+    "no_key", "withheld"), for an application to say how it is set."""
     exit_code = 1
+
+    def __init__(self, message, *, fix=None):
+        super().__init__(message)
+        self.fix = fix
 
 
 class UsageError(ChatError):
@@ -152,8 +158,8 @@ class APIError(ChatError):
     """The server answered with an error (an HTTP status or an error event)."""
 
     def __init__(self, message, status=None, type=None, code=None, body=None, *,
-                 headers=None, found=None):
-        super().__init__(message)
+                 headers=None, found=None, fix=None):
+        super().__init__(message, fix=fix)
         self.status, self.type, self.code, self.body = status, type, code, body
         self.headers = headers or {}     # the answer's headers, where there was one
         self.found = found or message    # what the server said, without advice
@@ -172,7 +178,7 @@ class APIConnectionError(ChatError):
 
 
 class APITimeoutError(APIConnectionError):
-    """The server did not send anything for --timeout seconds."""
+    """The server did not send anything for the timeout's seconds."""
 
 
 class StreamError(ChatError):
@@ -1184,14 +1190,15 @@ def normalize_base_url(url):
         parts.port   # a port that is not a number raises here
         host = parts.hostname
     except ValueError as exc:
-        raise UsageError("--base-url %s is not a URL (%s), %s"
+        raise UsageError("the base URL %s is not a URL (%s), %s"
                          % (shown_url_safely(url), exc, example)) from None
     if parts.scheme not in ("http", "https") or not host:
-        raise UsageError("--base-url %s is not an http(s) URL, %s" % (shown_url_safely(url), example))
+        raise UsageError("the base URL %s is not an http(s) URL, %s"
+                         % (shown_url_safely(url), example))
     try:
         host.encode("idna")   # a label over 63 characters, or empty, fails here
     except UnicodeError:
-        raise UsageError("--base-url %s: %s is not a valid host name"
+        raise UsageError("the base URL %s: %s is not a valid host name"
                          % (shown_url_safely(url), host)) from None
     path = parts.path.rstrip("/")
     if path.endswith("/chat/completions"):
@@ -1283,6 +1290,28 @@ def proxies_for(host, environ):
         return {}
     proxies.pop("no", None)
     return proxies
+
+
+def url_origin(url):
+    """(scheme, host, port) of url: the origin a credential is given for."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"https": 443}.get(scheme, 80)
+
+
+def origin_text(url):
+    """url's origin as it may be shown: scheme://host[:port]."""
+    scheme, host, port = url_origin(url)
+    default = port == {"https": 443}.get(scheme, 80)
+    return "%s://%s%s" % (scheme, host, "" if default else ":%d" % port)
+
+
+def may_carry_credentials(url, given_for):
+    """The one rule for every credential (a key, a token, a password, a
+    proxy's): a request to url may carry one given for the URL given_for
+    only if both have the same origin, scheme, host and port (RFC 6454), so
+    none travels to a host it was not given for."""
+    return url_origin(url) == url_origin(given_for)
 
 
 def _ip_address(host):
@@ -1446,12 +1475,11 @@ def path_hint(base_url):
     path = parts.path.rstrip("/")
     root = shown_url("%s://%s" % (parts.scheme, parts.netloc))
     if path.endswith(("/api", "/api/chat", "/api/generate")):
-        return "that is Ollama's own API; its OpenAI API is at --base-url %s/v1" % root
+        return "that is Ollama's own API; its OpenAI API is at %s/v1" % root
     if parts.port == 11434 and not path.endswith("/v1"):
-        return "Ollama's OpenAI API is at --base-url %s/v1" % root
+        return "Ollama's OpenAI API is at %s/v1" % root
     if not path.endswith("/v1") and "/openai/" not in path + "/":
-        return ("the API is usually at a path ending in /v1, e.g. --base-url %s/v1 "
-                "(chat.py --check looks for it)" % shown_url(base_url))
+        return "the API is usually at a path ending in /v1, e.g. %s/v1" % shown_url(base_url)
     return ""
 
 
@@ -1484,14 +1512,23 @@ class Client:
     raises StaleConnection for a kept connection found closed, and its
     responses may have finish(), which reads the body's end after a stream's
     last event so the connection can take the next request.
+    key_for: the URL the key and the credential headers were given for
+    (default: base_url); where its origin is not base_url's, they are not
+    sent (withheld says for which origin they were), by the one rule of
+    may_carry_credentials.
     """
 
     def __init__(self, base_url, *, api_key=None, organization=None, project=None,
                  headers=(), timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES,
-                 proxies=None, on_retry=None, sleep=None, on_wait=None, connections=None):
+                 proxies=None, on_retry=None, sleep=None, on_wait=None, connections=None,
+                 key_for=None):
         basic, base_url = basic_credentials(base_url)   # sent as HTTP Basic, not in the URL
         self.base_url = base_url
         self.shown_url = shown_url(base_url)   # the one to put in messages
+        self.withheld = None
+        if key_for and not may_carry_credentials(base_url, key_for):
+            self.withheld = origin_text(key_for)
+            api_key, headers = None, [(k, v) for k, v in headers if not is_secret_header(k)]
         self.api_key = None if basic else api_key
         self.proxies = proxies
         self.timeout = timeout
@@ -1620,36 +1657,38 @@ class Client:
         if named:   # once when they say the same
             label += " (%s)" % ", ".join(sorted(set(named), key=named.index))
         found = "%s: %s" % (label, message)
-        hint = self._status_hint(status, headers, parsed is None, type_ or code, probe)
+        hint, fix = self._status_hint(status, headers, parsed is None, type_ or code, probe)
         cls = {401: AuthenticationError, 403: AuthenticationError, 429: RateLimitError}
         return cls.get(status, APIError)(found + (" - " + hint if hint else ""), status, type_,
-                                         code, parsed, headers=headers, found=found)
+                                         code, parsed, headers=headers, found=found, fix=fix)
 
     def _status_hint(self, status, headers, not_json, named, probe):
-        """What to do about an error status, in a few words (for a probe,
-        which explains itself, nothing about the path)."""
+        """(what to do about an error status, in a few words; the setting
+        that mends it, or None).  A probe explains itself: nothing on paths."""
         if status in (301, 302, 303, 307, 308):
-            return "the server redirects to %s; use that as --base-url" % headers.get("Location")
+            return "the server redirects to %s; use that as the base URL" % headers.get(
+                "Location"), "base_url"
+        if status == 401 and self.withheld:
+            return ("no key was sent: the key given is for %s, not for this server"
+                    % self.withheld), "withheld"
         if status == 401 and not self.api_key and "Authorization" not in self.headers:
-            return ("the server wants a key and none was sent: set OPENAI_API_KEY, or pass "
-                    "--api-key or --api-key-file")
+            return "the server wants a key and none was sent", "no_key"
         if status == 401:
-            return "the key was refused: check OPENAI_API_KEY, --api-key or --api-key-file"
+            return "the key was refused", "key"
         if status == 403:
-            return "the key is not allowed to use this model or endpoint"
+            return "the key is not allowed to use this model or endpoint", None
         if status in (404, 405, 501) and probe:
-            return ""
+            return "", None
         if status in (404, 405, 501):
             hint = path_hint(self.base_url)
             if not hint and not_json:   # a web page, not an API's JSON error
-                return ("this does not look like an OpenAI-compatible API; check --base-url "
-                        "(chat.py --check looks for the API there)")
-            return hint or "check --base-url (usually ends in /v1) and --model"
+                hint = "this does not look like an OpenAI-compatible API; check the base URL"
+            return hint or "check the base URL (usually ends in /v1) and the model", "base_url"
         if status == 429:
-            return "rate limited or out of quota; wait, then try again"
+            return "rate limited or out of quota; wait, then try again", None
         if status >= 500 and not named:
-            return "the server failed; try again later"   # it did not say why
-        return ""
+            return "the server failed; try again later", None   # it did not say why
+        return "", None
 
     def curl(self, payload):
         """A curl command line that sends payload as this client would, minus secrets.
@@ -1683,13 +1722,13 @@ class Client:
     def _connection_error(self, reason):
         where = self.shown_url
         if isinstance(reason, (socket.timeout, TimeoutError)):
-            return APITimeoutError("no answer from %s within %gs - is the server up? "
-                                   "(--timeout sets the limit)" % (where, self.timeout))
+            return APITimeoutError("no answer from %s within %gs - is the server up?"
+                                   % (where, self.timeout), fix="timeout")
         if isinstance(reason, ConnectionRefusedError):
             return APIConnectionError("cannot connect to %s: connection refused - is the "
                                       "server running there?" % where)
         if isinstance(reason, socket.gaierror):
-            return APIConnectionError("cannot find the host of %s - check --base-url and "
+            return APIConnectionError("cannot find the host of %s - check the base URL and "
                                       "your network" % where)
         # Python 3.7 named the certificate error; 3.6 raises its base class.
         if isinstance(reason, getattr(ssl, "SSLCertVerificationError", ssl.CertificateError)):
@@ -1789,7 +1828,7 @@ class Client:
     def _read_error(self, exc):
         if isinstance(exc, (socket.timeout, TimeoutError)):
             return APITimeoutError("the server sent nothing for %gs and the reply was "
-                                   "abandoned (--timeout sets the limit)" % self.timeout)
+                                   "abandoned" % self.timeout, fix="timeout")
         if isinstance(exc, (http.client.IncompleteRead, http.client.RemoteDisconnected,
                             ConnectionResetError)):
             return StreamError("the server closed the connection in the middle of the reply")
@@ -1984,7 +2023,7 @@ class Chat:
             if not calls:
                 break
             if rounds == tools.max_rounds:
-                self.notify("stopped after %d rounds of tool calls (--max-tool-rounds)" % rounds)
+                self.notify("stopped after %d rounds of tool calls, the most allowed" % rounds)
                 break
             results, seen = [], []
             try:
@@ -2169,7 +2208,8 @@ class Chat:
 #
 # One connection for the whole chat: keep_alive() is the connection layer
 # main() gives Client (its connections), in place of urllib's own.
-# Lifting: needs StaleConnection and READ_SIZE from the HTTP section.
+# Lifting: needs StaleConnection, may_carry_credentials and READ_SIZE from the
+# HTTP section.
 # ---------------------------------------------------------------------------
 
 MAX_INTERIM = 16   # 1xx interim answers (103 Early Hints...) skipped before one gives up
@@ -2244,8 +2284,8 @@ def keep_alive(on_wait=None):
             return self._open(http.client.HTTPSConnection, request)
 
         def _open(self, connection_class, request):
-            key = (request.type, request.host, request._tunnel_host,
-                   urlsplit(request.full_url).netloc)
+            # The hop, the tunnel's end, and the origin: none is shared.
+            key = (request.host, request._tunnel_host, url_origin(request.full_url))
             connection = self._idle(key)
             reused = connection is not None
             if not reused:
@@ -2290,11 +2330,12 @@ def keep_alive(on_wait=None):
             headers = dict(request.unredirected_hdrs)
             headers.update((k, v) for k, v in request.headers.items() if k not in headers)
             headers = {name.title(): value for name, value in headers.items()}
-            if request._tunnel_host:   # the proxy's credential is for the proxy alone
-                proxy_auth = {k: headers.pop(k) for k in list(headers)
-                              if k == "Proxy-Authorization"}
-                if tunnel:
-                    connection.set_tunnel(request._tunnel_host, headers=proxy_auth)
+            hop = "http://" + request.host   # the proxy, when there is one
+            proxy_auth = {k: headers.pop(k) for k in list(headers) if k == "Proxy-Authorization"}
+            if request._tunnel_host and tunnel:   # CONNECT goes to the proxy
+                connection.set_tunnel(request._tunnel_host, headers=proxy_auth)
+            elif may_carry_credentials(request.full_url if request._tunnel_host else hop, hop):
+                headers.update(proxy_auth)   # (inside a tunnel it would reach the API host)
             connection.timeout = request.timeout
             if connection.sock is not None:
                 connection.sock.settimeout(request.timeout)
@@ -2594,6 +2635,21 @@ def _prompt(err, text):
 
 def _stderr_dim(err, text):
     _write_sanitized(err, text, "2")
+
+
+# How the setting a ChatError names (its fix) is given to chat.py.
+_FIXES = {
+    "timeout": " (--timeout sets the limit)",
+    "no_key": ": set OPENAI_API_KEY, or pass --api-key or --api-key-file",
+    "key": ": check OPENAI_API_KEY, --api-key or --api-key-file",
+    "withheld": "; give it one with --api-key, or -p NAME for a profile's",
+    "base_url": " (--base-url sets it; chat.py --check looks for the API there)",
+}
+
+
+def explained(exc):
+    """exc's line, with how to give chat.py the setting that mends it."""
+    return str(exc) + _FIXES.get(getattr(exc, "fix", None), "")
 
 
 def _stderr_notice(err, text):
@@ -4578,7 +4634,7 @@ class Console:
         return status
 
     def _failed(self, exc):
-        _stderr_notice(self.err, "error: %s" % exc)
+        _stderr_notice(self.err, "error: %s" % explained(exc))
         return exc.exit_code if self.piped else None
 
     # The commands: each takes the text after its name.
@@ -4993,11 +5049,11 @@ def _check_models(client, report):
             if not isinstance(models, list):
                 raise StreamError("its JSON has no \"data\" list of models")
     except APIConnectionError as exc:
-        report.say("FAIL", "reachable: %s" % exc)
+        report.say("FAIL", "reachable: %s" % explained(exc))
         raise
     except AuthenticationError as exc:
         report.say("ok", "reachable: the server answered HTTP %s" % exc.status)
-        report.say("FAIL", "key: %s" % exc)
+        report.say("FAIL", "key: %s" % explained(exc))
         raise
     except ChatError as exc:
         if isinstance(exc, APIError) and exc.status:
@@ -5040,7 +5096,7 @@ def _check_chat(model, client, report):
             report.say("FAIL", "chat: %s" % _found(exc, "POST /chat/completions"))
             return
         except ChatError as exc:
-            report.say("FAIL", "chat: %s" % exc)
+            report.say("FAIL", "chat: %s" % explained(exc))
             return
         report.say("ok", "chat: a streamed one-token request answered in %d ms (%s)" % (
             (time.monotonic() - started) * 1000,
@@ -6323,7 +6379,7 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     try:
         return _main(argv, stdin, environ, outputs)
     except ChatError as exc:
-        _stderr_notice(outputs.err, "error: %s" % exc)
+        _stderr_notice(outputs.err, "error: %s" % explained(exc))
         if isinstance(exc, StdoutError):
             _silence(outputs.raw)
         return exc.exit_code

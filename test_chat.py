@@ -39,6 +39,49 @@ CHAT_PY = os.path.join(HERE, "chat.py")
 # The loopback server.
 # ---------------------------------------------------------------------------
 
+# The credential tripwire: every test server logs each credential header it
+# receives; a credential a test makes with credential_for() may reach only the
+# servers it was made for, and the end of the run fails if one went elsewhere.
+SEEN_CREDENTIALS = []   # (origin, header, value) as each server received it
+MEANT_FOR = {}          # credential -> the origins it was given for
+
+
+def log_credentials(origin, headers):
+    """Log what of headers (name -> value) carries a credential."""
+    SEEN_CREDENTIALS.extend((origin, name.lower(), value) for name, value in headers.items()
+                            if chat.is_secret_header(name))
+
+
+def credential_for(*origins, kind="sk"):
+    """A fresh credential given for these origins (servers, or origin strings)."""
+    value = "%s-%s" % (kind, os.urandom(9).hex())
+    MEANT_FOR[value] = {getattr(o, "origin", o) for o in origins}
+    return value
+
+
+def misplaced_credentials(seen, meant_for):
+    """The (origin, header) pairs where a server got a credential that was
+    given for other origins (as it is, or inside a Basic value)."""
+    wrong = []
+    for origin, header, value in seen:
+        shown = value
+        if value.startswith("Basic "):
+            try:
+                shown += " " + base64.b64decode(value[6:]).decode("utf-8", "replace")
+            except ValueError:
+                pass
+        wrong += [(origin, header) for credential, origins in meant_for.items()
+                  if credential in shown and origin not in origins]
+    return wrong
+
+
+@pytest.fixture(scope="session", autouse=True)
+def credential_tripwire():
+    yield
+    wrong = misplaced_credentials(SEEN_CREDENTIALS, MEANT_FOR)
+    assert not wrong, "credentials reached servers they were not given for: %s" % wrong
+
+
 class Reply:
     """One scripted response.  body is bytes, or a list (or a generator) of
     pieces sent one at a time: bytes are written and flushed, a number is a
@@ -113,6 +156,7 @@ class LoopbackServer:
                 server.requests.append({"method": self.command, "path": self.path,
                                         "headers": {k.lower(): v for k, v in self.headers.items()},
                                         "body": body})
+                log_credentials(server.origin, self.headers)
                 reply = server.replies.pop(0) if server.replies else Reply(
                     b'{"error": {"message": "no scripted reply"}}', status=500)
                 if callable(reply):   # a reply that depends on the request
@@ -173,6 +217,10 @@ class LoopbackServer:
     @property
     def url(self):
         return "%s://127.0.0.1:%d/v1" % (self.scheme, self.httpd.server_address[1])
+
+    @property
+    def origin(self):
+        return "%s://127.0.0.1:%d" % (self.scheme, self.httpd.server_address[1])
 
     def add(self, *replies):
         self.replies.extend(replies)
@@ -823,12 +871,12 @@ def test_normalize_base_url(given, expected):
 
 
 @pytest.mark.parametrize("given,words", [
-    ("localhost:port/v1", "--base-url http://localhost:port/v1 is not a URL (Port could not be cast "
+    ("localhost:port/v1", "the base URL http://localhost:port/v1 is not a URL (Port could not be cast "
                           "to integer value as 'port'), e.g. https://api.openai.com/v1 or "
                           "localhost:11434/v1"),
-    ("ftp://files.example/v1", "--base-url ftp://files.example/v1 is not an http(s) URL, e.g. "
+    ("ftp://files.example/v1", "the base URL ftp://files.example/v1 is not an http(s) URL, e.g. "
                                "https://api.openai.com/v1 or localhost:11434/v1"),
-    ("https://%s.example/v1" % ("a" * 64), "--base-url https://%s.example/v1: %s.example is not a "
+    ("https://%s.example/v1" % ("a" * 64), "the base URL https://%s.example/v1: %s.example is not a "
                                            "valid host name" % ("a" * 64, "a" * 64)),
 ])
 def test_normalize_base_url_refuses_with_the_reason(given, words):
@@ -1022,7 +1070,8 @@ ERROR_CASES = [
      b'{"error": {"message": "The model `nope` does not exist", "type": "invalid_request_error",'
      b' "code": "model_not_found"}}',
      "HTTP 404 (invalid_request_error, model_not_found): The model `nope` does not exist - "
-     "check --base-url (usually ends in /v1) and --model"),
+     "check the base URL (usually ends in /v1) and the model (--base-url sets it; chat.py "
+     "--check looks for the API there)"),
     (500, {"Content-Type": "application/json"},
      b'{"error": {"message": "The server had an error", "type": "server_error"}}',
      "HTTP 500 (server_error): The server had an error"),   # its own words say enough
@@ -1480,7 +1529,7 @@ def test_check_ollama_native_path(server):
     server.add(Reply(b"404 page not found", status=404, headers={"Content-Type": "text/plain"}))
     status, out, _ = run_main(server, "--check", "--base-url", root + "/api/chat")
     assert status == 1
-    assert "that is Ollama's own API; its OpenAI API is at --base-url %s/v1" % root in out
+    assert "that is Ollama's own API; its OpenAI API is at %s/v1" % root in out
 
 
 def test_check_web_page(server):
@@ -2237,7 +2286,7 @@ def test_tool_rounds_stop_at_the_limit(server):
     status, _, err = run_main(server, "--yes", "--tool-exec", "again=true", "--max-tool-rounds", "2",
                               "hi")
     assert status == 0 and len(server.requests) == 3
-    assert "stopped after 2 rounds of tool calls (--max-tool-rounds)" in err
+    assert "stopped after 2 rounds of tool calls, the most allowed" in err
 
 
 def test_legacy_function_call_round_trip(server):
@@ -2784,7 +2833,8 @@ def test_a_plain_web_server_is_named_as_not_an_api(server):
                      headers={"Content-Type": "text/html"}),
                Reply(b"<html>not found</html>", status=404, headers={"Content-Type": "text/html"}))
     status, _, err = run_main(server, "--retries", "0", "hi")
-    assert status == 1 and "does not look like an OpenAI-compatible API; check --base-url" in err
+    assert status == 1 and ("does not look like an OpenAI-compatible API; check the base URL "
+                            "(--base-url sets it; chat.py --check looks for the API there)") in err
     assert "try again later" not in err
 
 
@@ -2793,7 +2843,7 @@ def test_a_chat_404_without_v1_gets_a_hint_and_sends_one_request(server):
     server.add(Reply(b"404 page not found", status=404, headers={"Content-Type": "text/plain"}),
                Reply(json.dumps({"data": []}).encode()))
     status, _, err = run_main(None, "--base-url", root, "hi")
-    assert status == 1 and "e.g. --base-url %s/v1 (chat.py --check looks for it)" % root in err
+    assert status == 1 and "e.g. %s/v1 (--base-url sets it; chat.py --check" % root in err
     assert len(server.requests) == 1   # building the error sent nothing more
 
 
@@ -4383,6 +4433,34 @@ def test_an_error_answer_closes_its_connection(server):
     assert server.connections == 2
 
 
+def test_a_key_goes_only_to_the_origin_it_was_given_for():
+    here, there = LoopbackServer(), LoopbackServer()
+    try:
+        key = credential_for(here)
+        here.add(stream_reply("a")), there.add(stream_reply("b"))
+        payload = chat.build_payload("m", [{"role": "user", "content": "x"}])
+        for server in (here, there):
+            client = chat.Client(server.url, api_key=key, key_for=here.url,
+                                 headers=[("api-key", key)])
+            list(client.stream(payload))
+            assert client.withheld == (None if server is here else here.origin)
+        assert here.requests[0]["headers"]["authorization"] == "Bearer " + key
+        assert here.requests[0]["headers"]["api-key"] == key
+        assert not {"authorization", "api-key"} & set(there.requests[0]["headers"])
+    finally:
+        here.close()
+        there.close()
+
+
+def test_the_tripwire_finds_a_credential_where_it_was_not_meant_to_go():
+    key = credential_for("http://127.0.0.1:1")
+    basic = "Basic " + base64.b64encode(("u:" + key).encode()).decode()
+    seen = [("http://127.0.0.1:1", "authorization", "Bearer " + key),
+            ("http://127.0.0.1:2", "authorization", basic)]
+    assert misplaced_credentials(seen, {key: {"http://127.0.0.1:1"}}) == [
+        ("http://127.0.0.1:2", "authorization")]
+
+
 def test_the_reference_client_opens_a_connection_per_request(server):
     server.add(stream_reply("one"), stream_reply("two"))
     client = chat.Client(server.url)
@@ -4398,7 +4476,7 @@ class ConnectProxy:
     on 127.0.0.1, whatever host was asked for, and records each CONNECT."""
 
     def __init__(self, relay_port):
-        self.seen = []
+        self.seen, self.headers = [], []   # each CONNECT's target and headers
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -4407,6 +4485,8 @@ class ConnectProxy:
 
             def do_CONNECT(self):
                 proxy.seen.append(self.path)
+                proxy.headers.append({k.lower(): v for k, v in self.headers.items()})
+                log_credentials(proxy.url, self.headers)
                 upstream = socket.create_connection(("127.0.0.1", relay_port))
                 self.send_response(200, "Connection established")
                 self.end_headers()
@@ -4449,6 +4529,29 @@ def test_one_connect_tunnel_carries_several_turns(named_certificate):
         assert (proc.returncode, proc.stdout) == (0, b"one\ntwo\nthree\n"), proc.stderr
         assert proxy.seen == ["chatserver:%d" % port]   # one tunnel for three turns
         assert server.connections == 1 and len(server.requests) == 3
+    finally:
+        proxy.close()
+        server.close()
+
+
+def test_proxy_credentials_go_on_the_connect_alone(named_certificate):
+    server = LoopbackServer(tls=named_certificate)
+    port = int(server.url.split(":")[2].split("/")[0])
+    proxy = ConnectProxy(port)
+    try:
+        server.add(stream_reply("one"), stream_reply("two"), stream_reply("three"))
+        password = credential_for(proxy.url, kind="proxypass")
+        key = credential_for(server)
+        proc = subprocess.run(
+            [sys.executable, CHAT_PY, "--base-url", "https://chatserver:%d/v1" % port, "-i"],
+            input=b"a\nb\nc\n", capture_output=True, timeout=30,
+            env=clean_env(https_proxy=proxy.url.replace("//", "//proxyuser:%s@" % password),
+                          SSL_CERT_FILE=named_certificate[0], OPENAI_API_KEY=key))
+        assert (proc.returncode, proc.stdout) == (0, b"one\ntwo\nthree\n"), proc.stderr
+        basic = "Basic " + base64.b64encode(b"proxyuser:" + password.encode()).decode()
+        assert [h.get("proxy-authorization") for h in proxy.headers] == [basic]
+        assert len(server.requests) == 3   # all through the one tunnel, none with it
+        assert not any("proxy-authorization" in r["headers"] for r in server.requests)
     finally:
         proxy.close()
         server.close()
@@ -4596,7 +4699,7 @@ def test_quiet_and_dumb_terminals_show_no_status_line(server):
 
 
 def test_no_color_keeps_the_line_without_color(server):
-    server.add(held_back(stream_reply("plain"), 1.2))
+    server.add(held_back(stream_reply("plain"), 2.2))   # (time for the 1s draw on a loaded machine)
     status, data = on_terminal(server, "hi", env={"NO_COLOR": "1"})
     assert status == 0 and b"\rwaiting for the model... 1s\x1b[K" in data
 
