@@ -8,36 +8,59 @@ shell, `chat.py --help` is the summary and `chat.py --manual` the manual.
 
 From Python (every option after the first arguments is keyword-only):
 
-    import sys, chat
+    import chat
     client = chat.Client("http://localhost:8080/v1")       # api_key=... for others
     conversation = chat.Chat(client, "gemma", system="Answer in one line.")
     completion = conversation.send("What is SSE?")         # the chat.completion dict
     print(completion["choices"][0]["message"]["content"])
-    conversation.send("And WebSockets?", chat.ReplyPrinter(sys.stdout, sys.stderr))
-    # ReplyPrinter shows the reply as it streams; conversation.messages is the
-    # history, conversation.body() the request body that --save writes.
 
-One turn, and where each step lives.  The reference client is the first
-half of this file, up to and including Chat, and uses nothing after it; the
-application (terminal, files, tools, console, settings, main) follows.
+    class Show(chat.Printer):                              # the reply as it streams
+        def chunk(self, chunk):
+            for choice in chunk["choices"]:
+                print((choice.get("delta") or {}).get("content") or "", end="", flush=True)
+        def finish(self, completion):
+            print()
+    conversation.send("And WebSockets?", Show())
+    # conversation.messages is the history; conversation.body() the request
+    # body that --save writes.
+
+The reference client is the first third of this file, up to and including
+Chat; it uses nothing after it, so the file cut there still streams (and
+runs the example above).  The application (the keep-alive connection
+layer, terminal, files, tools, MCP, console, settings, main) follows.
+
+One turn, and where each step lives (the reading path: the definitions
+named here are what a reader follows; each hardening step is a named piece
+the path calls, listed after it).
 
     Chat.send(text)             the user message joins a copy of the history
+      Chat._exchange            one turn; the history changes only if it succeeds
+        ChatAccumulator         each chunk checked for shape, then merged
+          merge_delta           into a message per choice
+        Chat._request           the request body sent, the reply read
+          build_payload         {"model", "messages", "stream": true, ...}
+          Client.stream         POST {base}/chat/completions, the answer read
+            Client.request      the request sent; resent where that may work
+            Client._reads       the body's bytes as they come
+            iter_chunks         bytes -> chunk dicts, until [DONE]
+              LineDecoder       bytes -> text lines (CRLF, LF or CR)
+              SSEDecoder        lines -> events (event, data, id, retry)
+              parse_event       event -> chunk dict; an error event raises
+          Printer.chunk         each chunk shown as it arrives
+        Chat._record            the reply joins the history
+          history_message       the reply as the API takes it back
+
+    What hardens it, each a piece of its own that the path calls:
       fit_context               the oldest exchanges dropped to fit the context
-      build_payload             {"model", "messages", "stream": true, ...}
-      Client.stream             POST {base}/chat/completions on the connection
-                                kept open; retried only before any byte of an
-                                answer arrived
-        LineDecoder.feed        bytes -> text lines (CRLF, LF or CR)
-        SSEDecoder.decode       lines -> events (event, data, id, retry)
-        parse_event             event -> chunk dict; an error event raises
-      ChatAccumulator.add       each chunk checked for shape (conform_chunk: a
-                                field of the wrong type is left out, and said),
-                                then merged into a message per choice
-                                (merge_delta)
-      Printer.chunk             each chunk shown as it arrives
-      ChatAccumulator.result    the whole chat.completion
-      history_message           the reply as the API takes it back
-    Chat.messages               the history + the user message + the reply
+      conform_chunk             the typed boundary: a field of the wrong type
+                                is left out, and said (Chat._report)
+      Client._failure           a failed request -> the ChatError that says
+                                what to do; retry_delay, how long to wait
+      StaleConnection           a kept connection found closed: sent again
+      MAX_BODY, MAX_LINE_BYTES  the bounds on an answer and on one line
+      Redactor                  a key the server echoes, blanked from what
+                                is kept
+      Chat._recover             a refusal a change can fix, sent again changed
 
     An error (an HTTP status, an error event, a broken stream): the history
       is as it was, but for text already shown, kept as a cut-short reply.
@@ -47,55 +70,32 @@ application (terminal, files, tools, console, settings, main) follows.
       wanted; a context too long): Chat._recover changes the request and it
       is sent once more, once per kind of fix.
 """
-import argparse
-import atexit
 import base64
-import configparser
-import contextlib
-import difflib
-import glob
-import hashlib
 import io
 import ipaddress
 import json
 import math
-import mimetypes
-import os
 import random
 import re
-import select
 import shlex
-import signal
-import stat
-import subprocess
 import sys
-import tempfile
-import threading
 import time
-import unicodedata
 import urllib.parse
-import wave
 from collections import namedtuple
 from urllib.parse import urlsplit, urlunsplit
-try:
-    import fcntl     # to lock the kept conversations while one is written
-    import termios   # to discard typeahead before a consent question
-except ImportError:   # Windows
-    fcntl = termios = None
-# Two kinds of module are imported where they are first needed, not here.
-# The network ones (http.client, socket, ssl, urllib.request, email) by
-# _import_network(), before the first request: they take about 35 ms, which
-# --help, --version, --manual, --list, --show, --reply and a usage error
-# never need.  readline only for a terminal: importing it changes how
-# input() reads and may write to the terminal.
+# The network modules (http.client, socket, ssl, urllib.request, email) are
+# imported by _import_network(), before the first request: they take about
+# 35 ms, which --help, --version, --manual, --list, --show, --reply and a
+# usage error never need.  The application's own imports follow the
+# reference client, where the application starts.
 
 __version__ = "0.1.0"
-__all__ = [
+__all__ = [   # the reference client's; the application adds its own
     "ChatError", "UsageError", "APIError", "AuthenticationError", "RateLimitError",
     "APIConnectionError", "APITimeoutError", "StreamError", "IncompleteStreamError",
     "OutputError", "LineDecoder", "SSEDecoder", "ServerSentEvent", "iter_chunks",
     "ChatAccumulator", "merge_delta", "check_params", "fit_context", "Client", "Chat",
-    "Printer", "ReplyPrinter", "Tools", "Console", "main",
+    "Printer", "StaleConnection", "may_carry_credentials",
 ]
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -126,7 +126,7 @@ MAX_KEY_OUTPUT = 2**16          # bytes of api_key_command's output read at the 
 MAX_TOOL_OUTPUT = 2**20         # bytes of a tool command's output sent back at the most
 DEFAULT_TOOL_TIMEOUT = 60.0     # seconds a --tool-exec command may run
 DEFAULT_TOOL_ROUNDS = 8         # rounds of tool calls and results in one turn
-DEFAULT_VOICE = "alloy"         # the voice --audio-out asks for
+DEFAULT_VOICE = "alloy"         # the voice a spoken reply is asked in
 CONTINUE_PROMPT = ("Continue your last reply exactly where it stopped, without repeating "
                    "anything or adding an introduction.")
 _IMAGE_MAGIC = [(b"\x89PNG\r\n\x1a\n", "image/png"), (b"\xff\xd8\xff", "image/jpeg"),
@@ -353,66 +353,63 @@ def _is_function_list(value, wrapped):
             "custom" if wrapped and item.get("type") == "custom" else "function")
         return isinstance(inner, dict) and isinstance(inner.get("name"), str)
     return isinstance(value, list) and all(named(item) for item in value)
-# Body field: (the flag that sets it, what it must be, the test).  Fields not
-# listed here (set with --param or /set) are sent as they are.
+# Body field: (what it must be, the test).  Fields not listed here are sent
+# as they are.
 PARAM_RULES = {
-    "temperature": ("--temperature", "a number from 0 to 2", lambda v: _is_number(v, 0, 2)),
-    "top_p": ("--top-p", "a number from 0 to 1", lambda v: _is_number(v, 0, 1)),
-    "n": ("-n", "a whole number, 1 or more", lambda v: _is_whole(v, 1)),
-    "max_tokens": ("--max-tokens", "a whole number, 1 or more", lambda v: _is_whole(v, 1)),
-    "max_completion_tokens": ("--max-completion-tokens", "a whole number, 1 or more",
-                              lambda v: _is_whole(v, 1)),
-    "stop": ("--stop", "a string, or at most 4 of them",
+    "temperature": ("a number from 0 to 2", lambda v: _is_number(v, 0, 2)),
+    "top_p": ("a number from 0 to 1", lambda v: _is_number(v, 0, 1)),
+    "n": ("a whole number, 1 or more", lambda v: _is_whole(v, 1)),
+    "max_tokens": ("a whole number, 1 or more", lambda v: _is_whole(v, 1)),
+    "max_completion_tokens": ("a whole number, 1 or more", lambda v: _is_whole(v, 1)),
+    "stop": ("a string, or at most 4 of them",
              lambda v: isinstance(v, str) or isinstance(v, list) and len(v) <= 4
              and all(isinstance(s, str) for s in v)),
-    "presence_penalty": ("--presence-penalty", "a number from -2 to 2",
-                         lambda v: _is_number(v, -2, 2)),
-    "frequency_penalty": ("--frequency-penalty", "a number from -2 to 2",
-                          lambda v: _is_number(v, -2, 2)),
-    "logit_bias": ("--logit-bias", "token IDs each mapped to a number from -100 to 100",
+    "presence_penalty": ("a number from -2 to 2", lambda v: _is_number(v, -2, 2)),
+    "frequency_penalty": ("a number from -2 to 2", lambda v: _is_number(v, -2, 2)),
+    "logit_bias": ("token IDs each mapped to a number from -100 to 100",
                    lambda v: isinstance(v, dict) and all(
                        k.isdigit() and _is_number(b, -100, 100) for k, b in v.items())),
-    "logprobs": ("--logprobs", "true or false", lambda v: isinstance(v, bool)),
-    "top_logprobs": ("--top-logprobs", "a whole number from 0 to 20",
-                     lambda v: _is_whole(v, 0, 20)),
-    "seed": ("--seed", "a whole number", _is_whole),
-    "user": ("--user", "a string", lambda v: isinstance(v, str)),
-    "service_tier": ("--service-tier", "a string", lambda v: isinstance(v, str)),
-    "response_format": ("--response-format", 'an object such as {"type": "json_object"}',
+    "logprobs": ("true or false", lambda v: isinstance(v, bool)),
+    "top_logprobs": ("a whole number from 0 to 20", lambda v: _is_whole(v, 0, 20)),
+    "seed": ("a whole number", _is_whole),
+    "user": ("a string", lambda v: isinstance(v, str)),
+    "service_tier": ("a string", lambda v: isinstance(v, str)),
+    "response_format": ('an object such as {"type": "json_object"}',
                         lambda v: isinstance(v, dict) and isinstance(v.get("type"), str)),
-    "tools": ("--tools", "a list of tool definitions, each with a name",
+    "tools": ("a list of tool definitions, each with a name",
               lambda v: _is_function_list(v, wrapped=True)),
-    "tool_choice": ("--tool-choice", "auto, none, required or a tool", _is_tool_choice),
-    "parallel_tool_calls": ("--no-parallel-tool-calls", "true or false",
-                            lambda v: isinstance(v, bool)),
-    "functions": ("--functions", "a list of function definitions, each with a name",
+    "tool_choice": ("auto, none, required or a tool", _is_tool_choice),
+    "parallel_tool_calls": ("true or false", lambda v: isinstance(v, bool)),
+    "functions": ("a list of function definitions, each with a name",
                   lambda v: _is_function_list(v, wrapped=False)),
-    "function_call": ("--function-call", "auto, none or a function",
+    "function_call": ("auto, none or a function",
                       lambda v: v in ("auto", "none") or isinstance(v, dict)),
-    "stream_options": ("--usage", "an object", lambda v: isinstance(v, dict)),
-    "reasoning_effort": ("--reasoning-effort", "a level such as low, medium or high",
+    "stream_options": ("an object", lambda v: isinstance(v, dict)),
+    "reasoning_effort": ("a level such as low, medium or high",
                          lambda v: isinstance(v, str) and v.isalpha() and v.islower()),
-    "modalities": ("--audio-out", 'a list such as ["text", "audio"]',
+    "modalities": ('a list such as ["text", "audio"]',
                    lambda v: isinstance(v, list) and all(isinstance(m, str) for m in v)),
-    "audio": ("--voice", "an object with a voice and a format",
+    "audio": ("an object with a voice and a format",
               lambda v: isinstance(v, dict) and isinstance(v.get("voice"), str)
               and isinstance(v.get("format"), str)),
 }
 
 
-def check_params(params, by_flag=True):
-    """Raise UsageError if a field is off, naming it and what it takes: by its
-    flag (by_flag=True), else by its name as sent (a /set, a loaded file)."""
+def check_params(params, names=None):
+    """Raise UsageError if a field is off, naming it and what it takes: as
+    names gives it (field -> how the user set it, a flag say), else by its
+    name as sent."""
+    def named(key):
+        return (names or {}).get(key) or json.dumps(key)
     for key, value in params.items():
-        flag, what, test = PARAM_RULES.get(key, (None, None, None))
+        what, test = PARAM_RULES.get(key, (None, None))
         if test is not None and not test(value):
             if isinstance(value, float) and value.is_integer():
                 value = int(value)   # the user typed 5, not 5.0
-            raise UsageError("%s must be %s, not %s" % (
-                flag if by_flag else json.dumps(key), what, json.dumps(value)))
+            raise UsageError("%s must be %s, not %s" % (named(key), what, json.dumps(value)))
     if "top_logprobs" in params and params.get("logprobs") is not True:
-        raise UsageError("--top-logprobs needs --logprobs" if by_flag else
-                         "\"top_logprobs\" needs \"logprobs\": true")
+        raise UsageError("%s needs %s" % (named("top_logprobs"), named("logprobs") if names
+                                          else '"logprobs": true'))
 
 
 def parse_json(text):
@@ -430,7 +427,7 @@ class TooDeep(ValueError):
 
 
 def parse_value(text):
-    """A /set or --param value: JSON when it parses, else the text itself."""
+    """A value the user typed: JSON when it parses, else the text itself."""
     try:
         return parse_json(text)
     except TooDeep:
@@ -646,9 +643,7 @@ def iter_chunks(reads):
     for data in reads:
         lines = decoder.feed(data)
         if lines:
-            if first is None:
-                first = lines[0]
-            last = lines
+            first, last = lines[0] if first is None else first, lines
         for line in lines:
             event = events.decode(line)
             if event is None:
@@ -656,14 +651,20 @@ def iter_chunks(reads):
             if event.data == "[DONE]":
                 return
             yield parse_event(event)
+    raise _early_end(first, last)
+
+
+def _early_end(first, last):
+    """The error for an event stream whose bytes ended before [DONE], given
+    its first line and its last lines; raises an error the server sent."""
     for line in reversed(last):
         if line.startswith("error:"):
             # llama.cpp's server reports a failure as an "error:" field, which
             # the SSE rules ignore; it is the best explanation of the ending.
             parse_event(ServerSentEvent("error", line[6:].strip(), "", None))
     if first and first.partition(":")[0] not in ("", "data", "event", "id", "retry"):
-        raise StreamError("the answer is not an event stream: %s" % _first_line(first))
-    raise IncompleteStreamError("the server closed the stream before the reply was complete")
+        return StreamError("the answer is not an event stream: %s" % _first_line(first))
+    return IncompleteStreamError("the server closed the stream before the reply was complete")
 
 
 def parse_event(event):
@@ -1602,11 +1603,15 @@ class Client:
             if why is None or attempt == retries:
                 self.on_wait(None)
                 raise error from cause
-            delay = retry_delay(attempt, retry_headers)
             attempt += 1
-            self.on_retry("%s; retry %d of %d in %.1fs" % (why, attempt, retries, delay))
-            self.on_wait("retry %d of %d" % (attempt, retries), until=time.monotonic() + delay)
-            self.sleep(delay)
+            self._back_off(attempt, retries, why, retry_headers)
+
+    def _back_off(self, attempt, retries, why, headers):
+        """Wait before retry number attempt (of retries), saying so."""
+        delay = retry_delay(attempt - 1, headers)
+        self.on_retry("%s; retry %d of %d in %.1fs" % (why, attempt, retries, delay))
+        self.on_wait("retry %d of %d" % (attempt, retries), until=time.monotonic() + delay)
+        self.sleep(delay)
 
     def _failure(self, exc, probe):
         """(the ChatError for what opening a request raised, why it may be
@@ -1789,11 +1794,9 @@ class Client:
         """
         with self.request("POST", "/chat/completions", payload) as response:
             content_type = (response.headers.get("Content-Type") or "").lower()
-            if "json" in content_type:
+            if "json" in content_type or "html" in content_type:   # (a page: an error)
                 yield completion_to_chunk(self.complete_from(response))
                 return
-            if "html" in content_type:
-                self.read_json(response)   # raises, naming the page's title
             yield from iter_chunks(self._reads(response))
             finish = getattr(response, "finish", None)   # (a keep-alive connection's)
             if finish is not None:
@@ -1908,7 +1911,7 @@ class Chat:
         a field that is off, raises UsageError and leaves the chat as it was."""
         loaded_model, messages, loaded = parse_conversation(body)
         merged = dict(loaded, **(params or {}))
-        check_params(merged, by_flag=False)
+        check_params(merged)
         self.messages, self.params = messages, merged
         self.model = model or loaded_model or self.model
         self.cut_short, self._measured = False, None
@@ -1924,7 +1927,7 @@ class Chat:
         if key in ("model", "messages", "stream"):
             raise UsageError("%s is not a request field to set: the chat sets it" % key)
         params = dict(self.params, **{key: value})
-        check_params(params, by_flag=False)
+        check_params(params)
         self.params = params
 
     def unset_param(self, key):
@@ -1933,7 +1936,7 @@ class Chat:
             raise UsageError("%s is not set" % (key or "that field"))
         params = {k: v for k, v in self.params.items() if k != key}
         try:
-            check_params(params, by_flag=False)
+            check_params(params)
         except UsageError as exc:
             raise UsageError("%s stays: without it, %s" % (key, exc)) from None
         self.params = params
@@ -2086,13 +2089,7 @@ class Chat:
         if more:   # (asked for each request: a server's tools may change)
             payload["tools"] = list(payload.get("tools") or ()) + list(more)
         if not self.stream:
-            completion = self.client.complete(payload, accumulator.dropped)
-            chunk = completion_to_chunk(completion)
-            accumulator.add(chunk)   # checks its shape before it is shown
-            completion["choices"] = [c for c in completion["choices"]   # as asked for
-                                     if c.get("index", 0) in accumulator.choices]
-            printer.chunk(chunk)
-            return self.client.redactor.redact_all(completion)
+            return self._complete(payload, printer, accumulator)
         if self.max_context and "stream_options" not in payload:
             payload["stream_options"] = {"include_usage": True}   # for the real count
         chunks = self.client.stream(payload)
@@ -2106,6 +2103,16 @@ class Chat:
         finally:
             chunks.close()   # on Ctrl-C this closes the connection at once
         return self.client.redactor.redact_all(accumulator.result())
+
+    def _complete(self, payload, printer, accumulator):
+        """_request's way without a stream: the whole reply in one answer."""
+        completion = self.client.complete(payload, accumulator.dropped)
+        chunk = completion_to_chunk(completion)
+        accumulator.add(chunk)   # checks its shape before it is shown
+        completion["choices"] = [c for c in completion["choices"]   # as asked for
+                                 if c.get("index", 0) in accumulator.choices]
+        printer.chunk(chunk)
+        return self.client.redactor.redact_all(completion)
 
     def _sendable(self, messages):
         """messages as sent: a spoken reply refers to its audio by id, as the
@@ -2205,11 +2212,42 @@ class Chat:
 
 # ---------------------------------------------------------------------------
 # The application starts here; the reference client above needs none of it.
-#
+# Its own imports, and the names it adds to __all__.
+# ---------------------------------------------------------------------------
+
+import argparse
+import atexit
+import configparser
+import contextlib
+import difflib
+import glob
+import hashlib
+import mimetypes
+import os
+import select
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+import unicodedata
+import wave
+try:
+    import fcntl     # to lock the kept conversations while one is written
+    import termios   # to discard typeahead before a consent question
+except ImportError:   # Windows
+    fcntl = termios = None
+# readline is imported only for a terminal: importing it changes how input()
+# reads and may write to the terminal.
+
+__all__ += ["keep_alive", "ReplyPrinter", "Tools", "Console", "main"]
+
+
+# ---------------------------------------------------------------------------
 # One connection for the whole chat: keep_alive() is the connection layer
 # main() gives Client (its connections), in place of urllib's own.
-# Lifting: needs StaleConnection, may_carry_credentials and READ_SIZE from the
-# HTTP section.
+# Lifting: needs StaleConnection, url_origin, may_carry_credentials and
+# READ_SIZE from the HTTP section.
 # ---------------------------------------------------------------------------
 
 MAX_INTERIM = 16   # 1xx interim answers (103 Early Hints...) skipped before one gives up
@@ -5163,7 +5201,7 @@ def _config_params(text):
     value = parse_json(text)
     if not isinstance(value, dict):
         raise ValueError
-    check_params(value, by_flag=False)
+    check_params(value)
     return value
 
 
@@ -5518,13 +5556,42 @@ def _json_schema(path):
     return {"name": name or "schema", "schema": data, "strict": True}
 
 
+# The flag that sets each body field check_params knows, to name it by.
+FLAG_NAMES = {
+    "temperature": "--temperature",
+    "top_p": "--top-p",
+    "n": "-n",
+    "max_tokens": "--max-tokens",
+    "max_completion_tokens": "--max-completion-tokens",
+    "stop": "--stop",
+    "presence_penalty": "--presence-penalty",
+    "frequency_penalty": "--frequency-penalty",
+    "logit_bias": "--logit-bias",
+    "logprobs": "--logprobs",
+    "top_logprobs": "--top-logprobs",
+    "seed": "--seed",
+    "user": "--user",
+    "service_tier": "--service-tier",
+    "response_format": "--response-format",
+    "tools": "--tools",
+    "tool_choice": "--tool-choice",
+    "parallel_tool_calls": "--no-parallel-tool-calls",
+    "functions": "--functions",
+    "function_call": "--function-call",
+    "stream_options": "--usage",
+    "reasoning_effort": "--reasoning-effort",
+    "modalities": "--audio-out",
+    "audio": "--voice",
+}
+
+
 def _request_params(args):
     """The body fields the flags ask for: only those set, checked."""
     params = _plain_fields(args)
     params.update(_file_fields(args))
     params.update(_choice_fields(args))
     params.update(_param_fields(args.param))
-    check_params(params)
+    check_params(params, FLAG_NAMES)
     return params
 
 

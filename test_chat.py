@@ -2370,14 +2370,26 @@ def test_usage_is_shown_per_reply_and_for_the_session(server):
     assert all(r["body"]["stream_options"] == {"include_usage": True} for r in server.requests)
 
 
-def test_the_docstrings_python_example_runs_as_written(server):
+def reference_block(folder):
+    """chat.py cut after class Chat, written to folder as chat.py."""
+    import ast
+    source = open(CHAT_PY).read()
+    tree = ast.parse(source)
+    end = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Chat").end_lineno
+    (folder / "chat.py").write_text("\n".join(source.splitlines()[:end]) + "\n")
+    return len(source.splitlines()) - end
+
+
+def test_the_docstrings_python_example_runs_as_written_on_the_reference_block(server, tmp_path):
     doc = chat.__doc__
-    example = doc[doc.index("From Python"):].split("\n\n")[1]
-    code = "\n".join(line[4:] for line in example.splitlines())
+    lines = doc[doc.index("From Python"):].split("\n")[2:]
+    example = lines[:next(i for i, line in enumerate(lines) if line and not line.startswith(" "))]
+    code = "\n".join(line[4:] for line in example)
     assert "http://localhost:8080/v1" in code
-    server.add(stream_reply("Server-Sent Events."), stream_reply("Two-way sockets."))
+    server.add(stream_reply("Server-Sent Events."), stream_reply("Two-way ", "sockets."))
+    reference_block(tmp_path)
     proc = subprocess.run([sys.executable, "-c", code.replace("http://localhost:8080/v1", server.url)],
-                          cwd=HERE, capture_output=True, env=clean_env(), timeout=30)
+                          cwd=str(tmp_path), capture_output=True, env=clean_env(), timeout=30)
     assert (proc.returncode, proc.stdout, proc.stderr) == (
         0, b"Server-Sent Events.\nTwo-way sockets.\n", b"")
     assert server.requests[1]["body"]["messages"] == [
@@ -2387,14 +2399,54 @@ def test_the_docstrings_python_example_runs_as_written(server):
         {"role": "user", "content": "And WebSockets?"}]
 
 
+def reading_path():
+    """The map of one turn in the module docstring: [(depth, name)]."""
+    doc = chat.__doc__
+    block = doc[doc.index("One turn, and where"):doc.index("What hardens it")]
+    return [((len(line) - len(line.lstrip())) // 2, line.split()[0].split("(")[0])
+            for line in block.split("\n\n", 1)[1].splitlines() if line.strip()]
+
+
+def definition(name):
+    """The source of a top-level function or class, or of a method (Class.name)."""
+    import inspect
+    value = chat
+    for part in name.split("."):
+        value = getattr(value, part)
+    return inspect.getsource(value)
+
+
+def test_the_reading_path_is_true_and_short():
+    path = reading_path()
+    assert path[0] == (2, "Chat.send") and len(path) > 10
+    for (depth, name), (parent_depth, parent) in (
+            (step, next(p for p in reversed(path[:i]) if p[0] < step[0]))
+            for i, step in enumerate(path) if i):
+        called = name.split(".")[-1]
+        assert called.lower() in definition(parent).lower(), (parent, "calls", name)
+    lines = sum(len(definition(name).splitlines()) for _, name in path)
+    assert lines <= 450, "the path a reader follows for one turn is %d lines" % lines
+
+
+def test_the_reference_block_imports_only_what_it_uses_and_exports_what_it_defines(tmp_path):
+    import ast
+    reference_block(tmp_path)
+    tree = ast.parse((tmp_path / "chat.py").read_text())
+    imported = {(a.asname or a.name).split(".")[0] for n in tree.body
+                if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+    assert imported - used - {"urllib"} == set()   # (urllib: urllib.parse is used by attribute)
+    proc = subprocess.run([sys.executable, "-c", "from chat import *"], cwd=str(tmp_path),
+                          capture_output=True, env=clean_env(), timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    flags = re.findall(rb"""["'][^"'\n]*\s--[a-z][a-z-]+""", (tmp_path / "chat.py").read_bytes())
+    assert flags == []   # the reference names no command-line flag
+
+
 def test_the_reference_block_stands_alone(server, tmp_path):
     """Everything up to the end of class Chat, and nothing after it, streams a reply."""
-    import ast
-    source = open(CHAT_PY).read()
-    tree = ast.parse(source)
-    end = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Chat").end_lineno
-    (tmp_path / "reference.py").write_text("\n".join(source.splitlines()[:end]) + "\n")
-    code = ("import reference\n"
+    rest = reference_block(tmp_path)
+    code = ("import chat as reference\n"
             "chat = reference.Chat(reference.Client(%r), 'm')\n"
             "completion = chat.send('hi', reference.Printer())\n"
             "print(completion['choices'][0]['message']['content'], len(chat.messages))\n" % server.url)
@@ -2402,7 +2454,7 @@ def test_the_reference_block_stands_alone(server, tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=str(tmp_path), capture_output=True,
                           env=clean_env(), timeout=30)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, b"Streamed alone. 2\n", b"")
-    assert len(source.splitlines()) - end > 1000   # the cut left the application out
+    assert rest > 1000   # the cut left the application out
 
 
 # ---------------------------------------------------------------------------
