@@ -1587,6 +1587,9 @@ class Client:
     token if given.  proxies: scheme -> proxy URL (None: urllib's own choice
     from the environment; {}: none).
     organization, project: the OpenAI-Organization / OpenAI-Project headers.
+    redactor: the Redactor for what the server may echo (default: one of
+    this client's own secrets).  key_hint: how to give the server a key,
+    said when it wants one and none was sent.
     headers: extra (name, value) pairs, overriding the defaults by name.
     timeout: seconds for connecting and for each wait for the next byte.
     retries: how often to retry a request the server may take later (see
@@ -1598,7 +1601,8 @@ class Client:
 
     def __init__(self, base_url, *, api_key=None, organization=None, project=None,
                  headers=(), timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES,
-                 proxies=None, on_retry=None, sleep=None, on_wait=None):
+                 proxies=None, on_retry=None, sleep=None, on_wait=None, redactor=None,
+                 key_hint=None):
         basic, base_url = basic_credentials(base_url)   # sent as HTTP Basic, not in the URL
         self.base_url = base_url
         self.shown_url = shown_url(base_url)   # the one to put in messages
@@ -1627,9 +1631,11 @@ class Client:
                 del self.headers[existing]
             self.headers[name] = value
         # What the server may echo back and must never be shown or kept.
-        self.redactor = Redactor([api_key, basic] + url_secrets(base_url) + [
-            value.split(" ")[-1] for name, value in self.headers.items()
-            if is_secret_header(name)] + (basic or "").split(":"))
+        self.redactor = redactor if redactor is not None else Redactor(
+            [api_key, basic] + url_secrets(base_url) + [
+                value.split(" ")[-1] for name, value in self.headers.items()
+                if is_secret_header(name)] + (basic or "").split(":"))
+        self.key_hint = key_hint or "set OPENAI_API_KEY, or pass --api-key or --api-key-file"
 
     def request(self, method, path, payload=None, probe=False):
         """Send one request, retrying what may work later; return the open response.
@@ -1732,8 +1738,7 @@ class Client:
         if status in (301, 302, 303, 307, 308):
             return "the server redirects to %s; use that as --base-url" % headers.get("Location")
         if status == 401 and not self.api_key and "Authorization" not in self.headers:
-            return ("the server wants a key and none was sent: set OPENAI_API_KEY, or pass "
-                    "--api-key or --api-key-file")
+            return "the server wants a key and none was sent: " + self.key_hint
         if status == 401:
             return "the key was refused: check OPENAI_API_KEY, --api-key or --api-key-file"
         if status == 403:
@@ -2345,14 +2350,14 @@ class _ErrorStream:
     written (servers quote requests, proxies quote headers, and the key must
     never show), and color, where the terminal should get it."""
 
-    def __init__(self, stream, *, color=False, secrets=(), status=None):
+    def __init__(self, stream, *, color=False, redactor=None, status=None):
         self._stream, self.color, self.status = stream, color, status
-        self._redactor = Redactor(secrets)
+        self.redactor = Redactor() if redactor is None else redactor   # the run's one
 
     def write(self, text):
         if self.status is not None and text:
             self.status.clear()   # the status line goes before anything is written
-        return self._stream.write(self._redactor.redact(text))
+        return self._stream.write(self.redactor.redact(text))
 
     def __getattr__(self, name):   # flush, isatty, fileno, ...
         return getattr(self._stream, name)
@@ -3782,73 +3787,116 @@ class McpError(ChatError):
         self.code = code
 
 
-McpSpec = namedtuple("McpSpec", "name command args env url headers")
-McpSpec.__doc__ = "One MCP server as configured: a command (stdio) or a url (HTTP)."
+McpSpec = namedtuple("McpSpec", "name command args env url headers blanked")
+McpSpec.__new__.__defaults__ = ((),)
+McpSpec.__doc__ = """One MCP server as configured: a command (stdio) or a url (HTTP).
+blanked: the variables of chat.py's own key left empty in its url or headers."""
 
 _VARIABLE = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SERVER_ARGUMENT = re.compile(r"\s*[\w.-]+\s*=")   # NAME=COMMAND, NAME=URL: never a file
 
 
-def expand_variables(text, environ):
-    """text with ${VAR}, ${VAR:-default} and ${env:VAR} taken from environ."""
-    return _VARIABLE.sub(lambda m: environ.get(m.group(1)) or (m.group(2) or ""), text)
+def expand_variables(text, environ, withheld=(), blanked=None):
+    """text with ${VAR}, ${VAR:-default} and ${env:VAR} taken from environ;
+    a variable in withheld is left empty (its default too), and its name
+    added to the list blanked."""
+    def value(match):
+        if match.group(1) in withheld:
+            if blanked is not None and match.group(1) not in blanked:
+                blanked.append(match.group(1))
+            return ""
+        return environ.get(match.group(1)) or (match.group(2) or "")
+    return _VARIABLE.sub(value, text)
 
 
-def mcp_specs(argument, environ):
-    """The servers --mcp ARGUMENT names: a file that exists is read as the
-    JSON people already keep (Claude Desktop, Cursor, Claude Code's
-    "mcpServers", VS Code's "servers"); otherwise NAME=COMMAND is one stdio
-    server (NAME=URL one HTTP server).  A UsageError says what is off."""
+def mcp_specs(argument, environ, withheld=()):
+    """The servers --mcp ARGUMENT names: NAME=COMMAND is one stdio server
+    (NAME=URL one HTTP server), whatever files there are; otherwise the file
+    is read as the JSON people already keep (Claude Desktop, Cursor, Claude
+    Code's "mcpServers", VS Code's "servers").  withheld: the variables that
+    hold chat.py's own key, never expanded into an HTTP server's url or
+    headers.  A UsageError says what is off."""
+    if _SERVER_ARGUMENT.match(argument):
+        name, _, command = argument.partition("=")
+        if not command.strip():
+            raise UsageError("--mcp %s: give the command (or URL) after the =" % argument)
+        if command.strip().startswith(("http://", "https://")):
+            return [_mcp_spec(name.strip(), {"url": command.strip()}, environ, "--mcp", withheld)]
+        try:
+            words = shlex.split(command)
+        except ValueError as exc:
+            raise UsageError("--mcp %s: %s" % (name, exc)) from None
+        return [_mcp_spec(name.strip(), {"command": words[0], "args": words[1:]}, environ,
+                          "--mcp", withheld)]
     path = os.path.expanduser(argument)
-    if os.path.isfile(path):
-        data = read_json_file(path, "the MCP config")
-        servers = data.get("mcpServers", data.get("servers")) if isinstance(data, dict) else None
-        if not isinstance(servers, dict):
-            raise UsageError("the MCP config %s has no \"mcpServers\" (or \"servers\") object"
-                             % path)
-        return [_mcp_spec(name, entry, environ, path) for name, entry in servers.items()]
-    name, equals, command = argument.partition("=")
-    if not equals or not name.strip() or not command.strip():
+    if not os.path.isfile(path):
         raise UsageError("--mcp takes a config file or NAME=COMMAND, e.g. "
                          "--mcp 'time=uvx mcp-server-time'; %s is neither" % argument)
-    if command.strip().startswith(("http://", "https://")):
-        return [_mcp_spec(name.strip(), {"url": command.strip()}, environ, "--mcp")]
-    try:
-        words = shlex.split(command)
-    except ValueError as exc:
-        raise UsageError("--mcp %s: %s" % (name, exc)) from None
-    return [_mcp_spec(name.strip(), {"command": words[0], "args": words[1:]}, environ, "--mcp")]
+    data = read_json_file(path, "the MCP config")
+    servers = data.get("mcpServers", data.get("servers")) if isinstance(data, dict) else None
+    if not isinstance(servers, dict):
+        raise UsageError("the MCP config %s has no \"mcpServers\" (or \"servers\") object"
+                         % path)
+    return [_mcp_spec(name, entry, environ, path, withheld) for name, entry in servers.items()]
 
 
-def _mcp_spec(name, entry, environ, where):
-    """One server's entry, checked and with its variables expanded."""
+def _mcp_spec(name, entry, environ, where, withheld=()):
+    """One server's entry, checked and with its variables expanded (chat.py's
+    own key variables left empty in an HTTP server's url and headers); a
+    relative command path is taken from the config file's folder."""
+    blanked = []
+
     def texts(value, what):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise UsageError("%s: server %s: %s must be a list of strings" % (where, name, what))
         return [expand_variables(v, environ) for v in value]
 
-    def pairs(value, what):
+    def pairs(value, what, hold=()):
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise UsageError("%s: server %s: %s must map names to strings" % (where, name, what))
-        return {k: expand_variables(v, environ) for k, v in value.items()}
+        return {k: expand_variables(v, environ, hold, blanked) for k, v in value.items()}
 
     if not isinstance(entry, dict):
         raise UsageError("%s: server %s is not an object" % (where, name))
     kind = entry.get("type", "http" if "url" in entry else "stdio")
     if kind == "stdio" and isinstance(entry.get("command"), str):
-        return McpSpec(name, expand_variables(entry["command"], environ),
-                       texts(entry.get("args", []), "args"), pairs(entry.get("env", {}), "env"),
-                       None, {})
+        command = expand_variables(entry["command"], environ)
+        if "/" in command and where != "--mcp":   # ./server: beside the config, not here
+            command = os.path.join(os.path.dirname(os.path.abspath(where)),
+                                   os.path.expanduser(command))
+        return McpSpec(name, command, texts(entry.get("args", []), "args"),
+                       pairs(entry.get("env", {}), "env"), None, {})
     if kind in ("http", "streamable-http", "streamableHttp") and isinstance(entry.get("url"), str):
-        url = normalize_base_url(expand_variables(entry["url"], environ))
-        headers = pairs(entry.get("headers", {}), "headers")
+        url = normalize_base_url(expand_variables(entry["url"], environ, withheld, blanked))
+        headers = pairs(entry.get("headers", {}), "headers", withheld)
         parts = urlsplit(url)
         if (parts.scheme == "http" and not is_loopback_host(parts.hostname)
                 and (parts.username or any(is_secret_header(h) for h in headers))):
             raise UsageError("%s: server %s: refusing to send credentials in clear text to %s "
                              "over plain http; use https" % (where, name, parts.hostname))
-        return McpSpec(name, None, [], {}, url, headers)
+        return McpSpec(name, None, [], {}, url, headers, tuple(blanked))
     raise UsageError("%s: server %s needs a \"command\" (stdio) or a \"url\" (streamable "
                      "HTTP; the old SSE transport is not supported)" % (where, name))
+
+
+def mcp_secrets(spec):
+    """An MCP server's tokens, for the one Redactor: its credential headers'
+    values, its URL's credentials, and its env values with secret names."""
+    headers = [value for name, value in spec.headers.items() if is_secret_header(name)]
+    return (headers + [value.split(" ")[-1] for value in headers]
+            + (url_secrets(spec.url) if spec.url else [])
+            + [value for name, value in spec.env.items() if _SECRET_NAME.search(name)])
+
+
+def mcp_environment(environ, secrets):
+    """The environment a stdio MCP server starts in (its config's env is added
+    to it): environ without the secrets chat.py knows: OPENAI_API_KEY, every
+    variable holding one of secrets (a key a profile named, what
+    api_key_command printed), and proxy variables that carry a password."""
+    known = [secret for secret in secrets if secret and len(secret) >= MIN_SECRET]
+    return {name: value for name, value in environ.items()
+            if name != "OPENAI_API_KEY" and not any(secret in value for secret in known)
+            and not (name.lower().endswith("_proxy") and "@" in value)}
 
 
 class _Stdio:
@@ -5078,6 +5126,13 @@ def _config_headers(text):
         line for line in text.splitlines() if line.strip())]
 
 
+def _config_mcp(text):
+    """mcp = ...: a line NAME=COMMAND (or NAME=URL) is one server, whole;
+    other lines name MCP config files, separated by spaces."""
+    return [item for line in text.splitlines() for item in (
+        [line.strip()] if _SERVER_ARGUMENT.match(line) else shlex.split(line))]
+
+
 def _config_choice(*choices):
     def parse(text):
         if text not in choices:
@@ -5103,7 +5158,7 @@ CONFIG_KEYS = {
     "markdown": (_config_bool, "true or false"),
     "color": (_config_bool, "true or false"),
     "status": (_config_bool, "true or false"),
-    "mcp": (shlex.split, "MCP config files (or NAME=COMMAND), separated by spaces"),
+    "mcp": (_config_mcp, "MCP config files separated by spaces, or NAME=COMMAND, one a line"),
 }
 
 
@@ -5207,17 +5262,27 @@ def config_path(args, environ):
 
 Settings = namedtuple("Settings", "base_url api_key organization project headers proxies "
                       "timeout retries model system system_role params log markdown color "
-                      "status mcp")
-Settings.__doc__ = "Every setting, resolved: what the Client, the Chat and the display take."
+                      "status mcp key_origin profile withheld secrets")
+Settings.__doc__ = """Every setting, resolved: what the Client, the Chat and the display take.
+The api_key belongs to key_origin (scheme://host:port) and goes nowhere
+else; profile: the config profile in use (or None); withheld: what was
+left behind because it belongs to another endpoint (words for the notice,
+or None); mcp: the McpSpecs; secrets: every secret the run knows, for the
+one Redactor."""
 
 
 def _settings(args, environ):
     """Resolve every setting: the flag, then the chosen profile of the config
     file, then the OPENAI_* environment variables, then the config's
-    [default], then the built-in default.  Raises UsageError if the result
-    is unusable."""
+    [default], then the built-in default.  A kept conversation (-c, --resume)
+    goes back to where it was held unless this run names an endpoint
+    (--base-url, -p, CHAT_PY_PROFILE); the key and headers of the
+    environment and [default] stay with the endpoint they name.  Raises
+    UsageError if the result is unusable."""
     path = config_path(args, environ)
-    profile_name = args.profile or environ.get("CHAT_PY_PROFILE") or None
+    named = args.profile or environ.get("CHAT_PY_PROFILE") or None   # CHAT_PY_PROFILE is -p
+    held = {} if named or args.base_url is not None else getattr(args, "origin", None) or {}
+    profile_name = named or held.get("chat_py_profile")
     base, profile = read_config(path, profile_name, explicit=bool(args.config))
 
     def pick(flag, key, variable=None, default=None):
@@ -5228,20 +5293,39 @@ def _settings(args, environ):
         value = (environ.get(variable) or "").strip() if variable else ""
         return value or base.get(key, default)
 
-    base_url = normalize_base_url(pick(args.base_url, "base_url", "OPENAI_BASE_URL",
-                                       DEFAULT_BASE_URL))
+    base_url = normalize_base_url(
+        held["chat_py_base_url"] if held.get("chat_py_base_url") and not profile_name
+        else pick(args.base_url, "base_url", "OPENAI_BASE_URL", DEFAULT_BASE_URL))
+    usual_url = normalize_base_url((environ.get("OPENAI_BASE_URL") or "").strip()
+                                   or base.get("base_url", DEFAULT_BASE_URL)) if held else base_url
     api_key, key_source = _api_key(args, environ, path, (base, profile, profile_name))
-    _check_key(api_key, key_source, base_url, args.allow_insecure_key)
+    given_here = key_source.startswith("--") or key_source.endswith("[%s]" % profile_name)
+    key_origin = _url_origin(base_url if given_here else usual_url)
+    elsewhere = _url_origin(usual_url) != _url_origin(base_url)
+    kept_back = [name for name, _ in base.get("headers", []) if elsewhere and is_secret_header(name)]
+    withheld = (["the key of %s" % key_source] if api_key and key_origin != _url_origin(base_url)
+                else []) + ["the %s header of %s [default]" % (name, path) for name in kept_back]
+    if not withheld or api_key and key_origin == _url_origin(base_url):
+        _check_key(api_key, key_source, base_url, args.allow_insecure_key)
+    headers = ([(n, v) for n, v in base.get("headers", []) if n not in kept_back]
+               + profile.get("headers", [])
+               + [_parse_header(h, i + 1) for i, h in enumerate(args.header)])
     timeout = pick(args.timeout, "timeout", default=DEFAULT_TIMEOUT)
     retries = pick(args.retries, "retries", default=DEFAULT_RETRIES)
     _check_limits(timeout, retries, args.max_context)
+    own_variables = {"OPENAI_API_KEY"} | {section["api_key_env"] for section in (base, profile)
+                                          if "api_key_env" in section}
+    folder = os.path.dirname(path)   # a config's file names are beside it
+    mcp = [] if args.no_mcp else [
+        spec for argument in [a if _SERVER_ARGUMENT.match(a) else os.path.join(
+            folder, os.path.expanduser(a)) for a in base.get("mcp", []) + profile.get("mcp", [])]
+        + list(args.mcp) for spec in mcp_specs(argument, environ, own_variables)]
     return Settings(
-        base_url=base_url, api_key=api_key,
+        base_url=base_url, api_key=api_key, key_origin=key_origin,
         organization=_header_value(pick(args.organization, "organization", "OPENAI_ORG_ID"),
                                    "--organization"),
         project=_header_value(pick(args.project, "project", "OPENAI_PROJECT_ID"), "--project"),
-        headers=(base.get("headers", []) + profile.get("headers", [])
-                 + [_parse_header(h, i + 1) for i, h in enumerate(args.header)]),
+        headers=headers,
         proxies=proxies_for(urlsplit(base_url).hostname, environ),
         timeout=timeout, retries=retries,
         model=pick(args.model, "model", "OPENAI_MODEL", DEFAULT_MODEL),
@@ -5252,8 +5336,18 @@ def _settings(args, environ):
         markdown=not args.no_markdown and pick(None, "markdown", default=True),
         color=not args.no_color and pick(None, "color", default=True),
         status=not args.quiet and pick(None, "status", default=True),
-        mcp=[] if args.no_mcp else
-        base.get("mcp", []) + profile.get("mcp", []) + list(args.mcp))
+        mcp=mcp, profile=profile_name,
+        withheld="%s (for %s)" % (" and ".join(withheld), urlsplit(usual_url).netloc.rpartition(
+            "@")[2]) if withheld else None,
+        secrets=_secrets(api_key, base_url, base.get("headers", []) + headers, mcp)
+        + [environ.get(name, "").strip() for name in sorted(own_variables)])
+
+
+def _url_origin(url):
+    """scheme://host:port of url: what a credential is bound to."""
+    parts = urlsplit(url)
+    return "%s://%s:%d" % (parts.scheme, (parts.hostname or "").lower(),
+                           parts.port or (443 if parts.scheme == "https" else 80))
 
 
 def _api_key(args, environ, path, config):
@@ -5313,13 +5407,17 @@ def _check_limits(timeout, retries, max_context):
         raise UsageError("--max-context must be a number of tokens above 0")
 
 
-def _secrets(settings):
-    """Everything the settings hold that must never be shown: the key, the
-    credentials in the base URL, and the values of credential headers."""
-    basic = basic_credentials(settings.base_url)[0]   # sent as Basic: its base64 too
-    return ([settings.api_key] + url_secrets(settings.base_url)
+def _secrets(api_key, base_url, headers, mcp):
+    """Every secret the run knows, in one list for the one Redactor: the key
+    (what api_key_command printed among them), the credentials in the base
+    URL (and their Basic base64), credential headers' values, and each MCP
+    server's tokens."""
+    basic = basic_credentials(base_url)[0]   # sent as Basic: its base64 too
+    return ([api_key] + url_secrets(base_url)
             + ([basic_authorization(basic).split(" ")[1]] if basic else [])
-            + [value for name, value in settings.headers if is_secret_header(name)])
+            + [value for name, value in headers if is_secret_header(name)]
+            + [value.split(" ")[-1] for name, value in headers if is_secret_header(name)]
+            + [secret for spec in mcp for secret in mcp_secrets(spec)])
 
 
 # ---------------------------------------------------------------------------
@@ -5556,11 +5654,13 @@ def _run(args, settings, stdin, out, err, environ):
     """Everything after the settings: --models, --check, one-shot, or the console."""
     notify = lambda text: _stderr_notice(err, text)   # noqa: E731
     _check_combination(args)
-    client = Client(settings.base_url, api_key=settings.api_key,
+    here = settings.key_origin == _url_origin(settings.base_url)   # else it stays behind
+    client = Client(settings.base_url, api_key=settings.api_key if here else None,
                     organization=settings.organization, project=settings.project,
                     headers=settings.headers, proxies=settings.proxies,
                     timeout=settings.timeout, on_retry=notify,
-                    on_wait=err.status and err.status.wait,
+                    on_wait=err.status and err.status.wait, redactor=err.redactor,
+                    key_hint=_key_hint(settings),
                     retries=0 if args.check else settings.retries)   # --check diagnoses now
     try:
         return _run_with(client, args, settings, stdin, out, err, environ)
@@ -5588,9 +5688,13 @@ def _run_with(client, args, settings, stdin, out, err, environ):
 
 def _mcp_tools(settings, environ, notify):
     """The MCP servers the settings name, started (each in its own thread), or None."""
-    specs = [spec for argument in settings.mcp for spec in mcp_specs(argument, environ)]
+    specs = settings.mcp
     if not specs:
         return None
+    for spec in specs:
+        for variable in spec.blanked:   # named, never its value
+            notify("MCP server %s: ${%s} is left empty: chat.py's key goes only to the API "
+                   "(a stdio server may be given it in its \"env\")" % (spec.name, variable))
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise UsageError("two MCP servers are named %s; each needs a name of its own"
@@ -5601,7 +5705,7 @@ def _mcp_tools(settings, environ, notify):
     except OSError as exc:
         raise OutputError("cannot make %s: %s" % (folder, exc.strerror)) from None
     mcp = McpTools(specs, log_folder=folder, notify=notify, proxies=settings.proxies,
-                   environ=environ)
+                   environ=mcp_environment(environ, settings.secrets))
     mcp.start()
     return mcp
 
@@ -5656,9 +5760,9 @@ def _carried_on(args, log, notify):
 
 
 def _go_back(args, environ, err):
-    """For -c and --resume: set args.carried, and the endpoint the kept
-    conversation was held at, unless this command line names one (then it
-    moves there: _moving() says so)."""
+    """For -c and --resume: set args.carried, and args.origin, where the kept
+    conversation was held (_settings goes back there unless this run names
+    an endpoint; _moving() says so when it moves)."""
     log = _conversation_log(environ)
     args.carried = _carried_on(args, log, lambda text: _stderr_notice(err, text))
     args.origin = {}
@@ -5666,20 +5770,29 @@ def _go_back(args, environ, err):
         args.seen = _signature(args.carried)   # (before it is read: Keeper compares)
         args.carried_body, args.origin = split_origin(
             read_json_file(args.carried, "the conversation"))
-        if args.profile is None and args.base_url is None:
-            args.profile = args.origin.get("chat_py_profile")
-            if args.profile is None:
-                args.base_url = args.origin.get("chat_py_base_url")
 
 
 def _moving(args, settings, environ):
-    """The notice for a kept conversation going on at another endpoint, or None."""
+    """The notice for a kept conversation going on at another endpoint, or
+    going back to its own without credentials that belong elsewhere; or None."""
     held = args.origin.get("chat_py_profile") or args.origin.get("chat_py_base_url")
     now = _origin(settings, args, environ)
     here = now.get("chat_py_profile") or now.get("chat_py_base_url")
     if held and held != here:
         return "this conversation was held at %s; it goes on at %s" % (held, here)
+    if settings.withheld:
+        return "this conversation goes on at %s, where it was held, without %s; %s" % (
+            urlsplit(shown_url(settings.base_url)).netloc, settings.withheld,
+            _key_hint(settings))
     return None
+
+
+def _key_hint(settings):
+    """How to give the endpoint a key, as a 401 there and the notices say it."""
+    if settings.withheld:
+        return "give %s a key with --api-key (or --api-key-file), or -p NAME for a profile " \
+               "that has one" % urlsplit(shown_url(settings.base_url)).netloc
+    return "set OPENAI_API_KEY, or pass --api-key or --api-key-file"
 
 
 def _origin(settings, args, environ):
@@ -5690,8 +5803,7 @@ def _origin(settings, args, environ):
     query = "&".join(name + equals + value for name, equals, value in _query_items(parts.query)
                      if not (equals and _SECRET_NAME.search(name)))
     base_url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, query, ""))
-    return {"chat_py_base_url": base_url,
-            "chat_py_profile": args.profile or environ.get("CHAT_PY_PROFILE") or None}
+    return {"chat_py_base_url": base_url, "chat_py_profile": settings.profile}
 
 
 def _load(args, chat, path, flags, notify):
@@ -6250,13 +6362,14 @@ class _Outputs:
         self.status = None
 
     def settle(self, settings, environ):
-        """The streams the settings ask for."""
-        secrets = _secrets(settings)
+        """The streams the settings ask for, with the run's one Redactor (made
+        from settings.secrets; self.err.redactor for every other sink: the
+        client, the tools' results, so what is kept)."""
+        redactor = Redactor(settings.secrets)   # (only stdout streams through its feed)
         color = _color_wanted(settings, environ, self.stderr)
         if _status_wanted(settings, environ, self.stderr):
             self.status = StatusLine(self.stderr, color=color)
-        self.err = _ErrorStream(self.stderr, color=color, secrets=secrets, status=self.status)
-        redactor = Redactor(secrets)
+        self.err = _ErrorStream(self.stderr, color=color, redactor=redactor, status=self.status)
         same_screen = self.status if _is_terminal(self.raw) else None
         if redactor or same_screen:   # (only then: a wrapper costs a call per write)
             self.out = _GuardedStdout(self.raw, redactor=redactor or None, status=same_screen)
