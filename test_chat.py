@@ -5206,3 +5206,92 @@ def test_an_http_mcp_call_is_bounded_progress_extends_it_and_it_is_cancelled(ser
         assert time.monotonic() - started > 1.6   # progress kept it going past 1 s
     finally:
         mcp.close()
+
+
+# ---------------------------------------------------------------------------
+# issue 26: credentials go only where the user sent them (the kept
+# conversation's key, MCP credentials and configs, one redactor, consent).
+# ---------------------------------------------------------------------------
+
+def host_of(server):
+    return server.url.split("/")[2]
+
+
+def test_c_goes_back_without_a_key_that_belongs_to_another_endpoint(server):
+    held = LoopbackServer()   # B: where the conversation is held; server is A
+    try:
+        held.add(stream_reply("one"), stream_reply("two"), Reply(b'{"error": {"message": '
+                 b'"no key"}}', status=401), stream_reply("three"))
+        assert run_main(None, "--base-url", held.url, "--api-key", "sk-KB-0000001", "q")[0] == 0
+        assert held.requests[0]["headers"]["authorization"] == "Bearer sk-KB-0000001"
+        env = {"OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": "sk-A-key-00002"}
+        status, out, err = run_main(None, "-c", "again", env=env)
+        assert (status, out) == (0, "two\n")
+        assert "authorization" not in held.requests[1]["headers"] and server.requests == []
+        assert err == ("chat.py: this conversation goes on at %s, where it was held, without "
+                       "the key of OPENAI_API_KEY (for %s); give %s a key with --api-key (or "
+                       "--api-key-file), or -p NAME for a profile that has one\n"
+                       % (host_of(held), host_of(server), host_of(held)))
+        status, out, err = run_main(None, "-c", "and again", env=env)
+        assert status == 1 and "authorization" not in held.requests[2]["headers"]
+        assert ("the server wants a key and none was sent: give %s a key with --api-key "
+                "(or --api-key-file), or -p NAME" % host_of(held)) in err
+        assert "sk-A-key" not in err
+        status, out, err = run_main(None, "-c", "--api-key", "sk-KB-0000003", "now", env=env)
+        assert (status, out, err) == (0, "three\n", "")   # a key given in this run goes
+        assert held.requests[3]["headers"]["authorization"] == "Bearer sk-KB-0000003"
+        assert server.requests == []
+    finally:
+        held.close()
+
+
+def test_c_leaves_the_default_sections_key_and_credential_headers_behind(server):
+    held = LoopbackServer()
+    try:
+        write_config("[default]\nbase_url = %s\napi_key = sk-default-00004\n"
+                     "headers = api-key: sk-header-00005\n  X-Team: blue\n" % server.url)
+        held.add(stream_reply("one"), stream_reply("two"))
+        assert run_main(None, "--base-url", held.url, "q")[0] == 0   # a local server: its key
+        status, out, err = run_main(None, "-c", "again")
+        assert (status, out) == (0, "two\n") and server.requests == []
+        seen = held.requests[1]["headers"]
+        assert "authorization" not in seen and "api-key" not in seen and seen["x-team"] == "blue"
+        assert "without the key of" in err and "and the api-key header of" in err
+        assert "sk-default" not in err and "sk-header" not in err
+    finally:
+        held.close()
+
+
+def test_chat_py_profile_counts_as_p_and_its_key_goes_only_to_its_endpoint(server):
+    held = LoopbackServer()
+    try:
+        write_config("[work]\nbase_url = %s\napi_key_command = echo sk-work-000006\n"
+                     % server.url)
+        held.add(stream_reply("one"))
+        assert run_main(None, "--base-url", held.url, "q")[0] == 0
+        server.add(stream_reply("at work"))
+        status, out, err = run_main(None, "-c", "again", env={"CHAT_PY_PROFILE": "work"})
+        assert (status, out) == (0, "at work\n")
+        assert len(held.requests) == 1   # nothing more went to B, least of all work's key
+        assert server.requests[0]["headers"]["authorization"] == "Bearer sk-work-000006"
+        assert err == "chat.py: this conversation was held at %s; it goes on at work\n" % held.url
+        assert kept_bodies()[0]["metadata"]["chat_py_profile"] == "work"
+    finally:
+        held.close()
+
+
+def test_a_held_profile_takes_its_own_key_but_not_the_environments(server):
+    other = LoopbackServer()
+    try:
+        write_config("[keyed]\nbase_url = %s\napi_key = sk-keyed-00007\n[bare]\nbase_url = %s\n"
+                     % (other.url, other.url))
+        other.add(*(stream_reply(t) for t in ("a", "b", "c", "d")))
+        env = {"OPENAI_API_KEY": "sk-env-key-0008"}   # for api.openai.com
+        for profile in ("keyed", "bare"):
+            assert run_main(None, "-p", profile, "q", env=env)[0] == 0
+            assert run_main(None, "-c", "again", env=env)[0] == 0
+        sent = [r["headers"].get("authorization") for r in other.requests]
+        assert sent == ["Bearer sk-keyed-00007", "Bearer sk-keyed-00007",
+                        "Bearer sk-env-key-0008", None]   # -p named it; -c did not
+    finally:
+        other.close()
