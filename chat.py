@@ -3652,18 +3652,21 @@ class Tools:
     notify(text) hears of a command not run for want of consent.  timeout:
     seconds a command may run.  max_rounds: rounds of calls and results
     before chat.py stops.  on_wait(what) hears "running NAME" while a
-    command runs, and None when it is done.
+    command runs, and None when it is done.  redactor: blanks the run's
+    secrets (an MCP server's token it quotes back) out of every result
+    before the model gets it and it is kept.
     """
 
     def __init__(self, commands=None, *, consent=None, ask_first=True, ask=None, notify=None,
                  timeout=DEFAULT_TOOL_TIMEOUT, max_rounds=DEFAULT_TOOL_ROUNDS, on_wait=None,
-                 mcp=None):
+                 mcp=None, redactor=None):
         self.commands, self.consent, self.ask_first = commands or {}, consent, ask_first
         self.ask, self.notify = ask, notify or (lambda text: None)
         self.timeout, self.max_rounds = timeout, max_rounds
         self.on_wait = on_wait or (lambda what, **details: None)
         self.mcp = mcp            # McpTools: the tools of MCP servers, or None
         self.allowed = set()      # tools the user allowed for the session ("a")
+        self.redactor = redactor or Redactor()
 
     def answer(self, call):
         """The result to send back for one call: its text, or (text, content
@@ -3694,9 +3697,12 @@ class Tools:
                 self.allowed.add(name)
         self.on_wait("running %s" % name)
         try:
-            return run(arguments or "")
+            result = run(arguments or "")
         finally:
             self.on_wait(None)
+        if isinstance(result, tuple):
+            return self.redactor.redact(result[0]), result[1]
+        return self.redactor.redact(result)
 
     def _runner(self, name):
         """(what runs, as the consent question says it; run(arguments)), or None."""
@@ -3882,20 +3888,22 @@ def _mcp_spec(name, entry, environ, where, withheld=()):
 def mcp_secrets(spec):
     """An MCP server's tokens, for the one Redactor: its credential headers'
     values, its URL's credentials, and its env values with secret names."""
-    headers = [value for name, value in spec.headers.items() if is_secret_header(name)]
-    return (headers + [value.split(" ")[-1] for value in headers]
+    return ([value.split(" ")[-1] for name, value in spec.headers.items()   # (not "Bearer")
+             if is_secret_header(name)]
             + (url_secrets(spec.url) if spec.url else [])
             + [value for name, value in spec.env.items() if _SECRET_NAME.search(name)])
 
 
 def mcp_environment(environ, secrets):
     """The environment a stdio MCP server starts in (its config's env is added
-    to it): environ without the secrets chat.py knows: OPENAI_API_KEY, every
-    variable holding one of secrets (a key a profile named, what
-    api_key_command printed), and proxy variables that carry a password."""
-    known = [secret for secret in secrets if secret and len(secret) >= MIN_SECRET]
+    to it): environ without the secrets chat.py knows: every variable that
+    holds one of secrets (OPENAI_API_KEY, the variable a profile's
+    api_key_env names, one holding what api_key_command printed), and proxy
+    variables that carry a password."""
+    known = [secret for secret in secrets if secret]
     return {name: value for name, value in environ.items()
-            if name != "OPENAI_API_KEY" and not any(secret in value for secret in known)
+            if not any(secret in value for secret in known if len(secret) >= MIN_SECRET)
+            and value.strip() not in known
             and not (name.lower().endswith("_proxy") and "@" in value)}
 
 
@@ -5642,7 +5650,8 @@ def _tools(args, ask, err, mcp=None):
     status = getattr(err, "status", None)
     return Tools(commands, consent=ask_consent, ask_first=not args.yes, ask=ask,
                  notify=lambda text: _stderr_notice(err, text), timeout=args.tool_timeout,
-                 max_rounds=args.max_tool_rounds, on_wait=status and status.wait, mcp=mcp)
+                 max_rounds=args.max_tool_rounds, on_wait=status and status.wait, mcp=mcp,
+                 redactor=getattr(err, "redactor", None))
 
 
 def _state_home(environ):

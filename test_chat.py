@@ -5295,3 +5295,135 @@ def test_a_held_profile_takes_its_own_key_but_not_the_environments(server):
                         "Bearer sk-env-key-0008", None]   # -p named it; -c did not
     finally:
         other.close()
+
+
+ENV_DUMP = r"""
+import json, os, sys
+json.dump(dict(os.environ), open(sys.argv[1], "w"))
+exec(open(sys.argv[2]).read())
+"""
+
+
+def test_a_stdio_mcp_server_starts_without_the_secrets_chat_py_knows(server, tmp_path):
+    hostile = tmp_path / "hostile.py"
+    hostile.write_text(HOSTILE_MCP)
+    (tmp_path / "dump.py").write_text(ENV_DUMP)
+    seen = tmp_path / "env.json"
+    config = tmp_path / "mcp.json"
+    config.write_text(json.dumps({"mcpServers": {"hostile": {
+        "command": sys.executable, "args": [str(tmp_path / "dump.py"), str(seen), str(hostile)],
+        "env": {"MCP_LOG": str(tmp_path / "log"), "GIVEN": "${OPENAI_API_KEY}"}}}}))
+    write_config("[p]\nbase_url = %s\napi_key_command = echo sk-from-command-01\n" % server.url)
+    server.add(*calling("hostile__echo"))
+    env = {"OPENAI_API_KEY": "sk-environment-02", "HOLDS_IT": "sk-from-command-01",
+           "https_proxy": "http://user:pw-proxy-03@127.0.0.1:9", "no_proxy": "example.com",
+           "PLAIN": "kept"}
+    status, out, err = run_main(None, "-p", "p", "--mcp", str(config), "--yes", "hi", env=env)
+    assert status == 0, err
+    got = json.load(open(str(seen)))
+    for name in ("OPENAI_API_KEY", "HOLDS_IT", "https_proxy"):
+        assert name not in got, name
+    assert got["PLAIN"] == "kept" and got["no_proxy"] == "example.com"
+    assert got["GIVEN"] == "sk-environment-02"   # its config names the key on purpose
+
+
+def mcp_over_http(answers):
+    """A LoopbackServer speaking MCP over HTTP: answers maps a method to its
+    result (or to ("error", message)); notifications get 202."""
+    def answer(request):
+        message = request["body"]
+        if "id" not in message:
+            return Reply(b"", status=202, headers={})
+        result = answers.get(message["method"], ("error", "no"))
+        body = {"jsonrpc": "2.0", "id": message["id"]}
+        if isinstance(result, tuple):
+            body["error"] = {"code": -32000, "message": result[1]}
+        else:
+            body["result"] = result
+        return Reply(json.dumps(body).encode())
+    mcp = LoopbackServer()
+    mcp.add(*[answer] * 40)
+    return mcp
+
+
+HANDSHAKE = {"initialize": {"protocolVersion": "2025-06-18", "capabilities": {}},
+             "tools/list": {"tools": [{"name": "look", "inputSchema": {}}]}}
+
+
+def test_chat_py_key_variables_never_expand_into_an_http_mcp_servers_url_or_headers(server,
+                                                                                      tmp_path):
+    mcp = mcp_over_http(HANDSHAKE)
+    try:
+        config = tmp_path / "mcp.json"
+        config.write_text(json.dumps({"mcpServers": {"web": {
+            "url": mcp.url + "?key=${OPENAI_API_KEY}&team=${TEAM}",
+            "headers": {"Authorization": "Bearer ${env:OPENAI_API_KEY}", "X-Team": "${TEAM}"}}}}))
+        server.add(stream_reply("fine"))
+        key = "sk-environment-04"
+        status, out, err = run_main(server, "--mcp", str(config), "hi",
+                                    env={"OPENAI_API_KEY": key, "TEAM": "blue"})
+        assert (status, out) == (0, "fine\n")
+        assert len(mcp.requests) >= 3 and all(
+            key not in json.dumps(r) for r in mcp.requests)   # path, headers, body
+        assert mcp.requests[0]["path"] == "/v1?key=&team=blue"
+        assert mcp.requests[0]["headers"]["x-team"] == "blue"
+        assert server.requests[0]["headers"]["authorization"] == "Bearer " + key
+        assert err == ("chat.py: MCP server web: ${OPENAI_API_KEY} is left empty: chat.py's key "
+                       "goes only to the API (a stdio server may be given it in its \"env\")\n")
+    finally:
+        mcp.close()
+
+
+def test_an_mcp_servers_token_is_blanked_on_screen_for_the_model_and_in_the_kept_file(
+        server, tmp_path):
+    token = "mcp-token-0123456789"
+    answers = dict(HANDSHAKE, **{"tools/call": {"content": [
+        {"type": "text", "text": "the token %s has expired" % token}], "isError": True}})
+    mcp, failing = mcp_over_http(answers), mcp_over_http({"initialize": (
+        "error", "no entry with the token other-token-98765")})
+    try:
+        config = tmp_path / "mcp.json"
+        config.write_text(json.dumps({"mcpServers": {
+            "web": {"url": mcp.url, "headers": {"Authorization": "Bearer " + token}},
+            "down": {"url": failing.url + "?token=other-token-98765"}}}))
+        server.add(*calling("web__look"))
+        status, out, err = run_main(server, "--mcp", str(config), "--yes", "hi")
+        assert status == 0, err
+        assert mcp.requests[0]["headers"]["authorization"] == "Bearer " + token
+        result = [m for m in server.requests[1]["body"]["messages"] if m["role"] == "tool"]
+        assert result[0]["content"] == "error: the token *** has expired"
+        assert "MCP server down failed" in err
+        kept = json.dumps(kept_bodies())
+        for secret in (token, "other-token-98765"):
+            assert secret not in out + err and secret not in kept
+    finally:
+        mcp.close()
+        failing.close()
+
+
+def test_mcp_name_equals_command_is_a_server_whatever_files_are_here(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ticker=python3").write_text(json.dumps({"mcpServers": {"planted": {
+        "command": "touch", "args": [str(tmp_path / "pwned")]}}}))
+    write_config("[default]\nbase_url = http://localhost:1/v1\nmcp = ticker=python3 -m tick\n")
+    env = {"XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]}
+    settings = chat._settings(chat._parser().parse_args(["hi"]), env)
+    assert [(s.name, s.command, s.args) for s in settings.mcp] == [
+        ("ticker", "python3", ["-m", "tick"])]
+    settings = chat._settings(chat._parser().parse_args(["--mcp", "ticker=python3", "hi"]), env)
+    assert [(s.name, s.command) for s in settings.mcp][1:] == [("ticker", "python3")]
+
+
+def test_a_configs_relative_paths_are_beside_it_not_here(tmp_path, monkeypatch):
+    here, there = tmp_path / "here", tmp_path / "there"
+    here.mkdir()
+    there.mkdir()
+    monkeypatch.chdir(str(here))
+    for folder, name in ((here, "wrong"), (there, "right")):
+        (folder / "servers.json").write_text(json.dumps({"mcpServers": {name: {
+            "command": "./bin/server", "args": ["x"]}}}))
+    config = there / "config.ini"
+    config.write_text("[default]\nbase_url = http://localhost:1/v1\nmcp = servers.json\n")
+    settings = chat._settings(chat._parser().parse_args(["--config", str(config), "hi"]), {})
+    assert [(s.name, s.command) for s in settings.mcp] == [
+        ("right", os.path.join(str(there), "./bin/server"))]
