@@ -113,6 +113,7 @@ SHOWN_UPLOAD = 2**20            # a request body this large says how much of it 
 MAX_TIMEOUT = 86400             # seconds: the longest --timeout or --tool-timeout
 CHARS_PER_TOKEN = 4             # the estimate for text the server has not counted yet
 TOKENS_PER_MESSAGE = 4          # what each message costs beyond its text
+MAX_SHOWN_NAME = 100            # characters of a name the consent question shows
 MIN_SECRET = 8                  # a run of a secret this long is never shown
 LIST_LIMIT = 100                # conversations --list shows at the most
 PASTE_WAIT = 0.02               # seconds: lines closer together than this were pasted
@@ -2480,7 +2481,9 @@ def ask_consent(name, arguments, what):
     before the question appeared: only an answer typed after it counts.
     Whatever the screen's height, the lines just above [y/N] name the tool
     and what runs; arguments too long for the screen are cut, and v shows
-    them whole.  Ctrl-D answers no; Ctrl-C raises KeyboardInterrupt."""
+    them whole.  The names in it (a server chooses its tools' names) are
+    each one line, their controls escaped, cut at MAX_SHOWN_NAME.  Ctrl-D
+    answers no; Ctrl-C raises KeyboardInterrupt."""
     try:
         fd = os.open("/dev/tty", os.O_RDWR | getattr(os, "O_NOCTTY", 0))
     except OSError:
@@ -2488,6 +2491,7 @@ def ask_consent(name, arguments, what):
     try:
         lines = indented_arguments(arguments).splitlines(True)
         rows, columns = _terminal_size(fd)
+        name, what = _shown_name(name), _shown_name(what, 3 * MAX_SHOWN_NAME)
         final = "chat.py: run the tool %s, that is %s? [y/N/a/v] " % (name, what)
         height = lambda text: len(sanitize(text)) // columns + 1   # noqa: E731 (wrapped)
         room = max(rows - 3 - height(final) - height("chat.py: the model calls %s" % name), 2)
@@ -2514,6 +2518,13 @@ def ask_consent(name, arguments, what):
             _write_tty(fd, "".join(lines) + final)
     finally:
         os.close(fd)
+
+
+def _shown_name(text, limit=MAX_SHOWN_NAME):
+    """A name as a question shows it: one line (newline and tab escaped as
+    ^J and ^I, like every other control), at most limit characters."""
+    text = sanitize(text).replace("\n", "^J").replace("\t", "^I")
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _terminal_size(fd):
@@ -2843,14 +2854,16 @@ class ReplyPrinter(Printer):
     spoken reply to.  status: the StatusLine that says, while nothing is
     shown, how much hidden reasoning came.  markdown:
     highlight the text as markdown (on a terminal only).  clock: a monotonic
-    clock, for the timing.  On a terminal the text goes through the
+    clock, for the timing.  asked(call): True when the consent question will
+    show a tool call of the first choice, which is then not shown here too.  On a terminal the text goes through the
     sanitizer; into a pipe or a file it is written exactly as it came.
     """
 
     def __init__(self, out, err, *, n=1, show_text=True, reasoning=True, usage=False,
                  logprobs=False, audio=None, markdown=False, status=None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, asked=None):
         self.out, self.err, self.n, self.show_text = out, err, n, show_text
+        self.asked = asked or (lambda call: False)
         self.terminal = _is_terminal(out)
         self.markdown = markdown and self.terminal
         self._highlighter = MarkdownHighlighter() if self.markdown else None
@@ -2974,7 +2987,8 @@ class ReplyPrinter(Printer):
             self._show_refusal(label, message.get("refusal"))
             self._show_cut_off(label, choice.get("finish_reason"))
             for call in tool_calls(message):
-                self._show_call(label, call)
+                if not (choice.get("index", 0) == 0 and self.asked(call)):
+                    self._show_call(label, call)
             self._show_sources(label, message.get("annotations"))
             if self.logprobs and choice.get("logprobs"):
                 self._show_logprobs(label, choice["logprobs"].get("content") or [])
@@ -3665,8 +3679,9 @@ class Tools:
         self.timeout, self.max_rounds = timeout, max_rounds
         self.on_wait = on_wait or (lambda what, **details: None)
         self.mcp = mcp            # McpTools: the tools of MCP servers, or None
-        self.allowed = set()      # tools the user allowed for the session ("a")
+        self.allowed = set()      # what the user allowed for the session ("a"): _runner's keys
         self.redactor = redactor or Redactor()
+        self._left = set()        # calls the printer left to the consent question to show
 
     def answer(self, call):
         """The result to send back for one call: its text, or (text, content
@@ -3680,11 +3695,13 @@ class Tools:
                 arguments = canonical_arguments(arguments)
             except ValueError as exc:
                 return "error: the tool was not run: %s" % exc
+        unshown = (call.get("id"), name) in self._left   # the printer left it to the question
+        self._left.discard((call.get("id"), name))
         runner = self._runner(name)
         if runner is None:
             return self._typed_result(name)
-        what, run = runner
-        if self.ask_first and name not in self.allowed:
+        what, run, key = runner
+        if self.ask_first and key not in self.allowed:
             self.on_wait(None)   # nothing waits while the question is asked
             agreed = self.consent(name, arguments or "", what) if self.consent else None
             if agreed is None:
@@ -3694,7 +3711,10 @@ class Tools:
             if not agreed:
                 return "error: the user chose not to run this tool"
             if agreed == "always":
-                self.allowed.add(name)
+                self.allowed.add(key)
+        elif unshown:   # allowed for the session since the printer left it out
+            self.notify("the model calls %s (allowed for the session) with these arguments:\n%s"
+                        % (name, indented_arguments(arguments or "").rstrip("\n")))
         self.on_wait("running %s" % name)
         try:
             result = run(arguments or "")
@@ -3704,15 +3724,33 @@ class Tools:
             return self.redactor.redact(result[0]), result[1]
         return self.redactor.redact(result)
 
+    def asked(self, call):
+        """True when answer(call) will ask consent, and so show the call: the
+        printer leaves it out then, lest it be shown twice."""
+        function = call.get("function") or call.get("custom") or {}
+        runner = self._runner(function.get("name"))
+        if not self.ask_first or runner is None or runner[2] in self.allowed:
+            return False
+        self._left.add((call.get("id"), function.get("name")))
+        return True
+
     def _runner(self, name):
-        """(what runs, as the consent question says it; run(arguments)), or None."""
+        """(what runs, as the consent question says it; run(arguments); what
+        "allow for the session" is bound to), or None.  The binding is what
+        really runs: the command line, or the MCP server (its name and
+        command or URL) and the tool's own name, never the name the model
+        sees, which another server's tool may take when this one is down."""
         argv = self.commands.get(name)
         if argv is not None:
             return ("`%s`" % " ".join(shlex.quote(word) for word in argv),
-                    lambda arguments: run_tool_command(argv, arguments, self.timeout))
+                    lambda arguments: run_tool_command(argv, arguments, self.timeout),
+                    ("command", name, tuple(argv)))
         if self.mcp is not None and self.mcp.owns(name):
+            server, tool = self.mcp.names[name]
+            spec = server.spec
             return (self.mcp.describe(name),
-                    lambda arguments: self.mcp.call(name, arguments, self.timeout, self.on_wait))
+                    lambda arguments: self.mcp.call(name, arguments, self.timeout, self.on_wait),
+                    ("mcp", spec.name, spec.command, tuple(spec.args), spec.url, tool))
         return None
 
     def _typed_result(self, name):
@@ -5854,16 +5892,17 @@ def _is_piped(stdin):
 
 
 def _printer_factory(args, settings, chat, out, err, environ):
-    """new_printer(show_text=True): a ReplyPrinter for the next reply, as the flags ask."""
+    """new_printer(show_text=True, asked=None): a ReplyPrinter for the next
+    reply, as the flags ask (asked: Tools.asked, for calls the question shows)."""
     markdown = settings.markdown and _color_wanted(settings, environ, out)
     audio = AudioFile(args.audio_out, (chat.params.get("audio") or {}).get("format")) \
         if args.audio_out else None
 
-    def new_printer(show_text=True):
+    def new_printer(show_text=True, asked=None):
         return ReplyPrinter(out, err, n=chat.params.get("n", 1), show_text=show_text,
                             reasoning=not args.hide_reasoning, usage=args.usage,
                             logprobs=bool(chat.params.get("logprobs")), audio=audio,
-                            markdown=markdown, status=err.status)
+                            markdown=markdown, status=err.status, asked=asked)
     return new_printer
 
 
@@ -5880,10 +5919,12 @@ def _console(args, chat, stdin, out, err, environ, mcp=None, **options):
             stdin, out, err, environ, Console.COMMANDS, _completer(models))
         _write_sanitized(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
              % (__version__, chat.model, chat.client.shown_url))
+    tools = _tools(args, read_line, err, mcp)
+    new_printer = options.pop("new_printer")
     return Console(chat, read_line, out, err, piped=piped, save_path=args.save,
-                   line_buffer=line_buffer, tools=_tools(args, read_line, err, mcp),
-                   more_waiting=waiting, models=models,
-                   editor=environ.get("VISUAL") or environ.get("EDITOR"), **options)
+                   line_buffer=line_buffer, tools=tools, more_waiting=waiting, models=models,
+                   editor=environ.get("VISUAL") or environ.get("EDITOR"),
+                   new_printer=lambda: new_printer(asked=tools.asked), **options)
 
 
 def _conversation_log(environ):
@@ -5961,7 +6002,7 @@ def _one_shot(args, chat, content, stdin, out, err, new_printer, keep, mcp=None)
         ask = lambda question: (_write_sanitized(err, question), stdin.readline().strip())[1]   # noqa: E731
     tools = _tools(args, ask, err, mcp)
     printer = lambda: new_printer(   # noqa: E731
-        show_text=args.output == "text" and not args.extract)
+        show_text=args.output == "text" and not args.extract, asked=tools.asked)
     try:
         completion = chat.send(content, printer())
         if tools.commands or tools.mcp:
