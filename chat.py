@@ -6215,9 +6215,10 @@ Tools:
   --tool-exec NAME=COMMAND   answer calls of tool NAME by running COMMAND (no
                         shell): the arguments JSON on its stdin, its stdout
                         the result; a failure is sent as an error result.
-                        Repeatable.  Each run is asked for (y/N, restating
-                        the tool, the command and the arguments it gets,
-                        parsed once; v shows arguments cut to fit the screen)
+                        Repeatable.  Each run is asked for (y/N, showing
+                        the call once: the tool, the command and the
+                        arguments it gets, parsed once, each name on one
+                        line; v shows arguments cut to fit the screen)
                         on the terminal, never on piped input, unless --yes;
                         what was typed before the question is discarded.
                         Ctrl-D there means no, Ctrl-C no and stop the turn.
@@ -6225,17 +6226,26 @@ Tools:
                         terminal to ask on, the tool is not run and the
                         model is told
   --mcp FILE|NAME=COMMAND   offer the tools of MCP (Model Context Protocol)
-                        servers; repeatable (also: mcp = FILE in the config).
-                        An argument that names an existing file is read as the
-                        JSON editors keep: {"mcpServers": {NAME: {"command",
+                        servers; repeatable (also: mcp = FILE in the config,
+                        or a line mcp = NAME=COMMAND).  NAME=COMMAND is one
+                        stdio server, NAME=URL one over streamable HTTP,
+                        whatever files there are; anything else is a file of
+                        the JSON editors keep: {"mcpServers": {NAME: {"command",
                         "args", "env"} or {"url", "headers"}}} (Claude
                         Desktop, Cursor, Claude Code) or VS Code's {"servers":
                         {NAME: {"type", ...}}}, with ${VAR}, ${VAR:-default}
-                        and ${env:VAR} expanded; anything else is NAME=COMMAND
-                        (one stdio server) or NAME=URL (streamable HTTP).
+                        and ${env:VAR} expanded, but chat.py's key variables
+                        (OPENAI_API_KEY, api_key_env's) left empty, with a
+                        notice, in a url or headers.  A config's file names
+                        and relative commands are taken from its folder.  A
+                        stdio server starts with the environment less
+                        chat.py's secrets (its key's variables, proxy
+                        passwords), plus its env; a server's tokens are
+                        blanked wherever chat.py writes.
                         Tools are offered as SERVER__TOOL; each call is asked
-                        for as a --tool-exec command is (a allows the tool for
-                        the session), bounded by --tool-timeout (progress
+                        for as a --tool-exec command is (a allows that tool of
+                        that server, by its name and command or URL, for the
+                        session), bounded by --tool-timeout (progress
                         extends it, to 30 minutes at most); a server's stderr
                         goes to $XDG_STATE_HOME/chat.py/mcp-NAME.log
   --no-mcp              start no MCP server this time
@@ -6262,7 +6272,12 @@ Conversations kept:
   messages are not well formed, is skipped with a notice (and refused by
   --resume).  Each records where it was held (the base URL without its
   credentials, and the profile) in its metadata; -c and --resume go back
-  there, and a --base-url or -p given with them moves it, with a notice.
+  there, and a --base-url or -p (or CHAT_PY_PROFILE) given with them moves
+  it, with a notice.  A key goes only where it was given for: the
+  environment's and [default]'s to the endpoint they name, a profile's to
+  its base_url, --api-key's to this run's; going back elsewhere, the
+  conversation goes on without it, and the notice (and a 401 there) says
+  how to give it one (--api-key, or -p NAME).
   A turn is never lost: a new conversation's file is created exclusively;
   one that another chat.py changed meanwhile is not overwritten, the
   conversation goes on in a new file that says where it forked from; a
