@@ -3705,16 +3705,17 @@ class Tools:
             self.on_wait(None)   # nothing waits while the question is asked
             agreed = self.consent(name, arguments or "", what) if self.consent else None
             if agreed is None:
-                self.notify("%s was not run: there is no terminal to ask for consent on "
-                            "(chat.py --yes would have run it)" % name)
+                said = ("%s was not run: there is no terminal to ask for consent on (chat.py "
+                        "--yes would have run it)" % name)
+                self.notify(_with_arguments(said, arguments) if unshown else said)
                 return "error: not run: running tools needs the user's consent (chat.py --yes)"
             if not agreed:
                 return "error: the user chose not to run this tool"
             if agreed == "always":
                 self.allowed.add(key)
         elif unshown:   # allowed for the session since the printer left it out
-            self.notify("the model calls %s (allowed for the session) with these arguments:\n%s"
-                        % (name, indented_arguments(arguments or "").rstrip("\n")))
+            self.notify(_with_arguments("the model calls %s (allowed for the session) with "
+                                        "these arguments" % name, arguments))
         self.on_wait("running %s" % name)
         try:
             result = run(arguments or "")
@@ -3767,6 +3768,11 @@ class Tools:
             except UsageError as exc:
                 return "error: the user's file could not be read: %s" % exc
         return answer
+
+
+def _with_arguments(text, arguments):
+    """A notice, then a call's arguments as the printer shows them."""
+    return "%s:\n%s" % (text, indented_arguments(arguments or "").rstrip("\n"))
 
 
 def _unique_keys(pairs):
@@ -5342,30 +5348,13 @@ def _settings(args, environ):
     base_url = normalize_base_url(
         held["chat_py_base_url"] if held.get("chat_py_base_url") and not profile_name
         else pick(args.base_url, "base_url", "OPENAI_BASE_URL", DEFAULT_BASE_URL))
-    usual_url = normalize_base_url((environ.get("OPENAI_BASE_URL") or "").strip()
-                                   or base.get("base_url", DEFAULT_BASE_URL)) if held else base_url
-    api_key, key_source = _api_key(args, environ, path, (base, profile, profile_name))
-    given_here = key_source.startswith("--") or key_source.endswith("[%s]" % profile_name)
-    key_origin = _url_origin(base_url if given_here else usual_url)
-    elsewhere = _url_origin(usual_url) != _url_origin(base_url)
-    kept_back = [name for name, _ in base.get("headers", []) if elsewhere and is_secret_header(name)]
-    withheld = (["the key of %s" % key_source] if api_key and key_origin != _url_origin(base_url)
-                else []) + ["the %s header of %s [default]" % (name, path) for name in kept_back]
-    if not withheld or api_key and key_origin == _url_origin(base_url):
-        _check_key(api_key, key_source, base_url, args.allow_insecure_key)
-    headers = ([(n, v) for n, v in base.get("headers", []) if n not in kept_back]
-               + profile.get("headers", [])
-               + [_parse_header(h, i + 1) for i, h in enumerate(args.header)])
+    api_key, key_origin, headers, withheld = _credentials(
+        args, environ, path, (base, profile, profile_name), base_url, held)
     timeout = pick(args.timeout, "timeout", default=DEFAULT_TIMEOUT)
     retries = pick(args.retries, "retries", default=DEFAULT_RETRIES)
     _check_limits(timeout, retries, args.max_context)
-    own_variables = {"OPENAI_API_KEY"} | {section["api_key_env"] for section in (base, profile)
-                                          if "api_key_env" in section}
-    folder = os.path.dirname(path)   # a config's file names are beside it
-    mcp = [] if args.no_mcp else [
-        spec for argument in [a if _SERVER_ARGUMENT.match(a) else os.path.join(
-            folder, os.path.expanduser(a)) for a in base.get("mcp", []) + profile.get("mcp", [])]
-        + list(args.mcp) for spec in mcp_specs(argument, environ, own_variables)]
+    variables = _key_variables(base, profile)
+    mcp = [] if args.no_mcp else _mcp_servers(args, environ, path, (base, profile), variables)
     return Settings(
         base_url=base_url, api_key=api_key, key_origin=key_origin,
         organization=_header_value(pick(args.organization, "organization", "OPENAI_ORG_ID"),
@@ -5382,11 +5371,52 @@ def _settings(args, environ):
         markdown=not args.no_markdown and pick(None, "markdown", default=True),
         color=not args.no_color and pick(None, "color", default=True),
         status=not args.quiet and pick(None, "status", default=True),
-        mcp=mcp, profile=profile_name,
-        withheld="%s (for %s)" % (" and ".join(withheld), urlsplit(usual_url).netloc.rpartition(
-            "@")[2]) if withheld else None,
+        mcp=mcp, profile=profile_name, withheld=withheld,
         secrets=_secrets(api_key, base_url, base.get("headers", []) + headers, mcp)
-        + [environ.get(name, "").strip() for name in sorted(own_variables)])
+        + [environ.get(name, "").strip() for name in sorted(variables)])
+
+
+def _credentials(args, environ, path, config, base_url, held):
+    """(the API key, the origin it belongs to, the headers to send, the
+    words for what stays behind or None).  Without a held conversation
+    (-c, --resume) everything belongs to base_url, the endpoint this run
+    names.  Going back to a held one, what this run gives (flags, the
+    profile) goes with it, and the key and credential headers of the
+    environment and [default] stay with the endpoint those name."""
+    base, profile, profile_name = config
+    usual_url = normalize_base_url((environ.get("OPENAI_BASE_URL") or "").strip()
+                                   or base.get("base_url", DEFAULT_BASE_URL)) if held else base_url
+    api_key, key_source, own = _api_key(args, environ, path, config)
+    key_origin = _url_origin(base_url if own else usual_url)
+    sent = key_origin == _url_origin(base_url)
+    elsewhere = _url_origin(usual_url) != _url_origin(base_url)
+    behind = [name for name, _ in base.get("headers", []) if elsewhere and is_secret_header(name)]
+    withheld = (["the key of %s" % key_source] if api_key and not sent else []) + [
+        "the %s header of %s [default]" % (name, path) for name in behind]
+    if not withheld or api_key and sent:   # (a key left behind goes nowhere: nothing to check)
+        _check_key(api_key, key_source, base_url, args.allow_insecure_key)
+    headers = ([(n, v) for n, v in base.get("headers", []) if n not in behind]
+               + profile.get("headers", [])
+               + [_parse_header(h, i + 1) for i, h in enumerate(args.header)])
+    return api_key, key_origin, headers, "%s (for %s)" % (
+        " and ".join(withheld), urlsplit(usual_url).netloc.rpartition("@")[2]) if withheld else None
+
+
+def _key_variables(base, profile):
+    """The environment variables that hold chat.py's own key."""
+    return {"OPENAI_API_KEY"} | {section["api_key_env"] for section in (base, profile)
+                                 if "api_key_env" in section}
+
+
+def _mcp_servers(args, environ, path, config, variables):
+    """The McpSpecs of the config's mcp (its file names taken from its own
+    folder) and of --mcp; variables: chat.py's key, never expanded for HTTP."""
+    folder = os.path.dirname(path)
+    configured = [argument if _SERVER_ARGUMENT.match(argument) else
+                  os.path.join(folder, os.path.expanduser(argument))
+                  for section in config for argument in section.get("mcp", [])]
+    return [spec for argument in configured + list(args.mcp)
+            for spec in mcp_specs(argument, environ, variables)]
 
 
 def _url_origin(url):
@@ -5397,27 +5427,29 @@ def _url_origin(url):
 
 
 def _api_key(args, environ, path, config):
-    """(the API key, where it came from): --api-key-file, --api-key, the
-    chosen profile, OPENAI_API_KEY, the config's [default], in that order;
-    (None, "OPENAI_API_KEY") when none gives one.  config: ([default],
-    [profile], the profile's name)."""
+    """(the API key, where it came from, whether it is this run's own):
+    --api-key-file, --api-key, the chosen profile (this run's own: they
+    belong to the endpoint it uses), then OPENAI_API_KEY, the config's
+    [default] (theirs: they belong to the endpoint those name), in that
+    order; (None, "OPENAI_API_KEY", False) when none gives one.  config:
+    ([default], [profile], the profile's name)."""
     base, profile, profile_name = config
     if args.api_key is not None and args.api_key_file:
         raise UsageError("give --api-key or --api-key-file, not both")
     if args.api_key_file:
-        return _read_key_file(args.api_key_file), "--api-key-file"
+        return _read_key_file(args.api_key_file), "--api-key-file", True
     if args.api_key:
-        return args.api_key, "--api-key"
+        return args.api_key, "--api-key", True
     where = "%s [%s]" % (path, profile_name)
     key = config_key(profile, environ, where)
     if key:
-        return key, where
+        return key, where, True
     key = (environ.get("OPENAI_API_KEY") or "").strip()
     if key:
-        return key, "OPENAI_API_KEY"
+        return key, "OPENAI_API_KEY", False
     where = "%s [default]" % path
     key = config_key(base, environ, where)
-    return (key, where) if key else (None, "OPENAI_API_KEY")
+    return (key, where, False) if key else (None, "OPENAI_API_KEY", False)
 
 
 def _check_key(api_key, key_source, base_url, allow_insecure):

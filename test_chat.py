@@ -5551,3 +5551,11 @@ def test_one_list_of_secrets_feeds_the_redactor_of_every_sink(server, tmp_path):
         assert token not in json.dumps(kept_bodies())
     finally:
         mcp.close()
+
+
+def test_a_call_left_to_a_question_nobody_can_answer_is_still_shown(server):
+    server.add(shell_call('{"cmd": "shown-once"}'), stream_reply("Not run."))
+    status, out, err = run_detached(server, "--tool-exec", "shell=true", "hi")
+    assert status == 0 and err.count("shown-once") == 1
+    assert "shell was not run: there is no terminal to ask for consent on (chat.py --yes " \
+           "would have run it):\n" in err
