@@ -3012,7 +3012,8 @@ class ReplyPrinter(Printer):
     def _show_call(self, label, call):
         function = call.get("function") or call.get("custom") or {}
         _stderr_notice(self.err, "%sthe model calls %s%s:" % (
-            label, function.get("name"), " (%s)" % call["id"] if call.get("id") else ""))
+            label, _shown_name(str(function.get("name"))),
+            " (%s)" % _shown_name(str(call["id"])) if call.get("id") else ""))
         if call.get("type") == "custom":   # free text, shown as it is
             _stderr_dim(self.err, "".join("  %s\n" % line for line in
                                           str(function.get("input") or "").splitlines()))
@@ -3706,7 +3707,7 @@ class Tools:
             agreed = self.consent(name, arguments or "", what) if self.consent else None
             if agreed is None:
                 said = ("%s was not run: there is no terminal to ask for consent on (chat.py "
-                        "--yes would have run it)" % name)
+                        "--yes would have run it)" % _shown_name(name))
                 self.notify(_with_arguments(said, arguments) if unshown else said)
                 return "error: not run: running tools needs the user's consent (chat.py --yes)"
             if not agreed:
@@ -3715,7 +3716,7 @@ class Tools:
                 self.allowed.add(key)
         elif unshown:   # allowed for the session since the printer left it out
             self.notify(_with_arguments("the model calls %s (allowed for the session) with "
-                                        "these arguments" % name, arguments))
+                                        "these arguments" % _shown_name(name), arguments))
         self.on_wait("running %s" % name)
         try:
             result = run(arguments or "")
@@ -3758,7 +3759,7 @@ class Tools:
         if self.ask is None:
             return "error: chat.py has no command for the tool %s" % name
         try:
-            answer = self.ask("result of %s (text, or @FILE)> " % name)
+            answer = self.ask("result of %s (text, or @FILE)> " % _shown_name(str(name)))
         except EOFError:   # Ctrl-D, or the end of a script
             return "error: the user gave no result"
         if answer.startswith("@"):
