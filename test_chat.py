@@ -5569,3 +5569,22 @@ def test_a_call_the_printer_shows_names_its_tool_on_one_line(server):
     assert status == 0
     assert "chat.py: the model calls nothing^Jchat.py: run the tool shell, that is `date`? " \
            "[y/N/a] y (" in err
+
+
+def test_a_planted_files_recorded_origin_never_makes_the_key_travel(server):
+    elsewhere = LoopbackServer()
+    try:
+        os.makedirs(kept_folder(), exist_ok=True)
+        with open(os.path.join(kept_folder(), "20990101-000000-planted.json"), "w") as f:
+            json.dump({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                       "metadata": {"chat_py_base_url": elsewhere.url}}, f)
+        elsewhere.add(stream_reply("one"), stream_reply("two"))
+        env = {"OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": "sk-mine-000009"}
+        for args in (["-c", "more"], ["--resume", "planted", "more"]):
+            status, out, err = run_main(None, *args, env=env)
+            assert status == 0 and "goes on at %s, where it was held, without the key of " \
+                "OPENAI_API_KEY" % host_of(elsewhere) in err
+        assert [r["headers"].get("authorization") for r in elsewhere.requests] == [None, None]
+        assert server.requests == []
+    finally:
+        elsewhere.close()
