@@ -2481,9 +2481,9 @@ def ask_consent(name, arguments, what):
     before the question appeared: only an answer typed after it counts.
     Whatever the screen's height, the lines just above [y/N] name the tool
     and what runs; arguments too long for the screen are cut, and v shows
-    them whole.  The names in it (a server chooses its tools' names) are
-    each one line, their controls escaped, cut at MAX_SHOWN_NAME.  Ctrl-D
-    answers no; Ctrl-C raises KeyboardInterrupt."""
+    them whole.  name and what are each shown on one line, their controls
+    escaped (what names a server's tool cut to MAX_SHOWN_NAME: see
+    McpTools.describe).  Ctrl-D answers no; Ctrl-C raises KeyboardInterrupt."""
     try:
         fd = os.open("/dev/tty", os.O_RDWR | getattr(os, "O_NOCTTY", 0))
     except OSError:
@@ -2491,7 +2491,7 @@ def ask_consent(name, arguments, what):
     try:
         lines = indented_arguments(arguments).splitlines(True)
         rows, columns = _terminal_size(fd)
-        name, what = _shown_name(name), _shown_name(what, 3 * MAX_SHOWN_NAME)
+        name, what = _shown_name(name), _shown_name(what, None)   # (a command, whole)
         final = "chat.py: run the tool %s, that is %s? [y/N/a/v] " % (name, what)
         height = lambda text: len(sanitize(text)) // columns + 1   # noqa: E731 (wrapped)
         room = max(rows - 3 - height(final) - height("chat.py: the model calls %s" % name), 2)
@@ -2522,9 +2522,10 @@ def ask_consent(name, arguments, what):
 
 def _shown_name(text, limit=MAX_SHOWN_NAME):
     """A name as a question shows it: one line (newline and tab escaped as
-    ^J and ^I, like every other control), at most limit characters."""
+    ^J and ^I, like every other control), at most limit characters (None:
+    all of it)."""
     text = sanitize(text).replace("\n", "^J").replace("\t", "^I")
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _terminal_size(fd):
@@ -4427,7 +4428,8 @@ class McpTools:
 
     def describe(self, name):
         server, tool = self.names[name]
-        return "the tool %s of the MCP server %s" % (tool, server.spec.name)
+        return "the tool %s of the MCP server %s" % (_shown_name(tool),
+                                                     _shown_name(server.spec.name))
 
     def call(self, name, arguments, timeout, on_wait):
         """Call the tool the model knows as name; (text, parts) for the model."""

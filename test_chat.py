@@ -5588,3 +5588,11 @@ def test_a_planted_files_recorded_origin_never_makes_the_key_travel(server):
         assert server.requests == []
     finally:
         elsewhere.close()
+
+
+def test_a_long_tool_name_cannot_push_the_server_out_of_the_question(server, tmp_path):
+    config = named_mcp(tmp_path, {"files": ["r" * 5000]})
+    server.add(*calling(chat.mcp_tool_name("files", "r" * 5000, {})))
+    status, data = on_terminal(server, "--mcp", config, "hi", keys=[(rb"\[y/N/a\] ", b"n\r")])
+    assert status == 0
+    assert b"that is the tool %s... of the MCP server files? [y/N/a]" % (b"r" * 97) in data
