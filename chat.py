@@ -2856,8 +2856,9 @@ class ReplyPrinter(Printer):
     shown, how much hidden reasoning came.  markdown:
     highlight the text as markdown (on a terminal only).  clock: a monotonic
     clock, for the timing.  asked(call): True when the consent question will
-    show a tool call of the first choice, which is then not shown here too.  On a terminal the text goes through the
-    sanitizer; into a pipe or a file it is written exactly as it came.
+    show a tool call of the first choice, which is then not shown here too.
+    On a terminal the text goes through the sanitizer; into a pipe or a file
+    it is written exactly as it came.
     """
 
     def __init__(self, out, err, *, n=1, show_text=True, reasoning=True, usage=False,
