@@ -5377,7 +5377,15 @@ def _settings(args, environ):
         status=not args.quiet and pick(None, "status", default=True),
         mcp=mcp, profile=profile_name, withheld=withheld,
         secrets=_secrets(api_key, base_url, base.get("headers", []) + headers, mcp)
-        + [environ.get(name, "").strip() for name in sorted(variables)])
+        + [environ.get(name, "").strip() for name in sorted(variables)]
+        + _proxy_secrets(environ))
+
+
+def _proxy_secrets(environ):
+    """The users and passwords in the *_proxy variables (written with or
+    without a scheme)."""
+    return [secret for name, value in sorted(environ.items()) if name.lower().endswith("_proxy")
+            for secret in url_secrets(value if "://" in value else "http://" + value)]
 
 
 def _credentials(args, environ, path, config, base_url, held):

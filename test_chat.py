@@ -5596,3 +5596,11 @@ def test_a_long_tool_name_cannot_push_the_server_out_of_the_question(server, tmp
     status, data = on_terminal(server, "--mcp", config, "hi", keys=[(rb"\[y/N/a\] ", b"n\r")])
     assert status == 0
     assert b"that is the tool %s... of the MCP server files? [y/N/a]" % (b"r" * 97) in data
+
+
+def test_a_proxy_password_is_one_of_the_secrets_blanked(server):
+    password = "proxy-password-42"
+    server.add(stream_reply("it said %s" % password))
+    status, out, err = run_main(server, "hi", env={
+        "HTTPS_PROXY": "user:%s@proxy.example:3128" % password})   # (never used for loopback)
+    assert (status, out) == (0, "it said ***\n")
