@@ -3732,10 +3732,11 @@ class Tools:
         """True when answer(call) will ask consent, and so show the call: the
         printer leaves it out then, lest it be shown twice."""
         function = call.get("function") or call.get("custom") or {}
-        runner = self._runner(function.get("name"))
+        runner, left = self._runner(function.get("name")), (call.get("id"), function.get("name"))
         if not self.ask_first or runner is None or runner[2] in self.allowed:
+            self._left.discard(left)   # (one that an interrupted turn never answered)
             return False
-        self._left.add((call.get("id"), function.get("name")))
+        self._left.add(left)
         return True
 
     def _runner(self, name):
@@ -3862,13 +3863,15 @@ def expand_variables(text, environ, withheld=(), blanked=None):
     return _VARIABLE.sub(value, text)
 
 
-def mcp_specs(argument, environ, withheld=()):
+def mcp_specs(argument, environ, withheld=(), folder=None):
     """The servers --mcp ARGUMENT names: NAME=COMMAND is one stdio server
     (NAME=URL one HTTP server), whatever files there are; otherwise the file
     is read as the JSON people already keep (Claude Desktop, Cursor, Claude
     Code's "mcpServers", VS Code's "servers").  withheld: the variables that
     hold chat.py's own key, never expanded into an HTTP server's url or
-    headers.  A UsageError says what is off."""
+    headers.  folder: where a relative file name or command is taken from
+    (the folder of the config that gives it; None: the current one).  A
+    UsageError says what is off."""
     if _SERVER_ARGUMENT.match(argument):
         name, _, command = argument.partition("=")
         if not command.strip():
@@ -3880,8 +3883,8 @@ def mcp_specs(argument, environ, withheld=()):
         except ValueError as exc:
             raise UsageError("--mcp %s: %s" % (name, exc)) from None
         return [_mcp_spec(name.strip(), {"command": words[0], "args": words[1:]}, environ,
-                          "--mcp", withheld)]
-    path = os.path.expanduser(argument)
+                          "--mcp", withheld, folder)]
+    path = os.path.join(folder or "", os.path.expanduser(argument))
     if not os.path.isfile(path):
         raise UsageError("--mcp takes a config file or NAME=COMMAND, e.g. "
                          "--mcp 'time=uvx mcp-server-time'; %s is neither" % argument)
@@ -3890,13 +3893,15 @@ def mcp_specs(argument, environ, withheld=()):
     if not isinstance(servers, dict):
         raise UsageError("the MCP config %s has no \"mcpServers\" (or \"servers\") object"
                          % path)
-    return [_mcp_spec(name, entry, environ, path, withheld) for name, entry in servers.items()]
+    folder = os.path.dirname(os.path.abspath(path))
+    return [_mcp_spec(name, entry, environ, path, withheld, folder)
+            for name, entry in servers.items()]
 
 
-def _mcp_spec(name, entry, environ, where, withheld=()):
+def _mcp_spec(name, entry, environ, where, withheld=(), folder=None):
     """One server's entry, checked and with its variables expanded (chat.py's
     own key variables left empty in an HTTP server's url and headers); a
-    relative command path is taken from the config file's folder."""
+    relative command path (./server) is taken from folder."""
     blanked = []
 
     def texts(value, what):
@@ -3913,10 +3918,9 @@ def _mcp_spec(name, entry, environ, where, withheld=()):
         raise UsageError("%s: server %s is not an object" % (where, name))
     kind = entry.get("type", "http" if "url" in entry else "stdio")
     if kind == "stdio" and isinstance(entry.get("command"), str):
-        command = expand_variables(entry["command"], environ)
-        if "/" in command and where != "--mcp":   # ./server: beside the config, not here
-            command = os.path.join(os.path.dirname(os.path.abspath(where)),
-                                   os.path.expanduser(command))
+        command = os.path.expanduser(expand_variables(entry["command"], environ))
+        if "/" in command and folder:   # (a bare name is looked up on PATH)
+            command = os.path.join(folder, command)
         return McpSpec(name, command, texts(entry.get("args", []), "args"),
                        pairs(entry.get("env", {}), "env"), None, {})
     if kind in ("http", "streamable-http", "streamableHttp") and isinstance(entry.get("url"), str):
@@ -5421,14 +5425,13 @@ def _key_variables(base, profile):
 
 
 def _mcp_servers(args, environ, path, config, variables):
-    """The McpSpecs of the config's mcp (its file names taken from its own
-    folder) and of --mcp; variables: chat.py's key, never expanded for HTTP."""
-    folder = os.path.dirname(path)
-    configured = [argument if _SERVER_ARGUMENT.match(argument) else
-                  os.path.join(folder, os.path.expanduser(argument))
-                  for section in config for argument in section.get("mcp", [])]
-    return [spec for argument in configured + list(args.mcp)
-            for spec in mcp_specs(argument, environ, variables)]
+    """The McpSpecs of the config's mcp (its relative paths taken from its
+    own folder) and of --mcp; variables: chat.py's key, never expanded for
+    HTTP."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return [spec for section in config for argument in section.get("mcp", [])
+            for spec in mcp_specs(argument, environ, variables, folder)] + [
+        spec for argument in args.mcp for spec in mcp_specs(argument, environ, variables)]
 
 
 def _url_origin(url):

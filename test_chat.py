@@ -5423,10 +5423,15 @@ def test_a_configs_relative_paths_are_beside_it_not_here(tmp_path, monkeypatch):
         (folder / "servers.json").write_text(json.dumps({"mcpServers": {name: {
             "command": "./bin/server", "args": ["x"]}}}))
     config = there / "config.ini"
-    config.write_text("[default]\nbase_url = http://localhost:1/v1\nmcp = servers.json\n")
+    config.write_text("[default]\nbase_url = http://localhost:1/v1\n"
+                      "mcp = servers.json\n  tool=./bin/tool --here\n  named=python3\n")
     settings = chat._settings(chat._parser().parse_args(["--config", str(config), "hi"]), {})
     assert [(s.name, s.command) for s in settings.mcp] == [
-        ("right", os.path.join(str(there), "./bin/server"))]
+        ("right", os.path.join(str(there), "./bin/server")),
+        ("tool", os.path.join(str(there), "./bin/tool")), ("named", "python3")]
+    settings = chat._settings(chat._parser().parse_args(
+        ["--config", str(config), "--mcp", "tool2=./bin/tool", "hi"]), {})
+    assert settings.mcp[-1].command == "./bin/tool"   # the shell's own folder, as typed
 
 
 NAMED_MCP = r"""
