@@ -3706,7 +3706,8 @@ class Tools:
         what, run, key = runner
         if self.ask_first and key not in self.allowed:
             self.on_wait(None)   # nothing waits while the question is asked
-            agreed = self.consent(name, arguments or "", what) if self.consent else None
+            shown = [self.redactor.redact(text) for text in (name, arguments or "", what)]
+            agreed = self.consent(*shown) if self.consent else None   # (the tty is a screen too)
             if agreed is None:
                 said = ("%s was not run: there is no terminal to ask for consent on (chat.py "
                         "--yes would have run it)" % _shown_name(name))

@@ -5609,3 +5609,12 @@ def test_a_proxy_password_is_one_of_the_secrets_blanked(server):
     status, out, err = run_main(server, "hi", env={
         "HTTPS_PROXY": "user:%s@proxy.example:3128" % password})   # (never used for loopback)
     assert (status, out) == (0, "it said ***\n")
+
+
+def test_the_consent_question_blanks_the_key_like_every_other_sink(server):
+    key = "sk-asked-about-0010"
+    server.add(shell_call(json.dumps({"token": key})), stream_reply("Not run."))
+    status, data = on_terminal(server, "--tool-exec", "shell=curl -u me:%s x" % key, "hi",
+                               env={"OPENAI_API_KEY": key}, keys=[(rb"\[y/N/a\] ", b"n\r")])
+    assert status == 0 and key.encode() not in data
+    assert b'"token": "***"' in data and b"that is `curl -u me:*** x`?" in data
