@@ -3731,7 +3731,8 @@ class Tools:
 
     def asked(self, call):
         """True when answer(call) will ask consent, and so show the call: the
-        printer leaves it out then, lest it be shown twice."""
+        printer leaves it out then, lest it be shown twice.  Remembered: if
+        "a" allows its tool meanwhile, answer() shows it before it runs."""
         function = call.get("function") or call.get("custom") or {}
         runner, left = self._runner(function.get("name")), (call.get("id"), function.get("name"))
         if not self.ask_first or runner is None or runner[2] in self.allowed:
