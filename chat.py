@@ -5884,11 +5884,12 @@ def _moving(args, settings, environ):
 
 
 def _key_hint(settings):
-    """How to give the endpoint a key, as a 401 there and the notices say it."""
+    """How to give the endpoint a key when the key stayed behind, as the
+    notice and a 401 there say it; None (the Client's own words) otherwise."""
     if settings.withheld:
         return "give %s a key with --api-key (or --api-key-file), or -p NAME for a profile " \
                "that has one" % urlsplit(shown_url(settings.base_url)).netloc
-    return "set OPENAI_API_KEY, or pass --api-key or --api-key-file"
+    return None
 
 
 def _origin(settings, args, environ):
