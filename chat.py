@@ -113,6 +113,7 @@ SHOWN_UPLOAD = 2**20            # a request body this large says how much of it 
 MAX_TIMEOUT = 86400             # seconds: the longest --timeout or --tool-timeout
 CHARS_PER_TOKEN = 4             # the estimate for text the server has not counted yet
 TOKENS_PER_MESSAGE = 4          # what each message costs beyond its text
+MAX_SHOWN_NAME = 100            # characters of a name the consent question shows
 MIN_SECRET = 8                  # a run of a secret this long is never shown
 LIST_LIMIT = 100                # conversations --list shows at the most
 PASTE_WAIT = 0.02               # seconds: lines closer together than this were pasted
@@ -1500,6 +1501,8 @@ class Client:
     token if given.  proxies: scheme -> proxy URL (None: urllib's own choice
     from the environment; {}: none).
     organization, project: the OpenAI-Organization / OpenAI-Project headers.
+    redactor: the Redactor for what the server may echo (default: one of
+    this client's own secrets).
     headers: extra (name, value) pairs, overriding the defaults by name.
     timeout: seconds for connecting and for each wait for the next byte.
     retries: how often to retry a request the server may take later (see
@@ -1513,23 +1516,21 @@ class Client:
     raises StaleConnection for a kept connection found closed, and its
     responses may have finish(), which reads the body's end after a stream's
     last event so the connection can take the next request.
-    key_for: the URL the key and the credential headers were given for
-    (default: base_url); where its origin is not base_url's, they are not
-    sent (withheld says for which origin they were), by the one rule of
-    may_carry_credentials.
+    key_for: the URL api_key was given for (default: base_url); where its
+    origin is not base_url's, the key is not sent (withheld says for which
+    origin it was), by the one rule of may_carry_credentials.
     """
 
     def __init__(self, base_url, *, api_key=None, organization=None, project=None,
                  headers=(), timeout=DEFAULT_TIMEOUT, retries=DEFAULT_RETRIES,
                  proxies=None, on_retry=None, sleep=None, on_wait=None, connections=None,
-                 key_for=None):
+                 key_for=None, redactor=None):
         basic, base_url = basic_credentials(base_url)   # sent as HTTP Basic, not in the URL
         self.base_url = base_url
         self.shown_url = shown_url(base_url)   # the one to put in messages
         self.withheld = None
         if key_for and not may_carry_credentials(base_url, key_for):
-            self.withheld = origin_text(key_for)
-            api_key, headers = None, [(k, v) for k, v in headers if not is_secret_header(k)]
+            self.withheld, api_key = origin_text(key_for), None
         self.api_key = None if basic else api_key
         self.proxies = proxies
         self.timeout = timeout
@@ -1556,9 +1557,10 @@ class Client:
                 del self.headers[existing]
             self.headers[name] = value
         # What the server may echo back and must never be shown or kept.
-        self.redactor = Redactor([api_key, basic] + url_secrets(base_url) + [
-            value.split(" ")[-1] for name, value in self.headers.items()
-            if is_secret_header(name)] + (basic or "").split(":"))
+        self.redactor = redactor if redactor is not None else Redactor(
+            [api_key, basic] + url_secrets(base_url) + [
+                value.split(" ")[-1] for name, value in self.headers.items()
+                if is_secret_header(name)] + (basic or "").split(":"))
 
     def request(self, method, path, payload=None, probe=False):
         """Send one request, retrying what may work later; return the open response.
@@ -1673,8 +1675,8 @@ class Client:
         if status in (301, 302, 303, 307, 308):
             return "the server redirects to %s; use that as the base URL" % headers.get(
                 "Location"), "base_url"
-        if status == 401 and self.withheld:
-            return ("no key was sent: the key given is for %s, not for this server"
+        if status == 401 and self.withheld and "Authorization" not in self.headers:
+            return ("the server wants a key and none was sent (the key given is for %s)"
                     % self.withheld), "withheld"
         if status == 401 and not self.api_key and "Authorization" not in self.headers:
             return "the server wants a key and none was sent", "no_key"
@@ -2462,14 +2464,14 @@ class _ErrorStream:
     written (servers quote requests, proxies quote headers, and the key must
     never show), and color, where the terminal should get it."""
 
-    def __init__(self, stream, *, color=False, secrets=(), status=None):
+    def __init__(self, stream, *, color=False, redactor=None, status=None):
         self._stream, self.color, self.status = stream, color, status
-        self._redactor = Redactor(secrets)
+        self.redactor = Redactor() if redactor is None else redactor   # the run's one
 
     def write(self, text):
         if self.status is not None and text:
             self.status.clear()   # the status line goes before anything is written
-        return self._stream.write(self._redactor.redact(text))
+        return self._stream.write(self.redactor.redact(text))
 
     def __getattr__(self, name):   # flush, isatty, fileno, ...
         return getattr(self._stream, name)
@@ -2592,7 +2594,9 @@ def ask_consent(name, arguments, what):
     before the question appeared: only an answer typed after it counts.
     Whatever the screen's height, the lines just above [y/N] name the tool
     and what runs; arguments too long for the screen are cut, and v shows
-    them whole.  Ctrl-D answers no; Ctrl-C raises KeyboardInterrupt."""
+    them whole.  name and what are each shown on one line, their controls
+    escaped (what names a server's tool cut to MAX_SHOWN_NAME: see
+    McpTools.describe).  Ctrl-D answers no; Ctrl-C raises KeyboardInterrupt."""
     try:
         fd = os.open("/dev/tty", os.O_RDWR | getattr(os, "O_NOCTTY", 0))
     except OSError:
@@ -2600,6 +2604,7 @@ def ask_consent(name, arguments, what):
     try:
         lines = indented_arguments(arguments).splitlines(True)
         rows, columns = _terminal_size(fd)
+        name, what = _shown_name(name), _shown_name(what, None)   # (a command, whole)
         final = "chat.py: run the tool %s, that is %s? [y/N/a/v] " % (name, what)
         height = lambda text: len(sanitize(text)) // columns + 1   # noqa: E731 (wrapped)
         room = max(rows - 3 - height(final) - height("chat.py: the model calls %s" % name), 2)
@@ -2626,6 +2631,14 @@ def ask_consent(name, arguments, what):
             _write_tty(fd, "".join(lines) + final)
     finally:
         os.close(fd)
+
+
+def _shown_name(text, limit=MAX_SHOWN_NAME):
+    """A name as a question shows it: one line (newline and tab escaped as
+    ^J and ^I, like every other control), at most limit characters (None:
+    all of it)."""
+    text = sanitize(text).replace("\n", "^J").replace("\t", "^I")
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _terminal_size(fd):
@@ -2680,7 +2693,8 @@ _FIXES = {
     "timeout": " (--timeout sets the limit)",
     "no_key": ": set OPENAI_API_KEY, or pass --api-key or --api-key-file",
     "key": ": check OPENAI_API_KEY, --api-key or --api-key-file",
-    "withheld": "; give it one with --api-key, or -p NAME for a profile's",
+    "withheld": ": give it a key with --api-key (or --api-key-file), or -p NAME for a "
+                "profile that has one",
     "base_url": " (--base-url sets it; chat.py --check looks for the API there)",
 }
 
@@ -2970,14 +2984,17 @@ class ReplyPrinter(Printer):
     spoken reply to.  status: the StatusLine that says, while nothing is
     shown, how much hidden reasoning came.  markdown:
     highlight the text as markdown (on a terminal only).  clock: a monotonic
-    clock, for the timing.  On a terminal the text goes through the
-    sanitizer; into a pipe or a file it is written exactly as it came.
+    clock, for the timing.  asked(call): True when the consent question will
+    show a tool call of the first choice, which is then not shown here too.
+    On a terminal the text goes through the sanitizer; into a pipe or a file
+    it is written exactly as it came.
     """
 
     def __init__(self, out, err, *, n=1, show_text=True, reasoning=True, usage=False,
                  logprobs=False, audio=None, markdown=False, status=None,
-                 clock=time.monotonic):
+                 clock=time.monotonic, asked=None):
         self.out, self.err, self.n, self.show_text = out, err, n, show_text
+        self.asked = asked or (lambda call: False)
         self.terminal = _is_terminal(out)
         self.markdown = markdown and self.terminal
         self._highlighter = MarkdownHighlighter() if self.markdown else None
@@ -3101,7 +3118,8 @@ class ReplyPrinter(Printer):
             self._show_refusal(label, message.get("refusal"))
             self._show_cut_off(label, choice.get("finish_reason"))
             for call in tool_calls(message):
-                self._show_call(label, call)
+                if not (choice.get("index", 0) == 0 and self.asked(call)):
+                    self._show_call(label, call)
             self._show_sources(label, message.get("annotations"))
             if self.logprobs and choice.get("logprobs"):
                 self._show_logprobs(label, choice["logprobs"].get("content") or [])
@@ -3125,7 +3143,8 @@ class ReplyPrinter(Printer):
     def _show_call(self, label, call):
         function = call.get("function") or call.get("custom") or {}
         _stderr_notice(self.err, "%sthe model calls %s%s:" % (
-            label, function.get("name"), " (%s)" % call["id"] if call.get("id") else ""))
+            label, _shown_name(str(function.get("name"))),
+            " (%s)" % _shown_name(str(call["id"])) if call.get("id") else ""))
         if call.get("type") == "custom":   # free text, shown as it is
             _stderr_dim(self.err, "".join("  %s\n" % line for line in
                                           str(function.get("input") or "").splitlines()))
@@ -3779,18 +3798,22 @@ class Tools:
     notify(text) hears of a command not run for want of consent.  timeout:
     seconds a command may run.  max_rounds: rounds of calls and results
     before chat.py stops.  on_wait(what) hears "running NAME" while a
-    command runs, and None when it is done.
+    command runs, and None when it is done.  redactor: blanks the run's
+    secrets (an MCP server's token it quotes back) out of every result
+    before the model gets it and it is kept.
     """
 
     def __init__(self, commands=None, *, consent=None, ask_first=True, ask=None, notify=None,
                  timeout=DEFAULT_TOOL_TIMEOUT, max_rounds=DEFAULT_TOOL_ROUNDS, on_wait=None,
-                 mcp=None):
+                 mcp=None, redactor=None):
         self.commands, self.consent, self.ask_first = commands or {}, consent, ask_first
         self.ask, self.notify = ask, notify or (lambda text: None)
         self.timeout, self.max_rounds = timeout, max_rounds
         self.on_wait = on_wait or (lambda what, **details: None)
         self.mcp = mcp            # McpTools: the tools of MCP servers, or None
-        self.allowed = set()      # tools the user allowed for the session ("a")
+        self.allowed = set()      # what the user allowed for the session ("a"): _runner's keys
+        self.redactor = redactor or Redactor()
+        self._left = set()        # calls the printer left to the consent question to show
 
     def answer(self, call):
         """The result to send back for one call: its text, or (text, content
@@ -3804,43 +3827,73 @@ class Tools:
                 arguments = canonical_arguments(arguments)
             except ValueError as exc:
                 return "error: the tool was not run: %s" % exc
+        unshown = (call.get("id"), name) in self._left   # the printer left it to the question
+        self._left.discard((call.get("id"), name))
         runner = self._runner(name)
         if runner is None:
             return self._typed_result(name)
-        what, run = runner
-        if self.ask_first and name not in self.allowed:
+        what, run, key = runner
+        if self.ask_first and key not in self.allowed:
             self.on_wait(None)   # nothing waits while the question is asked
-            agreed = self.consent(name, arguments or "", what) if self.consent else None
+            shown = [self.redactor.redact(text) for text in (name, arguments or "", what)]
+            agreed = self.consent(*shown) if self.consent else None   # (the tty is a screen too)
             if agreed is None:
-                self.notify("%s was not run: there is no terminal to ask for consent on "
-                            "(chat.py --yes would have run it)" % name)
+                said = ("%s was not run: there is no terminal to ask for consent on (chat.py "
+                        "--yes would have run it)" % _shown_name(name))
+                self.notify(_with_arguments(said, arguments) if unshown else said)
                 return "error: not run: running tools needs the user's consent (chat.py --yes)"
             if not agreed:
                 return "error: the user chose not to run this tool"
             if agreed == "always":
-                self.allowed.add(name)
+                self.allowed.add(key)
+        elif unshown:   # allowed for the session since the printer left it out
+            self.notify(_with_arguments("the model calls %s (allowed for the session) with "
+                                        "these arguments" % _shown_name(name), arguments))
         self.on_wait("running %s" % name)
         try:
-            return run(arguments or "")
+            result = run(arguments or "")
         finally:
             self.on_wait(None)
+        if isinstance(result, tuple):
+            return self.redactor.redact(result[0]), result[1]
+        return self.redactor.redact(result)
+
+    def asked(self, call):
+        """True when answer(call) will ask consent, and so show the call: the
+        printer leaves it out then, lest it be shown twice.  Remembered: if
+        "a" allows its tool meanwhile, answer() shows it before it runs."""
+        function = call.get("function") or call.get("custom") or {}
+        runner, left = self._runner(function.get("name")), (call.get("id"), function.get("name"))
+        if not self.ask_first or runner is None or runner[2] in self.allowed:
+            self._left.discard(left)   # (one that an interrupted turn never answered)
+            return False
+        self._left.add(left)
+        return True
 
     def _runner(self, name):
-        """(what runs, as the consent question says it; run(arguments)), or None."""
+        """(what runs, as the consent question says it; run(arguments); what
+        "allow for the session" is bound to), or None.  The binding is what
+        really runs: the command line, or the MCP server (its name and
+        command or URL) and the tool's own name, never the name the model
+        sees, which another server's tool may take when this one is down."""
         argv = self.commands.get(name)
         if argv is not None:
             return ("`%s`" % " ".join(shlex.quote(word) for word in argv),
-                    lambda arguments: run_tool_command(argv, arguments, self.timeout))
+                    lambda arguments: run_tool_command(argv, arguments, self.timeout),
+                    ("command", name, tuple(argv)))
         if self.mcp is not None and self.mcp.owns(name):
+            server, tool = self.mcp.names[name]
+            spec = server.spec
             return (self.mcp.describe(name),
-                    lambda arguments: self.mcp.call(name, arguments, self.timeout, self.on_wait))
+                    lambda arguments: self.mcp.call(name, arguments, self.timeout, self.on_wait),
+                    ("mcp", spec.name, spec.command, tuple(spec.args), spec.url, tool))
         return None
 
     def _typed_result(self, name):
         if self.ask is None:
             return "error: chat.py has no command for the tool %s" % name
         try:
-            answer = self.ask("result of %s (text, or @FILE)> " % name)
+            answer = self.ask("result of %s (text, or @FILE)> " % _shown_name(str(name)))
         except EOFError:   # Ctrl-D, or the end of a script
             return "error: the user gave no result"
         if answer.startswith("@"):
@@ -3850,6 +3903,11 @@ class Tools:
             except UsageError as exc:
                 return "error: the user's file could not be read: %s" % exc
         return answer
+
+
+def _with_arguments(text, arguments):
+    """A notice, then a call's arguments as the printer shows them."""
+    return "%s:\n%s" % (text, indented_arguments(arguments or "").rstrip("\n"))
 
 
 def _unique_keys(pairs):
@@ -3914,73 +3972,121 @@ class McpError(ChatError):
         self.code = code
 
 
-McpSpec = namedtuple("McpSpec", "name command args env url headers")
-McpSpec.__doc__ = "One MCP server as configured: a command (stdio) or a url (HTTP)."
+McpSpec = namedtuple("McpSpec", "name command args env url headers blanked")
+McpSpec.__new__.__defaults__ = ((),)
+McpSpec.__doc__ = """One MCP server as configured: a command (stdio) or a url (HTTP).
+blanked: the variables of chat.py's own key left empty in its url or headers."""
 
 _VARIABLE = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SERVER_ARGUMENT = re.compile(r"\s*[\w.-]+\s*=")   # NAME=COMMAND, NAME=URL: never a file
 
 
-def expand_variables(text, environ):
-    """text with ${VAR}, ${VAR:-default} and ${env:VAR} taken from environ."""
-    return _VARIABLE.sub(lambda m: environ.get(m.group(1)) or (m.group(2) or ""), text)
+def expand_variables(text, environ, withheld=(), blanked=None):
+    """text with ${VAR}, ${VAR:-default} and ${env:VAR} taken from environ;
+    a variable in withheld is left empty (its default too), and its name
+    added to the list blanked."""
+    def value(match):
+        if match.group(1) in withheld:
+            if blanked is not None and match.group(1) not in blanked:
+                blanked.append(match.group(1))
+            return ""
+        return environ.get(match.group(1)) or (match.group(2) or "")
+    return _VARIABLE.sub(value, text)
 
 
-def mcp_specs(argument, environ):
-    """The servers --mcp ARGUMENT names: a file that exists is read as the
-    JSON people already keep (Claude Desktop, Cursor, Claude Code's
-    "mcpServers", VS Code's "servers"); otherwise NAME=COMMAND is one stdio
-    server (NAME=URL one HTTP server).  A UsageError says what is off."""
-    path = os.path.expanduser(argument)
-    if os.path.isfile(path):
-        data = read_json_file(path, "the MCP config")
-        servers = data.get("mcpServers", data.get("servers")) if isinstance(data, dict) else None
-        if not isinstance(servers, dict):
-            raise UsageError("the MCP config %s has no \"mcpServers\" (or \"servers\") object"
-                             % path)
-        return [_mcp_spec(name, entry, environ, path) for name, entry in servers.items()]
-    name, equals, command = argument.partition("=")
-    if not equals or not name.strip() or not command.strip():
+def mcp_specs(argument, environ, withheld=(), folder=None):
+    """The servers --mcp ARGUMENT names: NAME=COMMAND is one stdio server
+    (NAME=URL one HTTP server), whatever files there are; otherwise the file
+    is read as the JSON people already keep (Claude Desktop, Cursor, Claude
+    Code's "mcpServers", VS Code's "servers").  withheld: the variables that
+    hold chat.py's own key, never expanded into an HTTP server's url or
+    headers.  folder: where a relative file name or command is taken from
+    (the folder of the config that gives it; None: the current one).  A
+    UsageError says what is off."""
+    if _SERVER_ARGUMENT.match(argument):
+        name, _, command = argument.partition("=")
+        if not command.strip():
+            raise UsageError("--mcp %s: give the command (or URL) after the =" % argument)
+        if command.strip().startswith(("http://", "https://")):
+            return [_mcp_spec(name.strip(), {"url": command.strip()}, environ, "--mcp", withheld)]
+        try:
+            words = shlex.split(command)
+        except ValueError as exc:
+            raise UsageError("--mcp %s: %s" % (name, exc)) from None
+        return [_mcp_spec(name.strip(), {"command": words[0], "args": words[1:]}, environ,
+                          "--mcp", withheld, folder)]
+    path = os.path.join(folder or "", os.path.expanduser(argument))
+    if not os.path.isfile(path):
         raise UsageError("--mcp takes a config file or NAME=COMMAND, e.g. "
                          "--mcp 'time=uvx mcp-server-time'; %s is neither" % argument)
-    if command.strip().startswith(("http://", "https://")):
-        return [_mcp_spec(name.strip(), {"url": command.strip()}, environ, "--mcp")]
-    try:
-        words = shlex.split(command)
-    except ValueError as exc:
-        raise UsageError("--mcp %s: %s" % (name, exc)) from None
-    return [_mcp_spec(name.strip(), {"command": words[0], "args": words[1:]}, environ, "--mcp")]
+    data = read_json_file(path, "the MCP config")
+    servers = data.get("mcpServers", data.get("servers")) if isinstance(data, dict) else None
+    if not isinstance(servers, dict):
+        raise UsageError("the MCP config %s has no \"mcpServers\" (or \"servers\") object"
+                         % path)
+    folder = os.path.dirname(os.path.abspath(path))
+    return [_mcp_spec(name, entry, environ, path, withheld, folder)
+            for name, entry in servers.items()]
 
 
-def _mcp_spec(name, entry, environ, where):
-    """One server's entry, checked and with its variables expanded."""
+def _mcp_spec(name, entry, environ, where, withheld=(), folder=None):
+    """One server's entry, checked and with its variables expanded (chat.py's
+    own key variables left empty in an HTTP server's url and headers); a
+    relative command path (./server) is taken from folder."""
+    blanked = []
+
     def texts(value, what):
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise UsageError("%s: server %s: %s must be a list of strings" % (where, name, what))
         return [expand_variables(v, environ) for v in value]
 
-    def pairs(value, what):
+    def pairs(value, what, hold=()):
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise UsageError("%s: server %s: %s must map names to strings" % (where, name, what))
-        return {k: expand_variables(v, environ) for k, v in value.items()}
+        return {k: expand_variables(v, environ, hold, blanked) for k, v in value.items()}
 
     if not isinstance(entry, dict):
         raise UsageError("%s: server %s is not an object" % (where, name))
     kind = entry.get("type", "http" if "url" in entry else "stdio")
     if kind == "stdio" and isinstance(entry.get("command"), str):
-        return McpSpec(name, expand_variables(entry["command"], environ),
-                       texts(entry.get("args", []), "args"), pairs(entry.get("env", {}), "env"),
-                       None, {})
+        command = os.path.expanduser(expand_variables(entry["command"], environ))
+        if "/" in command and folder:   # (a bare name is looked up on PATH)
+            command = os.path.join(folder, command)
+        return McpSpec(name, command, texts(entry.get("args", []), "args"),
+                       pairs(entry.get("env", {}), "env"), None, {})
     if kind in ("http", "streamable-http", "streamableHttp") and isinstance(entry.get("url"), str):
-        url = normalize_base_url(expand_variables(entry["url"], environ))
-        headers = pairs(entry.get("headers", {}), "headers")
+        url = normalize_base_url(expand_variables(entry["url"], environ, withheld, blanked))
+        headers = pairs(entry.get("headers", {}), "headers", withheld)
         parts = urlsplit(url)
         if (parts.scheme == "http" and not is_loopback_host(parts.hostname)
                 and (parts.username or any(is_secret_header(h) for h in headers))):
             raise UsageError("%s: server %s: refusing to send credentials in clear text to %s "
                              "over plain http; use https" % (where, name, parts.hostname))
-        return McpSpec(name, None, [], {}, url, headers)
+        return McpSpec(name, None, [], {}, url, headers, tuple(blanked))
     raise UsageError("%s: server %s needs a \"command\" (stdio) or a \"url\" (streamable "
                      "HTTP; the old SSE transport is not supported)" % (where, name))
+
+
+def mcp_secrets(spec):
+    """An MCP server's tokens, for the one Redactor: its credential headers'
+    values, its URL's credentials, and its env values with secret names."""
+    return ([value.split(" ")[-1] for name, value in spec.headers.items()   # (not "Bearer")
+             if is_secret_header(name)]
+            + (url_secrets(spec.url) if spec.url else [])
+            + [value for name, value in spec.env.items() if _SECRET_NAME.search(name)])
+
+
+def mcp_environment(environ, secrets):
+    """The environment a stdio MCP server starts in (its config's env is added
+    to it): environ without the secrets chat.py knows: every variable that
+    holds one of secrets (OPENAI_API_KEY, the variable a profile's
+    api_key_env names, one holding what api_key_command printed), and proxy
+    variables that carry a password."""
+    known = [secret for secret in secrets if secret]
+    return {name: value for name, value in environ.items()
+            if not any(secret in value for secret in known if len(secret) >= MIN_SECRET)
+            and value.strip() not in known
+            and not (name.lower().endswith("_proxy") and "@" in value)}
 
 
 class _Stdio:
@@ -4458,7 +4564,8 @@ class McpTools:
 
     def describe(self, name):
         server, tool = self.names[name]
-        return "the tool %s of the MCP server %s" % (tool, server.spec.name)
+        return "the tool %s of the MCP server %s" % (_shown_name(tool),
+                                                     _shown_name(server.spec.name))
 
     def call(self, name, arguments, timeout, on_wait):
         """Call the tool the model knows as name; (text, parts) for the model."""
@@ -5210,6 +5317,13 @@ def _config_headers(text):
         line for line in text.splitlines() if line.strip())]
 
 
+def _config_mcp(text):
+    """mcp = ...: a line NAME=COMMAND (or NAME=URL) is one server, whole;
+    other lines name MCP config files, separated by spaces."""
+    return [item for line in text.splitlines() for item in (
+        [line.strip()] if _SERVER_ARGUMENT.match(line) else shlex.split(line))]
+
+
 def _config_choice(*choices):
     def parse(text):
         if text not in choices:
@@ -5235,7 +5349,7 @@ CONFIG_KEYS = {
     "markdown": (_config_bool, "true or false"),
     "color": (_config_bool, "true or false"),
     "status": (_config_bool, "true or false"),
-    "mcp": (shlex.split, "MCP config files (or NAME=COMMAND), separated by spaces"),
+    "mcp": (_config_mcp, "MCP config files separated by spaces, or NAME=COMMAND, one a line"),
 }
 
 
@@ -5339,17 +5453,27 @@ def config_path(args, environ):
 
 Settings = namedtuple("Settings", "base_url api_key organization project headers proxies "
                       "timeout retries model system system_role params log markdown color "
-                      "status mcp")
-Settings.__doc__ = "Every setting, resolved: what the Client, the Chat and the display take."
+                      "status mcp key_origin profile withheld secrets")
+Settings.__doc__ = """Every setting, resolved: what the Client, the Chat and the display take.
+The api_key belongs to key_origin (scheme://host:port) and goes nowhere
+else; profile: the config profile in use (or None); withheld: what was
+left behind because it belongs to another endpoint (words for the notice,
+or None); mcp: the McpSpecs; secrets: every secret the run knows, for the
+one Redactor."""
 
 
 def _settings(args, environ):
     """Resolve every setting: the flag, then the chosen profile of the config
     file, then the OPENAI_* environment variables, then the config's
-    [default], then the built-in default.  Raises UsageError if the result
-    is unusable."""
+    [default], then the built-in default.  A kept conversation (-c, --resume)
+    goes back to where it was held unless this run names an endpoint
+    (--base-url, -p, CHAT_PY_PROFILE); the key and headers of the
+    environment and [default] stay with the endpoint they name.  Raises
+    UsageError if the result is unusable."""
     path = config_path(args, environ)
-    profile_name = args.profile or environ.get("CHAT_PY_PROFILE") or None
+    named = args.profile or environ.get("CHAT_PY_PROFILE") or None   # CHAT_PY_PROFILE is -p
+    held = {} if named or args.base_url is not None else getattr(args, "origin", None) or {}
+    profile_name = named or held.get("chat_py_profile")
     base, profile = read_config(path, profile_name, explicit=bool(args.config))
 
     def pick(flag, key, variable=None, default=None):
@@ -5360,20 +5484,22 @@ def _settings(args, environ):
         value = (environ.get(variable) or "").strip() if variable else ""
         return value or base.get(key, default)
 
-    base_url = normalize_base_url(pick(args.base_url, "base_url", "OPENAI_BASE_URL",
-                                       DEFAULT_BASE_URL))
-    api_key, key_source = _api_key(args, environ, path, (base, profile, profile_name))
-    _check_key(api_key, key_source, base_url, args.allow_insecure_key)
+    base_url = normalize_base_url(
+        held["chat_py_base_url"] if held.get("chat_py_base_url") and not profile_name
+        else pick(args.base_url, "base_url", "OPENAI_BASE_URL", DEFAULT_BASE_URL))
+    api_key, key_origin, headers, withheld = _credentials(
+        args, environ, path, (base, profile, profile_name), base_url, held)
     timeout = pick(args.timeout, "timeout", default=DEFAULT_TIMEOUT)
     retries = pick(args.retries, "retries", default=DEFAULT_RETRIES)
     _check_limits(timeout, retries, args.max_context)
+    variables = _key_variables(base, profile)
+    mcp = [] if args.no_mcp else _mcp_servers(args, environ, path, (base, profile), variables)
     return Settings(
-        base_url=base_url, api_key=api_key,
+        base_url=base_url, api_key=api_key, key_origin=key_origin,
         organization=_header_value(pick(args.organization, "organization", "OPENAI_ORG_ID"),
                                    "--organization"),
         project=_header_value(pick(args.project, "project", "OPENAI_PROJECT_ID"), "--project"),
-        headers=(base.get("headers", []) + profile.get("headers", [])
-                 + [_parse_header(h, i + 1) for i, h in enumerate(args.header)]),
+        headers=headers,
         proxies=proxies_for(urlsplit(base_url).hostname, environ),
         timeout=timeout, retries=retries,
         model=pick(args.model, "model", "OPENAI_MODEL", DEFAULT_MODEL),
@@ -5384,32 +5510,85 @@ def _settings(args, environ):
         markdown=not args.no_markdown and pick(None, "markdown", default=True),
         color=not args.no_color and pick(None, "color", default=True),
         status=not args.quiet and pick(None, "status", default=True),
-        mcp=[] if args.no_mcp else
-        base.get("mcp", []) + profile.get("mcp", []) + list(args.mcp))
+        mcp=mcp, profile=profile_name, withheld=withheld,
+        secrets=_secrets(api_key, base_url, base.get("headers", []) + headers, mcp)
+        + [environ.get(name, "").strip() for name in sorted(variables)]
+        + _proxy_secrets(environ))
+
+
+def _proxy_secrets(environ):
+    """The users and passwords in the *_proxy variables (written with or
+    without a scheme)."""
+    return [secret for name, value in sorted(environ.items()) if name.lower().endswith("_proxy")
+            for secret in url_secrets(value if "://" in value else "http://" + value)]
+
+
+def _credentials(args, environ, path, config, base_url, held):
+    """(the API key, the origin it belongs to, the headers to send, the
+    words for what stays behind or None).  Without a held conversation
+    (-c, --resume) everything belongs to base_url, the endpoint this run
+    names.  Going back to a held one, what this run gives (flags, the
+    profile) goes with it, and the key and credential headers of the
+    environment and [default] stay with the endpoint those name."""
+    base, profile, profile_name = config
+    usual_url = normalize_base_url((environ.get("OPENAI_BASE_URL") or "").strip()
+                                   or base.get("base_url", DEFAULT_BASE_URL)) if held else base_url
+    api_key, key_source, own = _api_key(args, environ, path, config)
+    key_origin = origin_text(base_url if own else usual_url)
+    sent = may_carry_credentials(base_url, key_origin)
+    elsewhere = not may_carry_credentials(base_url, usual_url)
+    behind = [name for name, _ in base.get("headers", []) if elsewhere and is_secret_header(name)]
+    withheld = (["the key of %s" % key_source] if api_key and not sent else []) + [
+        "the %s header of %s [default]" % (name, path) for name in behind]
+    if not withheld or api_key and sent:   # (a key left behind goes nowhere: nothing to check)
+        _check_key(api_key, key_source, base_url, args.allow_insecure_key)
+    headers = ([(n, v) for n, v in base.get("headers", []) if n not in behind]
+               + profile.get("headers", [])
+               + [_parse_header(h, i + 1) for i, h in enumerate(args.header)])
+    return api_key, key_origin, headers, "%s (for %s)" % (
+        " and ".join(withheld), urlsplit(usual_url).netloc.rpartition("@")[2]) if withheld else None
+
+
+def _key_variables(base, profile):
+    """The environment variables that hold chat.py's own key."""
+    return {"OPENAI_API_KEY"} | {section["api_key_env"] for section in (base, profile)
+                                 if "api_key_env" in section}
+
+
+def _mcp_servers(args, environ, path, config, variables):
+    """The McpSpecs of the config's mcp (its relative paths taken from its
+    own folder) and of --mcp; variables: chat.py's key, never expanded for
+    HTTP."""
+    folder = os.path.dirname(os.path.abspath(path))
+    return [spec for section in config for argument in section.get("mcp", [])
+            for spec in mcp_specs(argument, environ, variables, folder)] + [
+        spec for argument in args.mcp for spec in mcp_specs(argument, environ, variables)]
 
 
 def _api_key(args, environ, path, config):
-    """(the API key, where it came from): --api-key-file, --api-key, the
-    chosen profile, OPENAI_API_KEY, the config's [default], in that order;
-    (None, "OPENAI_API_KEY") when none gives one.  config: ([default],
-    [profile], the profile's name)."""
+    """(the API key, where it came from, whether it is this run's own):
+    --api-key-file, --api-key, the chosen profile (this run's own: they
+    belong to the endpoint it uses), then OPENAI_API_KEY, the config's
+    [default] (theirs: they belong to the endpoint those name), in that
+    order; (None, "OPENAI_API_KEY", False) when none gives one.  config:
+    ([default], [profile], the profile's name)."""
     base, profile, profile_name = config
     if args.api_key is not None and args.api_key_file:
         raise UsageError("give --api-key or --api-key-file, not both")
     if args.api_key_file:
-        return _read_key_file(args.api_key_file), "--api-key-file"
+        return _read_key_file(args.api_key_file), "--api-key-file", True
     if args.api_key:
-        return args.api_key, "--api-key"
+        return args.api_key, "--api-key", True
     where = "%s [%s]" % (path, profile_name)
     key = config_key(profile, environ, where)
     if key:
-        return key, where
+        return key, where, True
     key = (environ.get("OPENAI_API_KEY") or "").strip()
     if key:
-        return key, "OPENAI_API_KEY"
+        return key, "OPENAI_API_KEY", False
     where = "%s [default]" % path
     key = config_key(base, environ, where)
-    return (key, where) if key else (None, "OPENAI_API_KEY")
+    return (key, where, False) if key else (None, "OPENAI_API_KEY", False)
 
 
 def _check_key(api_key, key_source, base_url, allow_insecure):
@@ -5445,13 +5624,17 @@ def _check_limits(timeout, retries, max_context):
         raise UsageError("--max-context must be a number of tokens above 0")
 
 
-def _secrets(settings):
-    """Everything the settings hold that must never be shown: the key, the
-    credentials in the base URL, and the values of credential headers."""
-    basic = basic_credentials(settings.base_url)[0]   # sent as Basic: its base64 too
-    return ([settings.api_key] + url_secrets(settings.base_url)
+def _secrets(api_key, base_url, headers, mcp):
+    """Every secret the run knows, in one list for the one Redactor: the key
+    (what api_key_command printed among them), the credentials in the base
+    URL (and their Basic base64), credential headers' values, and each MCP
+    server's tokens."""
+    basic = basic_credentials(base_url)[0]   # sent as Basic: its base64 too
+    return ([api_key] + url_secrets(base_url)
             + ([basic_authorization(basic).split(" ")[1]] if basic else [])
-            + [value for name, value in settings.headers if is_secret_header(name)])
+            + [value for name, value in headers if is_secret_header(name)]
+            + [value.split(" ")[-1] for name, value in headers if is_secret_header(name)]
+            + [secret for spec in mcp for secret in mcp_secrets(spec)])
 
 
 # ---------------------------------------------------------------------------
@@ -5705,7 +5888,8 @@ def _tools(args, ask, err, mcp=None):
     status = getattr(err, "status", None)
     return Tools(commands, consent=ask_consent, ask_first=not args.yes, ask=ask,
                  notify=lambda text: _stderr_notice(err, text), timeout=args.tool_timeout,
-                 max_rounds=args.max_tool_rounds, on_wait=status and status.wait, mcp=mcp)
+                 max_rounds=args.max_tool_rounds, on_wait=status and status.wait, mcp=mcp,
+                 redactor=getattr(err, "redactor", None))
 
 
 def _state_home(environ):
@@ -5718,12 +5902,12 @@ def _run(args, settings, stdin, out, err, environ):
     notify = lambda text: _stderr_notice(err, text)   # noqa: E731
     _check_combination(args)
     on_wait = err.status and err.status.wait
-    client = Client(settings.base_url, api_key=settings.api_key,
+    client = Client(settings.base_url, api_key=settings.api_key, key_for=settings.key_origin,
                     organization=settings.organization, project=settings.project,
                     headers=settings.headers, proxies=settings.proxies,
                     timeout=settings.timeout, on_retry=notify, on_wait=on_wait,
-                    retries=0 if args.check else settings.retries,   # --check diagnoses now
-                    connections=keep_alive(on_wait))
+                    redactor=err.redactor, connections=keep_alive(on_wait),
+                    retries=0 if args.check else settings.retries)   # --check diagnoses now
     try:
         return _run_with(client, args, settings, stdin, out, err, environ)
     finally:
@@ -5750,9 +5934,13 @@ def _run_with(client, args, settings, stdin, out, err, environ):
 
 def _mcp_tools(settings, environ, notify):
     """The MCP servers the settings name, started (each in its own thread), or None."""
-    specs = [spec for argument in settings.mcp for spec in mcp_specs(argument, environ)]
+    specs = settings.mcp
     if not specs:
         return None
+    for spec in specs:
+        for variable in spec.blanked:   # named, never its value
+            notify("MCP server %s: ${%s} is left empty: chat.py's key goes only to the API "
+                   "(a stdio server may be given it in its \"env\")" % (spec.name, variable))
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise UsageError("two MCP servers are named %s; each needs a name of its own"
@@ -5763,7 +5951,7 @@ def _mcp_tools(settings, environ, notify):
     except OSError as exc:
         raise OutputError("cannot make %s: %s" % (folder, exc.strerror)) from None
     mcp = McpTools(specs, log_folder=folder, notify=notify, proxies=settings.proxies,
-                   environ=environ)
+                   environ=mcp_environment(environ, settings.secrets))
     mcp.start()
     return mcp
 
@@ -5818,9 +6006,9 @@ def _carried_on(args, log, notify):
 
 
 def _go_back(args, environ, err):
-    """For -c and --resume: set args.carried, and the endpoint the kept
-    conversation was held at, unless this command line names one (then it
-    moves there: _moving() says so)."""
+    """For -c and --resume: set args.carried, and args.origin, where the kept
+    conversation was held (_settings goes back there unless this run names
+    an endpoint; _moving() says so when it moves)."""
     log = _conversation_log(environ)
     args.carried = _carried_on(args, log, lambda text: _stderr_notice(err, text))
     args.origin = {}
@@ -5828,19 +6016,20 @@ def _go_back(args, environ, err):
         args.seen = _signature(args.carried)   # (before it is read: Keeper compares)
         args.carried_body, args.origin = split_origin(
             read_json_file(args.carried, "the conversation"))
-        if args.profile is None and args.base_url is None:
-            args.profile = args.origin.get("chat_py_profile")
-            if args.profile is None:
-                args.base_url = args.origin.get("chat_py_base_url")
 
 
 def _moving(args, settings, environ):
-    """The notice for a kept conversation going on at another endpoint, or None."""
+    """The notice for a kept conversation going on at another endpoint, or
+    going back to its own without credentials that belong elsewhere; or None."""
     held = args.origin.get("chat_py_profile") or args.origin.get("chat_py_base_url")
     now = _origin(settings, args, environ)
     here = now.get("chat_py_profile") or now.get("chat_py_base_url")
     if held and held != here:
         return "this conversation was held at %s; it goes on at %s" % (held, here)
+    if settings.withheld:
+        host = urlsplit(shown_url(settings.base_url)).netloc
+        return "this conversation goes on at %s, where it was held, without %s; give %s%s" % (
+            host, settings.withheld, host, _FIXES["withheld"][len(": give it"):])
     return None
 
 
@@ -5852,8 +6041,7 @@ def _origin(settings, args, environ):
     query = "&".join(name + equals + value for name, equals, value in _query_items(parts.query)
                      if not (equals and _SECRET_NAME.search(name)))
     base_url = urlunsplit((parts.scheme, parts.netloc.rpartition("@")[2], parts.path, query, ""))
-    return {"chat_py_base_url": base_url,
-            "chat_py_profile": args.profile or environ.get("CHAT_PY_PROFILE") or None}
+    return {"chat_py_base_url": base_url, "chat_py_profile": settings.profile}
 
 
 def _load(args, chat, path, flags, notify):
@@ -5895,16 +6083,17 @@ def _is_piped(stdin):
 
 
 def _printer_factory(args, settings, chat, out, err, environ):
-    """new_printer(show_text=True): a ReplyPrinter for the next reply, as the flags ask."""
+    """new_printer(show_text=True, asked=None): a ReplyPrinter for the next
+    reply, as the flags ask (asked: Tools.asked, for calls the question shows)."""
     markdown = settings.markdown and _color_wanted(settings, environ, out)
     audio = AudioFile(args.audio_out, (chat.params.get("audio") or {}).get("format")) \
         if args.audio_out else None
 
-    def new_printer(show_text=True):
+    def new_printer(show_text=True, asked=None):
         return ReplyPrinter(out, err, n=chat.params.get("n", 1), show_text=show_text,
                             reasoning=not args.hide_reasoning, usage=args.usage,
                             logprobs=bool(chat.params.get("logprobs")), audio=audio,
-                            markdown=markdown, status=err.status)
+                            markdown=markdown, status=err.status, asked=asked)
     return new_printer
 
 
@@ -5921,10 +6110,12 @@ def _console(args, chat, stdin, out, err, environ, mcp=None, **options):
             stdin, out, err, environ, Console.COMMANDS, _completer(models))
         _write_sanitized(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
              % (__version__, chat.model, chat.client.shown_url))
+    tools = _tools(args, read_line, err, mcp)
+    new_printer = options.pop("new_printer")
     return Console(chat, read_line, out, err, piped=piped, save_path=args.save,
-                   line_buffer=line_buffer, tools=_tools(args, read_line, err, mcp),
-                   more_waiting=waiting, models=models,
-                   editor=environ.get("VISUAL") or environ.get("EDITOR"), **options)
+                   line_buffer=line_buffer, tools=tools, more_waiting=waiting, models=models,
+                   editor=environ.get("VISUAL") or environ.get("EDITOR"),
+                   new_printer=lambda: new_printer(asked=tools.asked), **options)
 
 
 def _conversation_log(environ):
@@ -6002,7 +6193,7 @@ def _one_shot(args, chat, content, stdin, out, err, new_printer, keep, mcp=None)
         ask = lambda question: (_write_sanitized(err, question), stdin.readline().strip())[1]   # noqa: E731
     tools = _tools(args, ask, err, mcp)
     printer = lambda: new_printer(   # noqa: E731
-        show_text=args.output == "text" and not args.extract)
+        show_text=args.output == "text" and not args.extract, asked=tools.asked)
     try:
         completion = chat.send(content, printer())
         if tools.commands or tools.mcp:
@@ -6215,9 +6406,10 @@ Tools:
   --tool-exec NAME=COMMAND   answer calls of tool NAME by running COMMAND (no
                         shell): the arguments JSON on its stdin, its stdout
                         the result; a failure is sent as an error result.
-                        Repeatable.  Each run is asked for (y/N, restating
-                        the tool, the command and the arguments it gets,
-                        parsed once; v shows arguments cut to fit the screen)
+                        Repeatable.  Each run is asked for (y/N, showing
+                        the call once: the tool, the command and the
+                        arguments it gets, parsed once, each name on one
+                        line; v shows arguments cut to fit the screen)
                         on the terminal, never on piped input, unless --yes;
                         what was typed before the question is discarded.
                         Ctrl-D there means no, Ctrl-C no and stop the turn.
@@ -6225,17 +6417,26 @@ Tools:
                         terminal to ask on, the tool is not run and the
                         model is told
   --mcp FILE|NAME=COMMAND   offer the tools of MCP (Model Context Protocol)
-                        servers; repeatable (also: mcp = FILE in the config).
-                        An argument that names an existing file is read as the
-                        JSON editors keep: {"mcpServers": {NAME: {"command",
+                        servers; repeatable (also: mcp = FILE in the config,
+                        or a line mcp = NAME=COMMAND).  NAME=COMMAND is one
+                        stdio server, NAME=URL one over streamable HTTP,
+                        whatever files there are; anything else is a file of
+                        the JSON editors keep: {"mcpServers": {NAME: {"command",
                         "args", "env"} or {"url", "headers"}}} (Claude
                         Desktop, Cursor, Claude Code) or VS Code's {"servers":
                         {NAME: {"type", ...}}}, with ${VAR}, ${VAR:-default}
-                        and ${env:VAR} expanded; anything else is NAME=COMMAND
-                        (one stdio server) or NAME=URL (streamable HTTP).
+                        and ${env:VAR} expanded, but chat.py's key variables
+                        (OPENAI_API_KEY, api_key_env's) left empty, with a
+                        notice, in a url or headers.  A config's file names
+                        and relative commands are taken from its folder.  A
+                        stdio server starts with the environment less
+                        chat.py's secrets (its key's variables, proxy
+                        passwords), plus its env; a server's tokens are
+                        blanked wherever chat.py writes.
                         Tools are offered as SERVER__TOOL; each call is asked
-                        for as a --tool-exec command is (a allows the tool for
-                        the session), bounded by --tool-timeout (progress
+                        for as a --tool-exec command is (a allows that tool of
+                        that server, by its name and command or URL, for the
+                        session), bounded by --tool-timeout (progress
                         extends it, to 30 minutes at most); a server's stderr
                         goes to $XDG_STATE_HOME/chat.py/mcp-NAME.log
   --no-mcp              start no MCP server this time
@@ -6262,7 +6463,12 @@ Conversations kept:
   messages are not well formed, is skipped with a notice (and refused by
   --resume).  Each records where it was held (the base URL without its
   credentials, and the profile) in its metadata; -c and --resume go back
-  there, and a --base-url or -p given with them moves it, with a notice.
+  there, and a --base-url or -p (or CHAT_PY_PROFILE) given with them moves
+  it, with a notice.  A key goes only where it was given for: the
+  environment's and [default]'s to the endpoint they name, a profile's to
+  its base_url, --api-key's to this run's; going back elsewhere, the
+  conversation goes on without it, and the notice (and a 401 there) says
+  how to give it one (--api-key, or -p NAME).
   A turn is never lost: a new conversation's file is created exclusively;
   one that another chat.py changed meanwhile is not overwritten, the
   conversation goes on in a new file that says where it forked from; a
@@ -6412,13 +6618,14 @@ class _Outputs:
         self.status = None
 
     def settle(self, settings, environ):
-        """The streams the settings ask for."""
-        secrets = _secrets(settings)
+        """The streams the settings ask for, with the run's one Redactor (made
+        from settings.secrets; self.err.redactor for every other sink: the
+        client, the tools' results, so what is kept)."""
+        redactor = Redactor(settings.secrets)   # (only stdout streams through its feed)
         color = _color_wanted(settings, environ, self.stderr)
         if _status_wanted(settings, environ, self.stderr):
             self.status = StatusLine(self.stderr, color=color)
-        self.err = _ErrorStream(self.stderr, color=color, secrets=secrets, status=self.status)
-        redactor = Redactor(secrets)
+        self.err = _ErrorStream(self.stderr, color=color, redactor=redactor, status=self.status)
         same_screen = self.status if _is_terminal(self.raw) else None
         if redactor or same_screen:   # (only then: a wrapper costs a call per write)
             self.out = _GuardedStdout(self.raw, redactor=redactor or None, status=same_screen)
