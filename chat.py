@@ -191,6 +191,12 @@ class StdoutError(OutputError):
     """stdout cannot be written to; nothing more should be tried there."""
 
 
+class StdoutClosed(StdoutError):
+    """The reader of stdout went away (a pipe into `head` closed): its
+    choice, not a failure, so nothing is said and the exit status is 0."""
+    exit_code = 0
+
+
 # ---------------------------------------------------------------------------
 # Server-Sent Events: bytes -> lines -> events.  Pure, no I/O.
 # https://html.spec.whatwg.org/multipage/server-sent-events.html
@@ -2329,12 +2335,15 @@ def _stdout_show(out, text):
 
 def _stdout_write(out, text):
     """Write text to stdout and flush; a write that fails (a full disk, a
-    closed descriptor) is a StdoutError that says so, not a traceback."""
+    closed descriptor) is a StdoutError that says so, not a traceback; a
+    reader that went away is StdoutClosed, and what is written after it
+    goes nowhere, so the turn it cut short can still end and be kept."""
     try:
         out.write(text)
         out.flush()
     except BrokenPipeError:
-        raise   # the reader went away: main() says nothing more
+        _silence(out)
+        raise StdoutClosed("the reader of stdout went away") from None
     except (OSError, ValueError) as exc:   # ValueError: written after a close
         raise StdoutError("cannot write to stdout: %s"
                           % (getattr(exc, "strerror", None) or exc)) from None
@@ -4529,6 +4538,8 @@ class Console:
             self.chat.follow_tools(completion, self.tools, self.new_printer)
         except KeyboardInterrupt:
             _stderr_dim(self.err, "[interrupted]\n")
+        except StdoutClosed:   # nobody reads the replies any more: kept, and the end
+            status = 0
         except ChatError as exc:
             status = self._failed(exc)
         try:
@@ -6183,7 +6194,8 @@ In the chat:
 
 Exit status:
   0 success, 1 API or network failure, 2 usage error (bad flag, missing key),
-  130 interrupted.
+  130 interrupted.  A reader that stops reading (`chat.py ... | head`) is
+  not a failure: the reply stops there, is kept cut short, and the exit is 0.
 
 Examples:
   OPENAI_API_KEY=sk-... chat.py "Explain SSE in one sentence"
@@ -6283,6 +6295,8 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
         return 2
     try:
         return _main(argv, stdin, environ, outputs)
+    except StdoutClosed:   # the reader stopped reading (`| head`): its choice
+        return 0
     except ChatError as exc:
         _stderr_notice(outputs.err, "error: %s" % exc)
         if isinstance(exc, StdoutError):
@@ -6291,9 +6305,6 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     except KeyboardInterrupt:
         _write_sanitized(outputs.err, "\n[interrupted]\n")
         return 130
-    except BrokenPipeError:
-        _silence(outputs.raw)   # the reader went away (e.g. `| head`): nothing more to say
-        return 1
     except (RecursionError, MemoryError):   # the last net: bounds should catch these first
         _stderr_notice(outputs.err, "error: the answer is too large or too deeply nested to handle")
         return 1

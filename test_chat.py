@@ -5206,3 +5206,35 @@ def test_an_http_mcp_call_is_bounded_progress_extends_it_and_it_is_cancelled(ser
         assert time.monotonic() - started > 1.6   # progress kept it going past 1 s
     finally:
         mcp.close()
+
+
+# ---------------------------------------------------------------------------
+# Issue 28: the edges a daily user hits (pipes, -x, tools from a command,
+# notices, flags, the store, machines without ssl, readline or UTF-8).
+# ---------------------------------------------------------------------------
+
+def slow_lines(count, pause=0.02):
+    """A streamed reply of count lines, a pause before each."""
+    pieces = sse(chunk(delta={"role": "assistant", "content": ""}))[:-1]   # no [DONE] yet
+    for i in range(count):
+        pieces += [pause] + sse(chunk("line %d of the reply\n" % i), done=False)
+    return Reply(pieces + sse(chunk(finish="stop")), headers=SSE)
+
+
+@pytest.mark.parametrize("args", [["hi"], ["-i"]])
+def test_a_reader_that_stops_reading_keeps_the_turn_and_exit_0(server, args):
+    reply = server.add(slow_lines(200))
+    environ = clean_env(OPENAI_BASE_URL=server.url)
+    proc = subprocess.Popen([sys.executable, CHAT_PY] + args, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ)
+    proc.stdin.write(b"hi\n")
+    proc.stdin.close()
+    assert proc.stdout.read(12) == b"line 0 of th"   # as `| head -c 12` reads
+    proc.stdout.close()
+    status, err = proc.wait(60), proc.stderr.read().decode()
+    assert (status, err) == (0, ""), err
+    assert reply.finished.wait(10) and reply.disconnected   # it stopped reading the reply
+    kept = kept_bodies()[0]["messages"]
+    assert kept[-1]["role"] == "assistant"
+    assert kept[-1]["content"].startswith("line 0 of the reply\n")   # a cut-short reply
+    assert "line 199" not in kept[-1]["content"]
