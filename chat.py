@@ -2586,10 +2586,31 @@ _SPECIAL = re.compile(r"[`*_\]\n]")
 _SPECIAL_IN_LINK = re.compile(r"[`*_\])\n]")
 
 
+_LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)|[^\r\n]+")   # CommonMark's line endings
+
+
 def code_blocks(text):
-    """The contents of the fenced code blocks in markdown text, without the fences."""
-    return [body for _, body in
-            re.findall(r"(?ms)^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1", text)]
+    """The contents of the fenced code blocks in markdown text, without the
+    fences, found in one pass over its lines (CommonMark 4.5): a block
+    closes at a fence of its opening's character, at least as long, with
+    only spaces after it; one left open runs to the end of the text; the
+    opening fence's indentation is taken off each line of its contents."""
+    blocks, fence, indent, body = [], None, 0, []
+    for match in _LINE.finditer(text):
+        line = match.group()
+        opening = _FENCE.match(line)
+        if fence is None:   # outside a block: a fence opens one
+            if opening and not (opening.group(1)[0] == "`" and "`" in line[opening.end():]):
+                fence, indent, body = opening.group(1), opening.start(1), []
+        elif (opening and opening.group(1)[0] == fence[0]   # inside: a fence may close it
+              and len(opening.group(1)) >= len(fence) and not line[opening.end():].strip()):
+            blocks.append("".join(body))
+            fence = None
+        else:   # inside: a line of the contents
+            body.append(line[min(indent, len(line) - len(line.lstrip(" "))):])
+    if fence is not None:
+        blocks.append("".join(body))
+    return blocks
 
 
 class MarkdownHighlighter:
@@ -5380,7 +5401,8 @@ def _parser():
     add("--show", nargs="?", const="", metavar="ID")
     add("-r", "--reply", nargs="?", const="", metavar="ID")
     add("--delete", metavar="ID")
-    add("-x", "--extract", action="store_true")
+    add("-x", "--extract", dest="extract", action="store_const", const="first")
+    add("--xl", "--extract-last", dest="extract", action="store_const", const="last")
     add("--models", action="store_true")
     add("--temperature", type=float)
     add("--top-p", type=float)
@@ -5806,18 +5828,35 @@ def _conversations(args, log, out, notify):
         messages = parse_conversation(body)[1]
     except UsageError as exc:
         raise UsageError("cannot read %s: %s" % (path, exc)) from None
+    replies = [m["content"] for m in messages if m.get("role") == "assistant"
+               and isinstance(m.get("content"), str)]
     if args.reply is not None:
-        replies = [m for m in messages if m.get("role") == "assistant"
-                   and isinstance(m.get("content"), str)]
         if not replies:
             raise UsageError("%s has no reply yet" % os.path.basename(path)[:-5])
-        _stdout_show(out, replies[-1]["content"] + ("" if replies[-1]["content"].endswith("\n")
-                                                    else "\n"))
+        _stdout_show(out, _extracted(replies[-1], args.extract, notify) if args.extract
+                     else replies[-1] + ("" if replies[-1].endswith("\n") else "\n"))
+    elif args.extract and any(code_blocks(reply) for reply in replies):
+        _stdout_show(out, "".join(_extracted(reply, args.extract) for reply in replies
+                                  if code_blocks(reply)))
     elif args.output == "json":
         _stdout_show(out, json.dumps(body, indent=2, ensure_ascii=False) + "\n")
     else:
+        if args.extract:
+            notify("no reply there has a fenced code block: here is all of it")
         _stdout_show(out, conversation_markdown(os.path.basename(path)[:-5], body))
     return 0
+
+
+def _extracted(text, which, notify=None):
+    """-x (which: "first") or --xl ("last"): that fenced code block of a
+    reply, ending in a newline; a reply with none is given whole, and
+    notify(text) hears of it."""
+    blocks = code_blocks(text)
+    if blocks:
+        text = blocks[0] if which == "first" else blocks[-1]
+    elif notify is not None:
+        notify("the reply has no fenced code block: here it is whole")
+    return text if text.endswith("\n") or not text else text + "\n"
 
 
 def _list_conversations(log, text, limit, out, notify):
@@ -5862,7 +5901,8 @@ def _one_shot(args, chat, content, stdin, out, err, new_printer, keep, mcp=None)
         _stdout_show(out, json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
     elif args.extract:   # only the code: the rest stays in the conversation
         reply = ((completion.get("choices") or [{}])[0].get("message") or {}).get("content")
-        _stdout_show(out, "".join(code_blocks(reply or "")))
+        _stdout_show(out, _extracted(reply or "", args.extract,
+                                     lambda text: _stderr_notice(err, text)))
     else:
         calls = tool_calls(((completion.get("choices") or [{}])[0]).get("message") or {})
         if calls:   # left for the caller to answer
@@ -5985,8 +6025,12 @@ Options:
   -r, --reply [ID]      print only the last reply of a conversation (default:
                         the latest), exactly as received: for pipes
   --delete ID           remove a kept conversation
-  -x, --extract         one-shot: stdout gets only the reply's fenced code
-                        blocks, without the fences (the whole reply is kept)
+  -x, --extract         stdout gets only the reply's first fenced code
+                        block, without its fences (the whole reply is kept);
+                        a reply with none is printed whole, with a notice.
+                        One-shot, and with -r (the last reply) and --show
+                        (each reply's block)
+  --xl, --extract-last  the same with the last fenced code block
   --no-log              keep nothing of this run (also: log = false)
   -p, --profile NAME    use the config file's [NAME] (env CHAT_PY_PROFILE)
   --config FILE         the config file (default: see "The config file")
@@ -6236,6 +6280,7 @@ The conversation (each is kept; --no-log keeps nothing):
 
 The reply:
   -o, --output json     the whole chat.completion as JSON on stdout
+  -x, --xl              only the first (last) fenced code block of the reply
   --temperature T, --max-tokens N, --seed N, --stop TEXT, -n N, --no-stream
   --param KEY=JSON      any other request field
   --usage               show tokens used and speed after each reply
