@@ -3677,13 +3677,16 @@ class Tools:
     notify(text) hears of a command not run for want of consent.  timeout:
     seconds a command may run.  max_rounds: rounds of calls and results
     before chat.py stops.  on_wait(what) hears "running NAME" while a
-    command runs, and None when it is done.
+    command runs, and None when it is done.  free_text: the names of
+    commands offered as command_tool() defines them: the command gets the
+    call's "input" text, as a custom tool's command does.
     """
 
     def __init__(self, commands=None, *, consent=None, ask_first=True, ask=None, notify=None,
                  timeout=DEFAULT_TOOL_TIMEOUT, max_rounds=DEFAULT_TOOL_ROUNDS, on_wait=None,
-                 mcp=None):
+                 mcp=None, free_text=()):
         self.commands, self.consent, self.ask_first = commands or {}, consent, ask_first
+        self.free_text = set(free_text)
         self.ask, self.notify = ask, notify or (lambda text: None)
         self.timeout, self.max_rounds = timeout, max_rounds
         self.on_wait = on_wait or (lambda what, **details: None)
@@ -3702,6 +3705,8 @@ class Tools:
                 arguments = canonical_arguments(arguments)
             except ValueError as exc:
                 return "error: the tool was not run: %s" % exc
+            if name in self.free_text:   # (arguments of any other shape go as they are)
+                arguments = free_text_input(arguments, arguments)
         runner = self._runner(name)
         if runner is None:
             return self._typed_result(name)
@@ -3748,6 +3753,36 @@ class Tools:
             except UsageError as exc:
                 return "error: the user's file could not be read: %s" % exc
         return answer
+
+
+def command_tool(name, description):
+    """The definition offered for a --tool-exec command that has none: one
+    free-text input, which the command reads on its stdin."""
+    return {"type": "function", "function": {
+        "name": name, "description": description,
+        "parameters": {"type": "object", "properties": {"input": {
+            "type": "string", "description": "the text the command reads on its stdin"}},
+            "required": ["input"], "additionalProperties": False}}}
+
+
+def free_text_input(arguments, default=None):
+    """The "input" text of a command_tool() call's canonical arguments; default
+    for arguments of another shape."""
+    value = json.loads(arguments)
+    if isinstance(value, dict) and set(value) == {"input"} and isinstance(value["input"], str):
+        return value["input"]
+    return default
+
+
+def tool_names(params):
+    """The names of the tools (and legacy functions) request fields define."""
+    names = set()
+    for item in (params.get("tools") or []) + (params.get("functions") or []):
+        if isinstance(item, dict):
+            inner = item.get("function") or item.get("custom") or item
+            if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+                names.add(inner["name"])
+    return names
 
 
 def _unique_keys(pairs):
@@ -4727,6 +4762,8 @@ class Console:
         listed = ["  %-30s %s\n" % ((t.get("function") or t.get("custom") or {}).get("name"),
                                     "--tools") for t in self.chat.params.get("tools") or ()
                   if isinstance(t, dict)]
+        listed += ["  %-30s %s\n" % (name, "--tool-exec") for name in sorted(self.tools.free_text)
+                   if name not in tool_names(self.chat.params)]
         listed += [line + "\n" for line in (mcp.describe_tools() if mcp else ())]
         _write_sanitized(self.err, "".join(listed) or "  (no tools: --tools FILE, --mcp FILE)\n")
 
@@ -5435,6 +5472,7 @@ def _parser():
     add("--reasoning-effort")
     add("--hide-reasoning", action="store_true")
     add("--tool-exec", action="append", default=[])
+    add("--tool-description", action="append", default=[], metavar="NAME=TEXT")
     add("--mcp", action="append", default=[])
     add("--no-mcp", action="store_true")
     add("--yes", action="store_true")
@@ -5556,10 +5594,25 @@ def _audio_format(path, streaming):
     return formats[extension]
 
 
-def _tools(args, ask, err, mcp=None):
+def _tools(args, ask, err, mcp=None, params=None):
     """The Tools that --tool-exec, --yes, --tool-timeout and --max-tool-rounds
     describe; ask(question) reads a tool's result typed by the user (None:
-    nobody to ask).  Consent to run a command is asked on the terminal."""
+    nobody to ask); params: the request fields (a command whose tool they do
+    not define is offered with one free-text input).  Consent to run a
+    command is asked on the terminal."""
+    commands = _tool_commands(args)
+    if args.max_tool_rounds < 0 or not 0 < args.tool_timeout <= MAX_TIMEOUT:
+        raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0 "
+                         "and at most %d seconds" % MAX_TIMEOUT)
+    status = getattr(err, "status", None)
+    return Tools(commands, consent=ask_consent, ask_first=not args.yes, ask=ask,
+                 notify=lambda text: _stderr_notice(err, text), timeout=args.tool_timeout,
+                 max_rounds=args.max_tool_rounds, on_wait=status and status.wait, mcp=mcp,
+                 free_text=set(commands) - tool_names(params or {}))
+
+
+def _tool_commands(args):
+    """--tool-exec NAME=COMMAND, each: {NAME: argv}."""
     commands = {}
     for item in args.tool_exec:
         name, equals, command = item.partition("=")
@@ -5571,13 +5624,29 @@ def _tools(args, ask, err, mcp=None):
             raise UsageError("--tool-exec takes NAME=COMMAND, e.g. get_time='date -u', not %r"
                              % item)
         commands[name.strip()] = argv
-    if args.max_tool_rounds < 0 or not 0 < args.tool_timeout <= MAX_TIMEOUT:
-        raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0 "
-                         "and at most %d seconds" % MAX_TIMEOUT)
-    status = getattr(err, "status", None)
-    return Tools(commands, consent=ask_consent, ask_first=not args.yes, ask=ask,
-                 notify=lambda text: _stderr_notice(err, text), timeout=args.tool_timeout,
-                 max_rounds=args.max_tool_rounds, on_wait=status and status.wait, mcp=mcp)
+    return commands
+
+
+def _command_tools(args):
+    """{NAME: the definition command_tool() offers} for each --tool-exec
+    command, described by --tool-description NAME=TEXT or by its command."""
+    commands = _tool_commands(args)
+    described = {}
+    for item in args.tool_description:
+        name, equals, text = item.partition("=")
+        if not equals or name.strip() not in commands:
+            raise UsageError("--tool-description takes NAME=TEXT for a --tool-exec NAME, not %r"
+                             % item)
+        described[name.strip()] = text.strip()
+    offered = {}
+    for name, argv in commands.items():
+        if not re.match(r"[A-Za-z0-9_-]{1,64}\Z", name):
+            raise UsageError("--tool-exec %s: a tool's name is 1 to 64 letters, digits, _ or -"
+                             % name)
+        offered[name] = command_tool(name, described.get(name) or (
+            "Runs `%s` on the user's machine with the input as its stdin; "
+            "returns what it prints" % " ".join(shlex.quote(word) for word in argv)))
+    return offered
 
 
 def _state_home(environ):
@@ -5607,12 +5676,18 @@ def _run_with(client, args, settings, stdin, out, err, environ):
         _stdout_show(out, "".join(model + "\n" for model in client.models()))
         return 0
     flags = _request_params(args)
+    commands = _command_tools(args)
     mcp = _mcp_tools(settings, environ, notify)
+
+    def more_tools():   # the commands no request field defines, and the MCP servers' tools
+        defined = tool_names(chat.params)
+        return ([tool for name, tool in commands.items() if name not in defined]
+                + (mcp.definitions() if mcp else []))
     try:
         chat = Chat(client, settings.model, system=settings.system,
                     params=dict(settings.params, **flags), stream=not args.no_stream,
                     max_context=args.max_context, notify=notify,
-                    system_role=settings.system_role, more_tools=mcp and mcp.definitions)
+                    system_role=settings.system_role, more_tools=more_tools)
         return _talk(chat, mcp, args, settings, stdin, out, err, environ, flags)
     finally:
         if mcp is not None:
@@ -5793,7 +5868,7 @@ def _console(args, chat, stdin, out, err, environ, mcp=None, **options):
         _write_sanitized(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
              % (__version__, chat.model, chat.client.shown_url))
     return Console(chat, read_line, out, err, piped=piped, save_path=args.save,
-                   line_buffer=line_buffer, tools=_tools(args, read_line, err, mcp),
+                   line_buffer=line_buffer, tools=_tools(args, read_line, err, mcp, chat.params),
                    more_waiting=waiting, models=models,
                    editor=environ.get("VISUAL") or environ.get("EDITOR"), **options)
 
@@ -5888,7 +5963,7 @@ def _one_shot(args, chat, content, stdin, out, err, new_printer, keep, mcp=None)
     ask = None
     if stdin is not None and _is_terminal(stdin):   # someone to type a tool's result
         ask = lambda question: (_write_sanitized(err, question), stdin.readline().strip())[1]   # noqa: E731
-    tools = _tools(args, ask, err, mcp)
+    tools = _tools(args, ask, err, mcp, chat.params)
     printer = lambda: new_printer(   # noqa: E731
         show_text=args.output == "text" and not args.extract)
     try:
@@ -6116,7 +6191,12 @@ Tools:
                         Ctrl-D there means no, Ctrl-C no and stop the turn.
                         Arguments that repeat a key are refused.  With no
                         terminal to ask on, the tool is not run and the
-                        model is told
+                        model is told.  A NAME no --tools file (or params,
+                        or loaded conversation) defines is offered as a tool
+                        with one free-text input, which COMMAND reads on
+                        its stdin
+  --tool-description NAME=TEXT   what such a tool does, as the model reads it
+                        (default: the command line it runs)
   --mcp FILE|NAME=COMMAND   offer the tools of MCP (Model Context Protocol)
                         servers; repeatable (also: mcp = FILE in the config).
                         An argument that names an existing file is read as the

@@ -5287,3 +5287,36 @@ def test_x_and_xl_work_with_reply_and_show(server):
     assert run_main(None, "-r", "--xl") == (0, "third\n", "")
     assert run_main(None, "--show", "-x") == (0, "wc -l *.py\nsecond\n", "")
     assert run_main(None, "--show", "--xl") == (0, "print(1)\nthird\n", "")
+
+
+def test_a_command_alone_is_offered_as_a_tool_with_one_free_text_input(server, tmp_path):
+    script = tmp_path / "shout.py"
+    script.write_text("import sys\nsys.stdout.write(sys.stdin.read().upper())\n")
+    server.add(*calling("shout", json.dumps({"input": "hello world"})))
+    status, out, err = run_main(server, "--yes", "--tool-exec", "shout=%s %s" % (
+        sys.executable, script), "--tool-description", "shout=upper-cases text", "hi")
+    assert (status, out) == (0, "The tool said: HELLO WORLD\n"), err
+    offered = server.requests[0]["body"]["tools"]
+    assert offered == [chat.command_tool("shout", "upper-cases text")]
+    assert offered[0]["function"]["parameters"]["required"] == ["input"]
+    assert "tools" not in kept_bodies()[0]   # offered with each request, not kept as a field
+
+
+def test_a_command_tool_is_described_by_its_command_and_defined_once(server, tmp_path):
+    server.add(stream_reply("ok"))
+    run_main(server, "--tool-exec", "now=date -u", "hi")
+    description = server.requests[0]["body"]["tools"][0]["function"]["description"]
+    assert "`date -u`" in description
+    (tmp_path / "tools.json").write_text(json.dumps(WEATHER_TOOL))
+    server.add(stream_reply("ok"))   # a definition of its own wins: no second one
+    run_main(server, "--tools", str(tmp_path / "tools.json"), "--tool-exec", "weather=date", "hi")
+    assert server.requests[1]["body"]["tools"] == WEATHER_TOOL
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--tool-description", "x=y", "hi"], "--tool-description takes NAME=TEXT for a --tool-exec"),
+    (["--tool-exec", "no way=date", "hi"], "a tool's name is 1 to 64 letters"),
+])
+def test_command_tool_flags_that_are_off(server, args, words):
+    status, out, err = run_main(server, *args)
+    assert (status, out, server.requests) == (2, "", []) and words in err, err
