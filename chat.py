@@ -191,6 +191,10 @@ class StdoutError(OutputError):
     """stdout cannot be written to; nothing more should be tried there."""
 
 
+class FileTooLarge(OutputError):
+    """A file would be larger than chat.py reads back; it was left as it was."""
+
+
 class StdoutClosed(StdoutError):
     """The reader of stdout went away (a pipe into `head` closed): its
     choice, not a failure, so nothing is said and the exit status is 0."""
@@ -3198,7 +3202,7 @@ def write_atomically(path, data, limit=None):
             for piece in [data] if isinstance(data, bytes) else data:
                 size += len(piece)
                 if limit is not None and size > limit:
-                    raise OutputError("%s would be over %d MiB, more than chat.py reads back; "
+                    raise FileTooLarge("%s would be over %d MiB, more than chat.py reads back; "
                                       "it was left as it was" % (path, limit >> 20))
                 f.write(piece)
             f.flush()
@@ -3226,7 +3230,7 @@ def write_atomically(path, data, limit=None):
 # Where a kept conversation was held goes in the request body's own
 # metadata (string pairs the API accepts and stores), under these keys; it is
 # taken out again before the body is loaded, so chat.py never sends it.
-ORIGIN = ("chat_py_base_url", "chat_py_profile", "chat_py_forked_from")
+ORIGIN = ("chat_py_base_url", "chat_py_profile", "chat_py_forked_from", "chat_py_continues")
 
 
 def with_origin(body, origin):
@@ -3422,9 +3426,13 @@ class Keeper:
     A turn is never lost: a kept file that another process changed since it
     was read is not overwritten; the conversation goes on in a new file that
     says where it forked from (forking rather than merging: each reply was
-    written for the history its process sent).  Ctrl-C during a save takes
-    effect once it is done.  A failure to keep it in the log is a notice,
-    never the end of the chat; one to write --save's file is an error."""
+    written for the history its process sent).  A reply that would make the
+    file larger than chat.py reads back goes on in a new file too, from the
+    last user message on, that says which it continues.  A file made for a
+    save that failed is removed, so no empty file is left.  Ctrl-C during a
+    save takes effect once it is done.  A failure to keep it in the log is
+    one notice a run, never the end of the chat; one to write --save's file
+    is an error."""
 
     def __init__(self, log, *, path=None, seen=None, origin=None, save_path=None,
                  notify=None):
@@ -3432,7 +3440,8 @@ class Keeper:
         self.origin = dict(origin or {})
         self.notify = notify or (lambda text: None)
         self.seen = seen   # _signature() of path as this process read it
-        self._prepared = False
+        self._prepared = self._failed = False
+        self.start = 0     # chat.messages[start:] (after the system message) are kept
         self.size = _file_size(path) if path else 0
 
     def check(self, chat, content):
@@ -3443,40 +3452,78 @@ class Keeper:
         size = self.size or len(json.dumps(chat.body()))
         size += len(json.dumps(content)) + 2**20   # and room for a reply
         if size > MAX_BODY:
-            raise UsageError("this turn would make the conversation %d MiB, more than chat.py "
-                             "can keep (%d MiB): start a new one (/reset, or without -c), or "
-                             "send the large attachment in a conversation of its own"
-                             % (size >> 20, MAX_BODY >> 20))
+            fresh = not self.size and len(chat.messages) <= _system_count(chat.messages)
+            raise UsageError("%s %d MiB, more than chat.py can keep (%d MiB): %s%s" % (
+                "this message is" if fresh else "this turn would make the conversation",
+                size >> 20, MAX_BODY >> 20,
+                "send less, or fewer attachments" if fresh else
+                "start a new one (/reset, or without -c)",
+                ", or keep nothing of it with --no-log" if self.log is not None else ""))
 
     def __call__(self, chat):
         body = chat.body()
         if self.log is not None and chat.messages:
             try:
                 with _interrupts_deferred():
-                    self._keep(with_origin(body, self.origin))
+                    self._keep(chat)
             except ChatError as exc:
-                self.notify("error: %s (the conversation is still here)" % exc)
+                if not self._failed:   # once a run: each turn would say the same
+                    self._failed = True
+                    self.notify("%s; this chat goes on, not kept (--no-log, or log = false "
+                                "in the config, keeps nothing and says nothing)" % exc)
         if self.save_path:
             with _interrupts_deferred():
                 save_conversation(self.save_path, body)
 
-    def _keep(self, body):
+    def _kept_body(self, chat):
+        """The request body kept: the system message and messages[start:]."""
+        system = _system_count(chat.messages)
+        body = chat.body()
+        if self.start > system:
+            body["messages"] = chat.messages[:system] + chat.messages[self.start:]
+        return body
+
+    def _keep(self, chat):
         if not self._prepared:   # once: make the folder private, clear old temporary files
             self.log.prepare()
             self._prepared = True
+        try:
+            self._save(self._kept_body(chat), self.origin)
+        except FileTooLarge:
+            last = max((i for i, m in enumerate(chat.messages) if m.get("role") == "user"),
+                       default=0)
+            if last <= max(self.start, _system_count(chat.messages)) or self.path is None:
+                raise
+            full, self.start = os.path.basename(self.path)[:-5], last
+            self.path = None
+            self._save(self._kept_body(chat), dict(self.origin, chat_py_continues=full))
+            self.notify("%s is full (%d MiB); this conversation goes on as %s, from your last "
+                        "message on" % (full, MAX_BODY >> 20, os.path.basename(self.path)[:-5]))
+
+    def _save(self, body, origin):
+        """Write body to the conversation's file (a new one for a conversation
+        not kept yet, or one another process changed); path, origin, size and
+        seen change only once it is written."""
         with self.log.locked():
-            if self.path is None:
-                self.path = self.log.new_path()
-            elif _signature(self.path) != self.seen:   # another process kept a turn there
-                forked = os.path.basename(self.path)[:-5]
-                self.path = self.log.new_path()
-                self.origin["chat_py_forked_from"] = forked
-                body = with_origin(body, self.origin)
-                self.notify("%s was changed by another chat.py meanwhile; this conversation "
-                            "goes on as %s, forked from it" % (forked,
-                                                               os.path.basename(self.path)[:-5]))
-            self.size = save_conversation(self.path, body, MAX_BODY)
-            self.seen = _signature(self.path)
+            path, forked = self.path, None
+            if path is not None and _signature(path) != self.seen:   # another process kept a turn
+                forked = os.path.basename(path)[:-5]
+                origin = dict(origin, chat_py_forked_from=forked)
+                path = None
+            if path is None:
+                path = self.log.new_path()
+                try:
+                    size = save_conversation(path, with_origin(body, origin), MAX_BODY)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)   # made empty for this save: nothing to leave behind
+                    raise
+            else:
+                size = save_conversation(path, with_origin(body, origin), MAX_BODY)
+            self.path, self.origin, self.size, self.seen = path, origin, size, _signature(path)
+        if forked:
+            self.notify("%s was changed by another chat.py meanwhile; this conversation goes "
+                        "on as %s, forked from it" % (forked, os.path.basename(path)[:-5]))
 
 
 def conversation_summary(id, modified, body, origin=None):
@@ -5887,6 +5934,9 @@ def _conversations(args, log, out, notify):
     if args.list is not None:
         return _list_conversations(log, args.list, args.n or LIST_LIMIT, out, notify)
     if args.delete is not None:
+        if not args.delete.strip() or args.delete.startswith("-"):   # an unset $ID, a slip
+            raise UsageError("--delete needs a conversation's ID (chat.py --list shows "
+                             "them), not %r" % args.delete)
         path = log.find(args.delete)
         try:
             os.unlink(path)
@@ -6240,7 +6290,10 @@ Conversations kept:
   one that another chat.py changed meanwhile is not overwritten, the
   conversation goes on in a new file that says where it forked from; a
   turn that would make the file larger than chat.py reads back (64 MiB) is
-  refused before it is sent; Ctrl-C during a save lets it finish.  Fields a
+  refused before it is sent, and a reply that would is kept in a new file
+  that names the full one, from the last message on; a failed save leaves
+  no empty file, and a folder that cannot be written is one notice a run;
+  --delete refuses an empty ID; Ctrl-C during a save lets it finish.  Fields a
   loaded conversation sends (n, store, service_tier...) are named once.
 
 The config file:

@@ -5320,3 +5320,89 @@ def test_a_command_tool_is_described_by_its_command_and_defined_once(server, tmp
 def test_command_tool_flags_that_are_off(server, args, words):
     status, out, err = run_main(server, *args)
     assert (status, out, server.requests) == (2, "", []) and words in err, err
+
+
+def run_limited(server, *args, stdin=b"", fsize=None):
+    """`python chat.py ARGS` with files limited to fsize bytes (ulimit -f)."""
+    def limit():
+        if fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    proc = subprocess.run([sys.executable, CHAT_PY] + list(args), input=stdin,
+                          capture_output=True, env=clean_env(OPENAI_BASE_URL=server.url),
+                          preexec_fn=limit, timeout=60)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def test_a_failed_first_save_leaves_no_file_and_c_finds_the_last_good_one(server):
+    server.add(stream_reply("small"), stream_reply("x" * 4000), stream_reply("y" * 4000),
+               stream_reply("carried on"))
+    assert run_limited(server, "good one")[0] == 0
+    good = kept_files()
+    status, out, err = run_limited(server, "-i", stdin=b"big\nbigger\n", fsize=2000)
+    assert status == 0 and out == "x" * 4000 + "\n" + "y" * 4000 + "\n"
+    assert err.count("\n") == 1 and "File too large" in err and "--no-log" in err, err
+    assert "error" not in err and "forked" not in err
+    assert kept_files() == good   # no empty file left behind
+    assert run_limited(server, "-c", "and now?")[0] == 0
+    assert server.requests[-1]["body"]["messages"][:2] == [
+        {"role": "user", "content": "good one"}, {"role": "assistant", "content": "small"}]
+
+
+def test_an_unwritable_state_folder_is_one_notice_a_run(server):
+    os.makedirs(kept_folder())
+    unlock = locked(pathlib_path(kept_folder()))
+    try:
+        server.add(stream_reply("one"), stream_reply("two"))
+        status, out, err = run_main(server, "-i", stdin="a\nb\n")
+    finally:
+        unlock()
+    assert (status, out) == (0, "one\ntwo\n")
+    assert err.count("\n") == 1 and "cannot keep the conversation" in err, err
+    assert "--no-log" in err and "error" not in err
+
+
+def pathlib_path(path):
+    import pathlib
+    return pathlib.Path(path)
+
+
+@pytest.mark.parametrize("wanted", ["", "-", "-x"])
+def test_delete_refuses_an_empty_or_flag_like_id(server, wanted):
+    server.add(stream_reply("kept"))
+    run_main(server, "the only one")
+    status, out, err = run_main(None, "--delete=" + wanted)
+    assert (status, out) == (2, "") and "--delete needs" in err, err
+    assert len(kept_files()) == 1
+
+
+def test_a_reply_too_large_for_its_file_goes_on_in_a_new_one(server, monkeypatch):
+    monkeypatch.setattr(chat, "MAX_BODY", 4 * 2**20)
+    server.add(stream_reply("a" * (2 * 2**20)), stream_reply("b" * (2 * 2**20)),
+               stream_reply("small"))
+    run_main(server, "first")
+    first = kept_files()
+    status, out, err = run_main(server, "-c", "second")   # 4 MiB and more: not in that file
+    assert status == 0 and out.startswith("b") and "is full (4 MiB)" in err, err
+    bodies = {name: json.load(open(os.path.join(kept_folder(), name))) for name in kept_files()}
+    new = [name for name in bodies if name not in first]
+    assert len(new) == 1
+    assert bodies[new[0]]["metadata"]["chat_py_continues"] == first[0][:-5]
+    assert [m["content"][:1] for m in bodies[new[0]]["messages"]] == ["s", "b"]
+    assert bodies[first[0]]["messages"][-1]["content"][:1] == "a"   # the old file as it was
+    assert run_main(server, "-c", "third")[0] == 0   # -c goes on in the new file
+    assert server.requests[-1]["body"]["messages"][0]["content"] == "second"
+
+
+def test_the_refusal_of_a_turn_too_large_fits_the_conversation_and_names_no_log(
+        server, monkeypatch):
+    monkeypatch.setattr(chat, "MAX_BODY", 2 * 2**20)
+    status, out, err = run_main(server, "x" * 2**20)
+    assert (status, server.requests) == (2, [])
+    assert "this message is 2 MiB, more than chat.py can keep (2 MiB): send less" in err
+    assert "without -c" not in err and "--no-log" in err
+    server.add(stream_reply("ok"))
+    assert run_main(server, "--no-log", "x" * 2**20)[0] == 0   # as it says
+    server.add(stream_reply("y" * (2**20 // 2)))
+    run_main(server, "start")
+    status, out, err = run_main(server, "-c", "x" * (2**20 // 2))
+    assert status == 2 and "start a new one (/reset, or without -c)" in err and "--no-log" in err
