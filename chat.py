@@ -50,6 +50,7 @@ application (terminal, files, tools, console, settings, main) follows.
 import argparse
 import atexit
 import base64
+import codecs
 import configparser
 import contextlib
 import difflib
@@ -1165,7 +1166,10 @@ def _import_network():
     global http, socket, ssl, urllib
     import http.client
     import socket
-    import ssl
+    try:
+        import ssl
+    except ImportError:   # a Python built without it: http:// still works
+        ssl = None
     import urllib.error
     import urllib.request
 
@@ -1215,9 +1219,12 @@ def _connection_pool(on_wait):
             except (OSError, http.client.HTTPException):
                 pass   # then it is not read to its end, and closes
 
-    class KeepAlive(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    tls = [urllib.request.HTTPSHandler] if ssl else []   # (no ssl: http only)
+
+    class KeepAlive(urllib.request.HTTPHandler, *tls):
         def __init__(self):
-            urllib.request.HTTPSHandler.__init__(self)   # the default TLS settings
+            for handler in tls:
+                handler.__init__(self)   # the default TLS settings
             self.idle = {}   # (scheme, host, tunnel, target) -> (connection, its last answer)
 
         def http_open(self, request):
@@ -1803,11 +1810,12 @@ class Client:
             return APIConnectionError("cannot find the host of %s - check --base-url and "
                                       "your network" % where)
         # Python 3.7 named the certificate error; 3.6 raises its base class.
-        if isinstance(reason, getattr(ssl, "SSLCertVerificationError", ssl.CertificateError)):
+        if ssl and isinstance(reason, getattr(ssl, "SSLCertVerificationError",
+                                              ssl.CertificateError)):
             return APIConnectionError("the TLS certificate of %s is not trusted (%s); for a "
                                       "private CA set SSL_CERT_FILE"
                                       % (where, getattr(reason, "verify_message", None) or reason))
-        if isinstance(reason, ssl.SSLError):
+        if ssl and isinstance(reason, ssl.SSLError):
             return APIConnectionError("TLS failed with %s: %s - is it an https server?"
                                       % (where, _one_line(str(reason))))
         return APIConnectionError("cannot connect to %s: %s"
@@ -4882,8 +4890,10 @@ def _terminal_reader(stdin, out, err, environ, commands, complete_argument=None)
     Python has readline; more_waiting() tells a paste from typing."""
     try:
         import readline
-    except ImportError:
+    except ImportError:   # (Windows, a minimal build): input() alone
         readline = None
+        _stderr_notice(err, "this Python has no readline: no line editing, history or Tab "
+                       "completion; the rest works")
     if readline is not None:
         path = os.path.join(_state_home(environ), "chat.py", "history")
         try:
@@ -5705,6 +5715,7 @@ def _run(args, settings, stdin, out, err, environ):
     """Everything after the settings: --models, --check, one-shot, or the console."""
     notify = lambda text: _stderr_notice(err, text)   # noqa: E731
     _check_combination(args)
+    _check_tls(settings.base_url)
     client = Client(settings.base_url, api_key=settings.api_key,
                     organization=settings.organization, project=settings.project,
                     headers=settings.headers, proxies=settings.proxies,
@@ -5715,6 +5726,15 @@ def _run(args, settings, stdin, out, err, environ):
         return _run_with(client, args, settings, stdin, out, err, environ)
     finally:
         client.close()
+
+
+def _check_tls(base_url):
+    """An https:// URL needs the ssl module, which a Python may be built without."""
+    _import_network()
+    if ssl is None and urlsplit(base_url).scheme == "https":
+        raise UsageError("%s is https, and this Python has no ssl module (built without "
+                         "OpenSSL): run chat.py with a Python that has it, or use an http:// "
+                         "server (a local one)" % shown_url(base_url))
 
 
 def _run_with(client, args, settings, stdin, out, err, environ):
@@ -5764,6 +5784,9 @@ def _mcp_tools(settings, environ, notify):
 def _talk(chat, mcp, args, settings, stdin, out, err, environ, flags):
     """The conversation itself: --check, one-shot, or the console."""
     notify = lambda text: _stderr_notice(err, text)   # noqa: E731
+    missing = _fallbacks(args, settings, mcp, _is_terminal(stdin))
+    if missing:
+        notify(missing)
     carried = args.carried   # -c or --resume: the kept file it goes on in, read by _go_back
     seen = args.seen if carried else None
     _load(args, chat, carried or args.load, flags, notify)
@@ -5788,6 +5811,20 @@ def _talk(chat, mcp, args, settings, stdin, out, err, environ, flags):
         if status is not None:
             return status
     return console.run()
+
+
+def _fallbacks(args, settings, mcp, terminal):
+    """What works otherwise on a Python without termios or fcntl (Windows, a
+    minimal build), where this run would use them, as a notice; or None."""
+    missing = []
+    if termios is None and (terminal or (args.tool_exec or mcp) and not args.yes):
+        missing.append("termios (keys typed ahead are not held back: they show in a reply "
+                       "and could answer a question to run a tool)")
+    if fcntl is None and settings.log:
+        missing.append("fcntl (kept conversations are not locked while written)")
+    if not missing:
+        return None
+    return "this Python has no %s; the rest works" % " and no ".join(missing)
 
 
 def _check_combination(args):
@@ -6051,15 +6088,23 @@ def _status_wanted(settings, environ, stream):
 def _forgiving(name):
     """sys.stdin, sys.stdout or sys.stderr, made to turn what its encoding
     cannot take into U+FFFD instead of failing (a pipe of Latin-1, a reply
-    for a C locale); None if the process was started with it closed."""
+    for a terminal that cannot show it); None if the process was started
+    with it closed.  stdout into a pipe or a file is UTF-8 whatever the
+    locale, so it gets the reply exactly; and where the locale says ASCII
+    (LANG=C), every stream is UTF-8, as Python 3.7 makes it (PEP 538)."""
     stream = getattr(sys, name)
-    if stream is None or hasattr(stream, "reconfigure"):
-        if stream is not None:
-            stream.reconfigure(errors="replace")
+    if stream is None:
+        return None
+    encoding = stream.encoding or "utf-8"
+    if codecs.lookup(encoding).name == "ascii" or (
+            name == "stdout" and not _is_terminal(stream)):
+        encoding = "utf-8"
+    if hasattr(stream, "reconfigure"):
+        stream.reconfigure(encoding=encoding, errors="replace")
         return stream
     if not hasattr(stream, "buffer") or _is_terminal(stream):   # Python 3.6
         return stream
-    stream = io.TextIOWrapper(stream.detach(), encoding=stream.encoding, errors="replace",
+    stream = io.TextIOWrapper(stream.detach(), encoding=encoding, errors="replace",
                               line_buffering=stream.line_buffering)
     setattr(sys, name, stream)
     return stream
@@ -6095,7 +6140,12 @@ character in it (escape sequences that set titles, write the clipboard,
 move the cursor or clear the screen; backspaces; bidirectional overrides) is
 shown as a visible escape such as ^[ and never acted on: in replies, errors,
 tool calls, model ids, loaded history, everywhere.  stderr is always treated
-so.  Into a pipe or a file, stdout is the reply exactly as it came.
+so.  Into a pipe or a file, stdout is the reply exactly as it came, in
+UTF-8 whatever the locale.
+
+On a Python built without ssl, http:// works and https:// is one line
+saying so; without readline, termios or fcntl (Windows, minimal builds) the
+chat works, and what it does without them is said once.
 
 Options:
   -m, --model NAME      model to use (env OPENAI_MODEL, default gpt-4o-mini)

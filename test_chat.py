@@ -5406,3 +5406,70 @@ def test_the_refusal_of_a_turn_too_large_fits_the_conversation_and_names_no_log(
     run_main(server, "start")
     status, out, err = run_main(server, "-c", "x" * (2**20 // 2))
     assert status == 2 and "start a new one (/reset, or without -c)" in err and "--no-log" in err
+
+
+@pytest.fixture
+def hiding(tmp_path):
+    """The environment for a chat.py subprocess in which the modules named in
+    CHAT_PY_TEST_HIDE cannot be imported, as on a Python built without them."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "for name in os.environ.get('CHAT_PY_TEST_HIDE', '').split():\n"
+        "    sys.modules[name] = None\n")
+    return lambda names: {"PYTHONPATH": str(folder), "CHAT_PY_TEST_HIDE": names}
+
+
+def test_without_ssl_http_works_and_https_is_one_line(server, hiding):
+    server.add(stream_reply("plain"))
+    status, out, err, _ = run_child(server, "hi", env=hiding("ssl _ssl"))
+    assert (status, out, err) == (0, b"plain\n", "")
+    status, out, err, _ = run_child(None, "--base-url", "https://127.0.0.1:9/v1", "hi",
+                                    env=hiding("ssl _ssl"))
+    assert_one_line(status, err, 2)
+    assert "this Python has no ssl module" in err
+    status, _, err, _ = run_child(None, "--base-url", "http://127.0.0.1:%d/v1" % free_port(),
+                                  "--retries", "0", "hi", env=hiding("ssl _ssl"))
+    assert_one_line(status, err, 1)   # a connection error without ssl is still one line
+    assert "connection refused" in err
+
+
+def test_without_termios_and_fcntl_the_run_works_and_says_so_once(server, hiding):
+    server.add(stream_reply("one"), stream_reply("two"))
+    status, out, err, _ = run_child(server, "hi", env=hiding("termios fcntl"))
+    assert (status, out) == (0, b"one\n")
+    assert err.count("\n") == 1 and "no fcntl (kept conversations are not locked" in err, err
+    status, out, err, _ = run_child(server, "-c", "--tool-exec", "x=date", "again",
+                                    env=hiding("termios fcntl"))
+    assert (status, out) == (0, b"two\n")   # -c found what the first run kept
+    assert err.count("\n") == 1 and "no termios (keys typed ahead" in err, err
+
+
+def test_without_readline_the_chat_works_on_a_terminal_and_says_so_once(server, hiding):
+    server.add(stream_reply("answered"))
+    status, data = on_terminal(server, keys=[(rb"> ", b"hello\r"), (rb"answered", b"\x04")],
+                               env=hiding("readline"))
+    assert status == 0
+    screen = "\n".join(screen_of(data).display)
+    assert screen.count("this Python has no readline") == 1
+    assert "answered" in screen and server.requests[0]["body"]["messages"] == [
+        {"role": "user", "content": "hello"}]
+
+
+def test_a_c_locale_on_python_3_6_still_pipes_the_exact_utf8_reply(server):
+    python = find_python("3.6")
+    if python is None:
+        pytest.skip("no Python 3.6 on this machine (pyenv)")
+    server.add(stream_reply("caf\u00e9 \u2615 \u65e5\u672c"))
+    proc = subprocess.run([python, CHAT_PY, "\u00fcber"], input="na\u00efve\n".encode(),
+                          capture_output=True, timeout=60,
+                          env=clean_env(OPENAI_BASE_URL=server.url, LANG="C", LC_ALL="C"))
+    assert (proc.returncode, proc.stdout) == (0, "caf\u00e9 \u2615 \u65e5\u672c\n".encode())
+    assert server.requests[0]["body"]["messages"][0]["content"] == "\u00fcber\n\nna\u00efve"
+
+
+def test_a_pipe_gets_utf8_whatever_the_streams_encoding(server):
+    server.add(stream_reply("caf\u00e9 \u2615 \u65e5\u672c"))   # as a Latin-1 locale would have it
+    status, out, err, _ = run_child(server, "hi", env={"PYTHONIOENCODING": "latin-1"})
+    assert (status, out, err) == (0, "caf\u00e9 \u2615 \u65e5\u672c\n".encode(), "")
