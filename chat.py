@@ -2137,6 +2137,7 @@ class Chat:
         tried = set()
         while True:
             accumulator = ChatAccumulator(self.params.get("n", 1))
+            self.totals["requests"] += 1   # each one sent counts, whatever its answer
             try:
                 completion = self._request(messages, printer, accumulator)
                 break
@@ -2249,7 +2250,6 @@ class Chat:
             self._audio[id(kept)] = (kept, audio["id"], audio.get("expires_at"))
         self.cut_short = choices[0].get("finish_reason") == "length"
         usage = completion.get("usage") or {}
-        self.totals["requests"] += 1
         for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
             if isinstance(usage.get(key), int):
                 self.totals[key] += usage[key]
@@ -3544,10 +3544,21 @@ def conversation_summary(id, modified, body, origin=None):
     origin = origin or {}
     where = origin.get("chat_py_profile") or urlsplit(
         origin.get("chat_py_base_url") or "").hostname or "-"
-    return (id, time.strftime("%Y-%m-%d %H:%M", time.localtime(modified)), where,
-            (body.get("model") if isinstance(body, dict) else None) or "-",
+    model = (body.get("model") if isinstance(body, dict) else None) or "-"
+    return (id, time.strftime("%Y-%m-%d %H:%M", time.localtime(modified)),
+            _shortened(where, 30), _shortened(str(model), 30),
             "%d turn%s" % (len(users), "" if len(users) == 1 else "s"),
             first[:60] + ("..." if len(first) > 60 else ""))
+
+
+def _shortened(text, width):
+    """text in at most width characters: a longer one keeps a third for its
+    start and the rest for its end (a model's provider, then its size and
+    variant), "..." between them."""
+    if len(text) <= width:
+        return text
+    head = width // 3
+    return text[:head] + "..." + text[len(text) - (width - 3 - head):]
 
 
 def _text_of(content):
@@ -6039,7 +6050,11 @@ def _list_conversations(log, text, limit, out, notify):
                 break
     finally:
         entries.close()   # the notice of skipped files, if any
-    widths = [max(len(row[i]) for row in rows) for i in range(5)] if rows else []
+    if not rows:
+        notify("no kept conversation has %s in it" % json.dumps(text, ensure_ascii=False)
+               if text else "no conversation is kept yet (in %s)" % log.folder)
+        return 0
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
     _stdout_show(out, "".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths))
                               + "  " + row[5] + "\n" for row in rows))
     return 0

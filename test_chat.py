@@ -5473,3 +5473,31 @@ def test_a_pipe_gets_utf8_whatever_the_streams_encoding(server):
     server.add(stream_reply("caf\u00e9 \u2615 \u65e5\u672c"))   # as a Latin-1 locale would have it
     status, out, err, _ = run_child(server, "hi", env={"PYTHONIOENCODING": "latin-1"})
     assert (status, out, err) == (0, "caf\u00e9 \u2615 \u65e5\u672c\n".encode(), "")
+
+
+def test_usage_counts_every_request_sent(server, tmp_path):
+    rejected = json.dumps({"error": {
+        "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                   "Use 'max_completion_tokens' instead.", "type": "invalid_request_error",
+        "param": "max_tokens", "code": "unsupported_parameter"}}).encode()
+    server.add(Reply(rejected, status=400), stream_reply("A"),   # a turn of two requests
+               Reply(sse(*tool_fragments()), headers=SSE),      # a tool round, its second
+               Reply(b'{"error": {"message": "overloaded"}}', status=500))   # one failing
+    conversation = chat.Chat(chat.Client(server.url, retries=0), "m",
+                             params={"max_tokens": 30, "tools": WEATHER_TOOL})
+    conversation.send("one")
+    assert conversation.totals["requests"] == 2
+    with pytest.raises(chat.APIError):
+        conversation.follow_tools(conversation.send("two"), chat.Tools(ask=lambda q: "sun"))
+    assert conversation.totals["requests"] == len(server.requests) == 4
+
+
+def test_an_empty_list_says_so_and_long_model_names_are_shortened(server):
+    assert run_main(None, "--list") == (
+        0, "", "chat.py: no conversation is kept yet (in %s)\n" % kept_folder())
+    server.add(stream_reply("ok"))
+    run_main(server, "-m", "accounts/fireworks/models/llama-v3p1-405b-instruct", "hi")
+    status, out, err = run_main(None, "--list")
+    assert status == 0 and "accounts/f...3p1-405b-instruct  1 turn  hi" in out, out
+    assert run_main(None, "--list", "nowhere") == (
+        0, "", 'chat.py: no kept conversation has "nowhere" in it\n')
