@@ -5277,8 +5277,9 @@ def read_config(path, profile, explicit):
         checked = {}
         for key, raw in parser.items(name):
             if key not in CONFIG_KEYS:
-                raise UsageError("%s [%s]: unknown key %s; the keys are %s"
-                                 % (path, name, key, ", ".join(sorted(CONFIG_KEYS))))
+                raise UsageError("%s [%s]: unknown key %s%s; the keys are %s" % (
+                    path, name, key, _did_you_mean(key, CONFIG_KEYS),
+                    ", ".join(sorted(CONFIG_KEYS))))
             parse, what = CONFIG_KEYS[key]
             try:
                 checked[key] = parse(raw.strip())
@@ -5296,6 +5297,12 @@ def read_config(path, profile, explicit):
                              "make it yours alone: chmod 600 %s" % (path, name, path))
         sections[name] = checked
     return sections.get("default", {}), sections.get(profile, {}) if profile else {}
+
+
+def _did_you_mean(word, known):
+    """"; did you mean X?" for the one of known that word is closest to, or ""."""
+    close = difflib.get_close_matches(word, list(known), 1)
+    return "; did you mean %s?" % close[0] if close else ""
 
 
 def config_key(section, environ, where, timeout=KEY_COMMAND_TIMEOUT):
@@ -5552,6 +5559,30 @@ def _parser():
     return parser
 
 
+_QUOTE_IT = "; if words that look like flags are part of the prompt, quote the whole prompt " \
+            "or put -- before it"
+
+
+def _arguments(argv):
+    """The command line parsed; what it does not take is a usage error that
+    says what was probably meant: a flag's right spelling, or, for words
+    after the prompt's first word, to quote the prompt or put -- before it."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if not rest and args.prompt and _reads_the_log(args):   # `chat.py how do I rm -rf`
+        parser.error("--list, --show, -r and --delete take no PROMPT" + _QUOTE_IT)
+    if not rest:
+        return args
+    flags = [f for action in parser._actions for f in action.option_strings]
+    unknown = next((word.split("=")[0] for word in rest if word.startswith("--")), None)
+    hint = _did_you_mean(unknown, flags) if unknown else ""
+    first = next((i for i, word in enumerate(argv) if args.prompt and word == args.prompt[0]),
+                 len(argv))
+    if not hint and any(word.startswith("-") and word != "--" for word in argv[first:]):
+        hint = _QUOTE_IT   # (argv is not echoed: a key given with --api-key may be in it)
+    parser.error("unrecognized arguments: %s%s" % (" ".join(rest), hint))
+
+
 def _json_schema(path):
     """response_format.json_schema from a file: a bare schema, or {name, schema, strict}."""
     data = read_json_file(path, "--json-schema")
@@ -5568,8 +5599,13 @@ def _request_params(args):
     params = _plain_fields(args)
     params.update(_file_fields(args))
     params.update(_choice_fields(args))
-    params.update(_param_fields(args.param))
     check_params(params)
+    extra = _param_fields(args.param)
+    try:   # a field --param sets is named as sent, not by the flag that was not given
+        check_params(dict(params, **extra), by_flag=False)
+    except UsageError as exc:
+        raise UsageError("--param: %s" % exc) from None
+    params.update(extra)
     return params
 
 
@@ -6145,6 +6181,8 @@ Usage:
   echo TEXT | chat.py [options]     one-shot with piped input (after PROMPT)
   chat.py -i [options] [PROMPT...]  keep chatting after the first reply; with
                                     stdin piped, each line is one turn
+  chat.py [options] -- PROMPT...    every word after -- is the prompt, even
+                                    one that looks like a flag (tar -c)
 
 Only the assistant's text (or, with --output json, one JSON document) goes to
 stdout.  Prompts, notices, the model's reasoning, the sources it cites and
@@ -6554,7 +6592,7 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
 
 
 def _main(argv, stdin, environ, outputs):
-    args = _parser().parse_args(argv)
+    args = _arguments(argv)
     if args.help or args.manual:
         _stdout_write(outputs.out, HELP if args.help else MANUAL)
         return 0

@@ -5501,3 +5501,30 @@ def test_an_empty_list_says_so_and_long_model_names_are_shortened(server):
     assert status == 0 and "accounts/f...3p1-405b-instruct  1 turn  hi" in out, out
     assert run_main(None, "--list", "nowhere") == (
         0, "", 'chat.py: no kept conversation has "nowhere" in it\n')
+
+
+@pytest.mark.parametrize("args,words", [
+    (["what", "does", "tar", "-c", "do"], "unrecognized arguments: do; if words that look like "
+                                         "flags are part of the prompt, quote the whole prompt "
+                                         "or put -- before it"),
+    (["how", "do", "I", "use", "rm", "-rf"], "take no PROMPT; if words that look like flags"),
+    (["--modle", "gpt-4o", "hi"], "unrecognized arguments: --modle; did you mean --model?"),
+    (["hi", "--temprature=1"], "did you mean --temperature?"),
+    (["--param", "temperature=abc", "hi"], '--param: "temperature" must be a number from 0 '
+                                            'to 2, not "abc"'),
+])
+def test_flags_that_help(server, args, words):
+    status, out, err = run_main(server, *args)
+    assert (status, out, server.requests) == (2, "", []) and words in err, err
+    assert err.count("\n") == 1 and "sk-" not in err
+
+
+def test_the_prompt_hint_never_echoes_a_key(server):
+    status, out, err = run_main(server, "what", "is", "-la", "--api-key", "sk-secret-0123456789")
+    assert status == 2 and "quote the whole prompt" in err and "0123456789" not in err
+
+
+def test_an_unknown_config_key_gets_a_did_you_mean(server):
+    write_config("[default]\nmodle = gpt-4o\n")
+    status, out, err = run_main(server, "hi")
+    assert status == 2 and "unknown key modle; did you mean model?" in err, err
