@@ -2421,6 +2421,7 @@ class StatusLine:
         self._what = self._since = self._until = self._progress = None
         self._drawn = False
         self._thread = None
+        self._holds = 0   # held(): blocks in which nothing is drawn
 
     def wait(self, what, until=None, progress=None):
         """chat.py now waits for what (None: for nothing more); until: the
@@ -2440,6 +2441,20 @@ class StatusLine:
         if self._what is not None or self._drawn:   # (nothing to do, nearly always)
             self.wait(None)
 
+    @contextlib.contextmanager
+    def held(self):
+        """Draw nothing in the block: the cursor is on a line that is not
+        the status line's to erase (the prompt, with what was typed)."""
+        self.clear()
+        with self._lock:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holds -= 1
+                self._what = None   # the wait it held ended with it
+
     def _run(self):
         while True:
             time.sleep(self.INTERVAL)
@@ -2447,7 +2462,7 @@ class StatusLine:
                 if self._what is None:   # nothing waits: no wake-ups while idle
                     self._thread = None
                     return
-                if self._clock() - self._since >= self.DELAY:
+                if self._clock() - self._since >= self.DELAY and not self._holds:
                     self._draw()
 
     def _draw(self):
@@ -2894,6 +2909,7 @@ class ReplyPrinter(Printer):
         self.reasoning, self.usage, self.logprobs = reasoning and show_text, usage, logprobs
         self.audio, self.status, self.clock = audio, status, clock
         self._hidden = 0         # pieces of reasoning not shown (for the status line)
+        self._pieces = 0         # pieces of text not shown here (for the status line)
         self._started, self._first = clock(), None   # for time to first token
         self._current = None     # the choice being written
         self._held = {}          # index -> text waiting its turn
@@ -2906,6 +2922,8 @@ class ReplyPrinter(Printer):
         """Show one chunk's text (and the live choice's reasoning)."""
         if self._first is None:
             self._first = self.clock()
+        if self.status is not None and not (self.show_text and self.terminal):
+            self._progress(chunk)   # the text goes elsewhere: the status line says how it goes
         if not self.show_text:
             return
         for choice in chunk.get("choices") or ():
@@ -2935,11 +2953,21 @@ class ReplyPrinter(Printer):
                 while self._current in self._finished and self._held:
                     self._switch_to(min(self._held))
 
+    def _progress(self, chunk):
+        """With the reply going into a pipe (or not shown), the status line
+        counts its pieces (about a token each) and their rate."""
+        if any((choice.get("delta") or {}).get("content") for choice in chunk.get("choices") or ()):
+            self._pieces += 1
+            elapsed = self.clock() - self._first
+            self.status.wait("receiving the reply", progress="%d tokens%s" % (
+                self._pieces, ", %d tokens/s" % (self._pieces / elapsed) if elapsed >= 1 else ""))
+
     def _reasoning(self, thought):
-        """Show the live choice's reasoning; hidden, count it on the status line."""
+        """Show the live choice's reasoning; hidden, count it on the status line
+        (unless the reply's line is open on the same screen: it is not its own)."""
         if thought and self.reasoning:
             self._think(thought)
-        elif thought and self.status is not None:
+        elif thought and self.status is not None and (self._ends_line or not self.terminal):
             self._hidden += 1   # about a token a piece
             self.status.wait("waiting for the model",
                              progress="%d reasoning tokens" % self._hidden)
@@ -4967,9 +4995,11 @@ def _terminal_reader(stdin, out, err, environ, commands, complete_argument=None)
     return read_line, lambda: typed["now"], more_waiting
 
 
-def _completer(models):
+def _completer(models, status=None):
     """complete(command, text): what Tab may put after a /command: file
-    names after those that take a file, model ids (models()) after /model."""
+    names after those that take a file, model ids (models()) after /model.
+    status: the StatusLine, held while the ids are asked for, since the
+    cursor is on the prompt's line then, after what was typed."""
     def complete(command, text):
         # readline prints the matches as they are, so a match that sanitize()
         # would change (a control character in a model id or a file name) is
@@ -4983,11 +5013,18 @@ def _completer(models):
                     for path in sorted(glob.glob(glob.escape(expanded) + "*"))]
         if command == "/model":
             try:
-                return [model + " " for model in models() if model.startswith(text)]
+                ids = _held(status, models) if status is not None else models()
+                return [model + " " for model in ids if model.startswith(text)]
             except ChatError:
                 return []
         return []
     return complete
+
+
+def _held(status, function):
+    """function(), with the status line held while it runs."""
+    with status.held():
+        return function()
 
 
 def _once(function):
@@ -5995,7 +6032,8 @@ def _console(args, chat, stdin, out, err, environ, mcp=None, **options):
         read_line, line_buffer, waiting = _piped_reader(stdin), None, None
     else:
         read_line, line_buffer, waiting = _terminal_reader(
-            stdin, out, err, environ, Console.COMMANDS, _completer(models))
+            stdin, out, err, environ, Console.COMMANDS,
+            _completer(models, getattr(err, "status", None)))
         _write_sanitized(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
              % (__version__, chat.model, chat.client.shown_url))
     return Console(chat, read_line, out, err, piped=piped, save_path=args.save,
@@ -6285,8 +6323,10 @@ Options:
                         on stderr saying what chat.py waits for and how long:
                         connecting to HOST, waiting for the model (with the
                         hidden reasoning tokens so far), sending an upload,
-                        running a tool, a retry's countdown; it is erased
-                        before anything else is written
+                        running a tool, a retry's countdown, and with
+                        stdout piped, the reply's tokens and rate; it is
+                        erased before anything else is written, and never
+                        drawn over a reply's unfinished line or the prompt
 
 Request fields (only what you set is sent; each is checked before sending):
   --temperature T       0 to 2                --top-p P          0 to 1

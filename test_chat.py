@@ -5528,3 +5528,36 @@ def test_an_unknown_config_key_gets_a_did_you_mean(server):
     write_config("[default]\nmodle = gpt-4o\n")
     status, out, err = run_main(server, "hi")
     assert status == 2 and "unknown key modle; did you mean model?" in err, err
+
+
+def test_with_stdout_piped_the_status_line_shows_the_replys_progress(server):
+    reply = stream_reply(*["word%d " % i for i in range(40)])
+    reply.body = [p for piece in reply.body for p in (piece, 0.05)]   # 2 s of streaming
+    server.add(reply)
+    read_end, write_end = os.pipe()
+    status, data = on_terminal(server, "hi", stdout_fd=write_end)
+    os.close(write_end)
+    piped = os.read(read_end, 65536)
+    os.close(read_end)
+    assert status == 0 and piped.startswith(b"word0 word1")
+    assert re.search(rb"receiving the reply\.\.\. 1s, \d+ tokens, \d+ tokens/s", data), data
+    assert "receiving" not in "\n".join(screen_of(data).display)   # and erased at the end
+
+
+def test_hidden_reasoning_after_text_never_erases_it(server):
+    pieces = [chunk(delta={"reasoning_content": "step %d " % i}) for i in range(12)]
+    reply = sse_reply(chunk("The answer is"), *pieces + [chunk(" 42."), chunk(finish="stop")])
+    reply.body = [p for piece in reply.body for p in (piece, 0.12)]
+    server.add(reply)
+    status, data = on_terminal(server, "--hide-reasoning", "hi")
+    assert status == 0 and b"reasoning tokens" not in data   # the line was the reply's
+    assert "The answer is 42." in "\n".join(screen_of(data).display)
+
+
+def test_waiting_for_models_on_tab_keeps_the_prompt_and_what_was_typed(server):
+    models = Reply(json.dumps({"data": [{"id": "gpt-tab-test"}]}).encode())
+    server.add(lambda request: (time.sleep(1.5), models)[1])   # a slow answer
+    status, data = on_terminal(server, keys=[(rb"> ", b"/model gpt-t\t"),
+                                             (rb"gpt-tab-test ", b"\x15\x04")])
+    assert status == 0
+    assert b"connecting to" not in data and b"waiting for" not in data
