@@ -4543,7 +4543,8 @@ class Console:
     (default: write it to save_path).  more_waiting(): True when more input
     is already there, as when lines are pasted (a paste is one message).
     models(): the server's model ids (default: asked for once).  editor:
-    the command /edit runs (default: vi).
+    the command /edit runs (default: vi).  typeahead: a TypedAhead for the
+    terminal, holding back the echo of keys typed while a reply streams.
     """
 
     COMMANDS = {   # name: (method, argument, what it does; None: not listed)
@@ -4578,8 +4579,10 @@ class Console:
 
     def __init__(self, chat, read_line, out, err, *, piped=False, save_path=None,
                  line_buffer=None, tools=None, new_printer=None, attachments=(), keep=None,
-                 more_waiting=None, models=None, editor=None, prompt="> ", more_prompt="... "):
+                 more_waiting=None, models=None, editor=None, prompt="> ", more_prompt="... ",
+                 typeahead=None):
         self.chat, self.read_line, self.out, self.err = chat, read_line, out, err
+        self.typeahead = typeahead
         self.piped, self.save_path, self.line_buffer = piped, save_path, line_buffer
         self.prompt, self.more_prompt = prompt, more_prompt
         self.keep = keep or (lambda chat: self.save_path and save_conversation(
@@ -4684,14 +4687,17 @@ class Console:
         """Run action(printer), which talks to the model; report how it ended."""
         status = None
         try:
-            completion = action(self.new_printer())
-            self.chat.follow_tools(completion, self.tools, self.new_printer)
+            completion = action(self._printer())
+            self.chat.follow_tools(completion, self.tools, self._printer)
         except KeyboardInterrupt:
             _stderr_dim(self.err, "[interrupted]\n")
         except StdoutClosed:   # nobody reads the replies any more: kept, and the end
             status = 0
         except ChatError as exc:
             status = self._failed(exc)
+        finally:
+            if self.typeahead is not None:
+                self.typeahead.release()
         try:
             self.keep(self.chat)
         except ChatError as exc:
@@ -4699,6 +4705,12 @@ class Console:
         except KeyboardInterrupt:   # pressed while it was kept: kept all the same
             _stderr_dim(self.err, "[interrupted]\n")
         return status
+
+    def _printer(self):
+        """A printer for the next reply; while it streams, typed keys are held."""
+        if self.typeahead is None:
+            return self.new_printer()
+        return _HoldingKeys(self.new_printer(), self.typeahead)
 
     def _failed(self, exc):
         _stderr_notice(self.err, "error: %s" % exc)
@@ -4884,6 +4896,53 @@ class Console:
     def do_curl(self, argument):
         _write_sanitized(self.err, self.chat.client.curl(self.chat.next_payload(argument or None))
              + "\n")
+
+
+class TypedAhead:
+    """Keys typed on the terminal fd while a reply streams: not echoed into
+    the reply (hold()) but left typed ahead, for the next prompt to read
+    (release()).  Where there is no termios, they show, as before."""
+
+    def __init__(self, fd):
+        self.fd, self._saved = fd, None
+
+    def hold(self):
+        if termios is None or self._saved is not None:
+            return
+        try:
+            saved = termios.tcgetattr(self.fd)
+            quiet = list(saved)
+            quiet[3] &= ~termios.ECHO   # (the local modes; TCSANOW keeps what was typed)
+            termios.tcsetattr(self.fd, termios.TCSANOW, quiet)
+        except termios.error:
+            return
+        self._saved = saved
+
+    def release(self):
+        if self._saved is not None:
+            saved, self._saved = self._saved, None
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(self.fd, termios.TCSANOW, saved)
+
+
+class _HoldingKeys(Printer):
+    """printer, with typeahead held from now until its reply ends (and so
+    shown again for a tool's consent question, asked between replies)."""
+
+    def __init__(self, printer, typeahead):
+        self.printer, self.typeahead = printer, typeahead
+        typeahead.hold()
+
+    def chunk(self, chunk):
+        self.printer.chunk(chunk)
+
+    def end_line(self):
+        self.typeahead.release()
+        self.printer.end_line()
+
+    def finish(self, completion):
+        self.typeahead.release()
+        self.printer.finish(completion)
 
 
 def edit_text(editor, initial=""):
@@ -6036,6 +6095,8 @@ def _console(args, chat, stdin, out, err, environ, mcp=None, **options):
             _completer(models, getattr(err, "status", None)))
         _write_sanitized(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
              % (__version__, chat.model, chat.client.shown_url))
+    if not piped:
+        options["typeahead"] = TypedAhead(stdin.fileno())
     return Console(chat, read_line, out, err, piped=piped, save_path=args.save,
                    line_buffer=line_buffer, tools=_tools(args, read_line, err, mcp, chat.params),
                    more_waiting=waiting, models=models,
@@ -6511,6 +6572,9 @@ In the chat:
                         and model ids after /model
   Ctrl-C                abandon the line being typed, or stop the reply being
                         written (its text stays in the conversation)
+  (typing ahead)        keys typed while a reply streams are not shown in it;
+                        they start the next prompt (a question to run a tool
+                        discards them)
 
 Exit status:
   0 success, 1 API or network failure, 2 usage error (bad flag, missing key),

@@ -5561,3 +5561,16 @@ def test_waiting_for_models_on_tab_keeps_the_prompt_and_what_was_typed(server):
                                              (rb"gpt-tab-test ", b"\x15\x04")])
     assert status == 0
     assert b"connecting to" not in data and b"waiting for" not in data
+
+
+def test_keys_typed_while_a_reply_streams_are_kept_for_the_next_prompt(server):
+    server.add(slow_lines(30, 0.05), stream_reply("second"))
+    status, data = on_terminal(server, keys=[
+        (rb"> ", b"first\r"), (rb"line 3 of", b"typed ahead"),
+        (rb"line 29 of the reply\s*\r?\n[\s\S]*> ", b" and more\r"),
+        (rb"second\r\n[\s\S]*> ", b"\x04")])
+    assert status == 0
+    reply = data[data.index(b"line 3 of"):data.index(b"line 29 of the reply")]
+    assert b"typed" not in reply   # not echoed into the reply
+    assert server.requests[1]["body"]["messages"][-1] == {
+        "role": "user", "content": "typed ahead and more"}   # the start of the next prompt
