@@ -5574,3 +5574,16 @@ def test_keys_typed_while_a_reply_streams_are_kept_for_the_next_prompt(server):
     assert b"typed" not in reply   # not echoed into the reply
     assert server.requests[1]["body"]["messages"][-1] == {
         "role": "user", "content": "typed ahead and more"}   # the start of the next prompt
+
+
+def test_the_readme_tables_name_every_flag_command_and_config_key():
+    readme = open(os.path.join(HERE, "README.md")).read()
+    rows = "\n".join(line for line in readme.splitlines() if line.startswith("|"))
+    for action in chat._parser()._actions:
+        for flag in action.option_strings:
+            assert re.search(r"(^|[\s,`])%s\b" % re.escape(flag), rows), flag
+    for command in chat.Console.COMMANDS:
+        assert re.search(r"`%s\b" % re.escape(command), rows), command
+    keys = readme[readme.index("\nKeys: "):readme.index("Settings come from\nthe flags")]
+    for key in chat.CONFIG_KEYS:
+        assert "`%s`" % key in keys, key
