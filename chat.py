@@ -6171,8 +6171,8 @@ def _list_conversations(log, text, limit, out, notify):
     """--list [TEXT]: the kept conversations, newest first, one a line, in
     aligned columns; TEXT keeps those with it in any message."""
     wanted = text.lower()
-    rows = []
-    entries = log.entries(notify)
+    rows, said = [], []
+    entries = log.entries(lambda line: (said.append(line), notify(line)))
     try:
         for id, path, modified, body in entries:
             body, origin = split_origin(body)
@@ -6185,9 +6185,10 @@ def _list_conversations(log, text, limit, out, notify):
                 break
     finally:
         entries.close()   # the notice of skipped files, if any
-    if not rows:
+    if not rows and (text or not said):   # (skipped files were said already)
         notify("no kept conversation has %s in it" % json.dumps(text, ensure_ascii=False)
                if text else "no conversation is kept yet (in %s)" % log.folder)
+    if not rows:
         return 0
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
     _stdout_show(out, "".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths))

@@ -2026,7 +2026,7 @@ FLAG_ERRORS = [
     (["--json-schema", "/nonexistent.json"], "cannot read --json-schema /nonexistent.json"),
     (["--tools", "/nonexistent.json"], "cannot read --tools /nonexistent.json"),
     (["--param", "novalue"], "--param takes KEY=JSON"),
-    (["--param", "temperature=9"], "--temperature must be a number from 0 to 2, not 9"),
+    (["--param", "temperature=9"], '--param: "temperature" must be a number from 0 to 2, not 9'),
     (["--tool-exec", "f"], "--tool-exec takes NAME=COMMAND"),
     (["--image", "/nonexistent.png"], "cannot read the image /nonexistent.png"),
 ]
