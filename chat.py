@@ -1231,6 +1231,8 @@ def _connection_pool(on_wait):
             return self._open(http.client.HTTPConnection, request)
 
         def https_open(self, request):
+            if ssl is None:
+                raise urllib.error.URLError("this Python has no ssl module, so no https")
             return self._open(http.client.HTTPSConnection, request)
 
         def _open(self, connection_class, request):

@@ -5433,6 +5433,12 @@ def test_without_ssl_http_works_and_https_is_one_line(server, hiding):
                                   "--retries", "0", "hi", env=hiding("ssl _ssl"))
     assert_one_line(status, err, 1)   # a connection error without ssl is still one line
     assert "connection refused" in err
+    server.add(stream_reply("no tools"))   # an https MCP server: one notice, the chat goes on
+    status, out, err, _ = run_child(server, "--mcp", "web=https://127.0.0.1:9/mcp", "hi",
+                                    env=hiding("ssl _ssl"))
+    assert (status, out) == (0, b"no tools\n") and "Traceback" not in err
+    assert err == ("chat.py: MCP server web failed: cannot connect to https://127.0.0.1:9/mcp: "
+                   "this Python has no ssl module, so no https\n")
 
 
 def test_without_termios_and_fcntl_the_run_works_and_says_so_once(server, hiding):
