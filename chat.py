@@ -6693,6 +6693,10 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     except KeyboardInterrupt:
         _write_sanitized(outputs.err, "\n[interrupted]\n")
         return 130
+    except BrokenPipeError:   # stderr's reader went away too (`2>&1 | head`)
+        _silence(outputs.stderr)
+        _silence(outputs.raw)
+        return 0
     except (RecursionError, MemoryError):   # the last net: bounds should catch these first
         _stderr_notice(outputs.err, "error: the answer is too large or too deeply nested to handle")
         return 1
