@@ -3507,8 +3507,9 @@ class Keeper:
             except ChatError as exc:
                 if not self._failed:   # once a run: each turn would say the same
                     self._failed = True
-                    self.notify("%s; this chat goes on, not kept (--no-log, or log = false "
-                                "in the config, keeps nothing and says nothing)" % exc)
+                    self.notify("%s; the conversation is not kept this run (--no-log, or "
+                                "log = false in the config, keeps nothing without this notice)"
+                                % exc)
         if self.save_path:
             with _interrupts_deferred():
                 save_conversation(self.save_path, body)
