@@ -6256,7 +6256,8 @@ def _forgiving(name):
     if hasattr(stream, "reconfigure"):
         stream.reconfigure(encoding=encoding, errors="replace")
         return stream
-    if not hasattr(stream, "buffer") or _is_terminal(stream):   # Python 3.6
+    if not hasattr(stream, "buffer") or (   # Python 3.6: a terminal as it is, unless ASCII
+            _is_terminal(stream) and encoding == stream.encoding):
         return stream
     stream = io.TextIOWrapper(stream.detach(), encoding=encoding, errors="replace",
                               line_buffering=stream.line_buffering)

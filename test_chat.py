@@ -5473,6 +5473,25 @@ def test_a_c_locale_on_python_3_6_still_pipes_the_exact_utf8_reply(server):
                           env=clean_env(OPENAI_BASE_URL=server.url, LANG="C", LC_ALL="C"))
     assert (proc.returncode, proc.stdout) == (0, "caf\u00e9 \u2615 \u65e5\u672c\n".encode())
     assert server.requests[0]["body"]["messages"][0]["content"] == "\u00fcber\n\nna\u00efve"
+    server.add(stream_reply("caf\u00e9"))   # and onto a terminal: shown, not an error
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(python, [python, CHAT_PY, "hi"],
+                  clean_env(OPENAI_BASE_URL=server.url, LANG="C", LC_ALL="C", TERM="xterm"))
+    data = b""
+    try:
+        while select.select([fd], [], [], 30)[0]:
+            try:
+                more = os.read(fd, 4096)
+            except OSError:   # EIO: the child has gone
+                break
+            if not more:
+                break
+            data += more
+        status = wait_child(pid)
+    finally:
+        os.close(fd)
+    assert (os.WEXITSTATUS(status), data) == (0, "caf\u00e9\r\n".encode()), data
 
 
 def test_a_pipe_gets_utf8_whatever_the_streams_encoding(server):
