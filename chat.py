@@ -5930,15 +5930,16 @@ def _mcp_tools(settings, environ, notify):
 def _talk(chat, mcp, args, settings, stdin, out, err, environ, flags):
     """The conversation itself: --check, one-shot, or the console."""
     notify = lambda text: _stderr_notice(err, text)   # noqa: E731
-    missing = _fallbacks(args, settings, mcp, _is_terminal(stdin))
-    if missing:
-        notify(missing)
     carried = args.carried   # -c or --resume: the kept file it goes on in, read by _go_back
     seen = args.seen if carried else None
     _load(args, chat, carried or args.load, flags, notify)
     if args.check:
         return check_connection(chat, out)
     prompt = _prompt_text(args, stdin)
+    missing = _fallbacks(args, settings, mcp, _is_terminal(stdin) and (
+        args.interactive or not prompt))   # (the chat on a terminal)
+    if missing:
+        notify(missing)
     attachments = ([image_part(path) for path in args.image]   # all read before any request
                    + [audio_part(path) for path in args.audio]
                    + [file_part(path) for path in args.file])
@@ -5959,11 +5960,12 @@ def _talk(chat, mcp, args, settings, stdin, out, err, environ, flags):
     return console.run()
 
 
-def _fallbacks(args, settings, mcp, terminal):
+def _fallbacks(args, settings, mcp, chatting):
     """What works otherwise on a Python without termios or fcntl (Windows, a
-    minimal build), where this run would use them, as a notice; or None."""
+    minimal build), where this run would use them (chatting: the chat runs
+    on a terminal), as a notice; or None."""
     missing = []
-    if termios is None and (terminal or (args.tool_exec or mcp) and not args.yes):
+    if termios is None and (chatting or (args.tool_exec or mcp) and not args.yes):
         missing.append("termios (keys typed ahead are not held back: they show in a reply "
                        "and could answer a question to run a tool)")
     if fcntl is None and settings.log:
@@ -5977,6 +5979,10 @@ def _check_combination(args):
     if args.interactive and args.output == "json":
         raise UsageError("--output json prints one document, so it works with one-shot "
                          "prompts, not with -i")
+    if args.extract and (args.interactive or args.output == "json"):
+        raise UsageError("-x and --xl print the code of a one-shot reply (or, with -r and "
+                         "--show, of a kept one): not with %s"
+                         % ("-i" if args.interactive else "--output json"))
     if sum(map(bool, (args.load, args.resume_last, args.resume))) > 1:
         raise UsageError("give one of --load, -c and --resume")
 

@@ -5537,6 +5537,8 @@ def test_an_empty_list_says_so_and_long_model_names_are_shortened(server):
     (["hi", "--temprature=1"], "did you mean --temperature?"),
     (["--param", "temperature=abc", "hi"], '--param: "temperature" must be a number from 0 '
                                             'to 2, not "abc"'),
+    (["-x", "-i", "hi"], "-x and --xl print the code of a one-shot reply"),
+    (["--xl", "-o", "json", "hi"], "not with --output json"),
 ])
 def test_flags_that_help(server, args, words):
     status, out, err = run_main(server, *args)
