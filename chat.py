@@ -6692,6 +6692,8 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     try:
         return _main(argv, stdin, environ, outputs)
     except StdoutClosed:   # the reader stopped reading (`| head`): its choice
+        if outputs.status is not None:
+            outputs.status.clear()   # (nothing more is written to erase it)
         return 0
     except ChatError as exc:
         _stderr_notice(outputs.err, "error: %s" % exc)

@@ -5614,3 +5614,21 @@ def test_the_readme_tables_name_every_flag_command_and_config_key():
     keys = readme[readme.index("\nKeys: "):readme.index("Settings come from\nthe flags")]
     for key in chat.CONFIG_KEYS:
         assert "`%s`" % key in keys, key
+
+
+def test_a_reader_that_stops_reading_leaves_no_status_line(server):
+    server.add(slow_lines(200, 0.05))
+    read_end, write_end = os.pipe()
+
+    def head():   # as `| head -40`, then gone
+        data = b""
+        while data.count(b"\n") < 40:
+            data += os.read(read_end, 4096)
+        os.close(read_end)
+    reader = threading.Thread(target=head)
+    reader.start()
+    status, data = on_terminal(server, "hi", stdout_fd=write_end)
+    os.close(write_end)
+    reader.join()
+    assert status == 0 and b"receiving the reply" in data
+    assert "receiving" not in "\n".join(screen_of(data).display)   # erased as it ended
