@@ -2636,7 +2636,7 @@ def code_blocks(text):
             blocks.append("".join(body))
             fence = None
         else:   # inside: a line of the contents
-            body.append(line[min(indent, len(line) - len(line.lstrip(" "))):])
+            body.append(line[min(indent, len(line) - len(line.lstrip(" "))):] if indent else line)
     if fence is not None:
         blocks.append("".join(body))
     return blocks
