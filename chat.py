@@ -198,6 +198,16 @@ class StdoutError(OutputError):
     """stdout cannot be written to; nothing more should be tried there."""
 
 
+class FileTooLarge(OutputError):
+    """A file would be larger than chat.py reads back; it was left as it was."""
+
+
+class StdoutClosed(StdoutError):
+    """The reader of stdout went away (a pipe into `head` closed): its
+    choice, not a failure, so nothing is said and the exit status is 0."""
+    exit_code = 0
+
+
 # ---------------------------------------------------------------------------
 # Server-Sent Events: bytes -> lines -> events.  Pure, no I/O.
 # https://html.spec.whatwg.org/multipage/server-sent-events.html
@@ -1163,7 +1173,10 @@ def _import_network():
     global http, socket, ssl, urllib
     import http.client
     import socket
-    import ssl
+    try:
+        import ssl
+    except ImportError:   # a Python built without it: http:// still works
+        ssl = None
     import urllib.error
     import urllib.request
 
@@ -1738,11 +1751,12 @@ class Client:
             return APIConnectionError("cannot find the host of %s - check the base URL and "
                                       "your network" % where)
         # Python 3.7 named the certificate error; 3.6 raises its base class.
-        if isinstance(reason, getattr(ssl, "SSLCertVerificationError", ssl.CertificateError)):
+        if ssl and isinstance(reason, getattr(ssl, "SSLCertVerificationError",
+                                              ssl.CertificateError)):
             return APIConnectionError("the TLS certificate of %s is not trusted (%s); for a "
                                       "private CA set SSL_CERT_FILE"
                                       % (where, getattr(reason, "verify_message", None) or reason))
-        if isinstance(reason, ssl.SSLError):
+        if ssl and isinstance(reason, ssl.SSLError):
             return APIConnectionError("TLS failed with %s: %s - is it an https server?"
                                       % (where, _one_line(str(reason))))
         return APIConnectionError("cannot connect to %s: %s"
@@ -2062,6 +2076,7 @@ class Chat:
         tried = set()
         while True:
             accumulator = ChatAccumulator(self.params.get("n", 1))
+            self.totals["requests"] += 1   # each one sent counts, whatever its answer
             try:
                 completion = self._request(messages, printer, accumulator)
                 break
@@ -2178,7 +2193,6 @@ class Chat:
             self._audio[id(kept)] = (kept, audio["id"], audio.get("expires_at"))
         self.cut_short = choices[0].get("finish_reason") == "length"
         usage = completion.get("usage") or {}
-        self.totals["requests"] += 1
         for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
             if isinstance(usage.get(key), int):
                 self.totals[key] += usage[key]
@@ -2219,6 +2233,7 @@ class Chat:
 
 import argparse
 import atexit
+import codecs
 import configparser
 import contextlib
 import difflib
@@ -2312,15 +2327,20 @@ def keep_alive(on_wait=None):
             except (OSError, http.client.HTTPException):
                 pass   # then it is not read to its end, and closes
 
-    class KeepAlive(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+    tls = [urllib.request.HTTPSHandler] if ssl else []   # (no ssl: http only)
+
+    class KeepAlive(urllib.request.HTTPHandler, *tls):
         def __init__(self):
-            urllib.request.HTTPSHandler.__init__(self)   # the default TLS settings
-            self.idle = {}   # (scheme, host, tunnel, target) -> (connection, its last answer)
+            for handler in tls:
+                handler.__init__(self)   # the default TLS settings
+            self.idle = {}   # (hop, tunnel, origin) -> (connection, its last answer)
 
         def http_open(self, request):
             return self._open(http.client.HTTPConnection, request)
 
         def https_open(self, request):
+            if ssl is None:
+                raise urllib.error.URLError("this Python has no ssl module, so no https")
             return self._open(http.client.HTTPSConnection, request)
 
         def _open(self, connection_class, request):
@@ -2448,12 +2468,15 @@ def _stdout_show(out, text):
 
 def _stdout_write(out, text):
     """Write text to stdout and flush; a write that fails (a full disk, a
-    closed descriptor) is a StdoutError that says so, not a traceback."""
+    closed descriptor) is a StdoutError that says so, not a traceback; a
+    reader that went away is StdoutClosed, and what is written after it
+    goes nowhere, so the turn it cut short can still end and be kept."""
     try:
         out.write(text)
         out.flush()
     except BrokenPipeError:
-        raise   # the reader went away: main() says nothing more
+        _silence(out)
+        raise StdoutClosed("the reader of stdout went away") from None
     except (OSError, ValueError) as exc:   # ValueError: written after a close
         raise StdoutError("cannot write to stdout: %s"
                           % (getattr(exc, "strerror", None) or exc)) from None
@@ -2519,6 +2542,7 @@ class StatusLine:
         self._what = self._since = self._until = self._progress = None
         self._drawn = False
         self._thread = None
+        self._holds = 0   # held(): blocks in which nothing is drawn
 
     def wait(self, what, until=None, progress=None):
         """chat.py now waits for what (None: for nothing more); until: the
@@ -2538,6 +2562,20 @@ class StatusLine:
         if self._what is not None or self._drawn:   # (nothing to do, nearly always)
             self.wait(None)
 
+    @contextlib.contextmanager
+    def held(self):
+        """Draw nothing in the block: the cursor is on a line that is not
+        the status line's to erase (the prompt, with what was typed)."""
+        self.clear()
+        with self._lock:
+            self._holds += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._holds -= 1
+                self._what = None   # the wait it held ended with it
+
     def _run(self):
         while True:
             time.sleep(self.INTERVAL)
@@ -2545,7 +2583,7 @@ class StatusLine:
                 if self._what is None:   # nothing waits: no wake-ups while idle
                     self._thread = None
                     return
-                if self._clock() - self._since >= self.DELAY:
+                if self._clock() - self._since >= self.DELAY and not self._holds:
                     self._draw()
 
     def _draw(self):
@@ -2723,10 +2761,31 @@ _SPECIAL = re.compile(r"[`*_\]\n]")
 _SPECIAL_IN_LINK = re.compile(r"[`*_\])\n]")
 
 
+_LINE = re.compile(r"[^\r\n]*(?:\r\n?|\n)|[^\r\n]+")   # CommonMark's line endings
+
+
 def code_blocks(text):
-    """The contents of the fenced code blocks in markdown text, without the fences."""
-    return [body for _, body in
-            re.findall(r"(?ms)^ {0,3}(`{3,}|~{3,})[^\n]*\n(.*?)^ {0,3}\1", text)]
+    """The contents of the fenced code blocks in markdown text, without the
+    fences, found in one pass over its lines (CommonMark 4.5): a block
+    closes at a fence of its opening's character, at least as long, with
+    only spaces after it; one left open runs to the end of the text; the
+    opening fence's indentation is taken off each line of its contents."""
+    blocks, fence, indent, body = [], None, 0, []
+    for match in _LINE.finditer(text):
+        line = match.group()
+        opening = _FENCE.match(line)
+        if fence is None:   # outside a block: a fence opens one
+            if opening and not (opening.group(1)[0] == "`" and "`" in line[opening.end():]):
+                fence, indent, body = opening.group(1), opening.start(1), []
+        elif (opening and opening.group(1)[0] == fence[0]   # inside: a fence may close it
+              and len(opening.group(1)) >= len(fence) and not line[opening.end():].strip()):
+            blocks.append("".join(body))
+            fence = None
+        else:   # inside: a line of the contents
+            body.append(line[min(indent, len(line) - len(line.lstrip(" "))):] if indent else line)
+    if fence is not None:
+        blocks.append("".join(body))
+    return blocks
 
 
 class MarkdownHighlighter:
@@ -3001,6 +3060,7 @@ class ReplyPrinter(Printer):
         self.reasoning, self.usage, self.logprobs = reasoning and show_text, usage, logprobs
         self.audio, self.status, self.clock = audio, status, clock
         self._hidden = 0         # pieces of reasoning not shown (for the status line)
+        self._pieces = 0         # pieces of text not shown here (for the status line)
         self._started, self._first = clock(), None   # for time to first token
         self._current = None     # the choice being written
         self._held = {}          # index -> text waiting its turn
@@ -3013,6 +3073,8 @@ class ReplyPrinter(Printer):
         """Show one chunk's text (and the live choice's reasoning)."""
         if self._first is None:
             self._first = self.clock()
+        if self.status is not None and not (self.show_text and self.terminal):
+            self._progress(chunk)   # the text goes elsewhere: the status line says how it goes
         if not self.show_text:
             return
         for choice in chunk.get("choices") or ():
@@ -3042,11 +3104,21 @@ class ReplyPrinter(Printer):
                 while self._current in self._finished and self._held:
                     self._switch_to(min(self._held))
 
+    def _progress(self, chunk):
+        """With the reply going into a pipe (or not shown), the status line
+        counts its pieces (about a token each) and their rate."""
+        if any((choice.get("delta") or {}).get("content") for choice in chunk.get("choices") or ()):
+            self._pieces += 1
+            elapsed = self.clock() - self._first
+            self.status.wait("receiving the reply", progress="%d tokens%s" % (
+                self._pieces, ", %d tokens/s" % (self._pieces / elapsed) if elapsed >= 1 else ""))
+
     def _reasoning(self, thought):
-        """Show the live choice's reasoning; hidden, count it on the status line."""
+        """Show the live choice's reasoning; hidden, count it on the status line
+        (unless the reply's line is open on the same screen: it is not its own)."""
         if thought and self.reasoning:
             self._think(thought)
-        elif thought and self.status is not None:
+        elif thought and self.status is not None and (self._ends_line or not self.terminal):
             self._hidden += 1   # about a token a piece
             self.status.wait("waiting for the model",
                              progress="%d reasoning tokens" % self._hidden)
@@ -3319,7 +3391,7 @@ def write_atomically(path, data, limit=None):
             for piece in [data] if isinstance(data, bytes) else data:
                 size += len(piece)
                 if limit is not None and size > limit:
-                    raise OutputError("%s would be over %d MiB, more than chat.py reads back; "
+                    raise FileTooLarge("%s would be over %d MiB, more than chat.py reads back; "
                                       "it was left as it was" % (path, limit >> 20))
                 f.write(piece)
             f.flush()
@@ -3347,7 +3419,7 @@ def write_atomically(path, data, limit=None):
 # Where a kept conversation was held goes in the request body's own
 # metadata (string pairs the API accepts and stores), under these keys; it is
 # taken out again before the body is loaded, so chat.py never sends it.
-ORIGIN = ("chat_py_base_url", "chat_py_profile", "chat_py_forked_from")
+ORIGIN = ("chat_py_base_url", "chat_py_profile", "chat_py_forked_from", "chat_py_continues")
 
 
 def with_origin(body, origin):
@@ -3543,9 +3615,13 @@ class Keeper:
     A turn is never lost: a kept file that another process changed since it
     was read is not overwritten; the conversation goes on in a new file that
     says where it forked from (forking rather than merging: each reply was
-    written for the history its process sent).  Ctrl-C during a save takes
-    effect once it is done.  A failure to keep it in the log is a notice,
-    never the end of the chat; one to write --save's file is an error."""
+    written for the history its process sent).  A reply that would make the
+    file larger than chat.py reads back goes on in a new file too, from the
+    last user message on, that says which it continues.  A file made for a
+    save that failed is removed, so no empty file is left.  Ctrl-C during a
+    save takes effect once it is done.  A failure to keep it in the log is
+    one notice a run, never the end of the chat; one to write --save's file
+    is an error."""
 
     def __init__(self, log, *, path=None, seen=None, origin=None, save_path=None,
                  notify=None):
@@ -3553,7 +3629,8 @@ class Keeper:
         self.origin = dict(origin or {})
         self.notify = notify or (lambda text: None)
         self.seen = seen   # _signature() of path as this process read it
-        self._prepared = False
+        self._prepared = self._failed = False
+        self.start = 0     # chat.messages[start:] (after the system message) are kept
         self.size = _file_size(path) if path else 0
 
     def check(self, chat, content):
@@ -3564,40 +3641,79 @@ class Keeper:
         size = self.size or len(json.dumps(chat.body()))
         size += len(json.dumps(content)) + 2**20   # and room for a reply
         if size > MAX_BODY:
-            raise UsageError("this turn would make the conversation %d MiB, more than chat.py "
-                             "can keep (%d MiB): start a new one (/reset, or without -c), or "
-                             "send the large attachment in a conversation of its own"
-                             % (size >> 20, MAX_BODY >> 20))
+            fresh = not self.size and len(chat.messages) <= _system_count(chat.messages)
+            raise UsageError("%s %d MiB, more than chat.py can keep (%d MiB): %s%s" % (
+                "this message is" if fresh else "this turn would make the conversation",
+                size >> 20, MAX_BODY >> 20,
+                "send less, or fewer attachments" if fresh else
+                "start a new one (/reset, or without -c)",
+                ", or keep nothing of it with --no-log" if self.log is not None else ""))
 
     def __call__(self, chat):
         body = chat.body()
         if self.log is not None and chat.messages:
             try:
                 with _interrupts_deferred():
-                    self._keep(with_origin(body, self.origin))
+                    self._keep(chat)
             except ChatError as exc:
-                self.notify("error: %s (the conversation is still here)" % exc)
+                if not self._failed:   # once a run: each turn would say the same
+                    self._failed = True
+                    self.notify("%s; the conversation is not kept this run (--no-log, or "
+                                "log = false in the config, keeps nothing without this notice)"
+                                % exc)
         if self.save_path:
             with _interrupts_deferred():
                 save_conversation(self.save_path, body)
 
-    def _keep(self, body):
+    def _kept_body(self, chat):
+        """The request body kept: the system message and messages[start:]."""
+        system = _system_count(chat.messages)
+        body = chat.body()
+        if self.start > system:
+            body["messages"] = chat.messages[:system] + chat.messages[self.start:]
+        return body
+
+    def _keep(self, chat):
         if not self._prepared:   # once: make the folder private, clear old temporary files
             self.log.prepare()
             self._prepared = True
+        try:
+            self._save(self._kept_body(chat), self.origin)
+        except FileTooLarge:
+            last = max((i for i, m in enumerate(chat.messages) if m.get("role") == "user"),
+                       default=0)
+            if last <= max(self.start, _system_count(chat.messages)) or self.path is None:
+                raise
+            full, self.start = os.path.basename(self.path)[:-5], last
+            self.path = None
+            self._save(self._kept_body(chat), dict(self.origin, chat_py_continues=full))
+            self.notify("%s is full (%d MiB); this conversation goes on as %s, from your last "
+                        "message on" % (full, MAX_BODY >> 20, os.path.basename(self.path)[:-5]))
+
+    def _save(self, body, origin):
+        """Write body to the conversation's file (a new one for a conversation
+        not kept yet, or one another process changed); path, origin, size and
+        seen change only once it is written."""
         with self.log.locked():
-            if self.path is None:
-                self.path = self.log.new_path()
-            elif _signature(self.path) != self.seen:   # another process kept a turn there
-                forked = os.path.basename(self.path)[:-5]
-                self.path = self.log.new_path()
-                self.origin["chat_py_forked_from"] = forked
-                body = with_origin(body, self.origin)
-                self.notify("%s was changed by another chat.py meanwhile; this conversation "
-                            "goes on as %s, forked from it" % (forked,
-                                                               os.path.basename(self.path)[:-5]))
-            self.size = save_conversation(self.path, body, MAX_BODY)
-            self.seen = _signature(self.path)
+            path, forked = self.path, None
+            if path is not None and _signature(path) != self.seen:   # another process kept a turn
+                forked = os.path.basename(path)[:-5]
+                origin = dict(origin, chat_py_forked_from=forked)
+                path = None
+            if path is None:
+                path = self.log.new_path()
+                try:
+                    size = save_conversation(path, with_origin(body, origin), MAX_BODY)
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)   # made empty for this save: nothing to leave behind
+                    raise
+            else:
+                size = save_conversation(path, with_origin(body, origin), MAX_BODY)
+            self.path, self.origin, self.size, self.seen = path, origin, size, _signature(path)
+        if forked:
+            self.notify("%s was changed by another chat.py meanwhile; this conversation goes "
+                        "on as %s, forked from it" % (forked, os.path.basename(path)[:-5]))
 
 
 def conversation_summary(id, modified, body, origin=None):
@@ -3610,10 +3726,21 @@ def conversation_summary(id, modified, body, origin=None):
     origin = origin or {}
     where = origin.get("chat_py_profile") or urlsplit(
         origin.get("chat_py_base_url") or "").hostname or "-"
-    return (id, time.strftime("%Y-%m-%d %H:%M", time.localtime(modified)), where,
-            (body.get("model") if isinstance(body, dict) else None) or "-",
+    model = (body.get("model") if isinstance(body, dict) else None) or "-"
+    return (id, time.strftime("%Y-%m-%d %H:%M", time.localtime(modified)),
+            _shortened(where, 30), _shortened(str(model), 30),
             "%d turn%s" % (len(users), "" if len(users) == 1 else "s"),
             first[:60] + ("..." if len(first) > 60 else ""))
+
+
+def _shortened(text, width):
+    """text in at most width characters: a longer one keeps a third for its
+    start and the rest for its end (a model's provider, then its size and
+    variant), "..." between them."""
+    if len(text) <= width:
+        return text
+    head = width // 3
+    return text[:head] + "..." + text[len(text) - (width - 3 - head):]
 
 
 def _text_of(content):
@@ -3800,13 +3927,16 @@ class Tools:
     before chat.py stops.  on_wait(what) hears "running NAME" while a
     command runs, and None when it is done.  redactor: blanks the run's
     secrets (an MCP server's token it quotes back) out of every result
-    before the model gets it and it is kept.
+    before the model gets it and it is kept.  free_text: the names of
+    commands offered as command_tool() defines them: the command gets the
+    call's "input" text, as a custom tool's command does.
     """
 
     def __init__(self, commands=None, *, consent=None, ask_first=True, ask=None, notify=None,
                  timeout=DEFAULT_TOOL_TIMEOUT, max_rounds=DEFAULT_TOOL_ROUNDS, on_wait=None,
-                 mcp=None, redactor=None):
+                 mcp=None, redactor=None, free_text=()):
         self.commands, self.consent, self.ask_first = commands or {}, consent, ask_first
+        self.free_text = set(free_text)
         self.ask, self.notify = ask, notify or (lambda text: None)
         self.timeout, self.max_rounds = timeout, max_rounds
         self.on_wait = on_wait or (lambda what, **details: None)
@@ -3827,6 +3957,8 @@ class Tools:
                 arguments = canonical_arguments(arguments)
             except ValueError as exc:
                 return "error: the tool was not run: %s" % exc
+            if name in self.free_text:   # (arguments of any other shape go as they are)
+                arguments = free_text_input(arguments, arguments)
         unshown = (call.get("id"), name) in self._left   # the printer left it to the question
         self._left.discard((call.get("id"), name))
         runner = self._runner(name)
@@ -3908,6 +4040,36 @@ class Tools:
 def _with_arguments(text, arguments):
     """A notice, then a call's arguments as the printer shows them."""
     return "%s:\n%s" % (text, indented_arguments(arguments or "").rstrip("\n"))
+
+
+def command_tool(name, description):
+    """The definition offered for a --tool-exec command that has none: one
+    free-text input, which the command reads on its stdin."""
+    return {"type": "function", "function": {
+        "name": name, "description": description,
+        "parameters": {"type": "object", "properties": {"input": {
+            "type": "string", "description": "the text the command reads on its stdin"}},
+            "required": ["input"], "additionalProperties": False}}}
+
+
+def free_text_input(arguments, default=None):
+    """The "input" text of a command_tool() call's canonical arguments; default
+    for arguments of another shape."""
+    value = json.loads(arguments)
+    if isinstance(value, dict) and set(value) == {"input"} and isinstance(value["input"], str):
+        return value["input"]
+    return default
+
+
+def tool_names(params):
+    """The names of the tools (and legacy functions) request fields define."""
+    names = set()
+    for item in (params.get("tools") or []) + (params.get("functions") or []):
+        if isinstance(item, dict):
+            inner = item.get("function") or item.get("custom") or item
+            if isinstance(inner, dict) and isinstance(inner.get("name"), str):
+                names.add(inner["name"])
+    return names
 
 
 def _unique_keys(pairs):
@@ -4162,7 +4324,7 @@ class _Http:
 
     def __init__(self, spec, on_message, on_broken, proxies=None):
         self.client = Client(spec.url, headers=list(spec.headers.items()), retries=0,
-                             timeout=MCP_START_WAIT, proxies=proxies)
+                             timeout=MCP_START_WAIT, proxies=proxies, connections=keep_alive())
         self.client.headers["Accept"] = "application/json, text/event-stream"
         self._on_message, self._on_broken = on_message, on_broken
         self.session = None
@@ -4236,7 +4398,9 @@ class McpServer:
     """One MCP server: started, handshaken (server/discover for the current
     revision, initialize for the earlier ones), its tools listed; requests
     sent and answered, with progress and cancellation.  state: starting,
-    ready, failed or stopped; error: the last thing that went wrong."""
+    ready, failed or stopped; error: the last thing that went wrong.
+    proxies(url): the proxies to reach an HTTP server's url by (None:
+    urllib's own choice)."""
 
     def __init__(self, spec, *, log_folder, notify, proxies=None, environ=None):
         self.spec, self.log_folder, self.notify, self.proxies = spec, log_folder, notify, proxies
@@ -4266,7 +4430,8 @@ class McpServer:
 
     def _connect(self):
         if self.spec.url:
-            self._transport = _Http(self.spec, self._dispatch, self._broken, self.proxies)
+            self._transport = _Http(self.spec, self._dispatch, self._broken,
+                                    self.proxies and self.proxies(self.spec.url))
         else:
             log = os.path.join(self.log_folder, "mcp-%s.log" % _MCP_NAME.sub("_", self.spec.name))
             self._transport = _Stdio(self.spec, log, self._dispatch, self._broken, self.environ)
@@ -4623,7 +4788,8 @@ class Console:
     (default: write it to save_path).  more_waiting(): True when more input
     is already there, as when lines are pasted (a paste is one message).
     models(): the server's model ids (default: asked for once).  editor:
-    the command /edit runs (default: vi).
+    the command /edit runs (default: vi).  typeahead: a TypedAhead for the
+    terminal, holding back the echo of keys typed while a reply streams.
     """
 
     COMMANDS = {   # name: (method, argument, what it does; None: not listed)
@@ -4658,8 +4824,10 @@ class Console:
 
     def __init__(self, chat, read_line, out, err, *, piped=False, save_path=None,
                  line_buffer=None, tools=None, new_printer=None, attachments=(), keep=None,
-                 more_waiting=None, models=None, editor=None, prompt="> ", more_prompt="... "):
+                 more_waiting=None, models=None, editor=None, prompt="> ", more_prompt="... ",
+                 typeahead=None):
         self.chat, self.read_line, self.out, self.err = chat, read_line, out, err
+        self.typeahead = typeahead
         self.piped, self.save_path, self.line_buffer = piped, save_path, line_buffer
         self.prompt, self.more_prompt = prompt, more_prompt
         self.keep = keep or (lambda chat: self.save_path and save_conversation(
@@ -4764,12 +4932,17 @@ class Console:
         """Run action(printer), which talks to the model; report how it ended."""
         status = None
         try:
-            completion = action(self.new_printer())
-            self.chat.follow_tools(completion, self.tools, self.new_printer)
+            completion = action(self._printer())
+            self.chat.follow_tools(completion, self.tools, self._printer)
         except KeyboardInterrupt:
             _stderr_dim(self.err, "[interrupted]\n")
+        except StdoutClosed:   # nobody reads the replies any more: kept, and the end
+            status = 0
         except ChatError as exc:
             status = self._failed(exc)
+        finally:
+            if self.typeahead is not None:
+                self.typeahead.release()
         try:
             self.keep(self.chat)
         except ChatError as exc:
@@ -4777,6 +4950,12 @@ class Console:
         except KeyboardInterrupt:   # pressed while it was kept: kept all the same
             _stderr_dim(self.err, "[interrupted]\n")
         return status
+
+    def _printer(self):
+        """A printer for the next reply; while it streams, typed keys are held."""
+        if self.typeahead is None:
+            return self.new_printer()
+        return _HoldingKeys(self.new_printer(), self.typeahead)
 
     def _failed(self, exc):
         _stderr_notice(self.err, "error: %s" % explained(exc))
@@ -4934,6 +5113,8 @@ class Console:
         listed = ["  %-30s %s\n" % ((t.get("function") or t.get("custom") or {}).get("name"),
                                     "--tools") for t in self.chat.params.get("tools") or ()
                   if isinstance(t, dict)]
+        listed += ["  %-30s %s\n" % (name, "--tool-exec") for name in sorted(self.tools.free_text)
+                   if name not in tool_names(self.chat.params)]
         listed += [line + "\n" for line in (mcp.describe_tools() if mcp else ())]
         _write_sanitized(self.err, "".join(listed) or "  (no tools: --tools FILE, --mcp FILE)\n")
 
@@ -4960,6 +5141,53 @@ class Console:
     def do_curl(self, argument):
         _write_sanitized(self.err, self.chat.client.curl(self.chat.next_payload(argument or None))
              + "\n")
+
+
+class TypedAhead:
+    """Keys typed on the terminal fd while a reply streams: not echoed into
+    the reply (hold()) but left typed ahead, for the next prompt to read
+    (release()).  Where there is no termios, they show, as before."""
+
+    def __init__(self, fd):
+        self.fd, self._saved = fd, None
+
+    def hold(self):
+        if termios is None or self._saved is not None:
+            return
+        try:
+            saved = termios.tcgetattr(self.fd)
+            quiet = list(saved)
+            quiet[3] &= ~termios.ECHO   # (the local modes; TCSANOW keeps what was typed)
+            termios.tcsetattr(self.fd, termios.TCSANOW, quiet)
+        except termios.error:
+            return
+        self._saved = saved
+
+    def release(self):
+        if self._saved is not None:
+            saved, self._saved = self._saved, None
+            with contextlib.suppress(termios.error):
+                termios.tcsetattr(self.fd, termios.TCSANOW, saved)
+
+
+class _HoldingKeys(Printer):
+    """printer, with typeahead held from now until its reply ends (and so
+    shown again for a tool's consent question, asked between replies)."""
+
+    def __init__(self, printer, typeahead):
+        self.printer, self.typeahead = printer, typeahead
+        typeahead.hold()
+
+    def chunk(self, chunk):
+        self.printer.chunk(chunk)
+
+    def end_line(self):
+        self.typeahead.release()
+        self.printer.end_line()
+
+    def finish(self, completion):
+        self.typeahead.release()
+        self.printer.finish(completion)
 
 
 def edit_text(editor, initial=""):
@@ -5005,8 +5233,10 @@ def _terminal_reader(stdin, out, err, environ, commands, complete_argument=None)
     Python has readline; more_waiting() tells a paste from typing."""
     try:
         import readline
-    except ImportError:
+    except ImportError:   # (Windows, a minimal build): input() alone
         readline = None
+        _stderr_notice(err, "this Python has no readline: no line editing, history or Tab "
+                       "completion; the rest works")
     if readline is not None:
         path = os.path.join(_state_home(environ), "chat.py", "history")
         try:
@@ -5069,9 +5299,11 @@ def _terminal_reader(stdin, out, err, environ, commands, complete_argument=None)
     return read_line, lambda: typed["now"], more_waiting
 
 
-def _completer(models):
+def _completer(models, status=None):
     """complete(command, text): what Tab may put after a /command: file
-    names after those that take a file, model ids (models()) after /model."""
+    names after those that take a file, model ids (models()) after /model.
+    status: the StatusLine, held while the ids are asked for, since the
+    cursor is on the prompt's line then, after what was typed."""
     def complete(command, text):
         # readline prints the matches as they are, so a match that sanitize()
         # would change (a control character in a model id or a file name) is
@@ -5085,11 +5317,18 @@ def _completer(models):
                     for path in sorted(glob.glob(glob.escape(expanded) + "*"))]
         if command == "/model":
             try:
-                return [model + " " for model in models() if model.startswith(text)]
+                ids = _held(status, models) if status is not None else models()
+                return [model + " " for model in ids if model.startswith(text)]
             except ChatError:
                 return []
         return []
     return complete
+
+
+def _held(status, function):
+    """function(), with the status line held while it runs."""
+    with status.held():
+        return function()
 
 
 def _once(function):
@@ -5386,8 +5625,9 @@ def read_config(path, profile, explicit):
         checked = {}
         for key, raw in parser.items(name):
             if key not in CONFIG_KEYS:
-                raise UsageError("%s [%s]: unknown key %s; the keys are %s"
-                                 % (path, name, key, ", ".join(sorted(CONFIG_KEYS))))
+                raise UsageError("%s [%s]: unknown key %s%s; the keys are %s" % (
+                    path, name, key, _did_you_mean(key, CONFIG_KEYS),
+                    ", ".join(sorted(CONFIG_KEYS))))
             parse, what = CONFIG_KEYS[key]
             try:
                 checked[key] = parse(raw.strip())
@@ -5405,6 +5645,12 @@ def read_config(path, profile, explicit):
                              "make it yours alone: chmod 600 %s" % (path, name, path))
         sections[name] = checked
     return sections.get("default", {}), sections.get(profile, {}) if profile else {}
+
+
+def _did_you_mean(word, known):
+    """"; did you mean X?" for the one of known that word is closest to, or ""."""
+    close = difflib.get_close_matches(word, list(known), 1)
+    return "; did you mean %s?" % close[0] if close else ""
 
 
 def config_key(section, environ, where, timeout=KEY_COMMAND_TIMEOUT):
@@ -5684,7 +5930,8 @@ def _parser():
     add("--show", nargs="?", const="", metavar="ID")
     add("-r", "--reply", nargs="?", const="", metavar="ID")
     add("--delete", metavar="ID")
-    add("-x", "--extract", action="store_true")
+    add("-x", "--extract", dest="extract", action="store_const", const="first")
+    add("--xl", "--extract-last", dest="extract", action="store_const", const="last")
     add("--models", action="store_true")
     add("--temperature", type=float)
     add("--top-p", type=float)
@@ -5717,6 +5964,7 @@ def _parser():
     add("--reasoning-effort")
     add("--hide-reasoning", action="store_true")
     add("--tool-exec", action="append", default=[])
+    add("--tool-description", action="append", default=[], metavar="NAME=TEXT")
     add("--mcp", action="append", default=[])
     add("--no-mcp", action="store_true")
     add("--yes", action="store_true")
@@ -5726,6 +5974,30 @@ def _parser():
     add("--manual", action="store_true")
     add("--version", action="store_true")
     return parser
+
+
+_QUOTE_IT = "; if words that look like flags are part of the prompt, quote the whole prompt " \
+            "or put -- before it"
+
+
+def _arguments(argv):
+    """The command line parsed; what it does not take is a usage error that
+    says what was probably meant: a flag's right spelling, or, for words
+    after the prompt's first word, to quote the prompt or put -- before it."""
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if not rest and args.prompt and _reads_the_log(args):   # `chat.py how do I rm -rf`
+        parser.error("--list, --show, -r and --delete take no PROMPT" + _QUOTE_IT)
+    if not rest:
+        return args
+    flags = [f for action in parser._actions for f in action.option_strings]
+    unknown = next((word.split("=")[0] for word in rest if word.startswith("--")), None)
+    hint = _did_you_mean(unknown, flags) if unknown else ""
+    first = next((i for i, word in enumerate(argv) if args.prompt and word == args.prompt[0]),
+                 len(argv))
+    if not hint and any(word.startswith("-") and word != "--" for word in argv[first:]):
+        hint = _QUOTE_IT   # (argv is not echoed: a key given with --api-key may be in it)
+    parser.error("unrecognized arguments: %s%s" % (" ".join(rest), hint))
 
 
 def _json_schema(path):
@@ -5773,8 +6045,13 @@ def _request_params(args):
     params = _plain_fields(args)
     params.update(_file_fields(args))
     params.update(_choice_fields(args))
-    params.update(_param_fields(args.param))
     check_params(params, FLAG_NAMES)
+    extra = _param_fields(args.param)
+    try:   # a field --param sets is named as sent, not by the flag that was not given
+        check_params(dict(params, **extra))
+    except UsageError as exc:
+        raise UsageError("--param: %s" % exc) from None
+    params.update(extra)
     return params
 
 
@@ -5867,10 +6144,26 @@ def _audio_format(path, streaming):
     return formats[extension]
 
 
-def _tools(args, ask, err, mcp=None):
+def _tools(args, ask, err, mcp=None, params=None):
     """The Tools that --tool-exec, --yes, --tool-timeout and --max-tool-rounds
     describe; ask(question) reads a tool's result typed by the user (None:
-    nobody to ask).  Consent to run a command is asked on the terminal."""
+    nobody to ask); params: the request fields (a command whose tool they do
+    not define is offered with one free-text input).  Consent to run a
+    command is asked on the terminal."""
+    commands = _tool_commands(args)
+    if args.max_tool_rounds < 0 or not 0 < args.tool_timeout <= MAX_TIMEOUT:
+        raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0 "
+                         "and at most %d seconds" % MAX_TIMEOUT)
+    status = getattr(err, "status", None)
+    return Tools(commands, consent=ask_consent, ask_first=not args.yes, ask=ask,
+                 notify=lambda text: _stderr_notice(err, text), timeout=args.tool_timeout,
+                 max_rounds=args.max_tool_rounds, on_wait=status and status.wait, mcp=mcp,
+                 redactor=getattr(err, "redactor", None),
+                 free_text=set(commands) - tool_names(params or {}))
+
+
+def _tool_commands(args):
+    """--tool-exec NAME=COMMAND, each: {NAME: argv}."""
     commands = {}
     for item in args.tool_exec:
         name, equals, command = item.partition("=")
@@ -5882,14 +6175,29 @@ def _tools(args, ask, err, mcp=None):
             raise UsageError("--tool-exec takes NAME=COMMAND, e.g. get_time='date -u', not %r"
                              % item)
         commands[name.strip()] = argv
-    if args.max_tool_rounds < 0 or not 0 < args.tool_timeout <= MAX_TIMEOUT:
-        raise UsageError("--max-tool-rounds must be 0 or more and --tool-timeout above 0 "
-                         "and at most %d seconds" % MAX_TIMEOUT)
-    status = getattr(err, "status", None)
-    return Tools(commands, consent=ask_consent, ask_first=not args.yes, ask=ask,
-                 notify=lambda text: _stderr_notice(err, text), timeout=args.tool_timeout,
-                 max_rounds=args.max_tool_rounds, on_wait=status and status.wait, mcp=mcp,
-                 redactor=getattr(err, "redactor", None))
+    return commands
+
+
+def _command_tools(args):
+    """{NAME: the definition command_tool() offers} for each --tool-exec
+    command, described by --tool-description NAME=TEXT or by its command."""
+    commands = _tool_commands(args)
+    described = {}
+    for item in args.tool_description:
+        name, equals, text = item.partition("=")
+        if not equals or name.strip() not in commands:
+            raise UsageError("--tool-description takes NAME=TEXT for a --tool-exec NAME, not %r"
+                             % item)
+        described[name.strip()] = text.strip()
+    offered = {}
+    for name, argv in commands.items():
+        if not re.match(r"[A-Za-z0-9_-]{1,64}\Z", name):
+            raise UsageError("--tool-exec %s: a tool's name is 1 to 64 letters, digits, _ or -"
+                             % name)
+        offered[name] = command_tool(name, described.get(name) or (
+            "Runs `%s` on the user's machine with the input as its stdin; "
+            "returns what it prints" % " ".join(shlex.quote(word) for word in argv)))
+    return offered
 
 
 def _state_home(environ):
@@ -5901,6 +6209,7 @@ def _run(args, settings, stdin, out, err, environ):
     """Everything after the settings: --models, --check, one-shot, or the console."""
     notify = lambda text: _stderr_notice(err, text)   # noqa: E731
     _check_combination(args)
+    _check_tls(settings.base_url)
     on_wait = err.status and err.status.wait
     client = Client(settings.base_url, api_key=settings.api_key, key_for=settings.key_origin,
                     organization=settings.organization, project=settings.project,
@@ -5914,18 +6223,33 @@ def _run(args, settings, stdin, out, err, environ):
         client.close()
 
 
+def _check_tls(base_url):
+    """An https:// URL needs the ssl module, which a Python may be built without."""
+    _import_network()
+    if ssl is None and urlsplit(base_url).scheme == "https":
+        raise UsageError("%s is https, and this Python has no ssl module (built without "
+                         "OpenSSL): run chat.py with a Python that has it, or use an http:// "
+                         "server (a local one)" % shown_url(base_url))
+
+
 def _run_with(client, args, settings, stdin, out, err, environ):
     notify = lambda text: _stderr_notice(err, text)   # noqa: E731
     if args.models:
         _stdout_show(out, "".join(model + "\n" for model in client.models()))
         return 0
     flags = _request_params(args)
+    commands = _command_tools(args)
     mcp = _mcp_tools(settings, environ, notify)
+
+    def more_tools():   # the commands no request field defines, and the MCP servers' tools
+        defined = tool_names(chat.params)
+        return ([tool for name, tool in commands.items() if name not in defined]
+                + (mcp.definitions() if mcp else []))
     try:
         chat = Chat(client, settings.model, system=settings.system,
                     params=dict(settings.params, **flags), stream=not args.no_stream,
                     max_context=args.max_context, notify=notify,
-                    system_role=settings.system_role, more_tools=mcp and mcp.definitions)
+                    system_role=settings.system_role, more_tools=more_tools)
         return _talk(chat, mcp, args, settings, stdin, out, err, environ, flags)
     finally:
         if mcp is not None:
@@ -5950,7 +6274,8 @@ def _mcp_tools(settings, environ, notify):
         private_folder(folder)
     except OSError as exc:
         raise OutputError("cannot make %s: %s" % (folder, exc.strerror)) from None
-    mcp = McpTools(specs, log_folder=folder, notify=notify, proxies=settings.proxies,
+    mcp = McpTools(specs, log_folder=folder, notify=notify,   # (each server's own proxies)
+                   proxies=lambda url: proxies_for(urlsplit(url).hostname, environ),
                    environ=mcp_environment(environ, settings.secrets))
     mcp.start()
     return mcp
@@ -5965,6 +6290,10 @@ def _talk(chat, mcp, args, settings, stdin, out, err, environ, flags):
     if args.check:
         return check_connection(chat, out)
     prompt = _prompt_text(args, stdin)
+    missing = _fallbacks(args, settings, mcp, _is_terminal(stdin) and (
+        args.interactive or not prompt))   # (the chat on a terminal)
+    if missing:
+        notify(missing)
     attachments = ([image_part(path) for path in args.image]   # all read before any request
                    + [audio_part(path) for path in args.audio]
                    + [file_part(path) for path in args.file])
@@ -5985,10 +6314,29 @@ def _talk(chat, mcp, args, settings, stdin, out, err, environ, flags):
     return console.run()
 
 
+def _fallbacks(args, settings, mcp, chatting):
+    """What works otherwise on a Python without termios or fcntl (Windows, a
+    minimal build), where this run would use them (chatting: the chat runs
+    on a terminal), as a notice; or None."""
+    missing = []
+    if termios is None and (chatting or (args.tool_exec or mcp) and not args.yes):
+        missing.append("termios (keys typed ahead are not held back: they show in a reply "
+                       "and could answer a question to run a tool)")
+    if fcntl is None and settings.log:
+        missing.append("fcntl (kept conversations are not locked while written)")
+    if not missing:
+        return None
+    return "this Python has no %s; the rest works" % " and no ".join(missing)
+
+
 def _check_combination(args):
     if args.interactive and args.output == "json":
         raise UsageError("--output json prints one document, so it works with one-shot "
                          "prompts, not with -i")
+    if args.extract and (args.interactive or args.output == "json"):
+        raise UsageError("-x and --xl print the code of a one-shot reply (or, with -r and "
+                         "--show, of a kept one): not with %s"
+                         % ("-i" if args.interactive else "--output json"))
     if sum(map(bool, (args.load, args.resume_last, args.resume))) > 1:
         raise UsageError("give one of --load, -c and --resume")
 
@@ -6107,10 +6455,13 @@ def _console(args, chat, stdin, out, err, environ, mcp=None, **options):
         read_line, line_buffer, waiting = _piped_reader(stdin), None, None
     else:
         read_line, line_buffer, waiting = _terminal_reader(
-            stdin, out, err, environ, Console.COMMANDS, _completer(models))
+            stdin, out, err, environ, Console.COMMANDS,
+            _completer(models, getattr(err, "status", None)))
         _write_sanitized(err, "chat.py %s - %s at %s. /help lists commands, Ctrl-D quits.\n"
              % (__version__, chat.model, chat.client.shown_url))
-    tools = _tools(args, read_line, err, mcp)
+    if not piped:
+        options["typeahead"] = TypedAhead(stdin.fileno())
+    tools = _tools(args, read_line, err, mcp, chat.params)
     new_printer = options.pop("new_printer")
     return Console(chat, read_line, out, err, piped=piped, save_path=args.save,
                    line_buffer=line_buffer, tools=tools, more_waiting=waiting, models=models,
@@ -6132,6 +6483,9 @@ def _conversations(args, log, out, notify):
     if args.list is not None:
         return _list_conversations(log, args.list, args.n or LIST_LIMIT, out, notify)
     if args.delete is not None:
+        if not args.delete.strip() or args.delete.startswith("-"):   # an unset $ID, a slip
+            raise UsageError("--delete needs a conversation's ID (chat.py --list shows "
+                             "them), not %r" % args.delete)
         path = log.find(args.delete)
         try:
             os.unlink(path)
@@ -6148,26 +6502,43 @@ def _conversations(args, log, out, notify):
         messages = parse_conversation(body)[1]
     except UsageError as exc:
         raise UsageError("cannot read %s: %s" % (path, exc)) from None
+    replies = [m["content"] for m in messages if m.get("role") == "assistant"
+               and isinstance(m.get("content"), str)]
     if args.reply is not None:
-        replies = [m for m in messages if m.get("role") == "assistant"
-                   and isinstance(m.get("content"), str)]
         if not replies:
             raise UsageError("%s has no reply yet" % os.path.basename(path)[:-5])
-        _stdout_show(out, replies[-1]["content"] + ("" if replies[-1]["content"].endswith("\n")
-                                                    else "\n"))
+        _stdout_show(out, _extracted(replies[-1], args.extract, notify) if args.extract
+                     else replies[-1] + ("" if replies[-1].endswith("\n") else "\n"))
+    elif args.extract and any(code_blocks(reply) for reply in replies):
+        _stdout_show(out, "".join(_extracted(reply, args.extract) for reply in replies
+                                  if code_blocks(reply)))
     elif args.output == "json":
         _stdout_show(out, json.dumps(body, indent=2, ensure_ascii=False) + "\n")
     else:
+        if args.extract:
+            notify("no reply there has a fenced code block: here is all of it")
         _stdout_show(out, conversation_markdown(os.path.basename(path)[:-5], body))
     return 0
+
+
+def _extracted(text, which, notify=None):
+    """-x (which: "first") or --xl ("last"): that fenced code block of a
+    reply, ending in a newline; a reply with none is given whole, and
+    notify(text) hears of it."""
+    blocks = code_blocks(text)
+    if blocks:
+        text = blocks[0] if which == "first" else blocks[-1]
+    elif notify is not None:
+        notify("the reply has no fenced code block: here it is whole")
+    return text if text.endswith("\n") or not text else text + "\n"
 
 
 def _list_conversations(log, text, limit, out, notify):
     """--list [TEXT]: the kept conversations, newest first, one a line, in
     aligned columns; TEXT keeps those with it in any message."""
     wanted = text.lower()
-    rows = []
-    entries = log.entries(notify)
+    rows, said = [], []
+    entries = log.entries(lambda line: (said.append(line), notify(line)))
     try:
         for id, path, modified, body in entries:
             body, origin = split_origin(body)
@@ -6180,7 +6551,12 @@ def _list_conversations(log, text, limit, out, notify):
                 break
     finally:
         entries.close()   # the notice of skipped files, if any
-    widths = [max(len(row[i]) for row in rows) for i in range(5)] if rows else []
+    if not rows and (text or not said):   # (skipped files were said already)
+        notify("no kept conversation has %s in it" % json.dumps(text, ensure_ascii=False)
+               if text else "no conversation is kept yet (in %s)" % log.folder)
+    if not rows:
+        return 0
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
     _stdout_show(out, "".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths))
                               + "  " + row[5] + "\n" for row in rows))
     return 0
@@ -6191,7 +6567,7 @@ def _one_shot(args, chat, content, stdin, out, err, new_printer, keep, mcp=None)
     ask = None
     if stdin is not None and _is_terminal(stdin):   # someone to type a tool's result
         ask = lambda question: (_write_sanitized(err, question), stdin.readline().strip())[1]   # noqa: E731
-    tools = _tools(args, ask, err, mcp)
+    tools = _tools(args, ask, err, mcp, chat.params)
     printer = lambda: new_printer(   # noqa: E731
         show_text=args.output == "text" and not args.extract, asked=tools.asked)
     try:
@@ -6204,7 +6580,8 @@ def _one_shot(args, chat, content, stdin, out, err, new_printer, keep, mcp=None)
         _stdout_show(out, json.dumps(completion, indent=2, ensure_ascii=False) + "\n")
     elif args.extract:   # only the code: the rest stays in the conversation
         reply = ((completion.get("choices") or [{}])[0].get("message") or {}).get("content")
-        _stdout_show(out, "".join(code_blocks(reply or "")))
+        _stdout_show(out, _extracted(reply or "", args.extract,
+                                     lambda text: _stderr_notice(err, text)))
     else:
         calls = tool_calls(((completion.get("choices") or [{}])[0]).get("message") or {})
         if calls:   # left for the caller to answer
@@ -6228,15 +6605,24 @@ def _status_wanted(settings, environ, stream):
 def _forgiving(name):
     """sys.stdin, sys.stdout or sys.stderr, made to turn what its encoding
     cannot take into U+FFFD instead of failing (a pipe of Latin-1, a reply
-    for a C locale); None if the process was started with it closed."""
+    for a terminal that cannot show it); None if the process was started
+    with it closed.  stdout into a pipe or a file is UTF-8 whatever the
+    locale, so it gets the reply exactly; and where the locale says ASCII
+    (LANG=C), every stream is UTF-8, as Python 3.7 makes it (PEP 538)."""
     stream = getattr(sys, name)
-    if stream is None or hasattr(stream, "reconfigure"):
-        if stream is not None:
-            stream.reconfigure(errors="replace")
+    if stream is None:
+        return None
+    encoding = stream.encoding or "utf-8"
+    if codecs.lookup(encoding).name == "ascii" or (
+            name == "stdout" and not _is_terminal(stream)):
+        encoding = "utf-8"
+    if hasattr(stream, "reconfigure"):
+        stream.reconfigure(encoding=encoding, errors="replace")
         return stream
-    if not hasattr(stream, "buffer") or _is_terminal(stream):   # Python 3.6
+    if not hasattr(stream, "buffer") or (   # Python 3.6: a terminal as it is, unless ASCII
+            _is_terminal(stream) and encoding == stream.encoding):
         return stream
-    stream = io.TextIOWrapper(stream.detach(), encoding=stream.encoding, errors="replace",
+    stream = io.TextIOWrapper(stream.detach(), encoding=encoding, errors="replace",
                               line_buffering=stream.line_buffering)
     setattr(sys, name, stream)
     return stream
@@ -6262,6 +6648,8 @@ Usage:
   echo TEXT | chat.py [options]     one-shot with piped input (after PROMPT)
   chat.py -i [options] [PROMPT...]  keep chatting after the first reply; with
                                     stdin piped, each line is one turn
+  chat.py [options] -- PROMPT...    every word after -- is the prompt, even
+                                    one that looks like a flag (tar -c)
 
 Only the assistant's text (or, with --output json, one JSON document) goes to
 stdout.  Prompts, notices, the model's reasoning, the sources it cites and
@@ -6272,7 +6660,12 @@ character in it (escape sequences that set titles, write the clipboard,
 move the cursor or clear the screen; backspaces; bidirectional overrides) is
 shown as a visible escape such as ^[ and never acted on: in replies, errors,
 tool calls, model ids, loaded history, everywhere.  stderr is always treated
-so.  Into a pipe or a file, stdout is the reply exactly as it came.
+so.  Into a pipe or a file, stdout is the reply exactly as it came, in
+UTF-8 whatever the locale.
+
+On a Python built without ssl, http:// works and https:// is one line
+saying so; without readline, termios or fcntl (Windows, minimal builds) the
+chat works, and what it does without them is said once.
 
 Options:
   -m, --model NAME      model to use (env OPENAI_MODEL, default gpt-4o-mini)
@@ -6327,8 +6720,12 @@ Options:
   -r, --reply [ID]      print only the last reply of a conversation (default:
                         the latest), exactly as received: for pipes
   --delete ID           remove a kept conversation
-  -x, --extract         one-shot: stdout gets only the reply's fenced code
-                        blocks, without the fences (the whole reply is kept)
+  -x, --extract         stdout gets only the reply's first fenced code
+                        block, without its fences (the whole reply is kept);
+                        a reply with none is printed whole, with a notice.
+                        One-shot, and with -r (the last reply) and --show
+                        (each reply's block)
+  --xl, --extract-last  the same with the last fenced code block
   --no-log              keep nothing of this run (also: log = false)
   -p, --profile NAME    use the config file's [NAME] (env CHAT_PY_PROFILE)
   --config FILE         the config file (default: see "The config file")
@@ -6355,8 +6752,10 @@ Options:
                         on stderr saying what chat.py waits for and how long:
                         connecting to HOST, waiting for the model (with the
                         hidden reasoning tokens so far), sending an upload,
-                        running a tool, a retry's countdown; it is erased
-                        before anything else is written
+                        running a tool, a retry's countdown, and with
+                        stdout piped, the reply's tokens and rate; it is
+                        erased before anything else is written, and never
+                        drawn over a reply's unfinished line or the prompt
 
 Request fields (only what you set is sent; each is checked before sending):
   --temperature T       0 to 2                --top-p P          0 to 1
@@ -6415,7 +6814,12 @@ Tools:
                         Ctrl-D there means no, Ctrl-C no and stop the turn.
                         Arguments that repeat a key are refused.  With no
                         terminal to ask on, the tool is not run and the
-                        model is told
+                        model is told.  A NAME no --tools file (or params,
+                        or loaded conversation) defines is offered as a tool
+                        with one free-text input, which COMMAND reads on
+                        its stdin
+  --tool-description NAME=TEXT   what such a tool does, as the model reads it
+                        (default: the command line it runs)
   --mcp FILE|NAME=COMMAND   offer the tools of MCP (Model Context Protocol)
                         servers; repeatable (also: mcp = FILE in the config,
                         or a line mcp = NAME=COMMAND).  NAME=COMMAND is one
@@ -6473,7 +6877,10 @@ Conversations kept:
   one that another chat.py changed meanwhile is not overwritten, the
   conversation goes on in a new file that says where it forked from; a
   turn that would make the file larger than chat.py reads back (64 MiB) is
-  refused before it is sent; Ctrl-C during a save lets it finish.  Fields a
+  refused before it is sent, and a reply that would is kept in a new file
+  that names the full one, from the last message on; a failed save leaves
+  no empty file, and a folder that cannot be written is one notice a run;
+  --delete refuses an empty ID; Ctrl-C during a save lets it finish.  Fields a
   loaded conversation sends (n, store, service_tier...) are named once.
 
 The config file:
@@ -6548,10 +6955,14 @@ In the chat:
                         and model ids after /model
   Ctrl-C                abandon the line being typed, or stop the reply being
                         written (its text stays in the conversation)
+  (typing ahead)        keys typed while a reply streams are not shown in it;
+                        they start the next prompt (a question to run a tool
+                        discards them)
 
 Exit status:
   0 success, 1 API or network failure, 2 usage error (bad flag, missing key),
-  130 interrupted.
+  130 interrupted.  A reader that stops reading (`chat.py ... | head`) is
+  not a failure: the reply stops there, is kept cut short, and the exit is 0.
 
 Examples:
   OPENAI_API_KEY=sk-... chat.py "Explain SSE in one sentence"
@@ -6592,6 +7003,7 @@ The conversation (each is kept; --no-log keeps nothing):
 
 The reply:
   -o, --output json     the whole chat.completion as JSON on stdout
+  -x, --xl              only the first (last) fenced code block of the reply
   --temperature T, --max-tokens N, --seed N, --stop TEXT, -n N, --no-stream
   --param KEY=JSON      any other request field
   --usage               show tokens used and speed after each reply
@@ -6652,6 +7064,10 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
         return 2
     try:
         return _main(argv, stdin, environ, outputs)
+    except StdoutClosed:   # the reader stopped reading (`| head`): its choice
+        if outputs.status is not None:
+            outputs.status.clear()   # (nothing more is written to erase it)
+        return 0
     except ChatError as exc:
         _stderr_notice(outputs.err, "error: %s" % explained(exc))
         if isinstance(exc, StdoutError):
@@ -6660,16 +7076,17 @@ def main(argv=None, stdin=None, stdout=None, stderr=None, environ=None):
     except KeyboardInterrupt:
         _write_sanitized(outputs.err, "\n[interrupted]\n")
         return 130
-    except BrokenPipeError:
-        _silence(outputs.raw)   # the reader went away (e.g. `| head`): nothing more to say
-        return 1
+    except BrokenPipeError:   # stderr's reader went away too (`2>&1 | head`)
+        _silence(outputs.stderr)
+        _silence(outputs.raw)
+        return 0
     except (RecursionError, MemoryError):   # the last net: bounds should catch these first
         _stderr_notice(outputs.err, "error: the answer is too large or too deeply nested to handle")
         return 1
 
 
 def _main(argv, stdin, environ, outputs):
-    args = _parser().parse_args(argv)
+    args = _arguments(argv)
     if args.help or args.manual:
         _stdout_write(outputs.out, HELP if args.help else MANUAL)
         return 0

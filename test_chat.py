@@ -2089,7 +2089,7 @@ FLAG_ERRORS = [
     (["--json-schema", "/nonexistent.json"], "cannot read --json-schema /nonexistent.json"),
     (["--tools", "/nonexistent.json"], "cannot read --tools /nonexistent.json"),
     (["--param", "novalue"], "--param takes KEY=JSON"),
-    (["--param", "temperature=9"], "--temperature must be a number from 0 to 2, not 9"),
+    (["--param", "temperature=9"], '--param: "temperature" must be a number from 0 to 2, not 9'),
     (["--tool-exec", "f"], "--tool-exec takes NAME=COMMAND"),
     (["--image", "/nonexistent.png"], "cannot read the image /nonexistent.png"),
 ]
@@ -4951,7 +4951,7 @@ def test_list_columns_limit_and_search(server):
 def test_extract_prints_only_the_code(server):
     server.add(stream_reply("Use this:\n\n```sh\nwc -l *.py\n```\n\nand this:\n~~~\necho hi\n~~~\n"))
     status, out, err = run_main(server, "-x", "count lines")
-    assert (status, out) == (0, "wc -l *.py\necho hi\n")
+    assert (status, out) == (0, "wc -l *.py\n")   # the first block only (issue 28)
     assert "Use this" in kept_bodies()[0]["messages"][-1]["content"]   # the whole reply is kept
 
 
@@ -5868,3 +5868,428 @@ def test_the_consent_question_blanks_the_key_like_every_other_sink(server):
                                env={"OPENAI_API_KEY": key}, keys=[(rb"\[y/N/a\] ", b"n\r")])
     assert status == 0 and key.encode() not in data
     assert b'"token": "***"' in data and b"that is `curl -u me:*** x`?" in data
+
+
+# Issue 28: the edges a daily user hits (pipes, -x, tools from a command,
+# notices, flags, the store, machines without ssl, readline or UTF-8).
+# ---------------------------------------------------------------------------
+
+def slow_lines(count, pause=0.02):
+    """A streamed reply of count lines, a pause before each."""
+    pieces = sse(chunk(delta={"role": "assistant", "content": ""}))[:-1]   # no [DONE] yet
+    for i in range(count):
+        pieces += [pause] + sse(chunk("line %d of the reply\n" % i), done=False)
+    return Reply(pieces + sse(chunk(finish="stop")), headers=SSE)
+
+
+@pytest.mark.parametrize("args", [["hi"], ["-i"]])
+def test_a_reader_that_stops_reading_keeps_the_turn_and_exit_0(server, args):
+    reply = server.add(slow_lines(200))
+    environ = clean_env(OPENAI_BASE_URL=server.url)
+    proc = subprocess.Popen([sys.executable, CHAT_PY] + args, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environ)
+    proc.stdin.write(b"hi\n")
+    proc.stdin.close()
+    assert proc.stdout.read(12) == b"line 0 of th"   # as `| head -c 12` reads
+    proc.stdout.close()
+    status, err = proc.wait(60), proc.stderr.read().decode()
+    assert (status, err) == (0, ""), err
+    assert reply.finished.wait(10) and reply.disconnected   # it stopped reading the reply
+    kept = kept_bodies()[0]["messages"]
+    assert kept[-1]["role"] == "assistant"
+    assert kept[-1]["content"].startswith("line 0 of the reply\n")   # a cut-short reply
+    assert "line 199" not in kept[-1]["content"]
+
+
+@pytest.mark.parametrize("text,blocks", [
+    ("Use:\n```sh\nwc -l\n```\nthen\n~~~py\nprint(1)\n~~~\n", ["wc -l\n", "print(1)\n"]),
+    ("```\na\n``\n```` \nafter\n", ["a\n``\n"]),            # closed by a longer fence
+    ("~~~\n```\n~~~\n", ["```\n"]),                            # the other character is text
+    ("  ```\n  a\n b\nc\n  ```\n", ["a\nb\nc\n"]),              # indentation taken off
+    ("``` a`b\nno\n```\nyes\n", ["yes\n"]),                    # backticks in the label: no fence
+    ("cut short:\n```py\nx = 1\ny =", ["x = 1\ny ="]),           # open to the end (CommonMark)
+    ("```\r\nwindows\r\n```\r\n", ["windows\r\n"]),
+    ("no code here", []),
+])
+def test_code_blocks_follow_commonmark(text, blocks):
+    assert chat.code_blocks(text) == blocks
+
+
+def test_code_blocks_take_one_pass_over_hostile_fences():
+    """Openings that never close, each longer than the next: the old regex
+    rescanned the rest for each, 19 s for 4.5 MB; one pass does it at once."""
+    n = 3000
+    text = "".join("`" * (3 + n - i) + "\n" for i in range(n))   # 4.5 MB
+    assert chat.code_blocks(text) == ["".join("`" * (3 + n - i) + "\n" for i in range(1, n))]
+
+
+TWO_BLOCKS = "Shell:\n```sh\nwc -l *.py\n```\nPython:\n```py\nprint(1)\n```\n"
+
+
+@pytest.mark.parametrize("flag,out", [("-x", "wc -l *.py\n"), ("--xl", "print(1)\n"),
+                                      ("--extract-last", "print(1)\n")])
+def test_x_takes_the_first_block_and_xl_the_last(server, flag, out):
+    server.add(stream_reply(TWO_BLOCKS))
+    assert run_main(server, flag, "count lines") == (0, out, "")
+
+
+def test_x_without_a_block_prints_the_reply_whole_and_says_so(server):
+    server.add(stream_reply("There is no need for code: use wc -l."))
+    status, out, err = run_main(server, "-x", "count lines")
+    assert (status, out) == (0, "There is no need for code: use wc -l.\n")
+    assert err == "chat.py: the reply has no fenced code block: here it is whole\n"
+
+
+def test_x_and_xl_work_with_reply_and_show(server):
+    server.add(stream_reply(TWO_BLOCKS), stream_reply("```\nsecond\n```\nand\n```\nthird\n```"))
+    run_main(server, "one")
+    run_main(server, "-c", "two")
+    assert run_main(None, "-r", "-x") == (0, "second\n", "")
+    assert run_main(None, "-r", "--xl") == (0, "third\n", "")
+    assert run_main(None, "--show", "-x") == (0, "wc -l *.py\nsecond\n", "")
+    assert run_main(None, "--show", "--xl") == (0, "print(1)\nthird\n", "")
+
+
+def test_a_command_alone_is_offered_as_a_tool_with_one_free_text_input(server, tmp_path):
+    script = tmp_path / "shout.py"
+    script.write_text("import sys\nsys.stdout.write(sys.stdin.read().upper())\n")
+    server.add(*calling("shout", json.dumps({"input": "hello world"})))
+    status, out, err = run_main(server, "--yes", "--tool-exec", "shout=%s %s" % (
+        sys.executable, script), "--tool-description", "shout=upper-cases text", "hi")
+    assert (status, out) == (0, "The tool said: HELLO WORLD\n"), err
+    offered = server.requests[0]["body"]["tools"]
+    assert offered == [chat.command_tool("shout", "upper-cases text")]
+    assert offered[0]["function"]["parameters"]["required"] == ["input"]
+    assert "tools" not in kept_bodies()[0]   # offered with each request, not kept as a field
+
+
+def test_a_command_tool_is_described_by_its_command_and_defined_once(server, tmp_path):
+    server.add(stream_reply("ok"))
+    run_main(server, "--tool-exec", "now=date -u", "hi")
+    description = server.requests[0]["body"]["tools"][0]["function"]["description"]
+    assert "`date -u`" in description
+    (tmp_path / "tools.json").write_text(json.dumps(WEATHER_TOOL))
+    server.add(stream_reply("ok"))   # a definition of its own wins: no second one
+    run_main(server, "--tools", str(tmp_path / "tools.json"), "--tool-exec", "weather=date", "hi")
+    assert server.requests[1]["body"]["tools"] == WEATHER_TOOL
+
+
+@pytest.mark.parametrize("args,words", [
+    (["--tool-description", "x=y", "hi"], "--tool-description takes NAME=TEXT for a --tool-exec"),
+    (["--tool-exec", "no way=date", "hi"], "a tool's name is 1 to 64 letters"),
+])
+def test_command_tool_flags_that_are_off(server, args, words):
+    status, out, err = run_main(server, *args)
+    assert (status, out, server.requests) == (2, "", []) and words in err, err
+
+
+def run_limited(server, *args, stdin=b"", fsize=None):
+    """`python chat.py ARGS` with files limited to fsize bytes (ulimit -f)."""
+    def limit():
+        if fsize is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    proc = subprocess.run([sys.executable, CHAT_PY] + list(args), input=stdin,
+                          capture_output=True, env=clean_env(OPENAI_BASE_URL=server.url),
+                          preexec_fn=limit, timeout=60)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def test_a_failed_first_save_leaves_no_file_and_c_finds_the_last_good_one(server):
+    server.add(stream_reply("small"), stream_reply("x" * 4000), stream_reply("y" * 4000),
+               stream_reply("carried on"))
+    assert run_limited(server, "good one")[0] == 0
+    good = kept_files()
+    status, out, err = run_limited(server, "-i", stdin=b"big\nbigger\n", fsize=2000)
+    assert status == 0 and out == "x" * 4000 + "\n" + "y" * 4000 + "\n"
+    assert err.count("\n") == 1 and "File too large" in err and "--no-log" in err, err
+    assert "error" not in err and "forked" not in err
+    assert kept_files() == good   # no empty file left behind
+    assert run_limited(server, "-c", "and now?")[0] == 0
+    assert server.requests[-1]["body"]["messages"][:2] == [
+        {"role": "user", "content": "good one"}, {"role": "assistant", "content": "small"}]
+
+
+def test_an_unwritable_state_folder_is_one_notice_a_run(server):
+    os.makedirs(kept_folder())
+    unlock = locked(pathlib_path(kept_folder()))
+    try:
+        server.add(stream_reply("one"), stream_reply("two"))
+        status, out, err = run_main(server, "-i", stdin="a\nb\n")
+    finally:
+        unlock()
+    assert (status, out) == (0, "one\ntwo\n")
+    assert err.count("\n") == 1 and "cannot keep the conversation" in err, err
+    assert "--no-log" in err and "error" not in err
+
+
+def pathlib_path(path):
+    import pathlib
+    return pathlib.Path(path)
+
+
+@pytest.mark.parametrize("wanted", ["", "-", "-x"])
+def test_delete_refuses_an_empty_or_flag_like_id(server, wanted):
+    server.add(stream_reply("kept"))
+    run_main(server, "the only one")
+    status, out, err = run_main(None, "--delete=" + wanted)
+    assert (status, out) == (2, "") and "--delete needs" in err, err
+    assert len(kept_files()) == 1
+
+
+def test_a_reply_too_large_for_its_file_goes_on_in_a_new_one(server, monkeypatch):
+    monkeypatch.setattr(chat, "MAX_BODY", 4 * 2**20)
+    server.add(stream_reply("a" * (2 * 2**20)), stream_reply("b" * (2 * 2**20)),
+               stream_reply("small"))
+    run_main(server, "first")
+    first = kept_files()
+    status, out, err = run_main(server, "-c", "second")   # 4 MiB and more: not in that file
+    assert status == 0 and out.startswith("b") and "is full (4 MiB)" in err, err
+    bodies = {name: json.load(open(os.path.join(kept_folder(), name))) for name in kept_files()}
+    new = [name for name in bodies if name not in first]
+    assert len(new) == 1
+    assert bodies[new[0]]["metadata"]["chat_py_continues"] == first[0][:-5]
+    assert [m["content"][:1] for m in bodies[new[0]]["messages"]] == ["s", "b"]
+    assert bodies[first[0]]["messages"][-1]["content"][:1] == "a"   # the old file as it was
+    assert run_main(server, "-c", "third")[0] == 0   # -c goes on in the new file
+    assert server.requests[-1]["body"]["messages"][0]["content"] == "second"
+
+
+def test_the_refusal_of_a_turn_too_large_fits_the_conversation_and_names_no_log(
+        server, monkeypatch):
+    monkeypatch.setattr(chat, "MAX_BODY", 2 * 2**20)
+    status, out, err = run_main(server, "x" * 2**20)
+    assert (status, server.requests) == (2, [])
+    assert "this message is 2 MiB, more than chat.py can keep (2 MiB): send less" in err
+    assert "without -c" not in err and "--no-log" in err
+    server.add(stream_reply("ok"))
+    assert run_main(server, "--no-log", "x" * 2**20)[0] == 0   # as it says
+    server.add(stream_reply("y" * (2**20 // 2)))
+    run_main(server, "start")
+    status, out, err = run_main(server, "-c", "x" * (2**20 // 2))
+    assert status == 2 and "start a new one (/reset, or without -c)" in err and "--no-log" in err
+
+
+@pytest.fixture
+def hiding(tmp_path):
+    """The environment for a chat.py subprocess in which the modules named in
+    CHAT_PY_TEST_HIDE cannot be imported, as on a Python built without them."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(
+        "import os, sys\n"
+        "for name in os.environ.get('CHAT_PY_TEST_HIDE', '').split():\n"
+        "    sys.modules[name] = None\n")
+    return lambda names: {"PYTHONPATH": str(folder), "CHAT_PY_TEST_HIDE": names}
+
+
+def test_without_ssl_http_works_and_https_is_one_line(server, hiding):
+    server.add(stream_reply("plain"))
+    status, out, err, _ = run_child(server, "hi", env=hiding("ssl _ssl"))
+    assert (status, out, err) == (0, b"plain\n", "")
+    status, out, err, _ = run_child(None, "--base-url", "https://127.0.0.1:9/v1", "hi",
+                                    env=hiding("ssl _ssl"))
+    assert_one_line(status, err, 2)
+    assert "this Python has no ssl module" in err
+    status, _, err, _ = run_child(None, "--base-url", "http://127.0.0.1:%d/v1" % free_port(),
+                                  "--retries", "0", "hi", env=hiding("ssl _ssl"))
+    assert_one_line(status, err, 1)   # a connection error without ssl is still one line
+    assert "connection refused" in err
+    server.add(stream_reply("no tools"))   # an https MCP server: one notice, the chat goes on
+    status, out, err, _ = run_child(server, "--mcp", "web=https://127.0.0.1:9/mcp", "hi",
+                                    env=hiding("ssl _ssl"))
+    assert (status, out) == (0, b"no tools\n") and "Traceback" not in err
+    assert err == ("chat.py: MCP server web failed: cannot connect to https://127.0.0.1:9/mcp: "
+                   "this Python has no ssl module, so no https\n")
+
+
+def test_without_termios_and_fcntl_the_run_works_and_says_so_once(server, hiding):
+    server.add(stream_reply("one"), stream_reply("two"))
+    status, out, err, _ = run_child(server, "hi", env=hiding("termios fcntl"))
+    assert (status, out) == (0, b"one\n")
+    assert err.count("\n") == 1 and "no fcntl (kept conversations are not locked" in err, err
+    status, out, err, _ = run_child(server, "-c", "--tool-exec", "x=date", "again",
+                                    env=hiding("termios fcntl"))
+    assert (status, out) == (0, b"two\n")   # -c found what the first run kept
+    assert err.count("\n") == 1 and "no termios (keys typed ahead" in err, err
+
+
+def test_without_readline_the_chat_works_on_a_terminal_and_says_so_once(server, hiding):
+    server.add(stream_reply("answered"))
+    status, data = on_terminal(server, keys=[(rb"> ", b"hello\r"), (rb"answered", b"\x04")],
+                               env=hiding("readline"))
+    assert status == 0
+    screen = "\n".join(screen_of(data).display)
+    assert screen.count("this Python has no readline") == 1
+    assert "answered" in screen and server.requests[0]["body"]["messages"] == [
+        {"role": "user", "content": "hello"}]
+
+
+def test_a_c_locale_on_python_3_6_still_pipes_the_exact_utf8_reply(server):
+    python = find_python("3.6")
+    if python is None:
+        pytest.skip("no Python 3.6 on this machine (pyenv)")
+    server.add(stream_reply("caf\u00e9 \u2615 \u65e5\u672c"))
+    proc = subprocess.run([python, CHAT_PY, "\u00fcber"], input="na\u00efve\n".encode(),
+                          capture_output=True, timeout=60,
+                          env=clean_env(OPENAI_BASE_URL=server.url, LANG="C", LC_ALL="C"))
+    assert (proc.returncode, proc.stdout) == (0, "caf\u00e9 \u2615 \u65e5\u672c\n".encode())
+    assert server.requests[0]["body"]["messages"][0]["content"] == "\u00fcber\n\nna\u00efve"
+    server.add(stream_reply("caf\u00e9"))   # and onto a terminal: shown, not an error
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execve(python, [python, CHAT_PY, "hi"],
+                  clean_env(OPENAI_BASE_URL=server.url, LANG="C", LC_ALL="C", TERM="xterm"))
+    data = b""
+    try:
+        while select.select([fd], [], [], 30)[0]:
+            try:
+                more = os.read(fd, 4096)
+            except OSError:   # EIO: the child has gone
+                break
+            if not more:
+                break
+            data += more
+        status = wait_child(pid)
+    finally:
+        os.close(fd)
+    assert (os.WEXITSTATUS(status), data) == (0, "caf\u00e9\r\n".encode()), data
+
+
+def test_a_pipe_gets_utf8_whatever_the_streams_encoding(server):
+    server.add(stream_reply("caf\u00e9 \u2615 \u65e5\u672c"))   # as a Latin-1 locale would have it
+    status, out, err, _ = run_child(server, "hi", env={"PYTHONIOENCODING": "latin-1"})
+    assert (status, out, err) == (0, "caf\u00e9 \u2615 \u65e5\u672c\n".encode(), "")
+
+
+def test_usage_counts_every_request_sent(server, tmp_path):
+    rejected = json.dumps({"error": {
+        "message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                   "Use 'max_completion_tokens' instead.", "type": "invalid_request_error",
+        "param": "max_tokens", "code": "unsupported_parameter"}}).encode()
+    server.add(Reply(rejected, status=400), stream_reply("A"),   # a turn of two requests
+               Reply(sse(*tool_fragments()), headers=SSE),      # a tool round, its second
+               Reply(b'{"error": {"message": "overloaded"}}', status=500))   # one failing
+    conversation = chat.Chat(chat.Client(server.url, retries=0), "m",
+                             params={"max_tokens": 30, "tools": WEATHER_TOOL})
+    conversation.send("one")
+    assert conversation.totals["requests"] == 2
+    with pytest.raises(chat.APIError):
+        conversation.follow_tools(conversation.send("two"), chat.Tools(ask=lambda q: "sun"))
+    assert conversation.totals["requests"] == len(server.requests) == 4
+
+
+def test_an_empty_list_says_so_and_long_model_names_are_shortened(server):
+    assert run_main(None, "--list") == (
+        0, "", "chat.py: no conversation is kept yet (in %s)\n" % kept_folder())
+    server.add(stream_reply("ok"))
+    run_main(server, "-m", "accounts/fireworks/models/llama-v3p1-405b-instruct", "hi")
+    status, out, err = run_main(None, "--list")
+    assert status == 0 and "accounts/f...3p1-405b-instruct  1 turn  hi" in out, out
+    assert run_main(None, "--list", "nowhere") == (
+        0, "", 'chat.py: no kept conversation has "nowhere" in it\n')
+
+
+@pytest.mark.parametrize("args,words", [
+    (["what", "does", "tar", "-c", "do"], "unrecognized arguments: do; if words that look like "
+                                         "flags are part of the prompt, quote the whole prompt "
+                                         "or put -- before it"),
+    (["how", "do", "I", "use", "rm", "-rf"], "take no PROMPT; if words that look like flags"),
+    (["--modle", "gpt-4o", "hi"], "unrecognized arguments: --modle; did you mean --model?"),
+    (["hi", "--temprature=1"], "did you mean --temperature?"),
+    (["--param", "temperature=abc", "hi"], '--param: "temperature" must be a number from 0 '
+                                            'to 2, not "abc"'),
+    (["-x", "-i", "hi"], "-x and --xl print the code of a one-shot reply"),
+    (["--xl", "-o", "json", "hi"], "not with --output json"),
+])
+def test_flags_that_help(server, args, words):
+    status, out, err = run_main(server, *args)
+    assert (status, out, server.requests) == (2, "", []) and words in err, err
+    assert err.count("\n") == 1 and "sk-" not in err
+
+
+def test_the_prompt_hint_never_echoes_a_key(server):
+    status, out, err = run_main(server, "what", "is", "-la", "--api-key", "sk-secret-0123456789")
+    assert status == 2 and "quote the whole prompt" in err and "0123456789" not in err
+
+
+def test_an_unknown_config_key_gets_a_did_you_mean(server):
+    write_config("[default]\nmodle = gpt-4o\n")
+    status, out, err = run_main(server, "hi")
+    assert status == 2 and "unknown key modle; did you mean model?" in err, err
+
+
+def test_with_stdout_piped_the_status_line_shows_the_replys_progress(server):
+    reply = stream_reply(*["word%d " % i for i in range(40)])
+    reply.body = [p for piece in reply.body for p in (piece, 0.05)]   # 2 s of streaming
+    server.add(reply)
+    read_end, write_end = os.pipe()
+    status, data = on_terminal(server, "hi", stdout_fd=write_end)
+    os.close(write_end)
+    piped = os.read(read_end, 65536)
+    os.close(read_end)
+    assert status == 0 and piped.startswith(b"word0 word1")
+    assert re.search(rb"receiving the reply\.\.\. 1s, \d+ tokens, \d+ tokens/s", data), data
+    assert "receiving" not in "\n".join(screen_of(data).display)   # and erased at the end
+
+
+def test_hidden_reasoning_after_text_never_erases_it(server):
+    pieces = [chunk(delta={"reasoning_content": "step %d " % i}) for i in range(12)]
+    reply = sse_reply(chunk("The answer is"), *pieces + [chunk(" 42."), chunk(finish="stop")])
+    reply.body = [p for piece in reply.body for p in (piece, 0.12)]
+    server.add(reply)
+    status, data = on_terminal(server, "--hide-reasoning", "hi")
+    assert status == 0 and b"reasoning tokens" not in data   # the line was the reply's
+    assert "The answer is 42." in "\n".join(screen_of(data).display)
+
+
+def test_waiting_for_models_on_tab_keeps_the_prompt_and_what_was_typed(server):
+    models = Reply(json.dumps({"data": [{"id": "gpt-tab-test"}]}).encode())
+    server.add(lambda request: (time.sleep(1.5), models)[1])   # a slow answer
+    status, data = on_terminal(server, keys=[(rb"> ", b"/model gpt-t\t"),
+                                             (rb"gpt-tab-test ", b"\x15\x04")])
+    assert status == 0
+    assert b"connecting to" not in data and b"waiting for" not in data
+
+
+def test_keys_typed_while_a_reply_streams_are_kept_for_the_next_prompt(server):
+    server.add(slow_lines(30, 0.05), stream_reply("second"))
+    status, data = on_terminal(server, keys=[
+        (rb"> ", b"first\r"), (rb"line 3 of", b"typed ahead"),
+        (rb"line 29 of the reply\s*\r?\n[\s\S]*> ", b" and more\r"),
+        (rb"second\r\n[\s\S]*> ", b"\x04")])
+    assert status == 0
+    reply = data[data.index(b"line 3 of"):data.index(b"line 29 of the reply")]
+    assert b"typed" not in reply   # not echoed into the reply
+    assert server.requests[1]["body"]["messages"][-1] == {
+        "role": "user", "content": "typed ahead and more"}   # the start of the next prompt
+
+
+def test_the_readme_tables_name_every_flag_command_and_config_key():
+    readme = open(os.path.join(HERE, "README.md")).read()
+    rows = "\n".join(line for line in readme.splitlines() if line.startswith("|"))
+    for action in chat._parser()._actions:
+        for flag in action.option_strings:
+            assert re.search(r"(^|[\s,`])%s\b" % re.escape(flag), rows), flag
+    for command in chat.Console.COMMANDS:
+        assert re.search(r"`%s\b" % re.escape(command), rows), command
+    keys = readme[readme.index("\nKeys: "):readme.index("Settings come from\nthe flags")]
+    for key in chat.CONFIG_KEYS:
+        assert "`%s`" % key in keys, key
+
+
+def test_a_reader_that_stops_reading_leaves_no_status_line(server):
+    server.add(slow_lines(200, 0.05))
+    read_end, write_end = os.pipe()
+
+    def head():   # as `| head -40`, then gone
+        data = b""
+        while data.count(b"\n") < 40:
+            data += os.read(read_end, 4096)
+        os.close(read_end)
+    reader = threading.Thread(target=head)
+    reader.start()
+    status, data = on_terminal(server, "hi", stdout_fd=write_end)
+    os.close(write_end)
+    reader.join()
+    assert status == 0 and b"receiving the reply" in data
+    assert "receiving" not in "\n".join(screen_of(data).display)   # erased as it ended
