@@ -5203,3 +5203,324 @@ def test_an_http_mcp_call_is_bounded_progress_extends_it_and_it_is_cancelled(ser
         assert time.monotonic() - started > 1.6   # progress kept it going past 1 s
     finally:
         mcp.close()
+
+
+# ---------------------------------------------------------------------------
+# issue 27: MCP as people run it: every server message checked, every wait
+# bounded and visible, servers that come back, both eras over stdio and HTTP.
+# One scripted stdlib server (SCRIPTED_MCP), run over stdio as a process or
+# served over streamable HTTP by ScriptedHttpMcp, does what its plan says.
+# ---------------------------------------------------------------------------
+
+SCRIPTED_MCP = r'''
+import json, os, sys, time
+
+def respond(message, plan):
+    """What the server does for one message: a list of steps, each
+    ("send", message), ("raw", text), ("comment", text), ("sleep", seconds),
+    ("stderr", text), ("exit", status) or ("silent", None)."""
+    if not isinstance(message, dict) or "method" not in message:
+        return []
+    method, id = message["method"], message.get("id")
+    params = message.get("params") or {}
+    modern = plan.get("era") == "modern"
+
+    def answer(result):
+        return [("send", {"jsonrpc": "2.0", "id": id, "result": result})]
+
+    def error(code, text):
+        return [("send", {"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": text}})]
+
+    if id is None:
+        return []
+    if method == "server/discover":
+        if not modern:
+            return error(-32601, "Method not found")
+        return answer({"supportedVersions": ["2026-07-28"], "capabilities": {"tools": {}},
+                       "serverInfo": {"name": "scripted", "version": "1"}})
+    if modern and "io.modelcontextprotocol/protocolVersion" not in (params.get("_meta") or {}):
+        return error(-32602, "a 2026-07-28 request carries its version in _meta")
+    if method == "initialize":
+        return plan.get("initialize", []) + answer({
+            "protocolVersion": "2025-06-18", "capabilities": {"tools": {"listChanged": True}},
+            "serverInfo": {"name": "scripted"}})
+    if method == "tools/list":
+        names, size = plan.get("tools", ["echo"]), plan.get("page_size", 1000)
+        start = int(params.get("cursor") or 0)
+        page = {"tools": [{"name": n, "inputSchema": {"type": "object"}}
+                          for n in names[start:start + size]]}
+        if plan.get("endless_pages") or start + size < len(names):
+            page["nextCursor"] = str(start + size)
+        return answer(page)
+    if method == "tools/call":
+        token = (params.get("_meta") or {}).get("progressToken")
+        steps = []
+        for kind, value in plan.get("calls", {}).get(params["name"], []):
+            if kind == "progress":
+                value = {"jsonrpc": "2.0", "method": "notifications/progress",
+                         "params": dict(value, progressToken=token)}
+                kind = "send"
+            steps.append((kind, value))
+        text = "%s: %s" % (params["name"], json.dumps(params.get("arguments")))
+        return steps + answer({"content": [{"type": "text", "text": text}]})
+    return error(-32601, "Method not found")
+
+def run_stdio(plan):
+    log = open(os.environ["MCP_LOG"], "a")
+    for line in sys.stdin:
+        log.write(line)
+        log.flush()
+        for kind, value in respond(json.loads(line), plan):
+            if kind == "send":
+                sys.stdout.write(json.dumps(value) + "\n")
+            elif kind == "raw":
+                sys.stdout.write(value + "\n")
+            elif kind == "comment":
+                sys.stdout.write("\n")
+            elif kind == "sleep":
+                sys.stdout.flush()
+                time.sleep(value)
+            elif kind == "stderr":
+                sys.stderr.write(value)
+                sys.stderr.flush()
+            elif kind == "exit":
+                sys.stdout.flush()
+                os._exit(value)
+            elif kind == "silent":
+                break
+            sys.stdout.flush()
+
+if __name__ == "__main__":
+    run_stdio(json.load(open(os.environ["MCP_PLAN"])))
+'''
+_scripted = {}
+exec(SCRIPTED_MCP, _scripted)
+
+
+def scripted_mcp(tmp_path, plan, name="s", extra=None):
+    """(a --mcp config file for the scripted stdio server, the file it logs
+    what it got to)."""
+    script, log, plan_file = tmp_path / "scripted.py", tmp_path / "got.jsonl", tmp_path / "plan.json"
+    script.write_text(SCRIPTED_MCP)
+    plan_file.write_text(json.dumps(plan))
+    config = tmp_path / ("mcp-%s.json" % name)
+    entry = {"command": sys.executable, "args": [str(script)],
+             "env": {"MCP_LOG": str(log), "MCP_PLAN": str(plan_file)}}
+    entry.update(extra or {})
+    config.write_text(json.dumps({"mcpServers": {name: entry}}))
+    return str(config), log
+
+
+def received(log):
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+class ScriptedHttpMcp:
+    """The scripted server over streamable HTTP on 127.0.0.1: a request is
+    answered with an event stream of its steps (or JSON with plan "json");
+    seen records (method, headers) of every POST.  With plan "era" modern it
+    answers a POST without the 2026-07-28 headers with 400, as the Python
+    SDK does.  plan "bait": every answer POSTed to it is answered with a
+    stream holding a new request (which a client must not read)."""
+
+    def __init__(self, plan):
+        self.seen, self.plan = [], plan
+        mcp = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.reply(405, b"")
+
+            def do_DELETE(self):
+                self.reply(204, b"")
+
+            def reply(self, status, body, kind="application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                mcp.seen.append((message.get("method"), dict(self.headers)))
+                if mcp.plan.get("era") == "modern" and (
+                        self.headers.get("MCP-Protocol-Version") != "2026-07-28"
+                        or self.headers.get("Mcp-Method") != message.get("method")):
+                    return self.reply(400, b'{"jsonrpc": "2.0", "id": null, "error": '
+                                           b'{"code": -32600, "message": "Bad Request"}}')
+                if "method" not in message and mcp.plan.get("bait"):
+                    ask = {"jsonrpc": "2.0", "id": "bait-%d" % len(mcp.seen), "method": "ping"}
+                    return self.reply(200, b"data: " + json.dumps(ask).encode() + b"\n\n",
+                                      "text/event-stream")
+                if message.get("id") is None or "method" not in message:
+                    return self.reply(202, b"")
+                steps = _scripted["respond"](message, mcp.plan)
+                if mcp.plan.get("json"):
+                    body = [json.dumps(v).encode() for k, v in steps if k == "send"][-1]
+                    return self.reply(200, body)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for kind, value in steps:
+                    try:
+                        if kind == "send":
+                            self.wfile.write(b"data: " + json.dumps(value).encode() + b"\n\n")
+                        elif kind == "raw":
+                            self.wfile.write(b"data: " + value.encode() + b"\n\n")
+                        elif kind == "comment":
+                            self.wfile.write(b": " + value.encode() + b"\n\n")
+                        elif kind == "sleep":
+                            time.sleep(value)
+                        elif kind == "silent":
+                            time.sleep(30)
+                            return
+                        self.wfile.flush()
+                    except OSError:
+                        return
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.close = serve_in_thread(self.httpd)
+        self.url = "http://127.0.0.1:%d/mcp" % self.httpd.server_address[1]
+
+    def methods(self):
+        return [method for method, _ in self.seen]
+
+
+@pytest.fixture
+def http_mcp():
+    """ScriptedHttpMcp(plan), closed after the test."""
+    made = []
+    yield lambda plan: made.append(ScriptedHttpMcp(plan)) or made[-1]
+    for mcp in made:
+        mcp.close()
+
+
+@pytest.fixture
+def no_thread_dies(monkeypatch):
+    """Fails the test if any thread ends in an exception (a traceback on stderr)."""
+    died = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args))
+    yield died
+    assert not died, [(d.exc_type, d.exc_value) for d in died]
+
+
+def tool_results(server, request=1):
+    return [m["content"] for m in server.requests[request]["body"]["messages"]
+            if m["role"] == "tool"]
+
+
+def progress_steps(count, every):
+    steps = []
+    for step in range(count):
+        steps += [("progress", {"progress": step, "message": "step %d" % step}), ("sleep", every)]
+    return steps
+
+
+def served(transport, tmp_path, http_mcp, plan):
+    """A --mcp argument for the scripted server named s, over transport."""
+    if transport == "stdio":
+        return scripted_mcp(tmp_path, plan)[0]
+    return "s=" + http_mcp(plan).url
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_progress_moves_an_mcp_calls_deadline_on(server, tmp_path, http_mcp, transport):
+    plan = {"calls": {"echo": progress_steps(10, 0.3)}}   # 3 s of progress, then the answer
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "--tool-timeout", "1.5", "hi")
+    assert (status, out) == (0, "The tool said: echo: {}\n"), err
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_keep_alives_extend_no_mcp_call(server, tmp_path, http_mcp, transport):
+    plan = {"calls": {"echo": [("comment", "keep-alive"), ("sleep", 0.2)] * 15}}
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "--tool-timeout", "1", "hi")
+    assert (status, out) == (0, "The tool said: error: cancelled: no answer within 1s; the call "
+                                "was cancelled\n"), err
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_an_mcp_call_ends_at_the_cap_however_much_progress(server, tmp_path, http_mcp,
+                                                           transport, monkeypatch):
+    monkeypatch.setattr(chat, "MCP_MAX_CALL", 1.0)   # (30 minutes, in the real world)
+    plan = {"calls": {"echo": progress_steps(12, 0.2)}}
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "--tool-timeout", "5", "hi")
+    assert status == 0 and out.startswith("The tool said: error: cancelled: it ran past "), out
+
+
+def test_an_mcp_server_offers_at_most_512_tools(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, {"tools": ["t%d" % i for i in range(600)],
+                                        "page_size": 250})
+    server.add(stream_reply("ok"))
+    status, out, err = run_main(server, "--mcp", config, "hi")
+    assert status == 0 and len(server.requests[0]["body"]["tools"]) == chat.MAX_MCP_TOOLS
+    assert "MCP server s offers more than 512 tools; only the first 512 are offered" in err
+
+
+def test_endless_mcp_tool_pages_end(server, tmp_path):
+    config, log = scripted_mcp(tmp_path, {"tools": ["one"], "page_size": 1, "endless_pages": True})
+    server.add(stream_reply("ok"))
+    status, out, err = run_main(server, "--mcp", config, "hi")
+    assert status == 0 and [t["function"]["name"] for t in server.requests[0]["body"]["tools"]] \
+        == ["s__one"]
+    assert "lists its tools in more than 32 pages" in err
+    assert [m.get("method") for m in received(log)].count("tools/list") == chat.MAX_MCP_PAGES
+
+
+def replies_calling(*names):
+    """Chat replies that call each of names in turn, then one that says what
+    the tools returned; each request's tools are kept in offered."""
+    offered = []
+
+    def call(name):
+        def reply(request):
+            offered.append([t["function"]["name"] for t in request["body"].get("tools") or ()])
+            return sse_reply(chunk(delta=call_delta(name=name, arguments="{}")),
+                             chunk(finish="tool_calls"))
+        return reply
+
+    def last(request):
+        offered.append([t["function"]["name"] for t in request["body"].get("tools") or ()])
+        return stream_reply("done")
+    return [call(name) for name in names] + [last], offered
+
+
+DYING = {"tools": ["echo", "die"], "calls": {"die": [("stderr", "out of memory\n"), ("exit", 3)]}}
+
+
+def test_a_dead_mcp_server_is_restarted_and_its_tools_offered_again(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(chat, "MCP_RESTART_DELAY", 0.05)
+    config, log = scripted_mcp(tmp_path, DYING)
+    replies, offered = replies_calling("s__die", "s__echo")
+    server.add(*replies)
+    status, out, err = run_main(server, "--mcp", config, "--yes", "hi")
+    assert (status, out) == (0, "done\n"), err
+    assert tool_results(server, 2) == [
+        "error: the MCP server s failed: it exited (status 3): out of memory", "echo: {}"]
+    assert "s__echo" in offered[1]
+    assert err.count("MCP server s failed") == 1 and err.count("MCP server s restarted (1 of 3)") == 1
+    assert [m.get("method") for m in received(log)].count("initialize") == 2
+
+
+def test_a_server_that_keeps_dying_is_restarted_three_times(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(chat, "MCP_RESTART_DELAY", 0.01)
+    config, log = scripted_mcp(tmp_path, DYING)
+    replies, offered = replies_calling("s__die", "s__die", "s__die", "s__die")
+    server.add(*replies)
+    status, out, err = run_main(server, "--mcp", config, "--yes", "--max-tool-rounds", "9", "hi")
+    assert (status, out) == (0, "done\n"), err
+    assert ["s__die" in names for names in offered] == [True] * 4 + [False]
+    assert err.count("restarted") == 3 and "restarted (3 of 3)" in err
