@@ -5524,3 +5524,189 @@ def test_a_server_that_keeps_dying_is_restarted_three_times(server, tmp_path, mo
     assert (status, out) == (0, "done\n"), err
     assert ["s__die" in names for names in offered] == [True] * 4 + [False]
     assert err.count("restarted") == 3 and "restarted (3 of 3)" in err
+
+
+SLOW_START = {"initialize": [("stderr", "loading a big model\n"), ("sleep", 4)]}
+
+
+def test_a_one_shot_waits_for_a_slow_mcp_server_at_most_its_startup_timeout(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, SLOW_START, name="slow")
+    server.add(stream_reply("plain"))
+    status, out, err = run_main(server, "--mcp", config, "--mcp-startup-timeout", "0.5", "hi")
+    assert (status, out) == (0, "plain\n") and "tools" not in server.requests[0]["body"]
+    assert err.count("MCP server slow is not ready after 0.5s; going on without it; its last "
+                     "words: loading a big model") == 1
+
+
+def test_a_servers_own_startup_timeout_and_a_missing_program(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, SLOW_START, name="slow", extra={"startup_timeout": 0.5})
+    server.add(stream_reply("plain"))
+    status, out, err = run_main(server, "--mcp", config, "--mcp", "gone=/nonexistent/mcp-gone",
+                                "hi")
+    assert (status, out) == (0, "plain\n")
+    assert "MCP server slow is not ready after 0.5s" in err
+    assert ("MCP server gone failed: there is no program /nonexistent/mcp-gone (is it installed, "
+            "and on the PATH?)") in err
+
+
+def test_the_status_line_says_which_mcp_server_a_turn_waits_for(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, SLOW_START, name="slow")
+    server.add(stream_reply("plain"))
+    status, data = on_terminal(server, "--mcp", config, "--mcp-startup-timeout", "1.5", "hi")
+    assert status == 0 and b"starting MCP server slow... " in data and b"plain" in data
+
+
+def test_the_chat_prompt_never_waits_for_a_server(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, SLOW_START, name="slow")
+    status, data = on_terminal(server, "--mcp", config, "-i", keys=[(rb"> ", b"\x04")],
+                               timeout=3)
+    assert status == 0 and b"starting MCP server" not in data
+
+
+def test_an_mcp_servers_log_is_rotated_and_private(server, tmp_path):
+    folder = os.path.join(os.environ["XDG_STATE_HOME"], "chat.py")
+    os.makedirs(folder)
+    log = os.path.join(folder, "mcp-s.log")
+    with open(log, "w") as old:   # an earlier version's, world-readable
+        old.write("old line\n" * 10)
+    os.chmod(log, 0o644)
+    config, _ = scripted_mcp(tmp_path, {"tools": ["noisy"], "calls": {"noisy": [
+        ("stderr", "n" * 999 + "\n")] * 1500}})
+    server.add(*calling("s__noisy"))
+    assert run_main(server, "--mcp", config, "--yes", "hi")[0] == 0
+    for path in (log, log + ".1"):
+        assert os.path.getsize(path) <= chat.MAX_MCP_LOG
+        assert os.stat(path).st_mode & 0o777 == 0o600
+    assert "n" * 999 in open(log).read() and "old line" in open(log + ".1").read()
+
+
+JSONRPC_CASES = [
+    ("an answer", {"jsonrpc": "2.0", "id": 1, "result": {"a": 1}},
+     ("answer", {"jsonrpc": "2.0", "id": 1, "result": {"a": 1}}), []),
+    ("a string id", {"id": "x", "error": {"code": -1, "message": "no"}},
+     ("answer", {"id": "x", "error": {"code": -1, "message": "no"}}), []),
+    ("a list id", {"id": [1], "result": {}}, None, [".id (list)"]),
+    ("a bool id", {"id": True, "method": "ping"}, None, [".id (bool)"]),
+    ("a float id", {"id": 1.5, "result": {}}, None, [".id (float)"]),
+    ("a list result", {"id": 2, "result": []}, ("answer", {"id": 2, "error": {
+        "message": "its answer has neither a result nor an error object"}}), [".result (list)"]),
+    ("a null result", {"id": 2, "result": None}, ("answer", {"id": 2, "error": {
+        "message": "its answer has neither a result nor an error object"}}), []),
+    ("a request", {"id": 3, "method": "ping", "params": None},
+     ("request", {"id": 3, "method": "ping"}), []),
+    ("a notification", {"method": "notifications/progress", "params": []},
+     ("notification", {"method": "notifications/progress"}), [".params (list)"]),
+    ("a method that is no string", {"method": 5}, None,
+     [".method (int)", "a message with neither a method nor an id"]),
+    ("an array", [1, 2], None, ["a message that is not an object (list)"]),
+    ("an error code that is text", {"id": 4, "error": {"code": "x", "message": "m"}},
+     ("answer", {"id": 4, "error": {"message": "m"}}), [".error.code (str)"]),
+]
+
+
+@pytest.mark.parametrize("name,message,expected,dropped", JSONRPC_CASES,
+                         ids=[case[0] for case in JSONRPC_CASES])
+def test_jsonrpc_messages_are_checked_for_shape(name, message, expected, dropped):
+    left_out = []
+    assert chat.jsonrpc_message(message, left_out) == expected
+    assert left_out == dropped
+
+
+def test_progress_is_checked_for_shape():
+    for params, text in (({"progress": float("inf"), "total": 1}, ""),
+                         ({"progress": 1, "total": 1e308 * 10}, "1 done"),
+                         ({"progress": 10**400, "total": 1}, ""),
+                         ({"progress": True, "message": 5}, ""),
+                         ({"progress": 1, "total": 4}, "25%")):
+        dropped = []
+        assert chat._progress_text(chat.conform(params, chat.PROGRESS_SHAPE, dropped)) == text
+
+
+MISSHAPEN = [
+    '{"jsonrpc": "2.0", "method": "notifications/progress", "params": '
+    '{"progressToken": 3, "progress": 1e400, "total": 2}}',
+    '{"jsonrpc": "2.0", "method": "notifications/progress", "params": '
+    '{"progressToken": [1], "progress": 1}}',
+    '{"jsonrpc": "2.0", "id": [1], "result": {}}',
+    '{"jsonrpc": "2.0", "id": [2], "method": "ping"}',
+    '{"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}',
+    '{"jsonrpc": "2.0", "method": 5}', '[]', '7', '"text"', 'null',
+    '{"jsonrpc": "2.0", "id": 99, "result": 1e400}',
+]
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_misshapen_mcp_messages_are_left_out_with_one_notice(server, tmp_path, http_mcp,
+                                                            transport, no_thread_dies):
+    plan = {"calls": {"echo": [("progress", {"progress": float("inf"), "total": 1})]
+                      + [("raw", text) for text in MISSHAPEN]}}
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "hi")
+    assert (status, out) == (0, "The tool said: echo: {}\n"), err
+    assert err.count("MCP server s sent what chat.py cannot read; left out: ") == 1
+    assert "failed" not in err and "Traceback" not in err
+
+
+MCP_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["id", "method", "params", "result", "error", "code", "message",
+                         "progressToken", "progress", "total", "tools", "name"]) | TEXT,
+        inner, max_size=4),
+    max_leaves=10)
+FUZZED_MCP = st.fixed_dictionaries({}, optional={
+    "jsonrpc": st.just("2.0") | MCP_JSON,
+    "id": st.sampled_from([1, 2, "1", None, [1], 1.5, True, 10**30]) | MCP_JSON,
+    "method": st.sampled_from(["ping", "notifications/progress", "roots/list",
+                               "notifications/tools/list_changed"]) | MCP_JSON,
+    "params": st.fixed_dictionaries({}, optional={
+        "progressToken": st.sampled_from([1, "1", [1], None]) | MCP_JSON,
+        "progress": st.floats() | st.integers() | MCP_JSON,
+        "total": st.floats() | st.integers() | MCP_JSON, "message": MCP_JSON}) | MCP_JSON,
+    "result": MCP_JSON, "error": st.fixed_dictionaries({}, optional={
+        "code": MCP_JSON, "message": MCP_JSON}) | MCP_JSON}) | MCP_JSON
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(FUZZED_MCP, max_size=6))
+def test_fuzzed_mcp_messages_end_in_an_answer_or_a_notice(messages):
+    notices, heard = [], []
+    mcp = chat.McpServer(chat.McpSpec("f", "f", [], {}, None, {}), log_folder="/nonexistent",
+                         notify=notices.append)
+    slot = [threading.Event(), None, 0.0]
+    mcp._pending[1], mcp._progress[1] = slot, heard.append
+    for message in messages:
+        mcp._dispatch(message)
+    assert all(type(text) is str for text in heard + notices)
+    if slot[1] is not None:   # what request() reads of an answer
+        assert type(slot[1].get("result", slot[1].get("error"))) is dict
+    assert len(notices) <= 1
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_fuzzed_mcp_messages_through_both_transports(server, tmp_path, http_mcp, transport,
+                                                    no_thread_dies):
+    import random
+    rng = random.Random(27)
+    shape = {"jsonrpc": str, "id": (str, int), "method": str, "params": dict,
+             "result": dict, "error": {"code": int, "message": str}}
+    batch = [json.dumps(random_shaped(shape, rng, top=True)) for _ in range(300)]
+    batch += [json.dumps({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+        "progressToken": rng.choice([4, "4", [4]]), "progress": rng.choice(ODD + [1e300]),
+        "total": rng.choice(ODD), "message": rng.choice(ODD)}}) for _ in range(100)]
+    plan = {"calls": {"echo": [("raw", text) for text in batch]}}
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "--tool-timeout", "10", "hi")
+    assert status == 0 and out.startswith("The tool said: ") and "Traceback" not in err, err
+
+
+def test_requests_inside_an_http_answer_are_bounded_and_never_nest(server, http_mcp):
+    pings = [("send", {"jsonrpc": "2.0", "id": "p%d" % i, "method": "ping"}) for i in range(100)]
+    mcp = http_mcp({"bait": True, "calls": {"echo": pings}})
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", "s=" + mcp.url, "--yes", "hi")
+    assert (status, out) == (0, "The tool said: error: it made more than 64 requests inside one "
+                                "answer\n"), err
+    assert mcp.methods().count(None) == chat.MAX_MCP_ASKED   # one answer each, nothing nested
