@@ -3951,7 +3951,7 @@ class _Stdio:
                            % spec.command) from None
         except OSError as exc:
             raise McpError("cannot run %s: %s" % (spec.command, exc.strerror or exc)) from None
-        self.log_path, self.last_words = log_path, ""
+        self.log_path, self.last_words = log_path, b""
         self._lock = threading.Lock()
         self._on_message, self._on_broken = on_message, on_broken
         self._logging = threading.Thread(target=self._log, daemon=True)

@@ -5348,7 +5348,8 @@ class ScriptedHttpMcp:
 
             def do_POST(self):
                 message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                mcp.seen.append((message.get("method"), dict(self.headers)))
+                mcp.seen.append((message.get("method"),
+                                 {k.lower(): v for k, v in self.headers.items()}))
                 if mcp.plan.get("era") == "modern" and (
                         self.headers.get("MCP-Protocol-Version") != "2026-07-28"
                         or self.headers.get("Mcp-Method") != message.get("method")):
@@ -5710,3 +5711,83 @@ def test_requests_inside_an_http_answer_are_bounded_and_never_nest(server, http_
     assert (status, out) == (0, "The tool said: error: it made more than 64 requests inside one "
                                 "answer\n"), err
     assert mcp.methods().count(None) == chat.MAX_MCP_ASKED   # one answer each, nothing nested
+
+
+def test_ctrl_c_during_an_mcp_call_ends_the_turn(server, tmp_path):
+    config, log = scripted_mcp(tmp_path, {"calls": {"echo": [("silent", None)]}})
+    server.add(*calling("s__echo"))
+    status, data = on_terminal(server, "--mcp", config, "--yes", "-i", keys=[
+        (rb"> ", b"go\r"), (rb"running s__echo", b"\x03"),
+        (rb"\[interrupted\][\s\S]*> ", b"\x04")])
+    assert status == 0 and b"Traceback" not in data
+    assert len(server.requests) == 1   # the model was not asked again
+    cancelled = [m for m in received(log) if m.get("method") == "notifications/cancelled"]
+    assert [m["params"]["reason"] for m in cancelled] == ["the user pressed Ctrl-C"]
+
+
+def test_mcp_configs_as_people_write_them(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, {"tools": ["echo"]})
+    data = json.loads(open(config).read())
+    entry = data["mcpServers"]["s"]
+    off_log = tmp_path / "off.jsonl"
+    data["mcpServers"] = {
+        "off": dict(entry, disabled=True, env=dict(entry["env"], MCP_LOG=str(off_log))),
+        "s": entry, "broken": {"args": []}, "odd": {"type": "websocket", "url": "ws://x"},
+        "slow": dict(entry, startup_timeout="soon")}
+    with open(config, "w") as f:
+        json.dump(data, f)
+    server.add(stream_reply("ok"))
+    status, out, err = run_main(server, "--mcp", config, "hi")
+    assert (status, out) == (0, "ok\n"), err
+    assert [t["function"]["name"] for t in server.requests[0]["body"]["tools"]] == ["s__echo"]
+    assert not off_log.exists()   # a server switched off is not even started
+    for name in ("broken", "odd", "slow"):
+        assert err.count("server %s" % name) == 1 and "that server is skipped" in err
+    assert "startup_timeout must be seconds" in err
+
+
+def test_binary_mcp_results_are_described_by_their_decoded_size():
+    hundred, five = base64.b64encode(bytes(100)).decode(), base64.b64encode(b"12345").decode()
+    text, _ = chat.mcp_result({"content": [
+        {"type": "audio", "data": hundred, "mimeType": "audio/wav"},
+        {"type": "resource", "resource": {"uri": "mem://b", "blob": five}}]})
+    assert text == "[audio/wav audio of 100 bytes]\n[a binary resource of 5 bytes: mem://b]"
+
+
+def test_tools_shows_the_name_the_model_sees_beside_the_servers_own(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, {"tools": ["get_time", "x.y"]}, name="time")
+    status, data = on_terminal(server, "--mcp", config, "-i", keys=[
+        (rb"> ", b"/tools\r"), (rb"x\.y of time[\s\S]*> ", b"\x04")], env={"TERM": "dumb"})
+    text = data.decode()
+    assert status == 0 and re.search(r"time__get_time +get_time of time \(ready\)", text)
+    assert re.search(r"time__x_y +x\.y of time \(ready\)", text)
+
+
+def test_mcp_header_values_are_plain_or_base64():
+    assert chat.mcp_header_value("tools/call") == "tools/call"
+    for text in ("caf\u00e9", "a\r\nX-Evil: 1", " padded", "=?base64?abc?=", ""):
+        value = chat.mcp_header_value(text)
+        assert value.startswith("=?base64?") and value.endswith("?=")
+        assert base64.b64decode(value[9:-2]).decode("utf-8") == text
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_a_2026_07_28_only_server_works(server, tmp_path, http_mcp, transport):
+    plan = {"era": "modern"}
+    argument = served(transport, tmp_path, http_mcp, plan)
+    server.add(*calling("s__echo", '{"x": 1}'))
+    status, out, err = run_main(server, "--mcp", argument, "--yes", "hi")
+    assert (status, out) == (0, 'The tool said: echo: {"x": 1}\n'), err
+    assert "initialize" not in err
+
+
+def test_every_2026_07_28_http_request_names_its_version_and_method(server, http_mcp):
+    mcp = http_mcp({"era": "modern"})
+    server.add(*calling("s__echo"))
+    assert run_main(server, "--mcp", "s=" + mcp.url, "--yes", "hi")[:2] == (
+        0, "The tool said: echo: {}\n")
+    assert "initialize" not in mcp.methods()
+    for method, headers in mcp.seen:
+        assert headers["mcp-protocol-version"] == "2026-07-28" and headers["mcp-method"] == method
+    call = dict(mcp.seen)["tools/call"]
+    assert call["mcp-name"] == "echo" and "mcp-session-id" not in call
