@@ -6383,11 +6383,20 @@ Tools:
                         {NAME: {"type", ...}}}, with ${VAR}, ${VAR:-default}
                         and ${env:VAR} expanded; anything else is NAME=COMMAND
                         (one stdio server) or NAME=URL (streamable HTTP).
+                        An entry with "disabled": true is skipped, one
+                        chat.py cannot use is skipped with a notice.
                         Tools are offered as SERVER__TOOL; each call is asked
                         for as a --tool-exec command is (a allows the tool for
                         the session), bounded by --tool-timeout (progress
-                        extends it, to 30 minutes at most); a server's stderr
-                        goes to $XDG_STATE_HOME/chat.py/mcp-NAME.log
+                        extends it, to 30 minutes at most; Ctrl-C cancels it
+                        and ends the turn); a server that dies is restarted
+                        when its tool is next called (3 times at most); a
+                        server's stderr goes to $XDG_STATE_HOME/chat.py/
+                        mcp-NAME.log (kept under 1 MiB, the rest in .log.1)
+  --mcp-startup-timeout SECONDS   how long a turn waits for MCP servers still
+                        starting, from their start (default 10; a server's
+                        own "startup_timeout" in the JSON wins); the late
+                        ones join when ready, each named with its last words
   --no-mcp              start no MCP server this time
   --yes                 run --tool-exec commands and MCP tools without asking
   --tool-timeout SECONDS   how long a command may run (default 60)
