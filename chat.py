@@ -3778,6 +3778,7 @@ MAX_MCP_RESTARTS = 3                 # restarts of a server that died, in one se
 MCP_RESTART_DELAY = 1.0              # seconds from its death to its first restart, then doubled
 MAX_MCP_LOG = 2**20                  # mcp-NAME.log is moved to mcp-NAME.log.1 past this
 MAX_MCP_LOG_LINE = 2**16             # bytes of one stderr line read at once
+MCP_LISTEN_IDLE = 600.0              # seconds of silence before a listening stream is opened anew
 _MCP_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -4059,13 +4060,14 @@ class _Http:
     also names its method in Mcp-Method, and a tools/call its tool in Mcp-Name)."""
 
     def __init__(self, spec, on_message, on_broken, proxies=None):
+        self.url, self.proxies = spec.url, proxies
         self.client = Client(spec.url, headers=list(spec.headers.items()), retries=0,
                              timeout=MCP_START_WAIT, proxies=proxies)
         self.client.headers["Accept"] = "application/json, text/event-stream"
         self._on_message, self._on_broken = on_message, on_broken
         self.session = self.version = None
-        self.last_words = ""
         self._lock = threading.RLock()   # the headers of one request at a time
+        self._closed = False
 
     def send(self, message, timeout=None, deadline=None):
         """POST message.  The messages of a request's answer go to on_message as
@@ -4119,10 +4121,45 @@ class _Http:
             if message["method"] == "tools/call":
                 headers["Mcp-Name"] = mcp_header_value(message["params"]["name"])
 
-    def _stream(self, response, deadline):
+    def listen(self, message=None):
+        """Hear what the server says on its own, in a thread: on the GET stream
+        (the 2025 revisions) or, given a subscriptions/listen request, on its
+        answer's stream (2026-07-28).  Opened anew after MCP_LISTEN_IDLE of
+        silence; it ends quietly where the server offers none or closes it."""
+        threading.Thread(target=self._listen, args=(message,), daemon=True).start()
+
+    def _listen(self, message):
+        with self._lock:
+            if message is not None:
+                self._headers(message)
+            headers = dict(self.client.headers)
+        if message is None:
+            headers["Accept"] = "text/event-stream"
+        client = Client(self.url, headers=list(headers.items()), retries=0,
+                        timeout=MCP_LISTEN_IDLE, proxies=self.proxies)
+        try:
+            while not self._closed:
+                try:
+                    with client.request("GET" if message is None else "POST", "", message,
+                                        probe=True) as response:
+                        if "event-stream" in (response.headers.get("Content-Type") or ""):
+                            self._stream(response, None, client, asked=None)
+                    return
+                except McpError as exc:
+                    if exc.code != "timeout":
+                        return
+                except APITimeoutError:
+                    continue
+        except ChatError:
+            return   # (the server offers no such stream: 405, or an error)
+        finally:
+            client.close()
+
+    def _stream(self, response, deadline, client=None, asked=0):
+        """The messages of an event stream, to on_message; asked counts the
+        requests among them (None: any number, on a stream that listens)."""
         lines, events = LineDecoder(MAX_MCP_MESSAGE), SSEDecoder(MAX_MCP_MESSAGE)
-        asked = 0
-        for data in self._reads(response, deadline):
+        for data in self._reads(response, deadline, client):
             for line in lines.feed(data):
                 event = events.decode(line)
                 if event is None or not event.data.strip():
@@ -4131,16 +4168,17 @@ class _Http:
                     message = parse_json(event.data)
                 except ValueError:
                     return self._on_broken("it sent an event that is not JSON-RPC")
-                if type(message) is dict and "method" in message and "id" in message:
+                if asked is not None and type(message) is dict and "method" in message \
+                        and "id" in message:
                     asked += 1
                     if asked > MAX_MCP_ASKED:
                         raise McpError("it made more than %d requests inside one answer"
                                        % MAX_MCP_ASKED)
                 self._on_message(message)
 
-    def _reads(self, response, deadline):
+    def _reads(self, response, deadline, client=None):
         try:
-            for data in self.client._reads(response):
+            for data in (client or self.client)._reads(response):
                 yield data
                 if deadline is not None and time.monotonic() > deadline():
                     raise McpError("no answer in time", code="timeout")
@@ -4153,6 +4191,7 @@ class _Http:
         return ""
 
     def close(self):
+        self._closed = True
         if self.session:
             try:
                 self.client.timeout = MCP_DISCOVER_WAIT
@@ -4225,6 +4264,7 @@ class McpServer:
             self._transport = _Stdio(self.spec, log, on_message, on_broken, self.environ)
         self._handshake()
         self.list_tools()
+        self._listen()
 
     def _handshake(self):
         """The current revision has no initialize: try server/discover first,
@@ -4286,12 +4326,7 @@ class McpServer:
         on_progress(text) hears the server's progress notifications; each
         moves the deadline on (only they do, never past MCP_MAX_CALL)."""
         id = next(self._ids)
-        params = dict(params)
-        if self.version == MCP_MODERN:   # every request carries its version and capabilities
-            params["_meta"] = dict(params.get("_meta") or {}, **{
-                "io.modelcontextprotocol/protocolVersion": MCP_MODERN,
-                "io.modelcontextprotocol/clientCapabilities": {},
-                "io.modelcontextprotocol/clientInfo": {"name": "chat.py", "version": __version__}})
+        params = self._with_meta(params)
         started = time.monotonic()
         slot = [threading.Event(), None, started]
 
@@ -4335,6 +4370,30 @@ class McpServer:
             raise McpError(_one_line(error.get("message") or "it reported an error")[:500],
                            code=error.get("code"))
         return message["result"]
+
+    def _with_meta(self, params):
+        """params, with the version and capabilities every 2026-07-28 request carries."""
+        params = dict(params)
+        if self.version == MCP_MODERN:
+            params["_meta"] = dict(params.get("_meta") or {}, **{
+                "io.modelcontextprotocol/protocolVersion": MCP_MODERN,
+                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientInfo": {"name": "chat.py", "version": __version__}})
+        return params
+
+    def _listen(self):
+        """Hear the server's list changes: over HTTP on a stream of their own
+        (see _Http.listen); over stdio they come with everything else, once a
+        2026-07-28 server is asked for them (subscriptions/listen, whose
+        answer, if any, comes only when the server ends it)."""
+        listen = None
+        if self.version == MCP_MODERN:
+            listen = {"jsonrpc": "2.0", "id": next(self._ids), "method": "subscriptions/listen",
+                      "params": self._with_meta({"notifications": {"toolsListChanged": True}})}
+        if isinstance(self._transport, _Http):
+            self._transport.listen(listen)
+        elif listen is not None:
+            self._send(listen)
 
     def _timed_out(self, id, timeout, started):
         """The McpError for a request given up, the server told."""

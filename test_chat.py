@@ -5252,6 +5252,11 @@ def respond(message, plan):
         if plan.get("endless_pages") or start + size < len(names):
             page["nextCursor"] = str(start + size)
         return answer(page)
+    if method == "subscriptions/listen":
+        return [("listen", id)]
+    if method == "tools/call" and params["name"] == "add":   # a tool more, and word of it
+        plan["tools"] = plan.get("tools", ["echo"]) + ["new"]
+        return [("changed", None)] + answer({"content": [{"type": "text", "text": "added"}]})
     if method == "tools/call":
         token = (params.get("_meta") or {}).get("progressToken")
         steps = []
@@ -5267,6 +5272,7 @@ def respond(message, plan):
 
 def run_stdio(plan):
     log = open(os.environ["MCP_LOG"], "a")
+    listening = plan.get("era") != "modern"   # (2026-07-28: only once asked to)
     for line in sys.stdin:
         log.write(line)
         log.flush()
@@ -5288,6 +5294,11 @@ def run_stdio(plan):
                 os._exit(value)
             elif kind == "silent":
                 break
+            elif kind == "listen":
+                listening = True
+            elif kind == "changed" and listening:
+                sys.stdout.write(json.dumps({"jsonrpc": "2.0",
+                                             "method": "notifications/tools/list_changed"}) + "\n")
             sys.stdout.flush()
 
 if __name__ == "__main__":
@@ -5325,6 +5336,7 @@ class ScriptedHttpMcp:
 
     def __init__(self, plan):
         self.seen, self.plan = [], plan
+        self.changed = threading.Event()   # set: say list_changed on the listening stream
         mcp = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -5334,7 +5346,25 @@ class ScriptedHttpMcp:
                 pass
 
             def do_GET(self):
-                self.reply(405, b"")
+                mcp.seen.append(("GET", {k.lower(): v for k, v in self.headers.items()}))
+                if mcp.plan.get("era") == "modern":
+                    return self.reply(405, b"")
+                self.listen()
+
+            def listen(self, ack=None):
+                """An event stream that says list_changed when the tools change."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                if ack is not None:
+                    self.wfile.write(b"data: " + json.dumps(ack).encode() + b"\n\n")
+                    self.wfile.flush()
+                if mcp.changed.wait(20):
+                    note = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+                    self.wfile.write(b"data: " + json.dumps(note).encode() + b"\n\n")
+                    self.wfile.flush()
+                    time.sleep(2)
 
             def do_DELETE(self):
                 self.reply(204, b"")
@@ -5362,6 +5392,9 @@ class ScriptedHttpMcp:
                 if message.get("id") is None or "method" not in message:
                     return self.reply(202, b"")
                 steps = _scripted["respond"](message, mcp.plan)
+                if steps and steps[0][0] == "listen":
+                    return self.listen({"jsonrpc": "2.0", "method":
+                                        "notifications/subscriptions/acknowledged", "params": {}})
                 if mcp.plan.get("json"):
                     body = [json.dumps(v).encode() for k, v in steps if k == "send"][-1]
                     return self.reply(200, body)
@@ -5382,6 +5415,9 @@ class ScriptedHttpMcp:
                         elif kind == "silent":
                             time.sleep(30)
                             return
+                        elif kind == "changed":   # said on the other stream, heard first
+                            mcp.changed.set()
+                            time.sleep(0.5)
                         self.wfile.flush()
                     except OSError:
                         return
@@ -5791,3 +5827,15 @@ def test_every_2026_07_28_http_request_names_its_version_and_method(server, http
         assert headers["mcp-protocol-version"] == "2026-07-28" and headers["mcp-method"] == method
     call = dict(mcp.seen)["tools/call"]
     assert call["mcp-name"] == "echo" and "mcp-session-id" not in call
+
+
+@pytest.mark.parametrize("transport,era", [("http", "legacy"), ("http", "modern"),
+                                           ("stdio", "modern"), ("stdio", "legacy")])
+def test_list_changes_reach_the_model_in_both_eras(server, tmp_path, http_mcp, transport, era):
+    plan = {"era": era, "tools": ["echo", "add"]}
+    replies, offered = replies_calling("s__add")
+    server.add(*replies)
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "hi")
+    assert (status, out) == (0, "done\n"), err
+    assert offered == [["s__echo", "s__add"], ["s__echo", "s__add", "s__new"]]
