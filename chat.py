@@ -3832,10 +3832,11 @@ def jsonrpc_message(value, dropped):
     return "answer", message
 
 
-McpSpec = namedtuple("McpSpec", "name command args env url headers startup_timeout problem")
-McpSpec.__new__.__defaults__ = (None, None)
-McpSpec.__doc__ = ("One MCP server as configured: a command (stdio) or a url (HTTP); its "
-                   "startup timeout, if it has one; what makes it unusable, if anything.")
+McpSpec = namedtuple("McpSpec", "name command args env url headers startup_timeout problem sse")
+McpSpec.__new__.__defaults__ = (None, None, False)
+McpSpec.__doc__ = ("One MCP server as configured: a command (stdio) or a url (HTTP; sse: "
+                   "the 2024-11-05 HTTP+SSE transport); its startup timeout, if it has one; "
+                   "what makes it unusable, if anything.")
 
 _VARIABLE = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
@@ -3891,7 +3892,8 @@ def _mcp_spec(name, entry, environ, where):
         return McpSpec(name, expand_variables(entry["command"], environ),
                        texts(entry.get("args", []), "args"), pairs(entry.get("env", {}), "env"),
                        None, {})
-    if kind in ("http", "streamable-http", "streamableHttp") and isinstance(entry.get("url"), str):
+    if kind in ("http", "streamable-http", "streamableHttp", "sse") and isinstance(
+            entry.get("url"), str):
         url = normalize_base_url(expand_variables(entry["url"], environ))
         headers = pairs(entry.get("headers", {}), "headers")
         parts = urlsplit(url)
@@ -3899,9 +3901,9 @@ def _mcp_spec(name, entry, environ, where):
                 and (parts.username or any(is_secret_header(h) for h in headers))):
             raise UsageError("%s: server %s: refusing to send credentials in clear text to %s "
                              "over plain http; use https" % (where, name, parts.hostname))
-        return McpSpec(name, None, [], {}, url, headers)
+        return McpSpec(name, None, [], {}, url, headers, sse=kind == "sse")
     raise UsageError("%s: server %s needs a \"command\" (stdio) or a \"url\" (streamable "
-                     "HTTP; the old SSE transport is not supported)" % (where, name))
+                     "HTTP, or \"type\": \"sse\")" % (where, name))
 
 
 def _mcp_entry(name, entry, environ, where):
@@ -4201,6 +4203,81 @@ class _Http:
         self.client.close()
 
 
+class _Sse:
+    """An MCP server over the 2024-11-05 HTTP+SSE transport ("type": "sse"):
+    a GET event stream whose endpoint event names the URL (on the same host)
+    to POST every message to; answers and the server's own messages come as
+    message events on that stream, read with the SSE decoders above."""
+
+    def __init__(self, spec, on_message, on_broken, proxies=None):
+        self.url, self.proxies, self.version = spec.url, proxies, None
+        self._headers = list(spec.headers.items())
+        self._events = Client(spec.url, headers=self._headers + [("Accept", "text/event-stream")],
+                              retries=0, timeout=MCP_LISTEN_IDLE, proxies=proxies)
+        self.client = None                  # the endpoint's, once it is named
+        self._named = threading.Event()
+        self._on_message, self._on_broken = on_message, on_broken
+        self._closed = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        try:
+            with self._events.request("GET", "", probe=True) as response:
+                lines, events = LineDecoder(MAX_MCP_MESSAGE), SSEDecoder(MAX_MCP_MESSAGE)
+                for data in self._events._reads(response):
+                    for line in lines.feed(data):
+                        event = events.decode(line)
+                        if event is None:
+                            continue
+                        if event.event == "endpoint" and self.client is None:
+                            self._endpoint(event.data.strip())
+                        elif event.event == "message" and event.data.strip():
+                            try:
+                                message = parse_json(event.data)
+                            except ValueError:
+                                return self._on_broken("it sent an event that is not JSON-RPC")
+                            self._on_message(message)
+            why = "it closed its event stream"
+        except ChatError as exc:
+            why = str(exc)
+        if not self._closed:
+            self._on_broken(why)
+        self._named.set()   # (no endpoint will come: nothing waits for one)
+
+    def _endpoint(self, path):
+        """The URL messages go to: on the host the stream came from, which
+        alone was given the config's headers."""
+        url = urllib.parse.urljoin(self.url, path)
+        if urlsplit(url)[:2] != urlsplit(self.url)[:2]:
+            raise McpError("it named an endpoint on another host: %s" % shown_url_safely(url)[:200])
+        self.client = Client(normalize_base_url(url), headers=self._headers, retries=0,
+                             timeout=MCP_START_WAIT, proxies=self.proxies)
+        self._named.set()
+
+    def send(self, message, timeout=None, deadline=None):
+        """POST message to the endpoint; its answer comes on the event stream."""
+        if not self._named.wait(timeout or MCP_START_WAIT):
+            raise McpError("it named no endpoint to send to", code="timeout")
+        if self.client is None:
+            raise McpError("its event stream ended", code="stopped")
+        self.client.timeout = timeout or MCP_START_WAIT
+        try:
+            self.client.request("POST", "", message, probe=True).close()
+        except APITimeoutError:
+            raise McpError("no answer", code="timeout") from None
+        except ChatError as exc:
+            raise McpError(str(exc)) from None
+
+    def words(self, before):
+        return ""
+
+    def close(self):
+        self._closed = True
+        for client in (self._events, self.client):
+            if client is not None:
+                client.close()
+
+
 class McpServer:
     """One MCP server: started, handshaken (server/discover for the current
     revision, initialize for the earlier ones), its tools listed; requests
@@ -4258,7 +4335,8 @@ class McpServer:
                 self._fail(why)
 
         if self.spec.url:
-            self._transport = _Http(self.spec, on_message, on_broken, self.proxies)
+            kind = _Sse if self.spec.sse else _Http
+            self._transport = kind(self.spec, on_message, on_broken, self.proxies)
         else:
             log = os.path.join(self.log_folder, "mcp-%s.log" % _MCP_NAME.sub("_", self.spec.name))
             self._transport = _Stdio(self.spec, log, on_message, on_broken, self.environ)
@@ -6441,7 +6519,8 @@ Tools:
                         Desktop, Cursor, Claude Code) or VS Code's {"servers":
                         {NAME: {"type", ...}}}, with ${VAR}, ${VAR:-default}
                         and ${env:VAR} expanded; anything else is NAME=COMMAND
-                        (one stdio server) or NAME=URL (streamable HTTP).
+                        (one stdio server) or NAME=URL (streamable HTTP;
+                        "type": "sse" in the JSON: the 2024-11-05 HTTP+SSE).
                         An entry with "disabled": true is skipped, one
                         chat.py cannot use is skipped with a notice.
                         Tools are offered as SERVER__TOOL; each call is asked

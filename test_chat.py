@@ -5839,3 +5839,96 @@ def test_list_changes_reach_the_model_in_both_eras(server, tmp_path, http_mcp, t
                                 "--yes", "hi")
     assert (status, out) == (0, "done\n"), err
     assert offered == [["s__echo", "s__add"], ["s__echo", "s__add", "s__new"]]
+
+
+class ScriptedSseMcp:
+    """The scripted server over the 2024-11-05 HTTP+SSE transport: GET /sse
+    is the event stream (first the endpoint event, then a keep-alive comment
+    now and then, and every answer as a message event); POST to the endpoint
+    is answered 202, its answer's steps put on the stream.  seen records
+    (method, path) of every POST."""
+
+    def __init__(self, plan, endpoint="/messages?session=s1"):
+        import queue
+        self.seen, self.plan, self.outbox = [], plan, queue.Queue()
+        mcp = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(b"event: endpoint\ndata: " + endpoint.encode() + b"\n\n")
+                self.wfile.flush()
+                while True:
+                    try:
+                        kind, value = mcp.outbox.get(timeout=0.2)
+                    except queue.Empty:
+                        kind, value = "comment", "keep-alive"
+                    try:
+                        if kind == "send":
+                            self.wfile.write(b"event: message\ndata: " + json.dumps(value).encode()
+                                             + b"\n\n")
+                        elif kind == "comment":
+                            self.wfile.write(b": " + value.encode() + b"\n\n")
+                        elif kind == "sleep":
+                            time.sleep(value)
+                        self.wfile.flush()
+                    except OSError:
+                        return
+
+            def do_POST(self):
+                message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                mcp.seen.append((message.get("method"), self.path))
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                for step in _scripted["respond"](message, mcp.plan):
+                    mcp.outbox.put(step)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.close = serve_in_thread(self.httpd)
+        self.url = "http://127.0.0.1:%d/sse" % self.httpd.server_address[1]
+
+
+def test_the_2024_11_05_sse_transport(server, tmp_path):
+    mcp = ScriptedSseMcp({"calls": {"slow": [("comment", "keep-alive"), ("sleep", 0.2)] * 15},
+                          "tools": ["echo", "slow"]})
+    try:
+        config = tmp_path / "mcp.json"
+        config.write_text(json.dumps({"mcpServers": {"old": {"type": "sse", "url": mcp.url}}}))
+        server.add(*calling("old__echo", '{"a": 1}'), *calling("old__slow"))
+        status, out, err = run_main(server, "--mcp", str(config), "--yes", "--tool-timeout", "1",
+                                    "-i", stdin="one\ntwo\n")
+        assert status == 0, err
+        assert out == ('The tool said: echo: {"a": 1}\n'
+                       "The tool said: error: cancelled: no answer within 1s; the call was "
+                       "cancelled\n")
+        assert [path for _, path in mcp.seen] == ["/messages?session=s1"] * len(mcp.seen)
+        assert [m for m, _ in mcp.seen][:4] == ["server/discover", "initialize",
+                                                "notifications/initialized", "tools/list"]
+    finally:
+        mcp.close()
+
+
+def test_an_sse_endpoint_on_another_host_is_refused(server, tmp_path):
+    mcp = ScriptedSseMcp({}, endpoint="http://192.0.2.1/messages")
+    try:
+        config = tmp_path / "mcp.json"
+        config.write_text(json.dumps({"mcpServers": {"old": {
+            "type": "sse", "url": mcp.url, "headers": {"Authorization": "Bearer t0k"}}}}))
+        server.add(stream_reply("ok"))
+        status, out, err = run_main(server, "--mcp", str(config), "hi")
+        assert (status, out) == (0, "ok\n")
+        assert "MCP server old failed: it named an endpoint on another host: " \
+               "http://192.0.2.1/messages" in err
+        assert mcp.seen == []
+    finally:
+        mcp.close()
