@@ -3779,6 +3779,8 @@ MCP_RESTART_DELAY = 1.0              # seconds from its death to its first resta
 MAX_MCP_LOG = 2**20                  # mcp-NAME.log is moved to mcp-NAME.log.1 past this
 MAX_MCP_LOG_LINE = 2**16             # bytes of one stderr line read at once
 MCP_LISTEN_IDLE = 600.0              # seconds of silence before a listening stream is opened anew
+MAX_MCP_ROUNDS = 8                   # rounds of input a 2026-07-28 server may ask for in one call
+MAX_MCP_FIELDS = 32                  # fields of one form a server may ask the user to fill in
 _MCP_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -3806,6 +3808,9 @@ PROGRESS_SHAPE = {"progressToken": (str, int), "progress": _finite, "total": _fi
                   "message": str}
 TOOLS_PAGE_SHAPE = {"tools": [{"name": str, "description": str, "inputSchema": dict}],
                     "nextCursor": str}
+ELICIT_SHAPE = {"mode": str, "message": str, "url": str, "elicitationId": str,
+                "requestedSchema": {"properties": dict, "required": [str]}}
+INPUT_REQUIRED_SHAPE = {"resultType": str, "requestState": str, "inputRequests": dict}
 
 
 def jsonrpc_message(value, dropped):
@@ -4287,8 +4292,9 @@ class McpServer:
     seconds a turn waits for it to be ready (its config's, or this)."""
 
     def __init__(self, spec, *, log_folder, notify, proxies=None, environ=None,
-                 startup_timeout=MCP_STARTUP_TIMEOUT):
+                 startup_timeout=MCP_STARTUP_TIMEOUT, roots=(), elicit=None):
         self.spec, self.log_folder, self.notify, self.proxies = spec, log_folder, notify, proxies
+        self.roots, self.elicit = list(roots), elicit
         self.environ = os.environ if environ is None else environ
         self.startup_timeout = spec.startup_timeout or startup_timeout
         self.state, self.error, self.version, self.tools = "starting", None, None, []
@@ -4303,6 +4309,7 @@ class McpServer:
         self._progress = {}         # progress token -> on_progress(text)
         self._ids = iter(range(1, 1 << 62))
         self._misshapen = False     # a message of the wrong shape was said (once a start)
+        self._asks = []             # elicitations heard by a reader thread, for the caller
 
     def start(self):
         """Start and handshake in a thread of its own; ready is set when done."""
@@ -4357,7 +4364,7 @@ class McpServer:
                 raise
         self._set_version(None)
         result = self.request("initialize", {
-            "protocolVersion": MCP_LEGACY[0], "capabilities": {},
+            "protocolVersion": MCP_LEGACY[0], "capabilities": self._capabilities(),
             "clientInfo": {"name": "chat.py", "version": __version__}}, timeout=MCP_START_WAIT)
         version = result.get("protocolVersion")
         if version not in MCP_LEGACY:
@@ -4430,6 +4437,10 @@ class McpServer:
                     raise self._timed_out(id, timeout, started) from None
                 raise
             while not slot[0].wait(0.1):
+                if self._asks and threading.current_thread() is threading.main_thread():
+                    self._answer(self._asks.pop(0))
+                    slot[2] = time.monotonic()   # the user's time is not the server's
+                    continue
                 if self.state in ("failed", "stopped"):
                     raise McpError("the MCP server %s failed: %s" % (
                         self.spec.name, self.error or "it stopped"), code="stopped")
@@ -4455,9 +4466,35 @@ class McpServer:
         if self.version == MCP_MODERN:
             params["_meta"] = dict(params.get("_meta") or {}, **{
                 "io.modelcontextprotocol/protocolVersion": MCP_MODERN,
-                "io.modelcontextprotocol/clientCapabilities": {},
+                "io.modelcontextprotocol/clientCapabilities": self._capabilities(),
                 "io.modelcontextprotocol/clientInfo": {"name": "chat.py", "version": __version__}})
         return params
+
+    def _capabilities(self):
+        """What chat.py offers a server: the roots, if it has any; elicitation
+        (in form and URL mode), declined where nobody can be asked."""
+        offered = {"elicitation": {"form": {}, "url": {}}}
+        if self.roots:
+            offered["roots"] = {"listChanged": False} if self.version != MCP_MODERN else {}
+        return offered
+
+    def _roots(self):
+        """The ListRootsResult: each root folder as a file:// URI."""
+        return {"roots": [{"uri": "file://" + urllib.parse.quote(os.path.abspath(folder)),
+                           "name": os.path.basename(os.path.abspath(folder)) or "/"}
+                          for folder in self.roots]}
+
+    def _input(self, method, params):
+        """The result of what a server asks of the client (roots/list,
+        elicitation/create), or None if chat.py does not offer it."""
+        if method == "roots/list" and self.roots:
+            return self._roots()
+        if method == "elicitation/create":
+            request = conform(params, ELICIT_SHAPE, [])
+            if self.elicit is None or request is _WRONG:
+                return {"action": "decline"}
+            return self.elicit(self.spec.name, request)
+        return None
 
     def _listen(self):
         """Hear the server's list changes: over HTTP on a stream of their own
@@ -4521,17 +4558,11 @@ class McpServer:
             if slot is not None:
                 slot[1] = message
                 slot[0].set()
-        elif kind == "request":   # ping is answered, the rest refused
-            answer = {"jsonrpc": "2.0", "id": message["id"]}
-            if method == "ping":
-                answer["result"] = {}
-            else:
-                answer["error"] = {"code": -32601, "message": "chat.py does not offer %s"
-                                   % _one_line(method)[:60]}
-            try:
-                self._send(answer)
-            except McpError:
-                pass
+        elif kind == "request" and method == "elicitation/create" and \
+                threading.current_thread() is not threading.main_thread():
+            self._asks.append(message)   # asked by the thread that waits for the answer
+        elif kind == "request":
+            self._answer(message)
         elif method == "notifications/tools/list_changed":
             self.stale = True
         elif method == "notifications/progress":
@@ -4539,6 +4570,21 @@ class McpServer:
                 on_progress = self._progress.get(message["params"].get("progressToken"))
             if on_progress is not None:
                 on_progress(sanitize(_progress_text(message["params"])))
+
+    def _answer(self, message):
+        """Answer a server's request: ping, and what _input offers; the rest refused."""
+        answer = {"jsonrpc": "2.0", "id": message["id"]}
+        result = {} if message["method"] == "ping" else self._input(
+            message["method"], message.get("params") or {})
+        if result is not None:
+            answer["result"] = result
+        else:
+            answer["error"] = {"code": -32601, "message": "chat.py does not offer %s"
+                               % _one_line(message["method"])[:60]}
+        try:
+            self._send(answer)
+        except McpError:
+            pass
 
     def _fail(self, why):
         if self.state in ("failed", "stopped"):
@@ -4580,12 +4626,25 @@ class McpServer:
             self._fail("it did not start again within %gs" % self.startup_timeout)
 
     def call(self, tool, arguments, *, timeout, on_progress):
-        """Call tool; the result (a dict), or McpError."""
+        """Call tool; the result (a dict), or McpError.  A 2026-07-28 server
+        that needs input first answers with what it needs (roots, a form):
+        the call is sent again with the answers, MAX_MCP_ROUNDS times at most."""
         if self.state != "ready":
             raise McpError("the MCP server %s is %s%s" % (
                 self.spec.name, self.state, ": %s" % self.error if self.error else ""))
-        return self.request("tools/call", {"name": tool, "arguments": arguments},
-                            timeout=timeout, on_progress=on_progress)
+        params = {"name": tool, "arguments": arguments}
+        for _ in range(MAX_MCP_ROUNDS):
+            result = self.request("tools/call", params, timeout=timeout, on_progress=on_progress)
+            needs = conform(result, INPUT_REQUIRED_SHAPE, [])
+            if needs.get("resultType") != "input_required":
+                return result
+            params = {"name": tool, "arguments": arguments, "inputResponses": {
+                key: self._input(asked.get("method"), asked.get("params") or {}) or {}
+                for key, asked in (needs.get("inputRequests") or {}).items()
+                if isinstance(asked, dict) and isinstance(asked.get("params", {}), dict)}}
+            if "requestState" in needs:
+                params["requestState"] = needs["requestState"]
+        raise McpError("it asked for input more than %d times in one call" % MAX_MCP_ROUNDS)
 
     def close(self):
         if self.state != "failed":
@@ -4611,6 +4670,112 @@ def _progress_text(params):
     if progress is not None and total:
         return "%d%%" % (100 * progress / total)
     return "%s done" % progress if progress is not None else ""
+
+
+def ask_elicitation(server, request):
+    """Ask the user on the controlling terminal what the MCP server asks
+    (elicitation/create, conformed to ELICIT_SHAPE): in form mode whether to
+    answer, then each field of its flat schema in turn; in URL mode whether
+    they will visit the URL, which is shown, never opened.  The ElicitResult:
+    accept (with the form's content), decline, or cancel (Ctrl-D); decline
+    where there is no terminal, or a form chat.py cannot ask.  Like
+    ask_consent it never reads stdin and drops what was typed before the
+    question; Ctrl-C raises KeyboardInterrupt."""
+    schema = request.get("requestedSchema") or {}
+    fields = schema.get("properties") or {}
+    if request.get("mode") == "url" and not request.get("url"):
+        return {"action": "decline"}
+    if len(fields) > MAX_MCP_FIELDS or not all(
+            isinstance(f, dict) and f.get("type") in _FIELD_TYPES for f in fields.values()):
+        return {"action": "decline"}   # (the spec's forms are flat: primitives only)
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | getattr(os, "O_NOCTTY", 0))
+    except OSError:
+        return {"action": "decline"}
+    try:
+        _discard_typeahead(fd)
+        words = _one_line(request.get("message") or "")[:2000]
+        if request.get("mode") == "url":
+            _write_tty(fd, "chat.py: the MCP server %s asks you to visit %s\n  %s\nchat.py: "
+                       "will you (chat.py opens nothing)? [y/N] "
+                       % (server, _one_line(request["url"])[:2000], words))
+        else:
+            _write_tty(fd, "chat.py: the MCP server %s asks: %s\nchat.py: answer it (%d "
+                       "fields)? [y/N] " % (server, words, len(fields)))
+        answer = _read_tty_answer(fd)
+        if answer is None:
+            return {"action": "cancel"}
+        if answer.lower() not in ("y", "yes"):
+            return {"action": "decline"}
+        if request.get("mode") == "url":
+            return {"action": "accept"}
+        content = {}
+        required = schema.get("required") or []
+        for name, field in fields.items():
+            value = _ask_field(fd, name, field, name in required)
+            if value is _WRONG:
+                return {"action": "cancel"}
+            if value is not None:
+                content[name] = value
+        return {"action": "accept", "content": content}
+    finally:
+        os.close(fd)
+
+
+_FIELD_TYPES = {"string": str, "number": float, "integer": int, "boolean": None}
+
+
+def _ask_field(fd, name, field, required):
+    """One field of a form, typed until it fits its type (or enum); None
+    for an optional field left empty, _WRONG for Ctrl-D."""
+    kind, choices = field["type"], field.get("enum")
+    title = field.get("title") if isinstance(field.get("title"), str) else name
+    shown = "  %s%s%s%s: " % (
+        _one_line(title)[:200],
+        " (%s)" % _one_line(field["description"])[:500] if isinstance(
+            field.get("description"), str) else "",
+        " [one of: %s]" % ", ".join(_one_line(str(c))[:60] for c in choices[:20])
+        if isinstance(choices, list) else " [y/n]" if kind == "boolean" else "",
+        " [%s]" % _one_line(str(field["default"]))[:200] if "default" in field else "")
+    while True:
+        _write_tty(fd, shown)
+        text = _read_tty_answer(fd)
+        if text is None:
+            return _WRONG
+        if not text:
+            if "default" in field:
+                return field["default"]
+            if not required:
+                return None
+            _write_tty(fd, "  (this one is needed)\n")
+            continue
+        value = _field_value(kind, text)
+        if value is not None and (not isinstance(choices, list) or value in choices):
+            return value
+        _write_tty(fd, "  (%s, please)\n" % ("one of the choices" if value is not None else
+                                            "a %s" % kind if kind != "boolean" else "y or n"))
+
+
+def _field_value(kind, text):
+    """text as a value of a form field's type, or None if it is not one."""
+    if kind == "boolean":
+        return {"y": True, "yes": True, "true": True, "n": False, "no": False,
+                "false": False}.get(text.lower())
+    if kind == "string":
+        return text
+    try:
+        value = _FIELD_TYPES[kind](text) if len(text) < 100 else None
+    except ValueError:
+        return None
+    return value if value is None or kind == "integer" or math.isfinite(value) else None
+
+
+def _read_tty_answer(fd):
+    """One line typed on the terminal fd, stripped; None for Ctrl-D."""
+    data = os.read(fd, 4096)
+    if not data.endswith(b"\n"):
+        os.write(fd, b"\n")
+    return data.decode("utf-8", "replace").strip() if data else None
 
 
 def _base64_size(data):
@@ -4685,16 +4850,20 @@ class McpTools:
     waits; on_wait(what, until=None, progress=None) hears what a turn waits
     for (a server starting, a call running) and None when done;
     startup_timeout: seconds a turn waits for a server that is starting,
-    counted from its start, unless its config says otherwise."""
+    counted from its start, unless its config says otherwise.  roots: the
+    folders servers are told they may work in (roots/list); elicit(server,
+    request): the ElicitResult for what a server asks the user (see
+    ask_elicitation; None: every such request is declined)."""
 
     def __init__(self, specs, *, log_folder, notify, on_wait=None, proxies=None, environ=None,
-                 startup_timeout=MCP_STARTUP_TIMEOUT):
+                 startup_timeout=MCP_STARTUP_TIMEOUT, roots=(), elicit=None):
         self.notify = notify
         self.on_wait = on_wait or (lambda what, **details: None)
         self._notices = []
         self._notices_lock = threading.Lock()
         self.servers = [McpServer(spec, log_folder=log_folder, notify=self._keep, proxies=proxies,
-                                  environ=environ, startup_timeout=startup_timeout)
+                                  environ=environ, startup_timeout=startup_timeout, roots=roots,
+                                  elicit=elicit and self._asking(elicit))
                         for spec in specs]
         self.names = {}   # the name the model sees -> (server, the tool's own name)
         self._late = set()   # (server, its start) said to be late
@@ -4702,6 +4871,14 @@ class McpTools:
     def _keep(self, text):
         with self._notices_lock:
             self._notices.append(text)
+
+    def _asking(self, elicit):
+        """elicit, with the status line cleared and the notices said first."""
+        def ask(server, request):
+            self.on_wait(None)
+            self.say()
+            return elicit(server, request)
+        return ask
 
     def say(self):
         """Say what the servers had to say, in the order it came."""
@@ -6050,7 +6227,8 @@ def _mcp_tools(settings, args, environ, notify, on_wait):
         raise OutputError("cannot make %s: %s" % (folder, exc.strerror)) from None
     mcp = McpTools(specs, log_folder=folder, notify=notify, on_wait=on_wait,
                    proxies=settings.proxies, environ=environ,
-                   startup_timeout=args.mcp_startup_timeout)
+                   startup_timeout=args.mcp_startup_timeout, roots=[os.getcwd()],
+                   elicit=None if args.yes else ask_elicitation)
     mcp.start()
     return mcp
 

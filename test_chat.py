@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import wave
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -5215,6 +5216,16 @@ def test_an_http_mcp_call_is_bounded_progress_extends_it_and_it_is_cancelled(ser
 SCRIPTED_MCP = r'''
 import json, os, sys, time
 
+FORM = {"mode": "form", "message": "Who are you?", "requestedSchema": {
+    "type": "object", "properties": {"name": {"type": "string", "title": "Your name"},
+                                     "age": {"type": "integer"},
+                                     "fine": {"type": "boolean", "default": True}},
+    "required": ["name"]}}
+ASKS = {"where": ("roots/list", None), "form": ("elicitation/create", FORM),
+        "visit": ("elicitation/create", {"mode": "url", "message": "Sign in",
+                                         "url": "https://example.com/login",
+                                         "elicitationId": "e1"})}
+
 def respond(message, plan):
     """What the server does for one message: a list of steps, each
     ("send", message), ("raw", text), ("comment", text), ("sleep", seconds),
@@ -5254,6 +5265,18 @@ def respond(message, plan):
         return answer(page)
     if method == "subscriptions/listen":
         return [("listen", id)]
+    if method == "tools/call" and params["name"] in ASKS:   # roots, a form, a URL
+        asked = {"method": ASKS[params["name"]][0]}
+        if ASKS[params["name"]][1]:
+            asked["params"] = ASKS[params["name"]][1]
+        if not modern:
+            return [("ask", dict(asked, jsonrpc="2.0", id="a1")), ("got", id)]
+        if "inputResponses" not in params:
+            return answer({"resultType": "input_required", "inputRequests": {"q": asked},
+                           "requestState": "state-1"})
+        text = json.dumps({"responses": params["inputResponses"],
+                           "state": params.get("requestState")})
+        return answer({"content": [{"type": "text", "text": text}]})
     if method == "tools/call" and params["name"] == "add":   # a tool more, and word of it
         plan["tools"] = plan.get("tools", ["echo"]) + ["new"]
         return [("changed", None)] + answer({"content": [{"type": "text", "text": "added"}]})
@@ -5270,9 +5293,15 @@ def respond(message, plan):
         return steps + answer({"content": [{"type": "text", "text": text}]})
     return error(-32601, "Method not found")
 
+def got_answer(id, got):
+    """The answer to call id: what the client answered the server's request."""
+    return {"jsonrpc": "2.0", "id": id, "result": {"content": [
+        {"type": "text", "text": json.dumps(got.get("result", got.get("error")))}]}}
+
 def run_stdio(plan):
     log = open(os.environ["MCP_LOG"], "a")
     listening = plan.get("era") != "modern"   # (2026-07-28: only once asked to)
+    got = None
     for line in sys.stdin:
         log.write(line)
         log.flush()
@@ -5296,6 +5325,17 @@ def run_stdio(plan):
                 break
             elif kind == "listen":
                 listening = True
+            elif kind == "ask":   # a request of the server's own; its answer comes on stdin
+                sys.stdout.write(json.dumps(value) + "\n")
+                sys.stdout.flush()
+                for line in sys.stdin:
+                    log.write(line)
+                    log.flush()
+                    got = json.loads(line)
+                    if got.get("id") == value["id"]:
+                        break
+            elif kind == "got":
+                sys.stdout.write(json.dumps(got_answer(value, got)) + "\n")
             elif kind == "changed" and listening:
                 sys.stdout.write(json.dumps({"jsonrpc": "2.0",
                                              "method": "notifications/tools/list_changed"}) + "\n")
@@ -5337,6 +5377,7 @@ class ScriptedHttpMcp:
     def __init__(self, plan):
         self.seen, self.plan = [], plan
         self.changed = threading.Event()   # set: say list_changed on the listening stream
+        self.answers = __import__("queue").Queue()   # the client's answers to its requests
         mcp = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -5385,6 +5426,8 @@ class ScriptedHttpMcp:
                         or self.headers.get("Mcp-Method") != message.get("method")):
                     return self.reply(400, b'{"jsonrpc": "2.0", "id": null, "error": '
                                            b'{"code": -32600, "message": "Bad Request"}}')
+                if "method" not in message:
+                    mcp.answers.put(message)
                 if "method" not in message and mcp.plan.get("bait"):
                     ask = {"jsonrpc": "2.0", "id": "bait-%d" % len(mcp.seen), "method": "ping"}
                     return self.reply(200, b"data: " + json.dumps(ask).encode() + b"\n\n",
@@ -5415,6 +5458,13 @@ class ScriptedHttpMcp:
                         elif kind == "silent":
                             time.sleep(30)
                             return
+                        elif kind == "ask":
+                            self.wfile.write(b"data: " + json.dumps(value).encode() + b"\n\n")
+                            self.wfile.flush()
+                            got = mcp.answers.get(timeout=10)
+                        elif kind == "got":
+                            self.wfile.write(b"data: " + json.dumps(_scripted["got_answer"](
+                                value, got)).encode() + b"\n\n")
                         elif kind == "changed":   # said on the other stream, heard first
                             mcp.changed.set()
                             time.sleep(0.5)
@@ -5932,3 +5982,54 @@ def test_an_sse_endpoint_on_another_host_is_refused(server, tmp_path):
         assert mcp.seen == []
     finally:
         mcp.close()
+
+
+def root_uri():
+    return "file://" + urllib.parse.quote(os.getcwd())
+
+
+@pytest.mark.parametrize("transport,era", [("stdio", "legacy"), ("http", "legacy"),
+                                           ("stdio", "modern"), ("http", "modern")])
+def test_mcp_servers_are_told_the_roots_and_forms_are_declined_under_yes(
+        server, tmp_path, http_mcp, transport, era):
+    plan = {"era": era, "tools": ["where", "form"]}
+    argument = served(transport, tmp_path, http_mcp, plan)
+    replies, _ = replies_calling("s__where", "s__form")
+    server.add(*replies)
+    status, out, err = run_main(server, "--mcp", argument, "--yes", "hi")
+    assert (status, out) == (0, "done\n"), err
+    roots = {"roots": [{"uri": root_uri(), "name": os.path.basename(os.getcwd())}]}
+    results = [json.loads(text) for text in tool_results(server, 2)]
+    if era == "legacy":
+        assert results == [roots, {"action": "decline"}]
+    else:   # asked for in the answer, given in the call sent again
+        assert results == [{"responses": {"q": roots}, "state": "state-1"},
+                           {"responses": {"q": {"action": "decline"}}, "state": "state-1"}]
+
+
+def test_the_capabilities_chat_py_declares(tmp_path, server):
+    config, log = scripted_mcp(tmp_path, {})
+    server.add(stream_reply("ok"))
+    assert run_main(server, "--mcp", config, "hi")[0] == 0
+    initialize = next(m for m in received(log) if m.get("method") == "initialize")
+    assert initialize["params"]["capabilities"] == {
+        "roots": {"listChanged": False}, "elicitation": {"form": {}, "url": {}}}
+
+
+def test_a_form_an_mcp_server_asks_is_filled_in_on_the_terminal(server, tmp_path):
+    config, log = scripted_mcp(tmp_path, {"tools": ["form", "visit"]})
+    replies, _ = replies_calling("s__form", "s__visit")
+    server.add(*replies)
+    status, data = on_terminal(server, "--mcp", config, "hi", env={"TERM": "dumb"}, keys=[
+        (rb"\[y/N/a\] ", b"y\r"), (rb"asks: Who are you\?\r?\n.*answer it \(3 fields\)\? \[y/N\] ",
+                                    b"y\r"),
+        (rb"Your name: ", b"\r"), (rb"this one is needed\)\r?\n  Your name: ", b"Ada\r"),
+        (rb"age: ", b"old\r"), (rb"a integer, please\)\r?\n  age: ", b"36\r"),
+        (rb"fine \[y/n\] \[True\]: ", b"\r"),
+        (rb"\[y/N/a\] ", b"y\r"),
+        (rb"visit https://example.com/login\r?\n  Sign in\r?\n.*opens nothing\)\? \[y/N\] ",
+         b"y\r")])
+    assert status == 0 and b"Traceback" not in data
+    assert [json.loads(text) for text in tool_results(server, 2)] == [
+        {"action": "accept", "content": {"name": "Ada", "age": 36, "fine": True}},
+        {"action": "accept"}]
