@@ -6033,3 +6033,11 @@ def test_a_form_an_mcp_server_asks_is_filled_in_on_the_terminal(server, tmp_path
     assert [json.loads(text) for text in tool_results(server, 2)] == [
         {"action": "accept", "content": {"name": "Ada", "age": 36, "fine": True}},
         {"action": "accept"}]
+
+
+def test_yes_declines_a_form_even_on_a_terminal(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, {"tools": ["form"]})
+    server.add(*calling("s__form"))
+    status, data = on_terminal(server, "--mcp", config, "--yes", "hi")
+    assert status == 0 and b"Who are you" not in data
+    assert tool_results(server) == ['{"action": "decline"}']
