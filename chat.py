@@ -4059,12 +4059,64 @@ def mcp_header_value(text):
     return "=?base64?%s?=" % base64.b64encode(text.encode("utf-8")).decode("ascii")
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")   # an HTTP field name (RFC 9110 5.1)
+
+
+def mcp_param_headers(schema):
+    """The x-mcp-header annotations of a tool's inputSchema, as a list of
+    (NAME of the Mcp-Param-NAME header, the chain of properties keys to its
+    value); ValueError saying why for an annotation the 2026-07-28 rules
+    refuse ("Custom Headers from Tool Parameters"): a name that is no header
+    name or is used twice, a type other than string, integer or boolean, a
+    place not reached through properties keys alone."""
+    found, names, stack = [], set(), [(schema, (), True)]
+    while stack:   # (no recursion: a server chooses the depth)
+        node, path, reachable = stack.pop()
+        if isinstance(node, list):
+            stack += [(item, path, False) for item in node]
+            continue
+        if not isinstance(node, dict):
+            continue
+        if "x-mcp-header" in node:
+            name = node["x-mcp-header"]
+            if not reachable or not path:
+                raise ValueError("an x-mcp-header not reached through properties alone")
+            if not isinstance(name, str) or not _TOKEN.match(name) or name.lower() in names:
+                raise ValueError("x-mcp-header %s is no header name, or one used twice"
+                                 % _one_line(json.dumps(name))[:60])
+            if node.get("type") not in ("string", "integer", "boolean"):
+                raise ValueError("x-mcp-header %s is on a %s, not a string, integer or boolean"
+                                 % (name, _one_line(json.dumps(node.get("type")))[:40]))
+            names.add(name.lower())
+            found.append((name, path))
+        for key, value in node.items():
+            if key == "properties" and reachable and isinstance(value, dict):
+                stack += [(inner, path + (name,), True) for name, inner in value.items()]
+            elif key != "x-mcp-header":
+                stack.append((value, path, False))
+    return found
+
+
+def _param_value(arguments, path):
+    """The header value of the argument at path (a chain of keys), or None if
+    there is none that a header can carry."""
+    for key in path:
+        arguments = arguments.get(key) if isinstance(arguments, dict) else None
+    if type(arguments) is bool:
+        return "true" if arguments else "false"
+    if type(arguments) is int and abs(arguments) < 2**53:
+        return str(arguments)
+    return arguments if isinstance(arguments, str) else None
+
+
 class _Http:
     """An MCP server over streamable HTTP: one POST a message, answered with
     JSON or an event stream (read with the SSE decoders above); its session
     kept in Mcp-Session-Id, and DELETEd at the end.  version: the
     MCP-Protocol-Version to send, once known (with 2026-07-28, every request
-    also names its method in Mcp-Method, and a tools/call its tool in Mcp-Name)."""
+    also names its method in Mcp-Method, and a tools/call its tool in Mcp-Name
+    and the arguments param_headers names, tool -> mcp_param_headers, in
+    Mcp-Param-NAME)."""
 
     def __init__(self, spec, on_message, on_broken, proxies=None):
         self.url, self.proxies = spec.url, proxies
@@ -4073,6 +4125,7 @@ class _Http:
         self.client.headers["Accept"] = "application/json, text/event-stream"
         self._on_message, self._on_broken = on_message, on_broken
         self.session = self.version = None
+        self.param_headers = {}
         self._lock = threading.RLock()   # the headers of one request at a time
         self._closed = False
 
@@ -4119,14 +4172,20 @@ class _Http:
 
     def _headers(self, message):
         headers = self.client.headers
-        for name in ("MCP-Protocol-Version", "Mcp-Method", "Mcp-Name"):
+        for name in [name for name in headers if name.startswith("Mcp-Param-")] + [
+                "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name"]:
             headers.pop(name, None)
         if self.version:
             headers["MCP-Protocol-Version"] = self.version
         if self.version == MCP_MODERN and "method" in message:
             headers["Mcp-Method"] = mcp_header_value(message["method"])
             if message["method"] == "tools/call":
-                headers["Mcp-Name"] = mcp_header_value(message["params"]["name"])
+                params = message["params"]
+                headers["Mcp-Name"] = mcp_header_value(params["name"])
+                for name, path in self.param_headers.get(params["name"], ()):
+                    value = _param_value(params.get("arguments"), path)
+                    if value is not None:
+                        headers["Mcp-Param-" + name] = mcp_header_value(value)
 
     def listen(self, message=None):
         """Hear what the server says on its own, in a thread: on the GET stream
@@ -4402,7 +4461,23 @@ class McpServer:
             self.notify("MCP server %s lists its tools in more than %d pages; the tools of "
                         "the first %d are offered" % (self.spec.name, MAX_MCP_PAGES,
                                                       MAX_MCP_PAGES))
+        if isinstance(self._transport, _Http) and self.version == MCP_MODERN:
+            tools = self._headed(tools)
         self.tools, self.stale = tools, False
+
+    def _headed(self, tools):
+        """tools, but for those whose x-mcp-header annotations the rules refuse
+        (each said); the headers of the others told to the transport."""
+        kept, headers = [], {}
+        for tool in tools:
+            try:
+                headers[tool["name"]] = mcp_param_headers(tool.get("inputSchema") or {})
+                kept.append(tool)
+            except ValueError as exc:
+                self.notify("MCP server %s: the tool %s is left out: %s" % (
+                    self.spec.name, _one_line(tool["name"])[:80], exc))
+        self._transport.param_headers = headers
+        return kept
 
     def request(self, method, params, *, timeout, on_progress=None):
         """Send a request and wait for its answer's result (a dict); McpError
@@ -4633,8 +4708,16 @@ class McpServer:
             raise McpError("the MCP server %s is %s%s" % (
                 self.spec.name, self.state, ": %s" % self.error if self.error else ""))
         params = {"name": tool, "arguments": arguments}
-        for _ in range(MAX_MCP_ROUNDS):
-            result = self.request("tools/call", params, timeout=timeout, on_progress=on_progress)
+        for attempt in range(MAX_MCP_ROUNDS):
+            try:
+                result = self.request("tools/call", params, timeout=timeout,
+                                      on_progress=on_progress)
+            except McpError as exc:
+                if exc.code != -32020 or attempt:   # HeaderMismatch: list again, try once more
+                    raise
+                self.list_tools()
+                result = self.request("tools/call", params, timeout=timeout,
+                                      on_progress=on_progress)
             needs = conform(result, INPUT_REQUIRED_SHAPE, [])
             if needs.get("resultType") != "input_required":
                 return result

@@ -5258,7 +5258,8 @@ def respond(message, plan):
     if method == "tools/list":
         names, size = plan.get("tools", ["echo"]), plan.get("page_size", 1000)
         start = int(params.get("cursor") or 0)
-        page = {"tools": [{"name": n, "inputSchema": {"type": "object"}}
+        schemas = plan.get("schemas", {})
+        page = {"tools": [{"name": n, "inputSchema": schemas.get(n, {"type": "object"})}
                           for n in names[start:start + size]]}
         if plan.get("endless_pages") or start + size < len(names):
             page["nextCursor"] = str(start + size)
@@ -5277,6 +5278,8 @@ def respond(message, plan):
         text = json.dumps({"responses": params["inputResponses"],
                            "state": params.get("requestState")})
         return answer({"content": [{"type": "text", "text": text}]})
+    if method == "tools/call" and plan.pop("mismatch_once", False):
+        return error(-32020, "HeaderMismatch: Mcp-Name does not match the body")
     if method == "tools/call" and params["name"] == "add":   # a tool more, and word of it
         plan["tools"] = plan.get("tools", ["echo"]) + ["new"]
         return [("changed", None)] + answer({"content": [{"type": "text", "text": "added"}]})
@@ -6041,3 +6044,34 @@ def test_yes_declines_a_form_even_on_a_terminal(server, tmp_path):
     status, data = on_terminal(server, "--mcp", config, "--yes", "hi")
     assert status == 0 and b"Who are you" not in data
     assert tool_results(server) == ['{"action": "decline"}']
+
+
+def test_tool_parameters_marked_x_mcp_header_are_mirrored_in_headers(server, http_mcp):
+    region = {"type": "string", "x-mcp-header": "Region"}
+    mcp = http_mcp({"era": "modern", "tools": ["sql", "listed", "twice", "number"], "schemas": {
+        "sql": {"type": "object", "properties": {"region": region, "opts": {
+            "type": "object", "properties": {"zone": {"type": "string", "x-mcp-header": "Zone"},
+                                             "n": {"type": "integer", "x-mcp-header": "N"},
+                                             "on": {"type": "boolean", "x-mcp-header": "On"}}}}},
+        "listed": {"type": "object", "properties": {"rows": {"type": "array", "items": region}}},
+        "twice": {"type": "object", "properties": {"a": region, "b": dict(region, **{
+            "x-mcp-header": "REGION"})}},
+        "number": {"type": "object", "properties": {"n": {"type": "number", "x-mcp-header": "N"}}}}})
+    server.add(*calling("s__sql", json.dumps({"region": "us-west1", "opts": {
+        "zone": "b\n", "n": -7, "on": False}})))
+    status, out, err = run_main(server, "--mcp", "s=" + mcp.url, "--yes", "hi")
+    assert status == 0 and out.startswith("The tool said: sql: "), err
+    assert [t["function"]["name"] for t in server.requests[0]["body"]["tools"]] == ["s__sql"]
+    for tool in ("listed", "twice", "number"):
+        assert "MCP server s: the tool %s is left out: " % tool in err
+    call = dict(mcp.seen)["tools/call"]
+    assert (call["mcp-param-region"], call["mcp-param-zone"], call["mcp-param-n"],
+            call["mcp-param-on"]) == ("us-west1", "=?base64?Ygo=?=", "-7", "false")
+
+
+def test_a_header_mismatch_lists_the_tools_again_and_retries_once(server, http_mcp):
+    mcp = http_mcp({"era": "modern", "mismatch_once": True})
+    server.add(*calling("s__echo"))
+    assert run_main(server, "--mcp", "s=" + mcp.url, "--yes", "hi")[:2] == (
+        0, "The tool said: echo: {}\n")
+    assert mcp.methods().count("tools/list") == 2 and mcp.methods().count("tools/call") == 2
