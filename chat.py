@@ -6791,7 +6791,11 @@ Tools:
                         and ends the turn); a server that dies is restarted
                         when its tool is next called (3 times at most); a
                         server's stderr goes to $XDG_STATE_HOME/chat.py/
-                        mcp-NAME.log (kept under 1 MiB, the rest in .log.1)
+                        mcp-NAME.log (kept under 1 MiB, the rest in .log.1).
+                        Servers are told the current folder as their root; a
+                        form a server asks for is asked on the terminal field
+                        by field (declined under --yes); a URL it asks you to
+                        visit is shown, never opened
   --mcp-startup-timeout SECONDS   how long a turn waits for MCP servers still
                         starting, from their start (default 10; a server's
                         own "startup_timeout" in the JSON wins); the late
