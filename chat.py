@@ -5803,6 +5803,7 @@ CONFIG_KEYS = {
     "color": (_config_bool, "true or false"),
     "status": (_config_bool, "true or false"),
     "mcp": (shlex.split, "MCP config files (or NAME=COMMAND), separated by spaces"),
+    "roots": (shlex.split, "the folders MCP servers are told to work in, separated by spaces"),
 }
 
 
@@ -5906,7 +5907,7 @@ def config_path(args, environ):
 
 Settings = namedtuple("Settings", "base_url api_key organization project headers proxies "
                       "timeout retries model system system_role params log markdown color "
-                      "status mcp")
+                      "status mcp roots")
 Settings.__doc__ = "Every setting, resolved: what the Client, the Chat and the display take."
 
 
@@ -5952,7 +5953,8 @@ def _settings(args, environ):
         color=not args.no_color and pick(None, "color", default=True),
         status=not args.quiet and pick(None, "status", default=True),
         mcp=[] if args.no_mcp else
-        base.get("mcp", []) + profile.get("mcp", []) + list(args.mcp))
+        base.get("mcp", []) + profile.get("mcp", []) + list(args.mcp),
+        roots=pick(None, "roots", default=[]))
 
 
 def _api_key(args, environ, path, config):
@@ -6310,7 +6312,8 @@ def _mcp_tools(settings, args, environ, notify, on_wait):
         raise OutputError("cannot make %s: %s" % (folder, exc.strerror)) from None
     mcp = McpTools(specs, log_folder=folder, notify=notify, on_wait=on_wait,
                    proxies=settings.proxies, environ=environ,
-                   startup_timeout=args.mcp_startup_timeout, roots=[os.getcwd()],
+                   startup_timeout=args.mcp_startup_timeout,
+                   roots=[os.path.expanduser(r) for r in settings.roots] or [os.getcwd()],
                    elicit=None if args.yes else ask_elicitation)
     mcp.start()
     return mcp
@@ -6795,7 +6798,8 @@ Tools:
                         Servers are told the current folder as their root; a
                         form a server asks for is asked on the terminal field
                         by field (declined under --yes); a URL it asks you to
-                        visit is shown, never opened
+                        visit is shown, never opened; roots = in the config
+                        names other folders
   --mcp-startup-timeout SECONDS   how long a turn waits for MCP servers still
                         starting, from their start (default 10; a server's
                         own "startup_timeout" in the JSON wins); the late
@@ -6840,8 +6844,10 @@ The config file:
   first output line is the key, e.g. from a password manager), api_key,
   organization, project, headers (lines of 'Name: value'), system,
   system_role, params (a JSON object of request fields), timeout, retries,
-  log, markdown, color, status, mcp.  Precedence: flags, then the chosen profile, then
-  the OPENAI_* variables, then [default], then the built-in defaults.  An
+  log, markdown, color, status, mcp, roots (the folders MCP servers are told
+  to work in; otherwise the current folder).  Precedence: flags, then the
+  chosen profile, then the OPENAI_* variables, then [default], then the
+  built-in defaults.  An
   unknown profile or key, or a value that fails its check, is a usage error
   naming the file, the section and the key; a file holding a key (api_key,
   or a credential header) that others can read is refused until chmod 600.

@@ -6075,3 +6075,14 @@ def test_a_header_mismatch_lists_the_tools_again_and_retries_once(server, http_m
     assert run_main(server, "--mcp", "s=" + mcp.url, "--yes", "hi")[:2] == (
         0, "The tool said: echo: {}\n")
     assert mcp.methods().count("tools/list") == 2 and mcp.methods().count("tools/call") == 2
+
+
+def test_roots_in_the_config_are_the_folders_servers_are_told(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, {"tools": ["where"]})
+    folder = tmp_path / "my project"
+    folder.mkdir()
+    write_config("[default]\nbase_url = %s\nroots = '%s'\n" % (server.url, folder))
+    server.add(*calling("s__where"))
+    assert run_main(None, "--mcp", config, "--yes", "hi")[0] == 0
+    assert json.loads(tool_results(server)[0]) == {"roots": [{
+        "uri": "file://" + urllib.parse.quote(str(folder)), "name": "my project"}]}
