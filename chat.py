@@ -6847,10 +6847,10 @@ The config file:
   log, markdown, color, status, mcp, roots (the folders MCP servers are told
   to work in; otherwise the current folder).  Precedence: flags, then the
   chosen profile, then the OPENAI_* variables, then [default], then the
-  built-in defaults.  An
-  unknown profile or key, or a value that fails its check, is a usage error
-  naming the file, the section and the key; a file holding a key (api_key,
-  or a credential header) that others can read is refused until chmod 600.
+  built-in defaults.  An unknown profile or key, or a value that fails its
+  check, is a usage error naming the file, the section and the key; a file
+  holding a key (api_key, or a credential header) that others can read is
+  refused until chmod 600.
     [default]
     model = gpt-4o-mini
     [local]
