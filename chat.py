@@ -4381,8 +4381,6 @@ class McpServer:
             self._connect()
             if self.state == "starting":   # (not stopped meanwhile)
                 self.state = "ready"
-        except McpError as exc:
-            self._fail(str(exc))
         except (ChatError, OSError) as exc:
             self._fail(str(exc) if isinstance(exc, ChatError) else exc.strerror or str(exc))
         finally:

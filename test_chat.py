@@ -6086,3 +6086,12 @@ def test_roots_in_the_config_are_the_folders_servers_are_told(server, tmp_path):
     assert run_main(None, "--mcp", config, "--yes", "hi")[0] == 0
     assert json.loads(tool_results(server)[0]) == {"roots": [{
         "uri": "file://" + urllib.parse.quote(str(folder)), "name": "my project"}]}
+
+
+def test_keep_alives_on_the_handshake_cost_one_startup_timeout(server, http_mcp, no_thread_dies):
+    mcp = http_mcp({"initialize": [("comment", "keep-alive"), ("sleep", 0.2)] * 100})
+    server.add(stream_reply("plain"), stream_reply("plain"))
+    status, out, err = run_main(server, "--mcp", "s=" + mcp.url, "--mcp-startup-timeout", "0.5",
+                                "-i", stdin="one\ntwo\n")
+    assert (status, out) == (0, "plain\nplain\n") and "Traceback" not in err
+    assert err.count("MCP server s is not ready after 0.5s") == 1
