@@ -5278,6 +5278,8 @@ def respond(message, plan):
         text = json.dumps({"responses": params["inputResponses"],
                            "state": params.get("requestState")})
         return answer({"content": [{"type": "text", "text": text}]})
+    if method == "tools/call" and plan.get("insist"):   # input, again and again
+        return answer({"resultType": "input_required", "requestState": "again"})
     if method == "tools/call" and plan.pop("mismatch_once", False):
         return error(-32020, "HeaderMismatch: Mcp-Name does not match the body")
     if method == "tools/call" and params["name"] == "add":   # a tool more, and word of it
@@ -6095,3 +6097,24 @@ def test_keep_alives_on_the_handshake_cost_one_startup_timeout(server, http_mcp,
                                 "-i", stdin="one\ntwo\n")
     assert (status, out) == (0, "plain\nplain\n") and "Traceback" not in err
     assert err.count("MCP server s is not ready after 0.5s") == 1
+
+
+def test_a_server_that_keeps_asking_for_input_is_stopped_after_8_rounds(server, tmp_path):
+    config, log = scripted_mcp(tmp_path, {"era": "modern", "insist": True})
+    server.add(*calling("s__echo"))
+    assert run_main(server, "--mcp", config, "--yes", "hi")[:2] == (
+        0, "The tool said: error: it asked for input more than 8 times in one call\n")
+    calls = [m for m in received(log) if m.get("method") == "tools/call"]
+    assert len(calls) == chat.MAX_MCP_ROUNDS and calls[-1]["params"]["requestState"] == "again"
+
+
+def test_a_form_of_too_many_fields_is_declined_unasked(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, {"tools": ["form"]})
+    script = tmp_path / "scripted.py"
+    fields = {"f%d" % i: {"type": "string"} for i in range(chat.MAX_MCP_FIELDS + 1)}
+    script.write_text(SCRIPTED_MCP.replace('"fine": {"type": "boolean", "default": True}}',
+                                           '"fine": {"type": "boolean"}, **%r}' % fields))
+    server.add(*calling("s__form"))
+    status, data = on_terminal(server, "--mcp", config, "hi", keys=[(rb"\[y/N/a\] ", b"y\r")])
+    assert status == 0 and b"Who are you" not in data
+    assert tool_results(server) == ['{"action": "decline"}']
