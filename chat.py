@@ -3761,7 +3761,8 @@ def indented_arguments(arguments):
 # MCP: the tools of Model Context Protocol servers, offered to the model and
 # called through the same consent as --tool-exec commands.
 # https://modelcontextprotocol.io/specification (revisions 2024-11-05 to 2026-07-28)
-# Lifting: needs the errors, the SSE decoders, conform, Client and the Tools section.
+# Lifting: needs the errors, the SSE decoders, conform, Client, the Tools
+# section and the terminal's sanitize and tty helpers (for a server's forms).
 # ---------------------------------------------------------------------------
 
 MCP_MODERN = "2026-07-28"            # stateless: server/discover, _meta on every request
