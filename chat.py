@@ -4981,8 +4981,10 @@ class McpTools:
         for server in self.servers:
             if server.state != "starting" or server.started is None:
                 continue
-            self.on_wait("starting MCP server %s" % server.spec.name)
-            server.ready.wait(max(server.started + server.startup_timeout - time.monotonic(), 0))
+            left = server.started + server.startup_timeout - time.monotonic()
+            if left > 0:
+                self.on_wait("starting MCP server %s" % server.spec.name)
+                server.ready.wait(left)
             if not server.ready.is_set() and (server, server.started) not in self._late:
                 self._late.add((server, server.started))
                 server.late()
