@@ -3974,7 +3974,7 @@ class _Stdio:
                 self.proc.stdin.write(data)
                 self.proc.stdin.flush()
             except (OSError, ValueError):
-                raise McpError("the server has stopped") from None
+                raise McpError(self._exited()) from None
 
     def _read(self):
         try:

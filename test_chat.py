@@ -6118,3 +6118,11 @@ def test_a_form_of_too_many_fields_is_declined_unasked(server, tmp_path):
     status, data = on_terminal(server, "--mcp", config, "hi", keys=[(rb"\[y/N/a\] ", b"y\r")])
     assert status == 0 and b"Who are you" not in data
     assert tool_results(server) == ['{"action": "decline"}']
+
+
+def test_a_server_that_exits_at_start_is_named_with_its_last_words(server):
+    quits = "%s -c \"import sys; sys.stderr.write('no config file at ~/.x\\\\n')\"" % sys.executable
+    server.add(stream_reply("plain"))
+    status, out, err = run_main(server, "--mcp", "quits=" + quits, "hi")
+    assert (status, out) == (0, "plain\n")
+    assert "MCP server quits failed: it exited (status 0): no config file at ~/.x" in err
