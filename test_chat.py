@@ -6126,3 +6126,22 @@ def test_a_server_that_exits_at_start_is_named_with_its_last_words(server):
     status, out, err = run_main(server, "--mcp", "quits=" + quits, "hi")
     assert (status, out) == (0, "plain\n")
     assert "MCP server quits failed: it exited (status 0): no config file at ~/.x" in err
+
+
+def test_restarts_back_off_doubling_from_each_death(tmp_path, monkeypatch):
+    monkeypatch.setattr(chat, "MCP_RESTART_DELAY", 0.6)
+    config, _ = scripted_mcp(tmp_path, DYING)
+    mcp = chat.McpTools(chat.mcp_specs(config, dict(os.environ)), log_folder=str(tmp_path),
+                        notify=lambda text: None)
+    try:
+        mcp.start()
+        mcp.definitions()
+        server, waits, deaths = mcp.servers[0], [], []
+        for _ in range(3):
+            mcp.call("s__die", "{}", 5, lambda what, until=None, progress=None:
+                     waits.append((what, until)))
+            deaths.append(server.failed_at)
+        assert [w for w in waits if w[1] is not None] == [
+            ("restarting MCP server s", deaths[0] + 0.6), ("restarting MCP server s", deaths[1] + 1.2)]
+    finally:
+        mcp.close()
