@@ -6145,3 +6145,12 @@ def test_restarts_back_off_doubling_from_each_death(tmp_path, monkeypatch):
             ("restarting MCP server s", deaths[0] + 0.6), ("restarting MCP server s", deaths[1] + 1.2)]
     finally:
         mcp.close()
+
+
+def test_a_silent_listening_stream_is_opened_anew(server, http_mcp, monkeypatch):
+    monkeypatch.setattr(chat, "MCP_LISTEN_IDLE", 0.3)
+    mcp = http_mcp({"tools": ["echo", "add"], "calls": {"echo": [("sleep", 1.5)]}})
+    server.add(*calling("s__echo"))
+    assert run_main(server, "--mcp", "s=" + mcp.url, "--yes", "hi")[:2] == (
+        0, "The tool said: echo: {}\n")
+    assert mcp.methods().count("GET") >= 2
