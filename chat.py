@@ -4113,16 +4113,27 @@ def indented_arguments(arguments):
 # MCP: the tools of Model Context Protocol servers, offered to the model and
 # called through the same consent as --tool-exec commands.
 # https://modelcontextprotocol.io/specification (revisions 2024-11-05 to 2026-07-28)
-# Lifting: needs the errors, the SSE decoders, conform, Client and the Tools section.
+# Lifting: needs the errors, the SSE decoders, conform, Client, the Tools
+# section and the terminal's sanitize and tty helpers (for a server's forms).
 # ---------------------------------------------------------------------------
 
 MCP_MODERN = "2026-07-28"            # stateless: server/discover, _meta on every request
 MCP_LEGACY = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")   # initialize
 MCP_DISCOVER_WAIT = 3.0              # seconds for server/discover before trying initialize
-MCP_START_WAIT = 30.0                # seconds a server may take to start and list its tools
+MCP_STARTUP_TIMEOUT = 10.0           # seconds a turn waits for a server still starting
+MCP_START_WAIT = 30.0                # seconds a starting server may take, in the background
 MCP_MAX_CALL = 1800.0                # seconds a call may last, however much progress it reports
 MAX_MCP_MESSAGE = 16 * 2**20         # one JSON-RPC message larger than this fails the server
 MAX_MCP_TOOLS = 512                  # tools one server may offer
+MAX_MCP_PAGES = 32                   # pages of one tools/list
+MAX_MCP_ASKED = 64                   # requests a server may make inside one answer (HTTP)
+MAX_MCP_RESTARTS = 3                 # restarts of a server that died, in one session
+MCP_RESTART_DELAY = 1.0              # seconds from its death to its first restart, then doubled
+MAX_MCP_LOG = 2**20                  # mcp-NAME.log is moved to mcp-NAME.log.1 past this
+MAX_MCP_LOG_LINE = 2**16             # bytes of one stderr line read at once
+MCP_LISTEN_IDLE = 600.0              # seconds of silence before a listening stream is opened anew
+MAX_MCP_ROUNDS = 8                   # rounds of input a 2026-07-28 server may ask for in one call
+MAX_MCP_FIELDS = 32                  # fields of one form a server may ask the user to fill in
 _MCP_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -4134,10 +4145,58 @@ class McpError(ChatError):
         self.code = code
 
 
-McpSpec = namedtuple("McpSpec", "name command args env url headers blanked")
-McpSpec.__new__.__defaults__ = ((),)
-McpSpec.__doc__ = """One MCP server as configured: a command (stdio) or a url (HTTP).
-blanked: the variables of chat.py's own key left empty in its url or headers."""
+def _finite(value):
+    """A number arithmetic can use: JSON's 1e400 is inf, and a bool is no number."""
+    if type(value) is float and math.isfinite(value) or type(value) is int and abs(value) < 2**63:
+        return value
+    return _WRONG
+
+
+# What chat.py reads of a JSON-RPC 2.0 message from an MCP server
+# (https://www.jsonrpc.org/specification), in conform's terms: an id is a
+# string or an integer; every MCP result is an object.
+JSONRPC_SHAPE = {"jsonrpc": str, "id": (str, int), "method": str, "params": dict,
+                 "result": dict, "error": {"code": int, "message": str}}
+PROGRESS_SHAPE = {"progressToken": (str, int), "progress": _finite, "total": _finite,
+                  "message": str}
+TOOLS_PAGE_SHAPE = {"tools": [{"name": str, "description": str, "inputSchema": dict}],
+                    "nextCursor": str}
+ELICIT_SHAPE = {"mode": str, "message": str, "url": str, "elicitationId": str,
+                "requestedSchema": {"properties": dict, "required": [str]}}
+INPUT_REQUIRED_SHAPE = {"resultType": str, "requestState": str, "inputRequests": dict}
+
+
+def jsonrpc_message(value, dropped):
+    """A message from an MCP server checked for shape: (kind, message), kind
+    "answer", "request" or "notification"; None for one that is none of them.
+    Fields of the wrong type are left out, their paths appended to dropped;
+    an answer with neither a result nor an error that fits gets an error."""
+    had_id = type(value) is dict and value.get("id") is not None
+    message = conform(value, JSONRPC_SHAPE, dropped)
+    if message is _WRONG:
+        dropped.append("a message that is not an object (%s)" % type(value).__name__)
+        return None
+    if had_id and "id" not in message:   # nothing to answer it by, or to match
+        return None
+    for key in [key for key, item in message.items() if item is None]:
+        del message[key]   # (a null is no value: "result": null is no result)
+    if "method" in message:
+        return ("request" if had_id else "notification"), message
+    if not had_id:
+        dropped.append("a message with neither a method nor an id")
+        return None
+    if "result" not in message and "error" not in message:
+        message["error"] = {"message": "its answer has neither a result nor an error object"}
+    return "answer", message
+
+
+McpSpec = namedtuple("McpSpec", "name command args env url headers startup_timeout problem sse "
+                     "blanked")
+McpSpec.__new__.__defaults__ = (None, None, False, ())
+McpSpec.__doc__ = ("One MCP server as configured: a command (stdio) or a url (HTTP; sse: "
+                   "the 2024-11-05 HTTP+SSE transport); its startup timeout, if it has one; "
+                   "what makes it unusable, if anything; blanked: the variables of chat.py's "
+                   "own key left empty in its url or headers.")
 
 _VARIABLE = re.compile(r"\$\{(?:env:)?([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SERVER_ARGUMENT = re.compile(r"\s*[\w.-]+\s*=")   # NAME=COMMAND, NAME=URL: never a file
@@ -4187,8 +4246,9 @@ def mcp_specs(argument, environ, withheld=(), folder=None):
         raise UsageError("the MCP config %s has no \"mcpServers\" (or \"servers\") object"
                          % path)
     folder = os.path.dirname(os.path.abspath(path))
-    return [_mcp_spec(name, entry, environ, path, withheld, folder)
-            for name, entry in servers.items()]
+    specs = [_mcp_entry(name, entry, environ, path, withheld, folder)
+             for name, entry in servers.items()]
+    return [spec for spec in specs if spec is not None]
 
 
 def _mcp_spec(name, entry, environ, where, withheld=(), folder=None):
@@ -4216,7 +4276,8 @@ def _mcp_spec(name, entry, environ, where, withheld=(), folder=None):
             command = os.path.join(folder, command)
         return McpSpec(name, command, texts(entry.get("args", []), "args"),
                        pairs(entry.get("env", {}), "env"), None, {})
-    if kind in ("http", "streamable-http", "streamableHttp") and isinstance(entry.get("url"), str):
+    if kind in ("http", "streamable-http", "streamableHttp", "sse") and isinstance(
+            entry.get("url"), str):
         url = normalize_base_url(expand_variables(entry["url"], environ, withheld, blanked))
         headers = pairs(entry.get("headers", {}), "headers", withheld)
         parts = urlsplit(url)
@@ -4224,9 +4285,42 @@ def _mcp_spec(name, entry, environ, where, withheld=(), folder=None):
                 and (parts.username or any(is_secret_header(h) for h in headers))):
             raise UsageError("%s: server %s: refusing to send credentials in clear text to %s "
                              "over plain http; use https" % (where, name, parts.hostname))
-        return McpSpec(name, None, [], {}, url, headers, tuple(blanked))
+        return McpSpec(name, None, [], {}, url, headers, blanked=tuple(blanked),
+                       sse=kind == "sse")
     raise UsageError("%s: server %s needs a \"command\" (stdio) or a \"url\" (streamable "
-                     "HTTP; the old SSE transport is not supported)" % (where, name))
+                     "HTTP, or \"type\": \"sse\")" % (where, name))
+
+
+def _mcp_entry(name, entry, environ, where, withheld=(), folder=None):
+    """One entry of a config file as _mcp_spec reads it, with what editors
+    add: None for one switched off ("disabled": true); "startup_timeout" in
+    seconds; one chat.py cannot use comes back with its problem (said, and
+    the server skipped) instead of ending the whole file."""
+    if isinstance(entry, dict) and entry.get("disabled") is True:
+        return None
+    try:
+        spec = _mcp_spec(name, entry, environ, where, withheld, folder)
+        wait = entry.get("startup_timeout")
+        if wait is not None and not _is_number(wait, 0.001, MAX_TIMEOUT):
+            raise UsageError("%s: server %s: startup_timeout must be seconds, above 0 and at "
+                             "most %d" % (where, name, MAX_TIMEOUT))
+    except UsageError as exc:
+        return McpSpec(name, None, [], {}, None, {}, problem=str(exc))
+    return spec._replace(startup_timeout=wait)
+
+
+def _open_log(path, adding=0):
+    """path opened for appending, readable by its owner alone; moved to
+    path.1 first if adding would take it past MAX_MCP_LOG."""
+    try:
+        size = os.path.getsize(path)
+    except OSError:
+        size = 0
+    if size and size + adding > MAX_MCP_LOG:
+        os.replace(path, path + ".1")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)   # (one an earlier version made 0644)
+    return os.fdopen(fd, "ab")
 
 
 def mcp_secrets(spec):
@@ -4253,37 +4347,42 @@ def mcp_environment(environ, secrets):
 
 class _Stdio:
     """An MCP server run as a process (in environ, with its own env added):
-    one JSON-RPC message a line on its stdin and stdout; its stderr is only
-    logging, and goes to log_path."""
+    one JSON-RPC message a line on its stdin and stdout.  Its stderr is only
+    logging: copied to log_path a line at a time (rotated, see _open_log),
+    its last line kept as last_words, the reason a failure gives."""
 
     def __init__(self, spec, log_path, on_message, on_broken, environ):
-        with open(log_path, "ab") as log:   # the child keeps its own descriptor
+        try:
             self.proc = subprocess.Popen(
                 [spec.command] + spec.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=log, env=dict(environ, **spec.env), start_new_session=True)
+                stderr=subprocess.PIPE, env=dict(environ, **spec.env), start_new_session=True)
+        except FileNotFoundError:
+            raise McpError("there is no program %s (is it installed, and on the PATH?)"
+                           % spec.command) from None
+        except OSError as exc:
+            raise McpError("cannot run %s: %s" % (spec.command, exc.strerror or exc)) from None
+        self.log_path, self.last_words = log_path, b""
         self._lock = threading.Lock()
         self._on_message, self._on_broken = on_message, on_broken
+        self._logging = threading.Thread(target=self._log, daemon=True)
+        self._logging.start()
         threading.Thread(target=self._read, daemon=True).start()
 
-    def send(self, message, timeout=None):
+    def send(self, message, timeout=None, deadline=None):
         data = json.dumps(message).encode("utf-8") + b"\n"   # (the answer comes on its own)
         with self._lock:
             try:
                 self.proc.stdin.write(data)
                 self.proc.stdin.flush()
             except (OSError, ValueError):
-                raise McpError("the server has stopped") from None
+                raise McpError(self._exited()) from None
 
     def _read(self):
         try:
             while True:
                 line = self.proc.stdout.readline(MAX_MCP_MESSAGE + 1)
                 if not line:
-                    try:
-                        status = self.proc.wait(1.0)
-                    except subprocess.TimeoutExpired:
-                        status = "unknown: its stdout closed"
-                    return self._on_broken("it exited (status %s)" % status)
+                    return self._on_broken(self._exited())
                 if len(line) > MAX_MCP_MESSAGE:
                     return self._on_broken("it sent a message over %d MiB"
                                            % (MAX_MCP_MESSAGE >> 20))
@@ -4297,6 +4396,41 @@ class _Stdio:
                     self._on_message(message)
         except (OSError, ValueError):
             return self._on_broken("its stdout broke")
+
+    def _exited(self):
+        """Why its stdout ended: its exit status and the last line it logged."""
+        try:
+            status = "status %s" % self.proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            status = "unknown: its stdout closed"
+        self._logging.join(1.0)   # its stderr's last line comes as it exits
+        return "it exited (%s)%s" % (status, self.words(": "))
+
+    def words(self, before):
+        """before and the last line it wrote on stderr, or "" if none."""
+        words = _one_line(self.last_words.decode("utf-8", "replace"))[-200:]
+        return before + words if words else ""
+
+    def _log(self):
+        log = None
+        try:
+            while True:
+                line = self.proc.stderr.readline(MAX_MCP_LOG_LINE)
+                if not line:
+                    return
+                if line.strip():
+                    self.last_words = line
+                if log is None or log.tell() + len(line) > MAX_MCP_LOG:
+                    if log is not None:
+                        log.close()
+                    log = _open_log(self.log_path, len(line))
+                log.write(line)
+                log.flush()
+        except (OSError, ValueError):
+            return   # no log: the server goes on, its stderr read (and dropped) no more
+        finally:
+            if log is not None:
+                log.close()
 
     def close(self):
         """Close its stdin, wait a moment, then SIGTERM, then SIGKILL."""
@@ -4317,211 +4451,481 @@ class _Stdio:
                 continue
 
 
+def mcp_header_value(text):
+    """text as a 2026-07-28 header value: as it is if it is plain visible
+    ASCII, else =?base64?...?= of its UTF-8, so a server-chosen string never
+    becomes a header line of its own (streamable-http.mdx, "Value Encoding")."""
+    if (text and text == text.strip() and all(" " <= c <= "~" for c in text)
+            and not (text.startswith("=?") and text.endswith("?="))):
+        return text
+    return "=?base64?%s?=" % base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")   # an HTTP field name (RFC 9110 5.1)
+
+
+def mcp_param_headers(schema):
+    """The x-mcp-header annotations of a tool's inputSchema, as a list of
+    (NAME of the Mcp-Param-NAME header, the chain of properties keys to its
+    value); ValueError saying why for an annotation the 2026-07-28 rules
+    refuse ("Custom Headers from Tool Parameters"): a name that is no header
+    name or is used twice, a type other than string, integer or boolean, a
+    place not reached through properties keys alone."""
+    found, names, stack = [], set(), [(schema, (), True)]
+    while stack:   # (no recursion: a server chooses the depth)
+        node, path, reachable = stack.pop()
+        if isinstance(node, list):
+            stack += [(item, path, False) for item in node]
+            continue
+        if not isinstance(node, dict):
+            continue
+        if "x-mcp-header" in node:
+            name = node["x-mcp-header"]
+            if not reachable or not path:
+                raise ValueError("an x-mcp-header not reached through properties alone")
+            if not isinstance(name, str) or not _TOKEN.match(name) or name.lower() in names:
+                raise ValueError("x-mcp-header %s is no header name, or one used twice"
+                                 % _one_line(json.dumps(name))[:60])
+            if node.get("type") not in ("string", "integer", "boolean"):
+                raise ValueError("x-mcp-header %s is on a %s, not a string, integer or boolean"
+                                 % (name, _one_line(json.dumps(node.get("type")))[:40]))
+            names.add(name.lower())
+            found.append((name, path))
+        for key, value in node.items():
+            if key == "properties" and reachable and isinstance(value, dict):
+                stack += [(inner, path + (name,), True) for name, inner in value.items()]
+            elif key != "x-mcp-header":
+                stack.append((value, path, False))
+    return found
+
+
+def _param_value(arguments, path):
+    """The header value of the argument at path (a chain of keys), or None if
+    there is none that a header can carry."""
+    for key in path:
+        arguments = arguments.get(key) if isinstance(arguments, dict) else None
+    if type(arguments) is bool:
+        return "true" if arguments else "false"
+    if type(arguments) is int and abs(arguments) < 2**53:
+        return str(arguments)
+    return arguments if isinstance(arguments, str) else None
+
+
 class _Http:
     """An MCP server over streamable HTTP: one POST a message, answered with
     JSON or an event stream (read with the SSE decoders above); its session
-    kept in Mcp-Session-Id, and DELETEd at the end."""
+    kept in Mcp-Session-Id, and DELETEd at the end.  version: the
+    MCP-Protocol-Version to send, once known (with 2026-07-28, every request
+    also names its method in Mcp-Method, and a tools/call its tool in Mcp-Name
+    and the arguments param_headers names, tool -> mcp_param_headers, in
+    Mcp-Param-NAME)."""
 
     def __init__(self, spec, on_message, on_broken, proxies=None):
+        self.url, self.proxies = spec.url, proxies
         self.client = Client(spec.url, headers=list(spec.headers.items()), retries=0,
                              timeout=MCP_START_WAIT, proxies=proxies, connections=keep_alive())
         self.client.headers["Accept"] = "application/json, text/event-stream"
         self._on_message, self._on_broken = on_message, on_broken
-        self.session = None
+        self.session = self.version = None
+        self.param_headers = {}
+        self._lock = threading.RLock()   # the headers of one request at a time
+        self._closed = False
 
-    def send(self, message, timeout=None):
-        """POST message; the messages of the answer go to on_message as they
-        come.  timeout: the longest silence while it streams (each message,
-        progress among them, starts it again); never past MCP_MAX_CALL."""
-        self.client.timeout = timeout or MCP_START_WAIT
-        started = time.monotonic()
-        try:
-            response = self.client.request("POST", "", message, probe=True)
-        except APIError as exc:
-            if exc.status == 404 and self.session:   # the session is gone: start anew
-                self.session = None
-                self.client.headers.pop("Mcp-Session-Id", None)
-                raise McpError("the server ended the session", code="session") from None
-            raise McpError(str(exc)) from None
+    def send(self, message, timeout=None, deadline=None):
+        """POST message.  The messages of a request's answer go to on_message as
+        they come: timeout is the longest silence, and the stream is given up
+        (McpError "timeout") once time.monotonic() passes deadline(), which
+        only progress moves: comments and keep-alives extend nothing.  The
+        answer to an answer or a notification is not read (the server owes
+        202 and no body), so requests inside answers never nest."""
+        with self._lock:   # (headers are read as the request is made)
+            self._headers(message)
+            self.client.timeout = timeout or MCP_START_WAIT
+            try:
+                response = self.client.request("POST", "", message, probe=True)
+            except APIError as exc:
+                if exc.status == 404 and self.session:   # the session is gone: start anew
+                    self.session = None
+                    self.client.headers.pop("Mcp-Session-Id", None)
+                    raise McpError("the server ended the session", code="session") from None
+                raise McpError(str(exc)) from None
+            except APITimeoutError:
+                raise McpError("no answer", code="timeout") from None
+            except ChatError as exc:
+                raise McpError(str(exc)) from None
         with response:
             session = response.headers.get("Mcp-Session-Id")
             if session:
                 self.session = self.client.headers["Mcp-Session-Id"] = session
             kind = (response.headers.get("Content-Type") or "").lower()
-            if response.status == 202 or "json" not in kind and "event-stream" not in kind:
+            if "id" not in message or "method" not in message:
                 return
+            if "event-stream" in kind:
+                return self._stream(response, deadline)
             if "json" in kind:   # (an error answer is a message too: not read_json)
-                try:
-                    body = response.read(MAX_MCP_MESSAGE + 1)
-                except (OSError, http.client.HTTPException) as exc:
-                    raise McpError("its answer broke off (%s)" % exc) from None
+                body = b"".join(self._reads(response, deadline))
                 if len(body) > MAX_MCP_MESSAGE:
                     raise McpError("it sent a message over %d MiB" % (MAX_MCP_MESSAGE >> 20))
                 try:
-                    self._on_message(parse_json(body.decode("utf-8")))
+                    message = parse_json(body.decode("utf-8"))
                 except ValueError:
-                    self._on_broken("it answered with JSON that is not JSON-RPC")
-                return
-            lines, events = LineDecoder(MAX_MCP_MESSAGE), SSEDecoder(MAX_MCP_MESSAGE)
-            for data in self._reads(response, started):
-                for line in lines.feed(data):
-                    event = events.decode(line)
-                    if event is not None and event.data.strip():
-                        try:
-                            self._on_message(parse_json(event.data))
-                        except ValueError:
-                            self._on_broken("it sent an event that is not JSON-RPC")
-                            return
+                    return self._on_broken("it answered with JSON that is not JSON-RPC")
+                self._on_message(message)
 
-    def _reads(self, response, started):
+    def _headers(self, message):
+        headers = self.client.headers
+        for name in [name for name in headers if name.startswith("Mcp-Param-")] + [
+                "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name"]:
+            headers.pop(name, None)
+        if self.version:
+            headers["MCP-Protocol-Version"] = self.version
+        if self.version == MCP_MODERN and "method" in message:
+            headers["Mcp-Method"] = mcp_header_value(message["method"])
+            if message["method"] == "tools/call":
+                params = message["params"]
+                headers["Mcp-Name"] = mcp_header_value(params["name"])
+                for name, path in self.param_headers.get(params["name"], ()):
+                    value = _param_value(params.get("arguments"), path)
+                    if value is not None:
+                        headers["Mcp-Param-" + name] = mcp_header_value(value)
+
+    def listen(self, message=None):
+        """Hear what the server says on its own, in a thread: on the GET stream
+        (the 2025 revisions) or, given a subscriptions/listen request, on its
+        answer's stream (2026-07-28).  Opened anew after MCP_LISTEN_IDLE of
+        silence; it ends quietly where the server offers none or closes it."""
+        threading.Thread(target=self._listen, args=(message,), daemon=True).start()
+
+    def _listen(self, message):
+        with self._lock:
+            if message is not None:
+                self._headers(message)
+            headers = dict(self.client.headers)
+        if message is None:
+            headers["Accept"] = "text/event-stream"
+        client = Client(self.url, headers=list(headers.items()), retries=0,
+                        timeout=MCP_LISTEN_IDLE, proxies=self.proxies, connections=keep_alive())
         try:
-            for data in self.client._reads(response):
+            while not self._closed:
+                try:
+                    with client.request("GET" if message is None else "POST", "", message,
+                                        probe=True) as response:
+                        if "event-stream" in (response.headers.get("Content-Type") or ""):
+                            self._stream(response, None, client, asked=None)
+                    return
+                except McpError as exc:
+                    if exc.code != "timeout":
+                        return
+                except APITimeoutError:
+                    continue
+        except ChatError:
+            return   # (the server offers no such stream: 405, or an error)
+        finally:
+            client.close()
+
+    def _stream(self, response, deadline, client=None, asked=0):
+        """The messages of an event stream, to on_message; asked counts the
+        requests among them (None: any number, on a stream that listens)."""
+        lines, events = LineDecoder(MAX_MCP_MESSAGE), SSEDecoder(MAX_MCP_MESSAGE)
+        for data in self._reads(response, deadline, client):
+            for line in lines.feed(data):
+                event = events.decode(line)
+                if event is None or not event.data.strip():
+                    continue
+                try:
+                    message = parse_json(event.data)
+                except ValueError:
+                    return self._on_broken("it sent an event that is not JSON-RPC")
+                if asked is not None and type(message) is dict and "method" in message \
+                        and "id" in message:
+                    asked += 1
+                    if asked > MAX_MCP_ASKED:
+                        raise McpError("it made more than %d requests inside one answer"
+                                       % MAX_MCP_ASKED)
+                self._on_message(message)
+
+    def _reads(self, response, deadline, client=None):
+        try:
+            for data in (client or self.client)._reads(response):
                 yield data
-                if time.monotonic() - started > MCP_MAX_CALL:
-                    raise McpError("it ran past %d minutes" % (MCP_MAX_CALL // 60),
-                                   code="timeout")
+                if deadline is not None and time.monotonic() > deadline():
+                    raise McpError("no answer in time", code="timeout")
         except APITimeoutError:
-            raise McpError("no answer within %gs" % self.client.timeout, code="timeout") from None
+            raise McpError("no answer", code="timeout") from None
         except StreamError as exc:
             raise McpError(str(exc)) from None
 
+    def words(self, before):
+        return ""
+
     def close(self):
+        self._closed = True
         if self.session:
             try:
+                self.client.timeout = MCP_DISCOVER_WAIT
                 self.client.request("DELETE", "", probe=True).close()
             except ChatError:
                 pass
         self.client.close()
 
 
+class _Sse:
+    """An MCP server over the 2024-11-05 HTTP+SSE transport ("type": "sse"):
+    a GET event stream whose endpoint event names the URL (on the same host)
+    to POST every message to; answers and the server's own messages come as
+    message events on that stream, read with the SSE decoders above."""
+
+    def __init__(self, spec, on_message, on_broken, proxies=None):
+        self.url, self.proxies, self.version = spec.url, proxies, None
+        self._headers = list(spec.headers.items())
+        self._events = Client(spec.url, headers=self._headers + [("Accept", "text/event-stream")],
+                              retries=0, timeout=MCP_LISTEN_IDLE, proxies=proxies,
+                              connections=keep_alive())
+        self.client = None                  # the endpoint's, once it is named
+        self._named = threading.Event()
+        self._on_message, self._on_broken = on_message, on_broken
+        self._closed = False
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self):
+        try:
+            with self._events.request("GET", "", probe=True) as response:
+                lines, events = LineDecoder(MAX_MCP_MESSAGE), SSEDecoder(MAX_MCP_MESSAGE)
+                for data in self._events._reads(response):
+                    for line in lines.feed(data):
+                        event = events.decode(line)
+                        if event is None:
+                            continue
+                        if event.event == "endpoint" and self.client is None:
+                            self._endpoint(event.data.strip())
+                        elif event.event == "message" and event.data.strip():
+                            try:
+                                message = parse_json(event.data)
+                            except ValueError:
+                                return self._on_broken("it sent an event that is not JSON-RPC")
+                            self._on_message(message)
+            why = "it closed its event stream"
+        except ChatError as exc:
+            why = str(exc)
+        if not self._closed:
+            self._on_broken(why)
+        self._named.set()   # (no endpoint will come: nothing waits for one)
+
+    def _endpoint(self, path):
+        """The URL messages go to: on the host the stream came from, which
+        alone was given the config's headers."""
+        url = urllib.parse.urljoin(self.url, path)
+        if urlsplit(url)[:2] != urlsplit(self.url)[:2]:
+            raise McpError("it named an endpoint on another host: %s" % shown_url_safely(url)[:200])
+        self.client = Client(normalize_base_url(url), headers=self._headers, retries=0,
+                             timeout=MCP_START_WAIT, proxies=self.proxies,
+                             connections=keep_alive())
+        self._named.set()
+
+    def send(self, message, timeout=None, deadline=None):
+        """POST message to the endpoint; its answer comes on the event stream."""
+        if not self._named.wait(timeout or MCP_START_WAIT):
+            raise McpError("it named no endpoint to send to", code="timeout")
+        if self.client is None:
+            raise McpError("its event stream ended", code="stopped")
+        self.client.timeout = timeout or MCP_START_WAIT
+        try:
+            self.client.request("POST", "", message, probe=True).close()
+        except APITimeoutError:
+            raise McpError("no answer", code="timeout") from None
+        except ChatError as exc:
+            raise McpError(str(exc)) from None
+
+    def words(self, before):
+        return ""
+
+    def close(self):
+        self._closed = True
+        for client in (self._events, self.client):
+            if client is not None:
+                client.close()
+
+
 class McpServer:
     """One MCP server: started, handshaken (server/discover for the current
     revision, initialize for the earlier ones), its tools listed; requests
-    sent and answered, with progress and cancellation.  state: starting,
-    ready, failed or stopped; error: the last thing that went wrong.
+    sent and answered, with progress and cancellation; every message it
+    sends checked by jsonrpc_message.  state: starting, ready, failed or
+    stopped; error: the last thing that went wrong.  startup_timeout:
+    seconds a turn waits for it to be ready (its config's, or this).
     proxies(url): the proxies to reach an HTTP server's url by (None:
     urllib's own choice)."""
 
-    def __init__(self, spec, *, log_folder, notify, proxies=None, environ=None):
+    def __init__(self, spec, *, log_folder, notify, proxies=None, environ=None,
+                 startup_timeout=MCP_STARTUP_TIMEOUT, roots=(), elicit=None):
         self.spec, self.log_folder, self.notify, self.proxies = spec, log_folder, notify, proxies
+        self.roots, self.elicit = list(roots), elicit
         self.environ = os.environ if environ is None else environ
+        self.startup_timeout = spec.startup_timeout or startup_timeout
         self.state, self.error, self.version, self.tools = "starting", None, None, []
         self.stale = False          # tools/list_changed came: list again before the next request
+        self.started = self.failed_at = None   # time.monotonic() of the last start, death
+        self.restarts = 0
+        self.ready = threading.Event()   # set when started or failed
         self._transport = None
+        self._generation = 0        # of the transport: an old one's last words are not heard
         self._lock = threading.Lock()
-        self._pending = {}          # request id -> [Event, message]
+        self._pending = {}          # request id -> [Event, message, time.monotonic() of progress]
         self._progress = {}         # progress token -> on_progress(text)
         self._ids = iter(range(1, 1 << 62))
-        self._restarted = False
-        self.ready = threading.Event()   # set when started or failed
+        self._misshapen = False     # a message of the wrong shape was said (once a start)
+        self._asks = []             # elicitations heard by a reader thread, for the caller
 
     def start(self):
         """Start and handshake in a thread of its own; ready is set when done."""
+        self.state, self.error, self.started = "starting", None, time.monotonic()
+        self.ready.clear()
         threading.Thread(target=self._start, daemon=True).start()
 
     def _start(self):
         try:
             self._connect()
-            self.state = "ready"
+            if self.state == "starting":   # (not stopped meanwhile)
+                self.state = "ready"
         except (ChatError, OSError) as exc:
             self._fail(str(exc) if isinstance(exc, ChatError) else exc.strerror or str(exc))
         finally:
             self.ready.set()
 
     def _connect(self):
+        self._generation += 1
+        generation, self._misshapen = self._generation, False
+
+        def on_message(message):
+            if generation == self._generation:
+                self._dispatch(message)
+
+        def on_broken(why):
+            if generation == self._generation:
+                self._fail(why)
+
         if self.spec.url:
-            self._transport = _Http(self.spec, self._dispatch, self._broken,
-                                    self.proxies and self.proxies(self.spec.url))
+            kind = _Sse if self.spec.sse else _Http
+            self._transport = kind(self.spec, on_message, on_broken,
+                                   self.proxies and self.proxies(self.spec.url))
         else:
             log = os.path.join(self.log_folder, "mcp-%s.log" % _MCP_NAME.sub("_", self.spec.name))
-            self._transport = _Stdio(self.spec, log, self._dispatch, self._broken, self.environ)
+            self._transport = _Stdio(self.spec, log, on_message, on_broken, self.environ)
         self._handshake()
         self.list_tools()
+        self._listen()
 
     def _handshake(self):
         """The current revision has no initialize: try server/discover first,
         and on any error or silence fall back to initialize."""
-        self.version = MCP_MODERN
+        self._set_version(MCP_MODERN)
         try:
             result = self.request("server/discover", {}, timeout=MCP_DISCOVER_WAIT)
-            versions = result.get("supportedVersions") if isinstance(result, dict) else None
-            if isinstance(versions, list) and MCP_MODERN in versions:
+            if MCP_MODERN in _texts(result.get("supportedVersions")):
                 return
         except McpError as exc:
             if exc.code == "stopped":
                 raise
-        self.version = MCP_LEGACY[0]
+        self._set_version(None)
         result = self.request("initialize", {
-            "protocolVersion": MCP_LEGACY[0], "capabilities": {},
+            "protocolVersion": MCP_LEGACY[0], "capabilities": self._capabilities(),
             "clientInfo": {"name": "chat.py", "version": __version__}}, timeout=MCP_START_WAIT)
-        version = result.get("protocolVersion") if isinstance(result, dict) else None
+        version = result.get("protocolVersion")
         if version not in MCP_LEGACY:
             raise McpError("it speaks MCP %s, which chat.py does not"
                            % _one_line(json.dumps(version))[:40])
-        self.version = version
-        if isinstance(self._transport, _Http):
-            self._transport.client.headers["MCP-Protocol-Version"] = version
+        self._set_version(version)
         self.notify_server("notifications/initialized")
 
+    def _set_version(self, version):
+        self.version = version
+        if isinstance(self._transport, _Http):
+            self._transport.version = version
+
     def list_tools(self):
-        """Ask for the server's tools, every page of them."""
-        tools, cursor = [], None
-        while True:
-            result = self.request("tools/list", {"cursor": cursor} if cursor else {},
-                                  timeout=MCP_START_WAIT)
-            page = conform(result, {"tools": [{"name": str, "description": str,
-                                              "inputSchema": dict}],
-                                    "nextCursor": str}, [])
-            if page is _WRONG or not isinstance(page.get("tools"), list):
+        """Ask for the server's tools, every page of them: at most
+        MAX_MCP_TOOLS tools in MAX_MCP_PAGES pages within MCP_START_WAIT;
+        past a bound, the tools listed so far, and a notice."""
+        tools, cursor, ends = [], None, time.monotonic() + MCP_START_WAIT
+        for _ in range(MAX_MCP_PAGES):
+            result = self.request("tools/list", {"cursor": cursor} if cursor is not None else {},
+                                  timeout=max(ends - time.monotonic(), 0.001))
+            page = conform(result, TOOLS_PAGE_SHAPE, [])
+            if not isinstance(page.get("tools"), list):
                 raise McpError("its tools/list answer has no list of tools")
             tools += [t for t in page["tools"] if isinstance(t.get("name"), str) and t["name"]]
             if len(tools) > MAX_MCP_TOOLS:
-                raise McpError("it offers more than %d tools" % MAX_MCP_TOOLS)
-            cursor = page.get("nextCursor")
-            if not cursor:
+                self.notify("MCP server %s offers more than %d tools; only the first %d are "
+                            "offered" % (self.spec.name, MAX_MCP_TOOLS, MAX_MCP_TOOLS))
+                del tools[MAX_MCP_TOOLS:]
                 break
+            if not page.get("nextCursor") or page["nextCursor"] == cursor:
+                break
+            cursor = page["nextCursor"]
+        else:
+            self.notify("MCP server %s lists its tools in more than %d pages; the tools of "
+                        "the first %d are offered" % (self.spec.name, MAX_MCP_PAGES,
+                                                      MAX_MCP_PAGES))
+        if isinstance(self._transport, _Http) and self.version == MCP_MODERN:
+            tools = self._headed(tools)
         self.tools, self.stale = tools, False
 
+    def _headed(self, tools):
+        """tools, but for those whose x-mcp-header annotations the rules refuse
+        (each said); the headers of the others told to the transport."""
+        kept, headers = [], {}
+        for tool in tools:
+            try:
+                headers[tool["name"]] = mcp_param_headers(tool.get("inputSchema") or {})
+                kept.append(tool)
+            except ValueError as exc:
+                self.notify("MCP server %s: the tool %s is left out: %s" % (
+                    self.spec.name, _one_line(tool["name"])[:80], exc))
+        self._transport.param_headers = headers
+        return kept
+
     def request(self, method, params, *, timeout, on_progress=None):
-        """Send a request and wait for its answer's result; McpError for a
-        JSON-RPC error, a stopped server or silence past timeout (then the
-        server is told the request is cancelled).  on_progress(text) hears
-        the server's progress notifications, each of which moves the
-        deadline on (never past MCP_MAX_CALL)."""
+        """Send a request and wait for its answer's result (a dict); McpError
+        for a JSON-RPC error, a stopped server, silence past timeout or a call
+        past MCP_MAX_CALL (then the server is told the request is cancelled).
+        on_progress(text) hears the server's progress notifications; each
+        moves the deadline on (only they do, never past MCP_MAX_CALL)."""
         id = next(self._ids)
-        params = dict(params)
-        if self.version == MCP_MODERN:   # every request carries its version and capabilities
-            params["_meta"] = dict(params.get("_meta") or {}, **{
-                "io.modelcontextprotocol/protocolVersion": MCP_MODERN,
-                "io.modelcontextprotocol/clientCapabilities": {},
-                "io.modelcontextprotocol/clientInfo": {"name": "chat.py", "version": __version__}})
+        params = self._with_meta(params)
+        started = time.monotonic()
+        slot = [threading.Event(), None, started]
+
+        def deadline():
+            return min(slot[2] + timeout, started + MCP_MAX_CALL)
+
+        def progressed(text):
+            slot[2] = time.monotonic()
+            on_progress(text)
+
         if on_progress is not None:
             params["_meta"] = dict(params.get("_meta") or {}, progressToken=id)
-        slot = [threading.Event(), None, time.monotonic()]
         with self._lock:
             self._pending[id] = slot
             if on_progress is not None:
-                self._progress[id] = lambda text: (slot.__setitem__(2, time.monotonic()),
-                                                   on_progress(text))
-        started = time.monotonic()
+                self._progress[id] = progressed
         try:
             try:
                 self._send({"jsonrpc": "2.0", "id": id, "method": method, "params": params},
-                           timeout)
+                           timeout, deadline)
             except McpError as exc:
                 if exc.code == "timeout":   # (over HTTP the answer streams in _send)
-                    self._cancel(id, str(exc))
-                    raise McpError("%s; the call was cancelled" % exc, code="timeout") from None
+                    raise self._timed_out(id, timeout, started) from None
                 raise
             while not slot[0].wait(0.1):
-                now = time.monotonic()
+                if self._asks and threading.current_thread() is threading.main_thread():
+                    self._answer(self._asks.pop(0))
+                    slot[2] = time.monotonic()   # the user's time is not the server's
+                    continue
                 if self.state in ("failed", "stopped"):
                     raise McpError("the MCP server %s failed: %s" % (
                         self.spec.name, self.error or "it stopped"), code="stopped")
-                if now - slot[2] > timeout or now - started > MCP_MAX_CALL:
-                    self._cancel(id, "no answer within %gs" % timeout)
-                    raise McpError("no answer within %gs; the call was cancelled" % timeout,
-                                   code="timeout")
+                if time.monotonic() > deadline():
+                    raise self._timed_out(id, timeout, started)
         except KeyboardInterrupt:
             self._cancel(id, "the user pressed Ctrl-C")
             raise
@@ -4530,12 +4934,70 @@ class McpServer:
                 self._pending.pop(id, None)
                 self._progress.pop(id, None)
         message = slot[1]
-        error = message.get("error")
-        if error is not None:
-            words = error.get("message") if isinstance(error, dict) else error
-            raise McpError(_one_line(str(words))[:500],
-                           code=error.get("code") if isinstance(error, dict) else None)
-        return message.get("result")
+        if "error" in message:
+            error = message["error"]
+            raise McpError(_one_line(error.get("message") or "it reported an error")[:500],
+                           code=error.get("code"))
+        return message["result"]
+
+    def _with_meta(self, params):
+        """params, with the version and capabilities every 2026-07-28 request carries."""
+        params = dict(params)
+        if self.version == MCP_MODERN:
+            params["_meta"] = dict(params.get("_meta") or {}, **{
+                "io.modelcontextprotocol/protocolVersion": MCP_MODERN,
+                "io.modelcontextprotocol/clientCapabilities": self._capabilities(),
+                "io.modelcontextprotocol/clientInfo": {"name": "chat.py", "version": __version__}})
+        return params
+
+    def _capabilities(self):
+        """What chat.py offers a server: the roots, if it has any; elicitation
+        (in form and URL mode), declined where nobody can be asked."""
+        offered = {"elicitation": {"form": {}, "url": {}}}
+        if self.roots:
+            offered["roots"] = {"listChanged": False} if self.version != MCP_MODERN else {}
+        return offered
+
+    def _roots(self):
+        """The ListRootsResult: each root folder as a file:// URI."""
+        return {"roots": [{"uri": "file://" + urllib.parse.quote(os.path.abspath(folder)),
+                           "name": os.path.basename(os.path.abspath(folder)) or "/"}
+                          for folder in self.roots]}
+
+    def _input(self, method, params):
+        """The result of what a server asks of the client (roots/list,
+        elicitation/create), or None if chat.py does not offer it."""
+        if method == "roots/list" and self.roots:
+            return self._roots()
+        if method == "elicitation/create":
+            request = conform(params, ELICIT_SHAPE, [])
+            if self.elicit is None or request is _WRONG:
+                return {"action": "decline"}
+            return self.elicit(self.spec.name, request)
+        return None
+
+    def _listen(self):
+        """Hear the server's list changes: over HTTP on a stream of their own
+        (see _Http.listen); over stdio they come with everything else, once a
+        2026-07-28 server is asked for them (subscriptions/listen, whose
+        answer, if any, comes only when the server ends it)."""
+        listen = None
+        if self.version == MCP_MODERN:
+            listen = {"jsonrpc": "2.0", "id": next(self._ids), "method": "subscriptions/listen",
+                      "params": self._with_meta({"notifications": {"toolsListChanged": True}})}
+        if isinstance(self._transport, _Http):
+            self._transport.listen(listen)
+        elif listen is not None:
+            self._send(listen)
+
+    def _timed_out(self, id, timeout, started):
+        """The McpError for a request given up, the server told."""
+        if time.monotonic() - started >= MCP_MAX_CALL:
+            why = "it ran past %d minutes" % (MCP_MAX_CALL // 60)
+        else:
+            why = "no answer within %gs" % timeout
+        self._cancel(id, why)
+        return McpError("%s; the call was cancelled" % why, code="timeout")
 
     def notify_server(self, method, params=None):
         message = {"jsonrpc": "2.0", "method": method}
@@ -4543,10 +5005,11 @@ class McpServer:
             message["params"] = params
         self._send(message)
 
-    def _send(self, message, timeout=None):
-        if self._transport is None or self.state == "stopped":
+    def _send(self, message, timeout=None, deadline=None):
+        transport = self._transport
+        if transport is None or self.state == "stopped":
             raise McpError("the server is not running", code="stopped")
-        self._transport.send(message, timeout)
+        transport.send(message, timeout, deadline)
 
     def _cancel(self, id, reason):
         try:
@@ -4554,79 +5017,259 @@ class McpServer:
         except McpError:
             pass
 
-    def _dispatch(self, message):
-        """A message from the server: an answer, a notification, or a request."""
-        if not isinstance(message, dict):
-            return self._broken("it sent a message that is not a JSON object")
-        if "method" not in message:   # an answer to one of ours
+    def _dispatch(self, value):
+        """A message from the server: an answer, a notification, or a request;
+        one that is none of these (or a part of it that has the wrong type)
+        is left out, and said once."""
+        dropped = []
+        found = jsonrpc_message(value, dropped)
+        kind, message = found or (None, None)
+        method = message.get("method") if message else None
+        if method == "notifications/progress":
+            message["params"] = conform(message.get("params", {}), PROGRESS_SHAPE, dropped,
+                                        ".params")
+        if dropped and not self._misshapen:
+            self._misshapen = True
+            self.notify("MCP server %s sent what chat.py cannot read; left out: %s" % (
+                self.spec.name, ", ".join(_one_line(d)[:80] for d in dropped[:3])))
+        if kind == "answer":
             with self._lock:
-                slot = self._pending.get(message.get("id"))
+                slot = self._pending.get(message["id"])
             if slot is not None:
                 slot[1] = message
                 slot[0].set()
-            return
-        method, params = message.get("method"), message.get("params")
-        params = params if isinstance(params, dict) else {}
-        if "id" in message:   # the server asks: ping is answered, the rest refused
-            answer = {"jsonrpc": "2.0", "id": message["id"]}
-            if method == "ping":
-                answer["result"] = {}
-            else:
-                answer["error"] = {"code": -32601, "message": "chat.py does not offer %s"
-                                   % _one_line(str(method))[:60]}
-            try:
-                self._send(answer)
-            except McpError:
-                pass
+        elif kind == "request" and method == "elicitation/create" and \
+                threading.current_thread() is not threading.main_thread():
+            self._asks.append(message)   # asked by the thread that waits for the answer
+        elif kind == "request":
+            self._answer(message)
         elif method == "notifications/tools/list_changed":
             self.stale = True
         elif method == "notifications/progress":
             with self._lock:
-                on_progress = self._progress.get(params.get("progressToken"))
+                on_progress = self._progress.get(message["params"].get("progressToken"))
             if on_progress is not None:
-                on_progress(sanitize(_progress_text(params)))
+                on_progress(sanitize(_progress_text(message["params"])))
 
-    def _broken(self, why):
-        self._fail(why)   # (whoever waits for an answer sees the state within 0.1 s)
+    def _answer(self, message):
+        """Answer a server's request: ping, and what _input offers; the rest refused."""
+        answer = {"jsonrpc": "2.0", "id": message["id"]}
+        result = {} if message["method"] == "ping" else self._input(
+            message["method"], message.get("params") or {})
+        if result is not None:
+            answer["result"] = result
+        else:
+            answer["error"] = {"code": -32601, "message": "chat.py does not offer %s"
+                               % _one_line(message["method"])[:60]}
+        try:
+            self._send(answer)
+        except McpError:
+            pass
 
     def _fail(self, why):
         if self.state in ("failed", "stopped"):
             return
-        self.state, self.error = "failed", why
+        self.state, self.error, self.failed_at = "failed", why, time.monotonic()
         self.notify("MCP server %s failed: %s" % (self.spec.name, why))
 
+    def late(self):
+        """Say that the server is not ready within its startup timeout, and why
+        that may be: its program's last words, or its silence."""
+        transport = self._transport
+        words = transport.words("; its last words: ") if transport is not None else ""
+        self.notify("MCP server %s is not ready after %gs; going on without it%s" % (
+            self.spec.name, self.startup_timeout,
+            words or (" (it has said nothing on stderr)" if not self.spec.url else "")))
+
+    def can_restart(self):
+        """Whether a server that died may start again: one that was ready once,
+        at most MAX_MCP_RESTARTS times a session."""
+        return self.state == "failed" and bool(self.tools) and self.restarts < MAX_MCP_RESTARTS
+
+    def restart(self, on_wait):
+        """Start a server that died again, MCP_RESTART_DELAY after its death
+        (doubled at each restart), waiting at most startup_timeout; said once."""
+        what = "restarting MCP server %s" % self.spec.name
+        until = self.failed_at + MCP_RESTART_DELAY * 2 ** self.restarts
+        if until > time.monotonic():
+            on_wait(what, until=until)
+            time.sleep(max(until - time.monotonic(), 0))
+        self.restarts += 1
+        self.close()
+        on_wait(what)
+        self.start()
+        self.ready.wait(self.startup_timeout)
+        if self.state == "ready":
+            self.notify("MCP server %s restarted (%d of %d)" % (
+                self.spec.name, self.restarts, MAX_MCP_RESTARTS))
+        elif self.state == "starting":
+            self._fail("it did not start again within %gs" % self.startup_timeout)
+
     def call(self, tool, arguments, *, timeout, on_progress):
-        """Call tool; the result (a dict), or McpError.  A server that died is
-        started once more, the first time its tool is called after."""
-        if self.state == "failed" and not self._restarted and self._transport is not None:
-            self._restarted = True
-            self.close()
-            self.state, self.error = "starting", None
-            self.ready.clear()
-            self._start()
+        """Call tool; the result (a dict), or McpError.  A 2026-07-28 server
+        that needs input first answers with what it needs (roots, a form):
+        the call is sent again with the answers, MAX_MCP_ROUNDS times at most."""
         if self.state != "ready":
             raise McpError("the MCP server %s is %s%s" % (
                 self.spec.name, self.state, ": %s" % self.error if self.error else ""))
-        return self.request("tools/call", {"name": tool, "arguments": arguments},
-                            timeout=timeout, on_progress=on_progress)
+        params = {"name": tool, "arguments": arguments}
+        for attempt in range(MAX_MCP_ROUNDS):
+            try:
+                result = self.request("tools/call", params, timeout=timeout,
+                                      on_progress=on_progress)
+            except McpError as exc:
+                if exc.code != -32020 or attempt:   # HeaderMismatch: list again, try once more
+                    raise
+                self.list_tools()
+                result = self.request("tools/call", params, timeout=timeout,
+                                      on_progress=on_progress)
+            needs = conform(result, INPUT_REQUIRED_SHAPE, [])
+            if needs.get("resultType") != "input_required":
+                return result
+            params = {"name": tool, "arguments": arguments, "inputResponses": {
+                key: self._input(asked.get("method"), asked.get("params") or {}) or {}
+                for key, asked in (needs.get("inputRequests") or {}).items()
+                if isinstance(asked, dict) and isinstance(asked.get("params", {}), dict)}}
+            if "requestState" in needs:
+                params["requestState"] = needs["requestState"]
+        raise McpError("it asked for input more than %d times in one call" % MAX_MCP_ROUNDS)
 
     def close(self):
         if self.state != "failed":
             self.state = "stopped"   # (first: its exit is no failure to report)
         transport, self._transport = self._transport, None
+        self._generation += 1
         if transport is not None:
             transport.close()
 
 
+def _texts(value):
+    """value if it is a list, else an empty one (for `in` tests)."""
+    return value if isinstance(value, list) else []
+
+
 def _progress_text(params):
-    """A progress notification in a few words: its message, or progress of total."""
+    """A progress notification (conformed to PROGRESS_SHAPE) in a few words:
+    its message, or progress of total."""
     message = params.get("message")
-    if isinstance(message, str) and message.strip():
+    if message and message.strip():
         return _one_line(message)[:80]
     progress, total = params.get("progress"), params.get("total")
-    if _is_number(progress) and _is_number(total) and total:
+    if progress is not None and total:
         return "%d%%" % (100 * progress / total)
-    return "%s done" % progress if _is_number(progress) else ""
+    return "%s done" % progress if progress is not None else ""
+
+
+def ask_elicitation(server, request):
+    """Ask the user on the controlling terminal what the MCP server asks
+    (elicitation/create, conformed to ELICIT_SHAPE): in form mode whether to
+    answer, then each field of its flat schema in turn; in URL mode whether
+    they will visit the URL, which is shown, never opened.  The ElicitResult:
+    accept (with the form's content), decline, or cancel (Ctrl-D); decline
+    where there is no terminal, or a form chat.py cannot ask.  Like
+    ask_consent it never reads stdin and drops what was typed before the
+    question; Ctrl-C raises KeyboardInterrupt."""
+    schema = request.get("requestedSchema") or {}
+    fields = schema.get("properties") or {}
+    if request.get("mode") == "url" and not request.get("url"):
+        return {"action": "decline"}
+    if len(fields) > MAX_MCP_FIELDS or not all(
+            isinstance(f, dict) and f.get("type") in _FIELD_TYPES for f in fields.values()):
+        return {"action": "decline"}   # (the spec's forms are flat: primitives only)
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | getattr(os, "O_NOCTTY", 0))
+    except OSError:
+        return {"action": "decline"}
+    try:
+        _discard_typeahead(fd)
+        words = _one_line(request.get("message") or "")[:2000]
+        if request.get("mode") == "url":
+            _write_tty(fd, "chat.py: the MCP server %s asks you to visit %s\n  %s\nchat.py: "
+                       "will you (chat.py opens nothing)? [y/N] "
+                       % (server, _one_line(request["url"])[:2000], words))
+        else:
+            _write_tty(fd, "chat.py: the MCP server %s asks: %s\nchat.py: answer it (%d "
+                       "fields)? [y/N] " % (server, words, len(fields)))
+        answer = _read_tty_answer(fd)
+        if answer is None:
+            return {"action": "cancel"}
+        if answer.lower() not in ("y", "yes"):
+            return {"action": "decline"}
+        if request.get("mode") == "url":
+            return {"action": "accept"}
+        content = {}
+        required = schema.get("required") or []
+        for name, field in fields.items():
+            value = _ask_field(fd, name, field, name in required)
+            if value is _WRONG:
+                return {"action": "cancel"}
+            if value is not None:
+                content[name] = value
+        return {"action": "accept", "content": content}
+    finally:
+        os.close(fd)
+
+
+_FIELD_TYPES = {"string": str, "number": float, "integer": int, "boolean": None}
+
+
+def _ask_field(fd, name, field, required):
+    """One field of a form, typed until it fits its type (or enum); None
+    for an optional field left empty, _WRONG for Ctrl-D."""
+    kind, choices = field["type"], field.get("enum")
+    title = field.get("title") if isinstance(field.get("title"), str) else name
+    shown = "  %s%s%s%s: " % (
+        _one_line(title)[:200],
+        " (%s)" % _one_line(field["description"])[:500] if isinstance(
+            field.get("description"), str) else "",
+        " [one of: %s]" % ", ".join(_one_line(str(c))[:60] for c in choices[:20])
+        if isinstance(choices, list) else " [y/n]" if kind == "boolean" else "",
+        " [%s]" % _one_line(str(field["default"]))[:200] if "default" in field else "")
+    while True:
+        _write_tty(fd, shown)
+        text = _read_tty_answer(fd)
+        if text is None:
+            return _WRONG
+        if not text:
+            if "default" in field:
+                return field["default"]
+            if not required:
+                return None
+            _write_tty(fd, "  (this one is needed)\n")
+            continue
+        value = _field_value(kind, text)
+        if value is not None and (not isinstance(choices, list) or value in choices):
+            return value
+        _write_tty(fd, "  (%s, please)\n" % ("one of the choices" if value is not None else
+                                            "a %s" % kind if kind != "boolean" else "y or n"))
+
+
+def _field_value(kind, text):
+    """text as a value of a form field's type, or None if it is not one."""
+    if kind == "boolean":
+        return {"y": True, "yes": True, "true": True, "n": False, "no": False,
+                "false": False}.get(text.lower())
+    if kind == "string":
+        return text
+    try:
+        value = _FIELD_TYPES[kind](text) if len(text) < 100 else None
+    except ValueError:
+        return None
+    return value if value is None or kind == "integer" or math.isfinite(value) else None
+
+
+def _read_tty_answer(fd):
+    """One line typed on the terminal fd, stripped; None for Ctrl-D."""
+    data = os.read(fd, 4096)
+    if not data.endswith(b"\n"):
+        os.write(fd, b"\n")
+    return data.decode("utf-8", "replace").strip() if data else None
+
+
+def _base64_size(data):
+    """The size of what base64 text data decodes to (without decoding it)."""
+    data = data.strip()
+    return len(data) * 3 // 4 - (len(data) - len(data.rstrip("=")))
 
 
 def mcp_result(result):
@@ -4635,7 +5278,7 @@ def mcp_result(result):
     no text; a resource link is a line with its name and URI; an embedded
     text resource is its text; an image is an image part (a tool message
     carries only text); audio and binary resources are described by type
-    and size; isError marks the text as an error."""
+    and decoded size; isError marks the text as an error."""
     if not isinstance(result, dict):
         return "error: the MCP server's result is not an object", []
     texts, parts = [], []
@@ -4658,11 +5301,11 @@ def mcp_result(result):
                 texts.append(resource["text"])
             else:
                 texts.append("[a %s resource of %d bytes: %s]" % (
-                    resource.get("mimeType") or "binary", len(str(resource.get("blob") or ""))
-                    * 3 // 4, resource.get("uri")))
+                    resource.get("mimeType") or "binary",
+                    _base64_size(str(resource.get("blob") or "")), resource.get("uri")))
         elif kind == "audio":
             texts.append("[%s audio of %d bytes]" % (item.get("mimeType") or "some",
-                                                      len(str(item.get("data") or "")) * 3 // 4))
+                                                      _base64_size(str(item.get("data") or ""))))
     if not texts and "structuredContent" in result:
         texts.append(json.dumps(result["structuredContent"], ensure_ascii=False))
     text = "\n".join(texts)
@@ -4688,30 +5331,84 @@ def mcp_tool_name(server, tool, taken):
 
 class McpTools:
     """The tools of every MCP server, as function tools for the model, named
-    SERVER__TOOL and mapped back exactly; calls go to their server."""
+    SERVER__TOOL and mapped back exactly; calls go to their server.
 
-    def __init__(self, specs, *, log_folder, notify, proxies=None, environ=None):
-        self.servers = [McpServer(spec, log_folder=log_folder, notify=notify, proxies=proxies,
-                                  environ=environ) for spec in specs]
+    notify(text) hears what the servers have to say, at the points chat.py
+    writes anyway (as a turn begins, after a call), never while the prompt
+    waits; on_wait(what, until=None, progress=None) hears what a turn waits
+    for (a server starting, a call running) and None when done;
+    startup_timeout: seconds a turn waits for a server that is starting,
+    counted from its start, unless its config says otherwise.  roots: the
+    folders servers are told they may work in (roots/list); elicit(server,
+    request): the ElicitResult for what a server asks the user (see
+    ask_elicitation; None: every such request is declined)."""
+
+    def __init__(self, specs, *, log_folder, notify, on_wait=None, proxies=None, environ=None,
+                 startup_timeout=MCP_STARTUP_TIMEOUT, roots=(), elicit=None):
+        self.notify = notify
+        self.on_wait = on_wait or (lambda what, **details: None)
+        self._notices = []
+        self._notices_lock = threading.Lock()
+        self.servers = [McpServer(spec, log_folder=log_folder, notify=self._keep, proxies=proxies,
+                                  environ=environ, startup_timeout=startup_timeout, roots=roots,
+                                  elicit=elicit and self._asking(elicit))
+                        for spec in specs]
         self.names = {}   # the name the model sees -> (server, the tool's own name)
+        self._late = set()   # (server, its start) said to be late
+
+    def _keep(self, text):
+        with self._notices_lock:
+            self._notices.append(text)
+
+    def _asking(self, elicit):
+        """elicit, with the status line cleared and the notices said first."""
+        def ask(server, request):
+            self.on_wait(None)
+            self.say()
+            return elicit(server, request)
+        return ask
+
+    def say(self):
+        """Say what the servers had to say, in the order it came."""
+        with self._notices_lock:
+            notices, self._notices = self._notices, []
+        for text in notices:
+            self.notify(text)
 
     def start(self):
-        """Start every server at once, each in a thread: the chat does not wait."""
+        """Start every server at once, each in a thread: nothing waits for them here."""
         for server in self.servers:
             server.start()
 
+    def wait_for_servers(self):
+        """Wait for the servers still starting, each until its startup timeout
+        from its start (on the status line); the late ones are said once, and
+        join when they are ready."""
+        for server in self.servers:
+            if server.state != "starting" or server.started is None:
+                continue
+            left = server.started + server.startup_timeout - time.monotonic()
+            if left > 0:
+                self.on_wait("starting MCP server %s" % server.spec.name)
+                server.ready.wait(left)
+            if not server.ready.is_set() and (server, server.started) not in self._late:
+                self._late.add((server, server.started))
+                server.late()
+        self.on_wait(None)
+
     def definitions(self):
-        """The function tools to offer now: servers still starting are waited
-        for (up to MCP_START_WAIT), and tools re-listed after list_changed."""
+        """The function tools to offer now: servers still starting waited for
+        (see wait_for_servers), tools re-listed after list_changed; the tools
+        of a server that died are offered while it may restart."""
+        self.wait_for_servers()
         offered, names = [], {}
         for server in self.servers:
-            server.ready.wait(MCP_START_WAIT)
             if server.state == "ready" and server.stale:
                 try:
                     server.list_tools()
                 except McpError as exc:
                     server.error = str(exc)
-            if server.state != "ready":
+            if server.state != "ready" and not server.can_restart():
                 continue
             for tool in server.tools:
                 name = mcp_tool_name(server.spec.name, tool["name"], names)
@@ -4722,6 +5419,7 @@ class McpTools:
                     function["description"] = tool["description"]
                 offered.append({"type": "function", "function": function})
         self.names = names
+        self.say()
         return offered
 
     def owns(self, name):
@@ -4733,27 +5431,32 @@ class McpTools:
                                                      _shown_name(server.spec.name))
 
     def call(self, name, arguments, timeout, on_wait):
-        """Call the tool the model knows as name; (text, parts) for the model."""
+        """Call the tool the model knows as name; (text, parts) for the model.
+        Ctrl-C cancels the call and goes on up, to end the turn."""
         server, tool = self.names[name]
         label = "running %s" % name
         try:
+            if server.can_restart():   # it died: its tools were offered for this
+                server.restart(on_wait)
+                on_wait(label)
             result = server.call(tool, parse_json(arguments or "{}"), timeout=timeout,
                                  on_progress=lambda text: on_wait(label, progress=text or None))
         except McpError as exc:
             if exc.code == "timeout":
                 return "error: cancelled: %s" % exc
             return "error: %s" % exc
-        except KeyboardInterrupt:
-            return "error: cancelled by the user"
+        finally:
+            self.say()
         return mcp_result(result)
 
     def describe_tools(self):
-        """Lines for /tools: each tool the model may call, its server and state."""
+        """Lines for /tools: each tool as the model knows it, its own name,
+        its server and the server's state."""
         lines = []
+        for name, (server, tool) in sorted(self.names.items()):
+            lines.append("  %-30s %s of %s (%s)" % (name, tool, server.spec.name, server.state))
         for server in self.servers:
-            for tool in server.tools:
-                lines.append("  %-30s %s (%s)" % (tool["name"], server.spec.name, server.state))
-            if not server.tools:
+            if not any(s is server for s, _ in self.names.values()):
                 lines.append("  %-30s %s (%s)" % ("(none)", server.spec.name, server.state))
         return lines
 
@@ -5589,6 +6292,7 @@ CONFIG_KEYS = {
     "color": (_config_bool, "true or false"),
     "status": (_config_bool, "true or false"),
     "mcp": (_config_mcp, "MCP config files separated by spaces, or NAME=COMMAND, one a line"),
+    "roots": (shlex.split, "the folders MCP servers are told to work in, separated by spaces"),
 }
 
 
@@ -5699,13 +6403,13 @@ def config_path(args, environ):
 
 Settings = namedtuple("Settings", "base_url api_key organization project headers proxies "
                       "timeout retries model system system_role params log markdown color "
-                      "status mcp key_origin profile withheld secrets")
+                      "status mcp roots key_origin profile withheld secrets")
 Settings.__doc__ = """Every setting, resolved: what the Client, the Chat and the display take.
 The api_key belongs to key_origin (scheme://host:port) and goes nowhere
 else; profile: the config profile in use (or None); withheld: what was
 left behind because it belongs to another endpoint (words for the notice,
-or None); mcp: the McpSpecs; secrets: every secret the run knows, for the
-one Redactor."""
+or None); mcp: the McpSpecs; roots: the folders MCP servers are told of;
+secrets: every secret the run knows, for the one Redactor."""
 
 
 def _settings(args, environ):
@@ -5757,6 +6461,8 @@ def _settings(args, environ):
         color=not args.no_color and pick(None, "color", default=True),
         status=not args.quiet and pick(None, "status", default=True),
         mcp=mcp, profile=profile_name, withheld=withheld,
+        roots=[os.path.join(os.path.dirname(os.path.abspath(path)), os.path.expanduser(root))
+               for root in pick(None, "roots", default=[])],
         secrets=_secrets(api_key, base_url, base.get("headers", []) + headers, mcp)
         + [environ.get(name, "").strip() for name in sorted(variables)]
         + _proxy_secrets(environ))
@@ -5967,6 +6673,7 @@ def _parser():
     add("--tool-description", action="append", default=[], metavar="NAME=TEXT")
     add("--mcp", action="append", default=[])
     add("--no-mcp", action="store_true")
+    add("--mcp-startup-timeout", type=float, default=MCP_STARTUP_TIMEOUT)
     add("--yes", action="store_true")
     add("--max-tool-rounds", type=int, default=DEFAULT_TOOL_ROUNDS)
     add("--tool-timeout", type=float, default=DEFAULT_TOOL_TIMEOUT)
@@ -6239,7 +6946,7 @@ def _run_with(client, args, settings, stdin, out, err, environ):
         return 0
     flags = _request_params(args)
     commands = _command_tools(args)
-    mcp = _mcp_tools(settings, environ, notify)
+    mcp = _mcp_tools(settings, args, environ, notify, err.status and err.status.wait)
 
     def more_tools():   # the commands no request field defines, and the MCP servers' tools
         defined = tool_names(chat.params)
@@ -6256,15 +6963,22 @@ def _run_with(client, args, settings, stdin, out, err, environ):
             mcp.close()
 
 
-def _mcp_tools(settings, environ, notify):
-    """The MCP servers the settings name, started (each in its own thread), or None."""
+def _mcp_tools(settings, args, environ, notify, on_wait):
+    """The MCP servers the settings name, started (each in its own thread), or
+    None; one whose entry chat.py cannot use is said and skipped."""
     specs = settings.mcp
-    if not specs:
-        return None
     for spec in specs:
+        if spec.problem:
+            notify("%s; that server is skipped" % spec.problem)
         for variable in spec.blanked:   # named, never its value
             notify("MCP server %s: ${%s} is left empty: chat.py's key goes only to the API "
                    "(a stdio server may be given it in its \"env\")" % (spec.name, variable))
+    specs = [spec for spec in specs if not spec.problem]
+    if not specs:
+        return None
+    if not 0 < args.mcp_startup_timeout <= MAX_TIMEOUT:
+        raise UsageError("--mcp-startup-timeout must be above 0 and at most %d seconds"
+                         % MAX_TIMEOUT)
     names = [spec.name for spec in specs]
     if len(set(names)) != len(names):
         raise UsageError("two MCP servers are named %s; each needs a name of its own"
@@ -6274,9 +6988,12 @@ def _mcp_tools(settings, environ, notify):
         private_folder(folder)
     except OSError as exc:
         raise OutputError("cannot make %s: %s" % (folder, exc.strerror)) from None
-    mcp = McpTools(specs, log_folder=folder, notify=notify,   # (each server's own proxies)
+    mcp = McpTools(specs, log_folder=folder, notify=notify, on_wait=on_wait,
                    proxies=lambda url: proxies_for(urlsplit(url).hostname, environ),
-                   environ=mcp_environment(environ, settings.secrets))
+                   environ=mcp_environment(environ, settings.secrets),
+                   startup_timeout=args.mcp_startup_timeout,
+                   roots=settings.roots or [os.getcwd()],
+                   elicit=None if args.yes else ask_elicitation)
     mcp.start()
     return mcp
 
@@ -6831,8 +7548,11 @@ Tools:
                         {NAME: {"type", ...}}}, with ${VAR}, ${VAR:-default}
                         and ${env:VAR} expanded, but chat.py's key variables
                         (OPENAI_API_KEY, api_key_env's) left empty, with a
-                        notice, in a url or headers.  A config's file names
-                        and relative commands are taken from its folder.  A
+                        notice, in a url or headers ("type": "sse": the
+                        2024-11-05 HTTP+SSE transport).  A config's file
+                        names and relative commands are taken from its
+                        folder.  An entry with "disabled": true is skipped,
+                        one chat.py cannot use is skipped with a notice.  A
                         stdio server starts with the environment less
                         chat.py's secrets (its key's variables, proxy
                         passwords), plus its env; a server's tokens are
@@ -6841,8 +7561,20 @@ Tools:
                         for as a --tool-exec command is (a allows that tool of
                         that server, by its name and command or URL, for the
                         session), bounded by --tool-timeout (progress
-                        extends it, to 30 minutes at most); a server's stderr
-                        goes to $XDG_STATE_HOME/chat.py/mcp-NAME.log
+                        extends it, to 30 minutes at most; Ctrl-C cancels it
+                        and ends the turn); a server that dies is restarted
+                        when its tool is next called (3 times at most); a
+                        server's stderr goes to $XDG_STATE_HOME/chat.py/
+                        mcp-NAME.log (kept under 1 MiB, the rest in .log.1).
+                        Servers are told the current folder as their root; a
+                        form a server asks for is asked on the terminal field
+                        by field (declined under --yes); a URL it asks you to
+                        visit is shown, never opened; roots = in the config
+                        names other folders (relative: to the config's)
+  --mcp-startup-timeout SECONDS   how long a turn waits for MCP servers still
+                        starting, from their start (default 10; a server's
+                        own "startup_timeout" in the JSON wins); the late
+                        ones join when ready, each named with its last words
   --no-mcp              start no MCP server this time
   --yes                 run --tool-exec commands and MCP tools without asking
   --tool-timeout SECONDS   how long a command may run (default 60)
@@ -6891,11 +7623,13 @@ The config file:
   first output line is the key, e.g. from a password manager), api_key,
   organization, project, headers (lines of 'Name: value'), system,
   system_role, params (a JSON object of request fields), timeout, retries,
-  log, markdown, color, status, mcp.  Precedence: flags, then the chosen profile, then
-  the OPENAI_* variables, then [default], then the built-in defaults.  An
-  unknown profile or key, or a value that fails its check, is a usage error
-  naming the file, the section and the key; a file holding a key (api_key,
-  or a credential header) that others can read is refused until chmod 600.
+  log, markdown, color, status, mcp, roots (the folders MCP servers are told
+  to work in; otherwise the current folder).  Precedence: flags, then the
+  chosen profile, then the OPENAI_* variables, then [default], then the
+  built-in defaults.  An unknown profile or key, or a value that fails its
+  check, is a usage error naming the file, the section and the key; a file
+  holding a key (api_key, or a credential header) that others can read is
+  refused until chmod 600.
     [default]
     model = gpt-4o-mini
     [local]

@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 import wave
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -5054,19 +5055,15 @@ def test_mcp_configs_people_already_have(tmp_path):
     assert (inline.name, inline.command, inline.args) == (
         "time", "uvx", ["mcp-server-time", "--local-timezone=UTC"])
     assert chat.mcp_specs("web=https://x.example/mcp", {})[0].url == "https://x.example/mcp"
-    for bad, words in (("nothing-like-a-file", "is neither"),
-                       ('{"mcpServers": {"s": {"args": []}}}', "needs a \"command\"")):
-        path = tmp_path / "bad.json"
-        if bad.startswith("{"):
-            path.write_text(bad)
-            bad = str(path)
-        with pytest.raises(chat.UsageError, match=re.escape(words)):
-            chat.mcp_specs(bad, {})
+    with pytest.raises(chat.UsageError, match="is neither"):
+        chat.mcp_specs("nothing-like-a-file", {})
+    bad = tmp_path / "bad.json"   # an entry it cannot use: skipped, with its problem
+    bad.write_text('{"mcpServers": {"s": {"args": []}}}')
+    assert 'needs a "command"' in chat.mcp_specs(str(bad), {})[0].problem
     clear = tmp_path / "clear.json"
     clear.write_text(json.dumps({"mcpServers": {"d": {"url": "http://10.1.2.3/mcp",
                                                       "headers": {"Authorization": "Bearer x"}}}}))
-    with pytest.raises(chat.UsageError, match="refusing to send credentials in clear text"):
-        chat.mcp_specs(str(clear), {})
+    assert "refusing to send credentials in clear text" in chat.mcp_specs(str(clear), {})[0].problem
 
 
 def test_mcp_tool_names_follow_the_apis_rules_and_map_back():
@@ -5204,7 +5201,8 @@ def test_an_mcp_tool_answers_through_chat_py(server, tmp_path):
 
 @pytest.mark.parametrize("tool,result", [
     ("hostile__silent", "error: cancelled: no answer within 1s; the call was cancelled"),
-    ("hostile__die", "error: the MCP server hostile failed: it exited (status 3)"),
+    ("hostile__die", "error: the MCP server hostile failed: it exited (status 3): starting up: "
+                     "this noise is only logging"),   # its last words on stderr
     ("hostile__garbage", "error: the MCP server hostile failed: it wrote something that "
                          "is not JSON-RPC on stdout: this is not JSON-RPC"),
 ])
@@ -5582,6 +5580,8 @@ def mcp_over_http(answers):
     result (or to ("error", message)); notifications get 202."""
     def answer(request):
         message = request["body"]
+        if request["method"] != "POST":   # no stream of its own to listen to
+            return Reply(b"", status=405, headers={})
         if "id" not in message:
             return Reply(b"", status=202, headers={})
         result = answers.get(message["method"], ("error", "no"))
@@ -5614,7 +5614,7 @@ def test_chat_py_key_variables_never_expand_into_an_http_mcp_servers_url_or_head
                                     env={"OPENAI_API_KEY": key, "TEAM": "blue"})
         assert (status, out) == (0, "fine\n")
         assert len(mcp.requests) >= 3 and all(
-            key not in json.dumps(r) for r in mcp.requests)   # path, headers, body
+            key not in json.dumps(r, default=repr) for r in mcp.requests)   # path, headers, body
         assert mcp.requests[0]["path"] == "/v1?key=&team=blue"
         assert mcp.requests[0]["headers"]["x-team"] == "blue"
         assert server.requests[0]["headers"]["authorization"] == "Bearer " + key
@@ -5694,13 +5694,17 @@ for line in sys.stdin:
     method, id = message.get("method"), message.get("id")
     if method == "initialize":
         send({"jsonrpc": "2.0", "id": id, "result": {"protocolVersion": "2025-06-18",
-                                                     "capabilities": {}}})
+                                                     "capabilities": {"tools": {
+                                                         "listChanged": True}}}})
     elif method == "tools/list":
         send({"jsonrpc": "2.0", "id": id, "result": {"tools": [
             {"name": name, "inputSchema": {"type": "object"}} for name in TOOLS]}})
     elif method == "tools/call":
         if message["params"]["name"] == "die":
             os._exit(3)
+        if message["params"]["name"] == "drop":   # its first tool goes away
+            TOOLS.pop(0)
+            send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
         send({"jsonrpc": "2.0", "id": id, "result": {"content": [{"type": "text", "text":
               "ran %s of %s" % (message["params"]["name"], os.environ["SERVER"])}]}})
     elif id is not None:
@@ -5721,8 +5725,9 @@ def named_mcp(tmp_path, servers):
 
 def test_allow_for_the_session_is_bound_to_the_server_and_its_tool_not_the_models_name(
         server, tmp_path):
-    config = named_mcp(tmp_path, {"a": ["b__c", "die"], "a__b": ["c"]})
-    server.add(*calling("a__b__c"), *calling("a__die"), *calling("a__b__c"))
+    # Once a's b__c is gone, a__b's tool c takes the name a__b__c.
+    config = named_mcp(tmp_path, {"a": ["b__c", "drop"], "a__b": ["c"]})
+    server.add(*calling("a__b__c"), *calling("a__drop"), *calling("a__b__c"))
     said = rb"The tool said[^\n]*\n[\s\S]*> "
     status, data = on_terminal(server, "--mcp", config, keys=[
         (rb"> ", b"one\r"), (rb"\[y/N/a\] ", b"a\r"), (said, b"two\r"),
@@ -6293,3 +6298,952 @@ def test_a_reader_that_stops_reading_leaves_no_status_line(server):
     reader.join()
     assert status == 0 and b"receiving the reply" in data
     assert "receiving" not in "\n".join(screen_of(data).display)   # erased as it ended
+
+
+# issue 27: MCP as people run it: every server message checked, every wait
+# bounded and visible, servers that come back, both eras over stdio and HTTP.
+# One scripted stdlib server (SCRIPTED_MCP), run over stdio as a process or
+# served over streamable HTTP by ScriptedHttpMcp, does what its plan says.
+# ---------------------------------------------------------------------------
+
+SCRIPTED_MCP = r'''
+import json, os, sys, time
+
+FORM = {"mode": "form", "message": "Who are you?", "requestedSchema": {
+    "type": "object", "properties": {"name": {"type": "string", "title": "Your name"},
+                                     "age": {"type": "integer"},
+                                     "fine": {"type": "boolean", "default": True}},
+    "required": ["name"]}}
+ASKS = {"where": ("roots/list", None), "form": ("elicitation/create", FORM),
+        "visit": ("elicitation/create", {"mode": "url", "message": "Sign in",
+                                         "url": "https://example.com/login",
+                                         "elicitationId": "e1"})}
+
+def respond(message, plan):
+    """What the server does for one message: a list of steps, each
+    ("send", message), ("raw", text), ("comment", text), ("sleep", seconds),
+    ("stderr", text), ("exit", status) or ("silent", None)."""
+    if not isinstance(message, dict) or "method" not in message:
+        return []
+    method, id = message["method"], message.get("id")
+    params = message.get("params") or {}
+    modern = plan.get("era") == "modern"
+
+    def answer(result):
+        return [("send", {"jsonrpc": "2.0", "id": id, "result": result})]
+
+    def error(code, text):
+        return [("send", {"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": text}})]
+
+    if id is None:
+        return []
+    if method == "server/discover":
+        if not modern:
+            return error(-32601, "Method not found")
+        return answer({"supportedVersions": ["2026-07-28"], "capabilities": {"tools": {}},
+                       "serverInfo": {"name": "scripted", "version": "1"}})
+    if modern and "io.modelcontextprotocol/protocolVersion" not in (params.get("_meta") or {}):
+        return error(-32602, "a 2026-07-28 request carries its version in _meta")
+    if method == "initialize":
+        return plan.get("initialize", []) + answer({
+            "protocolVersion": "2025-06-18", "capabilities": {"tools": {"listChanged": True}},
+            "serverInfo": {"name": "scripted"}})
+    if method == "tools/list":
+        names, size = plan.get("tools", ["echo"]), plan.get("page_size", 1000)
+        start = int(params.get("cursor") or 0)
+        schemas = plan.get("schemas", {})
+        page = {"tools": [{"name": n, "inputSchema": schemas.get(n, {"type": "object"})}
+                          for n in names[start:start + size]]}
+        if plan.get("endless_pages") or start + size < len(names):
+            page["nextCursor"] = str(start + size)
+        return answer(page)
+    if method == "subscriptions/listen":
+        return [("listen", id)]
+    if method == "tools/call" and params["name"] in ASKS:   # roots, a form, a URL
+        asked = {"method": ASKS[params["name"]][0]}
+        if ASKS[params["name"]][1]:
+            asked["params"] = ASKS[params["name"]][1]
+        if not modern:
+            return [("ask", dict(asked, jsonrpc="2.0", id="a1")), ("got", id)]
+        if "inputResponses" not in params:
+            return answer({"resultType": "input_required", "inputRequests": {"q": asked},
+                           "requestState": "state-1"})
+        text = json.dumps({"responses": params["inputResponses"],
+                           "state": params.get("requestState")})
+        return answer({"content": [{"type": "text", "text": text}]})
+    if method == "tools/call" and plan.get("insist"):   # input, again and again
+        return answer({"resultType": "input_required", "requestState": "again"})
+    if method == "tools/call" and plan.pop("mismatch_once", False):
+        return error(-32020, "HeaderMismatch: Mcp-Name does not match the body")
+    if method == "tools/call" and params["name"] == "add":   # a tool more, and word of it
+        plan["tools"] = plan.get("tools", ["echo"]) + ["new"]
+        return [("changed", None)] + answer({"content": [{"type": "text", "text": "added"}]})
+    if method == "tools/call":
+        token = (params.get("_meta") or {}).get("progressToken")
+        steps = []
+        for kind, value in plan.get("calls", {}).get(params["name"], []):
+            if kind == "progress":
+                value = {"jsonrpc": "2.0", "method": "notifications/progress",
+                         "params": dict(value, progressToken=token)}
+                kind = "send"
+            steps.append((kind, value))
+        text = "%s: %s" % (params["name"], json.dumps(params.get("arguments")))
+        return steps + answer({"content": [{"type": "text", "text": text}]})
+    return error(-32601, "Method not found")
+
+def got_answer(id, got):
+    """The answer to call id: what the client answered the server's request."""
+    return {"jsonrpc": "2.0", "id": id, "result": {"content": [
+        {"type": "text", "text": json.dumps(got.get("result", got.get("error")))}]}}
+
+def run_stdio(plan):
+    log = open(os.environ["MCP_LOG"], "a")
+    listening = plan.get("era") != "modern"   # (2026-07-28: only once asked to)
+    got = None
+    for line in sys.stdin:
+        log.write(line)
+        log.flush()
+        for kind, value in respond(json.loads(line), plan):
+            if kind == "send":
+                sys.stdout.write(json.dumps(value) + "\n")
+            elif kind == "raw":
+                sys.stdout.write(value + "\n")
+            elif kind == "comment":
+                sys.stdout.write("\n")
+            elif kind == "sleep":
+                sys.stdout.flush()
+                time.sleep(value)
+            elif kind == "stderr":
+                sys.stderr.write(value)
+                sys.stderr.flush()
+            elif kind == "exit":
+                sys.stdout.flush()
+                os._exit(value)
+            elif kind == "silent":
+                break
+            elif kind == "listen":
+                listening = True
+            elif kind == "ask":   # a request of the server's own; its answer comes on stdin
+                sys.stdout.write(json.dumps(value) + "\n")
+                sys.stdout.flush()
+                for line in sys.stdin:
+                    log.write(line)
+                    log.flush()
+                    got = json.loads(line)
+                    if got.get("id") == value["id"]:
+                        break
+            elif kind == "got":
+                sys.stdout.write(json.dumps(got_answer(value, got)) + "\n")
+            elif kind == "changed" and listening:
+                sys.stdout.write(json.dumps({"jsonrpc": "2.0",
+                                             "method": "notifications/tools/list_changed"}) + "\n")
+            sys.stdout.flush()
+
+if __name__ == "__main__":
+    run_stdio(json.load(open(os.environ["MCP_PLAN"])))
+'''
+_scripted = {}
+exec(SCRIPTED_MCP, _scripted)
+
+
+def scripted_mcp(tmp_path, plan, name="s", extra=None):
+    """(a --mcp config file for the scripted stdio server, the file it logs
+    what it got to)."""
+    script, log, plan_file = tmp_path / "scripted.py", tmp_path / "got.jsonl", tmp_path / "plan.json"
+    script.write_text(SCRIPTED_MCP)
+    plan_file.write_text(json.dumps(plan))
+    config = tmp_path / ("mcp-%s.json" % name)
+    entry = {"command": sys.executable, "args": [str(script)],
+             "env": {"MCP_LOG": str(log), "MCP_PLAN": str(plan_file)}}
+    entry.update(extra or {})
+    config.write_text(json.dumps({"mcpServers": {name: entry}}))
+    return str(config), log
+
+
+def received(log):
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+class ScriptedHttpMcp:
+    """The scripted server over streamable HTTP on 127.0.0.1: a request is
+    answered with an event stream of its steps (or JSON with plan "json");
+    seen records (method, headers) of every POST.  With plan "era" modern it
+    answers a POST without the 2026-07-28 headers with 400, as the Python
+    SDK does.  plan "bait": every answer POSTed to it is answered with a
+    stream holding a new request (which a client must not read)."""
+
+    def __init__(self, plan):
+        self.seen, self.plan = [], plan
+        self.changed = threading.Event()   # set: say list_changed on the listening stream
+        self.answers = __import__("queue").Queue()   # the client's answers to its requests
+        mcp = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                mcp.seen.append(("GET", {k.lower(): v for k, v in self.headers.items()}))
+                if mcp.plan.get("era") == "modern":
+                    return self.reply(405, b"")
+                self.listen()
+
+            def listen(self, ack=None):
+                """An event stream that says list_changed when the tools change."""
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                if ack is not None:
+                    self.wfile.write(b"data: " + json.dumps(ack).encode() + b"\n\n")
+                    self.wfile.flush()
+                if mcp.changed.wait(20):
+                    note = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+                    self.wfile.write(b"data: " + json.dumps(note).encode() + b"\n\n")
+                    self.wfile.flush()
+                    time.sleep(2)
+
+            def do_DELETE(self):
+                self.reply(204, b"")
+
+            def reply(self, status, body, kind="application/json"):
+                self.send_response(status)
+                self.send_header("Content-Type", kind)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                mcp.seen.append((message.get("method"),
+                                 {k.lower(): v for k, v in self.headers.items()}))
+                if mcp.plan.get("era") == "modern" and (
+                        self.headers.get("MCP-Protocol-Version") != "2026-07-28"
+                        or self.headers.get("Mcp-Method") != message.get("method")):
+                    return self.reply(400, b'{"jsonrpc": "2.0", "id": null, "error": '
+                                           b'{"code": -32600, "message": "Bad Request"}}')
+                if "method" not in message:
+                    mcp.answers.put(message)
+                if "method" not in message and mcp.plan.get("bait"):
+                    ask = {"jsonrpc": "2.0", "id": "bait-%d" % len(mcp.seen), "method": "ping"}
+                    return self.reply(200, b"data: " + json.dumps(ask).encode() + b"\n\n",
+                                      "text/event-stream")
+                if message.get("id") is None or "method" not in message:
+                    return self.reply(202, b"")
+                steps = _scripted["respond"](message, mcp.plan)
+                if steps and steps[0][0] == "listen":
+                    return self.listen({"jsonrpc": "2.0", "method":
+                                        "notifications/subscriptions/acknowledged", "params": {}})
+                if mcp.plan.get("json"):
+                    body = [json.dumps(v).encode() for k, v in steps if k == "send"][-1]
+                    return self.reply(200, body)
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                for kind, value in steps:
+                    try:
+                        if kind == "send":
+                            self.wfile.write(b"data: " + json.dumps(value).encode() + b"\n\n")
+                        elif kind == "raw":
+                            self.wfile.write(b"data: " + value.encode() + b"\n\n")
+                        elif kind == "comment":
+                            self.wfile.write(b": " + value.encode() + b"\n\n")
+                        elif kind == "sleep":
+                            time.sleep(value)
+                        elif kind == "silent":
+                            time.sleep(30)
+                            return
+                        elif kind == "ask":
+                            self.wfile.write(b"data: " + json.dumps(value).encode() + b"\n\n")
+                            self.wfile.flush()
+                            got = mcp.answers.get(timeout=10)
+                        elif kind == "got":
+                            self.wfile.write(b"data: " + json.dumps(_scripted["got_answer"](
+                                value, got)).encode() + b"\n\n")
+                        elif kind == "changed":   # said on the other stream, heard first
+                            mcp.changed.set()
+                            time.sleep(0.5)
+                        self.wfile.flush()
+                    except OSError:
+                        return
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.close = serve_in_thread(self.httpd)
+        self.url = "http://127.0.0.1:%d/mcp" % self.httpd.server_address[1]
+
+    def methods(self):
+        return [method for method, _ in self.seen]
+
+
+@pytest.fixture
+def http_mcp():
+    """ScriptedHttpMcp(plan), closed after the test."""
+    made = []
+    yield lambda plan: made.append(ScriptedHttpMcp(plan)) or made[-1]
+    for mcp in made:
+        mcp.close()
+
+
+@pytest.fixture
+def no_thread_dies(monkeypatch):
+    """Fails the test if any thread ends in an exception (a traceback on stderr)."""
+    died = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: died.append(args))
+    yield died
+    assert not died, [(d.exc_type, d.exc_value) for d in died]
+
+
+def tool_results(server, request=1):
+    return [m["content"] for m in server.requests[request]["body"]["messages"]
+            if m["role"] == "tool"]
+
+
+def progress_steps(count, every):
+    steps = []
+    for step in range(count):
+        steps += [("progress", {"progress": step, "message": "step %d" % step}), ("sleep", every)]
+    return steps
+
+
+def served(transport, tmp_path, http_mcp, plan):
+    """A --mcp argument for the scripted server named s, over transport."""
+    if transport == "stdio":
+        return scripted_mcp(tmp_path, plan)[0]
+    return "s=" + http_mcp(plan).url
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_progress_moves_an_mcp_calls_deadline_on(server, tmp_path, http_mcp, transport):
+    plan = {"calls": {"echo": progress_steps(10, 0.3)}}   # 3 s of progress, then the answer
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "--tool-timeout", "1.5", "hi")
+    assert (status, out) == (0, "The tool said: echo: {}\n"), err
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_keep_alives_extend_no_mcp_call(server, tmp_path, http_mcp, transport):
+    plan = {"calls": {"echo": [("comment", "keep-alive"), ("sleep", 0.2)] * 15}}
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "--tool-timeout", "1", "hi")
+    assert (status, out) == (0, "The tool said: error: cancelled: no answer within 1s; the call "
+                                "was cancelled\n"), err
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_an_mcp_call_ends_at_the_cap_however_much_progress(server, tmp_path, http_mcp,
+                                                           transport, monkeypatch):
+    monkeypatch.setattr(chat, "MCP_MAX_CALL", 1.0)   # (30 minutes, in the real world)
+    plan = {"calls": {"echo": progress_steps(12, 0.2)}}
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "--tool-timeout", "5", "hi")
+    assert status == 0 and out.startswith("The tool said: error: cancelled: it ran past "), out
+
+
+def test_an_mcp_server_offers_at_most_512_tools(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, {"tools": ["t%d" % i for i in range(600)],
+                                        "page_size": 250})
+    server.add(stream_reply("ok"))
+    status, out, err = run_main(server, "--mcp", config, "hi")
+    assert status == 0 and len(server.requests[0]["body"]["tools"]) == chat.MAX_MCP_TOOLS
+    assert "MCP server s offers more than 512 tools; only the first 512 are offered" in err
+
+
+def test_endless_mcp_tool_pages_end(server, tmp_path):
+    config, log = scripted_mcp(tmp_path, {"tools": ["one"], "page_size": 1, "endless_pages": True})
+    server.add(stream_reply("ok"))
+    status, out, err = run_main(server, "--mcp", config, "hi")
+    assert status == 0 and [t["function"]["name"] for t in server.requests[0]["body"]["tools"]] \
+        == ["s__one"]
+    assert "lists its tools in more than 32 pages" in err
+    assert [m.get("method") for m in received(log)].count("tools/list") == chat.MAX_MCP_PAGES
+
+
+def replies_calling(*names):
+    """Chat replies that call each of names in turn, then one that says what
+    the tools returned; each request's tools are kept in offered."""
+    offered = []
+
+    def call(name):
+        def reply(request):
+            offered.append([t["function"]["name"] for t in request["body"].get("tools") or ()])
+            return sse_reply(chunk(delta=call_delta(name=name, arguments="{}")),
+                             chunk(finish="tool_calls"))
+        return reply
+
+    def last(request):
+        offered.append([t["function"]["name"] for t in request["body"].get("tools") or ()])
+        return stream_reply("done")
+    return [call(name) for name in names] + [last], offered
+
+
+DYING = {"tools": ["echo", "die"], "calls": {"die": [("stderr", "out of memory\n"), ("exit", 3)]}}
+
+
+def test_a_dead_mcp_server_is_restarted_and_its_tools_offered_again(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(chat, "MCP_RESTART_DELAY", 0.05)
+    config, log = scripted_mcp(tmp_path, DYING)
+    replies, offered = replies_calling("s__die", "s__echo")
+    server.add(*replies)
+    status, out, err = run_main(server, "--mcp", config, "--yes", "hi")
+    assert (status, out) == (0, "done\n"), err
+    assert tool_results(server, 2) == [
+        "error: the MCP server s failed: it exited (status 3): out of memory", "echo: {}"]
+    assert "s__echo" in offered[1]
+    assert err.count("MCP server s failed") == 1 and err.count("MCP server s restarted (1 of 3)") == 1
+    assert [m.get("method") for m in received(log)].count("initialize") == 2
+
+
+def test_a_server_that_keeps_dying_is_restarted_three_times(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(chat, "MCP_RESTART_DELAY", 0.01)
+    config, log = scripted_mcp(tmp_path, DYING)
+    replies, offered = replies_calling("s__die", "s__die", "s__die", "s__die")
+    server.add(*replies)
+    status, out, err = run_main(server, "--mcp", config, "--yes", "--max-tool-rounds", "9", "hi")
+    assert (status, out) == (0, "done\n"), err
+    assert ["s__die" in names for names in offered] == [True] * 4 + [False]
+    assert err.count("restarted") == 3 and "restarted (3 of 3)" in err
+
+
+SLOW_START = {"initialize": [("stderr", "loading a big model\n"), ("sleep", 4)]}
+
+
+def test_a_one_shot_waits_for_a_slow_mcp_server_at_most_its_startup_timeout(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, SLOW_START, name="slow")
+    server.add(stream_reply("plain"))
+    status, out, err = run_main(server, "--mcp", config, "--mcp-startup-timeout", "0.5", "hi")
+    assert (status, out) == (0, "plain\n") and "tools" not in server.requests[0]["body"]
+    assert err.count("MCP server slow is not ready after 0.5s; going on without it; its last "
+                     "words: loading a big model") == 1
+
+
+def test_a_servers_own_startup_timeout_and_a_missing_program(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, SLOW_START, name="slow", extra={"startup_timeout": 0.5})
+    server.add(stream_reply("plain"))
+    status, out, err = run_main(server, "--mcp", config, "--mcp", "gone=/nonexistent/mcp-gone",
+                                "hi")
+    assert (status, out) == (0, "plain\n")
+    assert "MCP server slow is not ready after 0.5s" in err
+    assert ("MCP server gone failed: there is no program /nonexistent/mcp-gone (is it installed, "
+            "and on the PATH?)") in err
+
+
+def test_the_status_line_says_which_mcp_server_a_turn_waits_for(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, SLOW_START, name="slow")
+    server.add(stream_reply("plain"))
+    status, data = on_terminal(server, "--mcp", config, "--mcp-startup-timeout", "1.5", "hi")
+    assert status == 0 and b"starting MCP server slow... " in data and b"plain" in data
+
+
+def test_the_chat_prompt_never_waits_for_a_server(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, SLOW_START, name="slow")
+    status, data = on_terminal(server, "--mcp", config, "-i", keys=[(rb"> ", b"\x04")],
+                               timeout=3)
+    assert status == 0 and b"starting MCP server" not in data
+
+
+def test_an_mcp_servers_log_is_rotated_and_private(server, tmp_path):
+    folder = os.path.join(os.environ["XDG_STATE_HOME"], "chat.py")
+    os.makedirs(folder)
+    log = os.path.join(folder, "mcp-s.log")
+    with open(log, "w") as old:   # an earlier version's, world-readable
+        old.write("old line\n" * 10)
+    os.chmod(log, 0o644)
+    config, _ = scripted_mcp(tmp_path, {"tools": ["noisy"], "calls": {"noisy": [
+        ("stderr", "n" * 999 + "\n")] * 1500}})
+    server.add(*calling("s__noisy"))
+    assert run_main(server, "--mcp", config, "--yes", "hi")[0] == 0
+    for path in (log, log + ".1"):
+        assert os.path.getsize(path) <= chat.MAX_MCP_LOG
+        assert os.stat(path).st_mode & 0o777 == 0o600
+    assert "n" * 999 in open(log).read() and "old line" in open(log + ".1").read()
+
+
+JSONRPC_CASES = [
+    ("an answer", {"jsonrpc": "2.0", "id": 1, "result": {"a": 1}},
+     ("answer", {"jsonrpc": "2.0", "id": 1, "result": {"a": 1}}), []),
+    ("a string id", {"id": "x", "error": {"code": -1, "message": "no"}},
+     ("answer", {"id": "x", "error": {"code": -1, "message": "no"}}), []),
+    ("a list id", {"id": [1], "result": {}}, None, [".id (list)"]),
+    ("a bool id", {"id": True, "method": "ping"}, None, [".id (bool)"]),
+    ("a float id", {"id": 1.5, "result": {}}, None, [".id (float)"]),
+    ("a list result", {"id": 2, "result": []}, ("answer", {"id": 2, "error": {
+        "message": "its answer has neither a result nor an error object"}}), [".result (list)"]),
+    ("a null result", {"id": 2, "result": None}, ("answer", {"id": 2, "error": {
+        "message": "its answer has neither a result nor an error object"}}), []),
+    ("a request", {"id": 3, "method": "ping", "params": None},
+     ("request", {"id": 3, "method": "ping"}), []),
+    ("a notification", {"method": "notifications/progress", "params": []},
+     ("notification", {"method": "notifications/progress"}), [".params (list)"]),
+    ("a method that is no string", {"method": 5}, None,
+     [".method (int)", "a message with neither a method nor an id"]),
+    ("an array", [1, 2], None, ["a message that is not an object (list)"]),
+    ("an error code that is text", {"id": 4, "error": {"code": "x", "message": "m"}},
+     ("answer", {"id": 4, "error": {"message": "m"}}), [".error.code (str)"]),
+]
+
+
+@pytest.mark.parametrize("name,message,expected,dropped", JSONRPC_CASES,
+                         ids=[case[0] for case in JSONRPC_CASES])
+def test_jsonrpc_messages_are_checked_for_shape(name, message, expected, dropped):
+    left_out = []
+    assert chat.jsonrpc_message(message, left_out) == expected
+    assert left_out == dropped
+
+
+def test_progress_is_checked_for_shape():
+    for params, text in (({"progress": float("inf"), "total": 1}, ""),
+                         ({"progress": 1, "total": 1e308 * 10}, "1 done"),
+                         ({"progress": 10**400, "total": 1}, ""),
+                         ({"progress": True, "message": 5}, ""),
+                         ({"progress": 1, "total": 4}, "25%")):
+        dropped = []
+        assert chat._progress_text(chat.conform(params, chat.PROGRESS_SHAPE, dropped)) == text
+
+
+MISSHAPEN = [
+    '{"jsonrpc": "2.0", "method": "notifications/progress", "params": '
+    '{"progressToken": 3, "progress": 1e400, "total": 2}}',
+    '{"jsonrpc": "2.0", "method": "notifications/progress", "params": '
+    '{"progressToken": [1], "progress": 1}}',
+    '{"jsonrpc": "2.0", "id": [1], "result": {}}',
+    '{"jsonrpc": "2.0", "id": [2], "method": "ping"}',
+    '{"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}',
+    '{"jsonrpc": "2.0", "method": 5}', '[]', '7', '"text"', 'null',
+    '{"jsonrpc": "2.0", "id": 99, "result": 1e400}',
+]
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_misshapen_mcp_messages_are_left_out_with_one_notice(server, tmp_path, http_mcp,
+                                                            transport, no_thread_dies):
+    plan = {"calls": {"echo": [("progress", {"progress": float("inf"), "total": 1})]
+                      + [("raw", text) for text in MISSHAPEN]}}
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "hi")
+    assert (status, out) == (0, "The tool said: echo: {}\n"), err
+    assert err.count("MCP server s sent what chat.py cannot read; left out: ") == 1
+    assert "failed" not in err and "Traceback" not in err
+
+
+MCP_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["id", "method", "params", "result", "error", "code", "message",
+                         "progressToken", "progress", "total", "tools", "name"]) | TEXT,
+        inner, max_size=4),
+    max_leaves=10)
+FUZZED_MCP = st.fixed_dictionaries({}, optional={
+    "jsonrpc": st.just("2.0") | MCP_JSON,
+    "id": st.sampled_from([1, 2, "1", None, [1], 1.5, True, 10**30]) | MCP_JSON,
+    "method": st.sampled_from(["ping", "notifications/progress", "roots/list",
+                               "notifications/tools/list_changed"]) | MCP_JSON,
+    "params": st.fixed_dictionaries({}, optional={
+        "progressToken": st.sampled_from([1, "1", [1], None]) | MCP_JSON,
+        "progress": st.floats() | st.integers() | MCP_JSON,
+        "total": st.floats() | st.integers() | MCP_JSON, "message": MCP_JSON}) | MCP_JSON,
+    "result": MCP_JSON, "error": st.fixed_dictionaries({}, optional={
+        "code": MCP_JSON, "message": MCP_JSON}) | MCP_JSON}) | MCP_JSON
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.lists(FUZZED_MCP, max_size=6))
+def test_fuzzed_mcp_messages_end_in_an_answer_or_a_notice(messages):
+    notices, heard = [], []
+    mcp = chat.McpServer(chat.McpSpec("f", "f", [], {}, None, {}), log_folder="/nonexistent",
+                         notify=notices.append)
+    slot = [threading.Event(), None, 0.0]
+    mcp._pending[1], mcp._progress[1] = slot, heard.append
+    for message in messages:
+        mcp._dispatch(message)
+    assert all(type(text) is str for text in heard + notices)
+    if slot[1] is not None:   # what request() reads of an answer
+        assert type(slot[1].get("result", slot[1].get("error"))) is dict
+    assert len(notices) <= 1
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_fuzzed_mcp_messages_through_both_transports(server, tmp_path, http_mcp, transport,
+                                                    no_thread_dies):
+    import random
+    rng = random.Random(27)
+    shape = {"jsonrpc": str, "id": (str, int), "method": str, "params": dict,
+             "result": dict, "error": {"code": int, "message": str}}
+    batch = [json.dumps(random_shaped(shape, rng, top=True)) for _ in range(300)]
+    batch += [json.dumps({"jsonrpc": "2.0", "method": "notifications/progress", "params": {
+        "progressToken": rng.choice([4, "4", [4]]), "progress": rng.choice(ODD + [1e300]),
+        "total": rng.choice(ODD), "message": rng.choice(ODD)}}) for _ in range(100)]
+    plan = {"calls": {"echo": [("raw", text) for text in batch]}}
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "--tool-timeout", "10", "hi")
+    assert status == 0 and out.startswith("The tool said: ") and "Traceback" not in err, err
+
+
+def test_requests_inside_an_http_answer_are_bounded_and_never_nest(server, http_mcp):
+    pings = [("send", {"jsonrpc": "2.0", "id": "p%d" % i, "method": "ping"}) for i in range(100)]
+    mcp = http_mcp({"bait": True, "calls": {"echo": pings}})
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", "s=" + mcp.url, "--yes", "hi")
+    assert (status, out) == (0, "The tool said: error: it made more than 64 requests inside one "
+                                "answer\n"), err
+    assert mcp.methods().count(None) == chat.MAX_MCP_ASKED   # one answer each, nothing nested
+
+
+def test_ctrl_c_during_an_mcp_call_ends_the_turn(server, tmp_path):
+    config, log = scripted_mcp(tmp_path, {"calls": {"echo": [("silent", None)]}})
+    server.add(*calling("s__echo"))
+    status, data = on_terminal(server, "--mcp", config, "--yes", "-i", keys=[
+        (rb"> ", b"go\r"), (rb"running s__echo", b"\x03"),
+        (rb"\[interrupted\][\s\S]*> ", b"\x04")])
+    assert status == 0 and b"Traceback" not in data
+    assert len(server.requests) == 1   # the model was not asked again
+    cancelled = [m for m in received(log) if m.get("method") == "notifications/cancelled"]
+    assert [m["params"]["reason"] for m in cancelled] == ["the user pressed Ctrl-C"]
+
+
+def test_mcp_configs_as_people_write_them(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, {"tools": ["echo"]})
+    data = json.loads(open(config).read())
+    entry = data["mcpServers"]["s"]
+    off_log = tmp_path / "off.jsonl"
+    data["mcpServers"] = {
+        "off": dict(entry, disabled=True, env=dict(entry["env"], MCP_LOG=str(off_log))),
+        "s": entry, "broken": {"args": []}, "odd": {"type": "websocket", "url": "ws://x"},
+        "slow": dict(entry, startup_timeout="soon")}
+    with open(config, "w") as f:
+        json.dump(data, f)
+    server.add(stream_reply("ok"))
+    status, out, err = run_main(server, "--mcp", config, "hi")
+    assert (status, out) == (0, "ok\n"), err
+    assert [t["function"]["name"] for t in server.requests[0]["body"]["tools"]] == ["s__echo"]
+    assert not off_log.exists()   # a server switched off is not even started
+    for name in ("broken", "odd", "slow"):
+        assert err.count("server %s" % name) == 1 and "that server is skipped" in err
+    assert "startup_timeout must be seconds" in err
+
+
+def test_binary_mcp_results_are_described_by_their_decoded_size():
+    hundred, five = base64.b64encode(bytes(100)).decode(), base64.b64encode(b"12345").decode()
+    text, _ = chat.mcp_result({"content": [
+        {"type": "audio", "data": hundred, "mimeType": "audio/wav"},
+        {"type": "resource", "resource": {"uri": "mem://b", "blob": five}}]})
+    assert text == "[audio/wav audio of 100 bytes]\n[a binary resource of 5 bytes: mem://b]"
+
+
+def test_tools_shows_the_name_the_model_sees_beside_the_servers_own(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, {"tools": ["get_time", "x.y"]}, name="time")
+    status, data = on_terminal(server, "--mcp", config, "-i", keys=[
+        (rb"> ", b"/tools\r"), (rb"x\.y of time[\s\S]*> ", b"\x04")], env={"TERM": "dumb"})
+    text = data.decode()
+    assert status == 0 and re.search(r"time__get_time +get_time of time \(ready\)", text)
+    assert re.search(r"time__x_y +x\.y of time \(ready\)", text)
+
+
+def test_mcp_header_values_are_plain_or_base64():
+    assert chat.mcp_header_value("tools/call") == "tools/call"
+    for text in ("caf\u00e9", "a\r\nX-Evil: 1", " padded", "=?base64?abc?=", ""):
+        value = chat.mcp_header_value(text)
+        assert value.startswith("=?base64?") and value.endswith("?=")
+        assert base64.b64decode(value[9:-2]).decode("utf-8") == text
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_a_2026_07_28_only_server_works(server, tmp_path, http_mcp, transport):
+    plan = {"era": "modern"}
+    argument = served(transport, tmp_path, http_mcp, plan)
+    server.add(*calling("s__echo", '{"x": 1}'))
+    status, out, err = run_main(server, "--mcp", argument, "--yes", "hi")
+    assert (status, out) == (0, 'The tool said: echo: {"x": 1}\n'), err
+    assert "initialize" not in err
+
+
+def test_every_2026_07_28_http_request_names_its_version_and_method(server, http_mcp):
+    mcp = http_mcp({"era": "modern"})
+    server.add(*calling("s__echo"))
+    assert run_main(server, "--mcp", "s=" + mcp.url, "--yes", "hi")[:2] == (
+        0, "The tool said: echo: {}\n")
+    assert "initialize" not in mcp.methods()
+    for method, headers in mcp.seen:
+        assert headers["mcp-protocol-version"] == "2026-07-28" and headers["mcp-method"] == method
+    call = dict(mcp.seen)["tools/call"]
+    assert call["mcp-name"] == "echo" and "mcp-session-id" not in call
+
+
+@pytest.mark.parametrize("transport,era", [("http", "legacy"), ("http", "modern"),
+                                           ("stdio", "modern"), ("stdio", "legacy")])
+def test_list_changes_reach_the_model_in_both_eras(server, tmp_path, http_mcp, transport, era):
+    plan = {"era": era, "tools": ["echo", "add"]}
+    replies, offered = replies_calling("s__add")
+    server.add(*replies)
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "hi")
+    assert (status, out) == (0, "done\n"), err
+    assert offered == [["s__echo", "s__add"], ["s__echo", "s__add", "s__new"]]
+
+
+class ScriptedSseMcp:
+    """The scripted server over the 2024-11-05 HTTP+SSE transport: GET /sse
+    is the event stream (first the endpoint event, then a keep-alive comment
+    now and then, and every answer as a message event); POST to the endpoint
+    is answered 202, its answer's steps put on the stream.  seen records
+    (method, path) of every POST."""
+
+    def __init__(self, plan, endpoint="/messages?session=s1"):
+        import queue
+        self.seen, self.plan, self.outbox = [], plan, queue.Queue()
+        mcp = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(b"event: endpoint\ndata: " + endpoint.encode() + b"\n\n")
+                self.wfile.flush()
+                while True:
+                    try:
+                        kind, value = mcp.outbox.get(timeout=0.2)
+                    except queue.Empty:
+                        kind, value = "comment", "keep-alive"
+                    try:
+                        if kind == "send":
+                            self.wfile.write(b"event: message\ndata: " + json.dumps(value).encode()
+                                             + b"\n\n")
+                        elif kind == "comment":
+                            self.wfile.write(b": " + value.encode() + b"\n\n")
+                        elif kind == "sleep":
+                            time.sleep(value)
+                        self.wfile.flush()
+                    except OSError:
+                        return
+
+            def do_POST(self):
+                message = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                mcp.seen.append((message.get("method"), self.path))
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                for step in _scripted["respond"](message, mcp.plan):
+                    mcp.outbox.put(step)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.close = serve_in_thread(self.httpd)
+        self.url = "http://127.0.0.1:%d/sse" % self.httpd.server_address[1]
+
+
+def test_the_2024_11_05_sse_transport(server, tmp_path):
+    mcp = ScriptedSseMcp({"calls": {"slow": [("comment", "keep-alive"), ("sleep", 0.2)] * 15},
+                          "tools": ["echo", "slow"]})
+    try:
+        config = tmp_path / "mcp.json"
+        config.write_text(json.dumps({"mcpServers": {"old": {"type": "sse", "url": mcp.url}}}))
+        server.add(*calling("old__echo", '{"a": 1}'), *calling("old__slow"))
+        status, out, err = run_main(server, "--mcp", str(config), "--yes", "--tool-timeout", "1",
+                                    "-i", stdin="one\ntwo\n")
+        assert status == 0, err
+        assert out == ('The tool said: echo: {"a": 1}\n'
+                       "The tool said: error: cancelled: no answer within 1s; the call was "
+                       "cancelled\n")
+        assert [path for _, path in mcp.seen] == ["/messages?session=s1"] * len(mcp.seen)
+        assert [m for m, _ in mcp.seen][:4] == ["server/discover", "initialize",
+                                                "notifications/initialized", "tools/list"]
+    finally:
+        mcp.close()
+
+
+def test_an_sse_endpoint_on_another_host_is_refused(server, tmp_path):
+    mcp = ScriptedSseMcp({}, endpoint="http://192.0.2.1/messages")
+    try:
+        config = tmp_path / "mcp.json"
+        config.write_text(json.dumps({"mcpServers": {"old": {
+            "type": "sse", "url": mcp.url, "headers": {"Authorization": "Bearer t0k"}}}}))
+        server.add(stream_reply("ok"))
+        status, out, err = run_main(server, "--mcp", str(config), "hi")
+        assert (status, out) == (0, "ok\n")
+        assert "MCP server old failed: it named an endpoint on another host: " \
+               "http://192.0.2.1/messages" in err
+        assert mcp.seen == []
+    finally:
+        mcp.close()
+
+
+def root_uri():
+    return "file://" + urllib.parse.quote(os.getcwd())
+
+
+@pytest.mark.parametrize("transport,era", [("stdio", "legacy"), ("http", "legacy"),
+                                           ("stdio", "modern"), ("http", "modern")])
+def test_mcp_servers_are_told_the_roots_and_forms_are_declined_under_yes(
+        server, tmp_path, http_mcp, transport, era):
+    plan = {"era": era, "tools": ["where", "form"]}
+    argument = served(transport, tmp_path, http_mcp, plan)
+    replies, _ = replies_calling("s__where", "s__form")
+    server.add(*replies)
+    status, out, err = run_main(server, "--mcp", argument, "--yes", "hi")
+    assert (status, out) == (0, "done\n"), err
+    roots = {"roots": [{"uri": root_uri(), "name": os.path.basename(os.getcwd())}]}
+    results = [json.loads(text) for text in tool_results(server, 2)]
+    if era == "legacy":
+        assert results == [roots, {"action": "decline"}]
+    else:   # asked for in the answer, given in the call sent again
+        assert results == [{"responses": {"q": roots}, "state": "state-1"},
+                           {"responses": {"q": {"action": "decline"}}, "state": "state-1"}]
+
+
+def test_the_capabilities_chat_py_declares(tmp_path, server):
+    config, log = scripted_mcp(tmp_path, {})
+    server.add(stream_reply("ok"))
+    assert run_main(server, "--mcp", config, "hi")[0] == 0
+    initialize = next(m for m in received(log) if m.get("method") == "initialize")
+    assert initialize["params"]["capabilities"] == {
+        "roots": {"listChanged": False}, "elicitation": {"form": {}, "url": {}}}
+
+
+def test_a_form_an_mcp_server_asks_is_filled_in_on_the_terminal(server, tmp_path):
+    config, log = scripted_mcp(tmp_path, {"tools": ["form", "visit"]})
+    replies, _ = replies_calling("s__form", "s__visit")
+    server.add(*replies)
+    status, data = on_terminal(server, "--mcp", config, "hi", env={"TERM": "dumb"}, keys=[
+        (rb"\[y/N/a\] ", b"y\r"), (rb"asks: Who are you\?\r?\n.*answer it \(3 fields\)\? \[y/N\] ",
+                                    b"y\r"),
+        (rb"Your name: ", b"\r"), (rb"this one is needed\)\r?\n  Your name: ", b"Ada\r"),
+        (rb"age: ", b"old\r"), (rb"a integer, please\)\r?\n  age: ", b"36\r"),
+        (rb"fine \[y/n\] \[True\]: ", b"\r"),
+        (rb"\[y/N/a\] ", b"y\r"),
+        (rb"visit https://example.com/login\r?\n  Sign in\r?\n.*opens nothing\)\? \[y/N\] ",
+         b"y\r")])
+    assert status == 0 and b"Traceback" not in data
+    assert [json.loads(text) for text in tool_results(server, 2)] == [
+        {"action": "accept", "content": {"name": "Ada", "age": 36, "fine": True}},
+        {"action": "accept"}]
+
+
+def test_yes_declines_a_form_even_on_a_terminal(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, {"tools": ["form"]})
+    server.add(*calling("s__form"))
+    status, data = on_terminal(server, "--mcp", config, "--yes", "hi")
+    assert status == 0 and b"Who are you" not in data
+    assert tool_results(server) == ['{"action": "decline"}']
+
+
+def test_tool_parameters_marked_x_mcp_header_are_mirrored_in_headers(server, http_mcp):
+    region = {"type": "string", "x-mcp-header": "Region"}
+    mcp = http_mcp({"era": "modern", "tools": ["sql", "listed", "twice", "number"], "schemas": {
+        "sql": {"type": "object", "properties": {"region": region, "opts": {
+            "type": "object", "properties": {"zone": {"type": "string", "x-mcp-header": "Zone"},
+                                             "n": {"type": "integer", "x-mcp-header": "N"},
+                                             "on": {"type": "boolean", "x-mcp-header": "On"}}}}},
+        "listed": {"type": "object", "properties": {"rows": {"type": "array", "items": region}}},
+        "twice": {"type": "object", "properties": {"a": region, "b": dict(region, **{
+            "x-mcp-header": "REGION"})}},
+        "number": {"type": "object", "properties": {"n": {"type": "number", "x-mcp-header": "N"}}}}})
+    server.add(*calling("s__sql", json.dumps({"region": "us-west1", "opts": {
+        "zone": "b\n", "n": -7, "on": False}})))
+    status, out, err = run_main(server, "--mcp", "s=" + mcp.url, "--yes", "hi")
+    assert status == 0 and out.startswith("The tool said: sql: "), err
+    assert [t["function"]["name"] for t in server.requests[0]["body"]["tools"]] == ["s__sql"]
+    for tool in ("listed", "twice", "number"):
+        assert "MCP server s: the tool %s is left out: " % tool in err
+    call = dict(mcp.seen)["tools/call"]
+    assert (call["mcp-param-region"], call["mcp-param-zone"], call["mcp-param-n"],
+            call["mcp-param-on"]) == ("us-west1", "=?base64?Ygo=?=", "-7", "false")
+
+
+def test_a_header_mismatch_lists_the_tools_again_and_retries_once(server, http_mcp):
+    mcp = http_mcp({"era": "modern", "mismatch_once": True})
+    server.add(*calling("s__echo"))
+    assert run_main(server, "--mcp", "s=" + mcp.url, "--yes", "hi")[:2] == (
+        0, "The tool said: echo: {}\n")
+    assert mcp.methods().count("tools/list") == 2 and mcp.methods().count("tools/call") == 2
+
+
+def test_roots_in_the_config_are_the_folders_servers_are_told(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, {"tools": ["where"]})
+    folder = tmp_path / "my project"
+    folder.mkdir()
+    write_config("[default]\nbase_url = %s\nroots = '%s'\n" % (server.url, folder))
+    server.add(*calling("s__where"))
+    assert run_main(None, "--mcp", config, "--yes", "hi")[0] == 0
+    assert json.loads(tool_results(server)[0]) == {"roots": [{
+        "uri": "file://" + urllib.parse.quote(str(folder)), "name": "my project"}]}
+
+
+def test_keep_alives_on_the_handshake_cost_one_startup_timeout(server, http_mcp, no_thread_dies):
+    mcp = http_mcp({"initialize": [("comment", "keep-alive"), ("sleep", 0.2)] * 100})
+    server.add(stream_reply("plain"), stream_reply("plain"))
+    status, out, err = run_main(server, "--mcp", "s=" + mcp.url, "--mcp-startup-timeout", "0.5",
+                                "-i", stdin="one\ntwo\n")
+    assert (status, out) == (0, "plain\nplain\n") and "Traceback" not in err
+    assert err.count("MCP server s is not ready after 0.5s") == 1
+
+
+def test_a_server_that_keeps_asking_for_input_is_stopped_after_8_rounds(server, tmp_path):
+    config, log = scripted_mcp(tmp_path, {"era": "modern", "insist": True})
+    server.add(*calling("s__echo"))
+    assert run_main(server, "--mcp", config, "--yes", "hi")[:2] == (
+        0, "The tool said: error: it asked for input more than 8 times in one call\n")
+    calls = [m for m in received(log) if m.get("method") == "tools/call"]
+    assert len(calls) == chat.MAX_MCP_ROUNDS and calls[-1]["params"]["requestState"] == "again"
+
+
+def test_a_form_of_too_many_fields_is_declined_unasked(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, {"tools": ["form"]})
+    script = tmp_path / "scripted.py"
+    fields = {"f%d" % i: {"type": "string"} for i in range(chat.MAX_MCP_FIELDS + 1)}
+    script.write_text(SCRIPTED_MCP.replace('"fine": {"type": "boolean", "default": True}}',
+                                           '"fine": {"type": "boolean"}, **%r}' % fields))
+    server.add(*calling("s__form"))
+    status, data = on_terminal(server, "--mcp", config, "hi", keys=[(rb"\[y/N/a\] ", b"y\r")])
+    assert status == 0 and b"Who are you" not in data
+    assert tool_results(server) == ['{"action": "decline"}']
+
+
+def test_a_server_that_exits_at_start_is_named_with_its_last_words(server):
+    quits = "%s -c \"import sys; sys.stderr.write('no config file at ~/.x\\\\n')\"" % sys.executable
+    server.add(stream_reply("plain"))
+    status, out, err = run_main(server, "--mcp", "quits=" + quits, "hi")
+    assert (status, out) == (0, "plain\n")
+    assert "MCP server quits failed: it exited (status 0): no config file at ~/.x" in err
+
+
+def test_restarts_back_off_doubling_from_each_death(tmp_path, monkeypatch):
+    monkeypatch.setattr(chat, "MCP_RESTART_DELAY", 0.6)
+    config, _ = scripted_mcp(tmp_path, DYING)
+    mcp = chat.McpTools(chat.mcp_specs(config, dict(os.environ)), log_folder=str(tmp_path),
+                        notify=lambda text: None)
+    try:
+        mcp.start()
+        mcp.definitions()
+        server, waits, deaths = mcp.servers[0], [], []
+        for _ in range(3):
+            mcp.call("s__die", "{}", 5, lambda what, until=None, progress=None:
+                     waits.append((what, until)))
+            deaths.append(server.failed_at)
+        assert [w for w in waits if w[1] is not None] == [
+            ("restarting MCP server s", deaths[0] + 0.6), ("restarting MCP server s", deaths[1] + 1.2)]
+    finally:
+        mcp.close()
+
+
+def test_a_silent_listening_stream_is_opened_anew(server, http_mcp, monkeypatch):
+    monkeypatch.setattr(chat, "MCP_LISTEN_IDLE", 0.3)
+    mcp = http_mcp({"tools": ["echo", "add"], "calls": {"echo": [("sleep", 1.5)]}})
+    server.add(*calling("s__echo"))
+    assert run_main(server, "--mcp", "s=" + mcp.url, "--yes", "hi")[:2] == (
+        0, "The tool said: echo: {}\n")
+    assert mcp.methods().count("GET") >= 2
