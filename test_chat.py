@@ -1417,6 +1417,7 @@ class ForwardProxy:
                 import urllib.parse
                 proxy.seen.append((self.command, self.path))
                 proxy.headers.append(dict(self.headers.items()))
+                log_credentials(proxy.url, self.headers)
                 target = urllib.parse.urlsplit(relay_to or self.path)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
@@ -7247,3 +7248,30 @@ def test_a_silent_listening_stream_is_opened_anew(server, http_mcp, monkeypatch)
     assert run_main(server, "--mcp", "s=" + mcp.url, "--yes", "hi")[:2] == (
         0, "The tool said: echo: {}\n")
     assert mcp.methods().count("GET") >= 2
+
+
+# ---------------------------------------------------------------------------
+# Proxies per URL (issue 26): MCP over HTTP is reached by its own URL's rule.
+# ---------------------------------------------------------------------------
+
+def test_a_loopback_mcp_server_is_never_reached_through_the_apis_proxy(server, tmp_path):
+    proxy = ForwardProxy(relay_to=server.url)
+    mcp = mcp_over_http(HANDSHAKE)
+    port = server.url.split(":")[2].split("/")[0]
+    try:
+        token = credential_for(mcp, kind="mcp-token")
+        config = tmp_path / "mcp.json"
+        config.write_text(json.dumps({"mcpServers": {"web": {
+            "url": mcp.url, "headers": {"Authorization": "Bearer " + token}}}}))
+        server.add(stream_reply("via proxy"))
+        proc = subprocess.run(
+            [sys.executable, CHAT_PY, "--base-url", "http://chatserver:%s/v1" % port,
+             "--mcp", str(config), "hi"], stdin=subprocess.DEVNULL, capture_output=True,
+            env=clean_env(http_proxy=proxy.url), timeout=30)
+        assert (proc.returncode, proc.stdout) == (0, b"via proxy\n"), proc.stderr
+        assert proxy.seen == [("POST", "http://chatserver:%s/v1/chat/completions" % port)]
+        assert mcp.requests and all(r["headers"]["authorization"] == "Bearer " + token
+                                    for r in mcp.requests)
+    finally:
+        proxy.close()
+        mcp.close()
