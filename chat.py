@@ -41,7 +41,7 @@ the path calls, listed after it).
           build_payload         {"model", "messages", "stream": true, ...}
           Client.stream         POST {base}/chat/completions, the answer read
             Client.request      the request sent; resent where that may work
-            Client._reads       the body's bytes as they come
+            Client.reads        the body's bytes as they come
             iter_chunks         bytes -> chunk dicts, until [DONE]
               LineDecoder       bytes -> text lines (CRLF, LF or CR)
               SSEDecoder        lines -> events (event, data, id, retry)
@@ -1566,23 +1566,24 @@ class Client:
         if project:
             self.headers["OpenAI-Project"] = project
         for name, value in headers:
-            for existing in [k for k in self.headers if k.lower() == name.lower()]:
-                del self.headers[existing]
-            self.headers[name] = value
+            self.headers = _with_headers(self.headers, [(name, value)])
         # What the server may echo back and must never be shown or kept.
         self.redactor = redactor if redactor is not None else Redactor(
             [api_key, basic] + url_secrets(base_url) + [
                 value.split(" ")[-1] for name, value in self.headers.items()
                 if is_secret_header(name)] + (basic or "").split(":"))
 
-    def request(self, method, path, payload=None, probe=False):
+    def request(self, method, path, payload=None, probe=False, *, headers=(), timeout=None):
         """Send one request, retrying what may work later; return the open response.
 
         Only failures before any response byte are retried, so no text is ever
         shown twice.  Raises the ChatError that says what went wrong.  A probe
-        (a diagnosis of its own) is neither retried nor explained.
+        (a diagnosis of its own) is neither retried nor explained.  headers:
+        (name, value) pairs for this request alone, over the client's by
+        name; timeout: this request's, in place of the client's.
         """
-        headers = dict(self.headers)
+        headers = _with_headers(self.headers, headers)
+        timeout = timeout or self.timeout
         data = None
         if payload is not None:
             data = json.dumps(payload).encode("utf-8")
@@ -1605,7 +1606,7 @@ class Client:
                 data.seek(0)   # every attempt sends the whole body
             self.on_wait(request.waiting)
             try:
-                response = opener.open(request, timeout=self.timeout)
+                response = opener.open(request, timeout=timeout)
                 if path != "/chat/completions":   # a reply waits on, till its first word
                     self.on_wait(None)
                 return response
@@ -1813,12 +1814,12 @@ class Client:
             if "json" in content_type or "html" in content_type:   # (a page: an error)
                 yield completion_to_chunk(self.complete_from(response))
                 return
-            yield from iter_chunks(self._reads(response))
+            yield from iter_chunks(self.reads(response))
             finish = getattr(response, "finish", None)   # (a keep-alive connection's)
             if finish is not None:
                 finish()
 
-    def _reads(self, response):
+    def reads(self, response):
         """The stream's bytes as they arrive, at most MAX_BODY of them in all."""
         read1 = response.read1   # returns what has arrived, without waiting for more
         left = MAX_BODY
@@ -1854,6 +1855,17 @@ class Client:
         return StreamError("the connection broke during the reply (%s)"
                            % (getattr(exc, "strerror", None) or _one_line(str(exc))
                               or type(exc).__name__))
+
+
+def _with_headers(headers, pairs):
+    """A copy of headers (a dict) with each (name, value) of pairs in place
+    of the header of that name, whatever its case."""
+    headers = dict(headers)
+    for name, value in pairs:
+        for existing in [k for k in headers if k.lower() == name.lower()]:
+            del headers[existing]
+        headers[name] = value
+    return headers
 
 
 def _no_redirect_handler():
@@ -4522,13 +4534,15 @@ class _Http:
 
     def __init__(self, spec, on_message, on_broken, proxies=None):
         self.url, self.proxies = spec.url, proxies
-        self.client = Client(spec.url, headers=list(spec.headers.items()), retries=0,
-                             timeout=MCP_START_WAIT, proxies=proxies, connections=keep_alive())
-        self.client.headers["Accept"] = "application/json, text/event-stream"
+        self._given = list(spec.headers.items())   # the config's: its tokens go here alone
+        self.client = Client(spec.url, retries=0, timeout=MCP_START_WAIT, proxies=proxies,
+                             headers=self._given + [
+                                 ("Accept", "application/json, text/event-stream")],
+                             connections=keep_alive())
         self._on_message, self._on_broken = on_message, on_broken
         self.session = self.version = None
         self.param_headers = {}
-        self._lock = threading.RLock()   # the headers of one request at a time
+        self._lock = threading.RLock()   # one request goes out at a time
         self._closed = False
 
     def send(self, message, timeout=None, deadline=None):
@@ -4538,15 +4552,14 @@ class _Http:
         only progress moves: comments and keep-alives extend nothing.  The
         answer to an answer or a notification is not read (the server owes
         202 and no body), so requests inside answers never nest."""
-        with self._lock:   # (headers are read as the request is made)
-            self._headers(message)
-            self.client.timeout = timeout or MCP_START_WAIT
+        with self._lock:
             try:
-                response = self.client.request("POST", "", message, probe=True)
+                response = self.client.request("POST", "", message, probe=True,
+                                               headers=self._headers(message),
+                                               timeout=timeout or MCP_START_WAIT)
             except APIError as exc:
                 if exc.status == 404 and self.session:   # the session is gone: start anew
                     self.session = None
-                    self.client.headers.pop("Mcp-Session-Id", None)
                     raise McpError("the server ended the session", code="session") from None
                 raise McpError(str(exc)) from None
             except APITimeoutError:
@@ -4556,7 +4569,7 @@ class _Http:
         with response:
             session = response.headers.get("Mcp-Session-Id")
             if session:
-                self.session = self.client.headers["Mcp-Session-Id"] = session
+                self.session = session
             kind = (response.headers.get("Content-Type") or "").lower()
             if "id" not in message or "method" not in message:
                 return
@@ -4573,21 +4586,21 @@ class _Http:
                 self._on_message(message)
 
     def _headers(self, message):
-        headers = self.client.headers
-        for name in [name for name in headers if name.startswith("Mcp-Param-")] + [
-                "MCP-Protocol-Version", "Mcp-Method", "Mcp-Name"]:
-            headers.pop(name, None)
+        """The headers of the request that sends message: the session, the
+        protocol's revision and, with 2026-07-28, what the message is."""
+        headers = [("Mcp-Session-Id", self.session)] if self.session else []
         if self.version:
-            headers["MCP-Protocol-Version"] = self.version
+            headers.append(("MCP-Protocol-Version", self.version))
         if self.version == MCP_MODERN and "method" in message:
-            headers["Mcp-Method"] = mcp_header_value(message["method"])
+            headers.append(("Mcp-Method", mcp_header_value(message["method"])))
             if message["method"] == "tools/call":
                 params = message["params"]
-                headers["Mcp-Name"] = mcp_header_value(params["name"])
+                headers.append(("Mcp-Name", mcp_header_value(params["name"])))
                 for name, path in self.param_headers.get(params["name"], ()):
                     value = _param_value(params.get("arguments"), path)
                     if value is not None:
-                        headers["Mcp-Param-" + name] = mcp_header_value(value)
+                        headers.append(("Mcp-Param-" + name, mcp_header_value(value)))
+        return headers
 
     def listen(self, message=None):
         """Hear what the server says on its own, in a thread: on the GET stream
@@ -4597,14 +4610,10 @@ class _Http:
         threading.Thread(target=self._listen, args=(message,), daemon=True).start()
 
     def _listen(self, message):
-        with self._lock:
-            if message is not None:
-                self._headers(message)
-            headers = dict(self.client.headers)
-        if message is None:
-            headers["Accept"] = "text/event-stream"
-        client = Client(self.url, headers=list(headers.items()), retries=0,
-                        timeout=MCP_LISTEN_IDLE, proxies=self.proxies, connections=keep_alive())
+        accept = "application/json, text/event-stream" if message else "text/event-stream"
+        client = Client(self.url, headers=self._given + self._headers(message or {}) + [
+                            ("Accept", accept)], retries=0, timeout=MCP_LISTEN_IDLE,
+                        proxies=self.proxies, connections=keep_alive())
         try:
             while not self._closed:
                 try:
@@ -4646,7 +4655,7 @@ class _Http:
 
     def _reads(self, response, deadline, client=None):
         try:
-            for data in (client or self.client)._reads(response):
+            for data in (client or self.client).reads(response):
                 yield data
                 if deadline is not None and time.monotonic() > deadline():
                     raise McpError("no answer in time", code="timeout")
@@ -4662,8 +4671,8 @@ class _Http:
         self._closed = True
         if self.session:
             try:
-                self.client.timeout = MCP_DISCOVER_WAIT
-                self.client.request("DELETE", "", probe=True).close()
+                self.client.request("DELETE", "", probe=True, headers=self._headers({}),
+                                    timeout=MCP_DISCOVER_WAIT).close()
             except ChatError:
                 pass
         self.client.close()
@@ -4691,7 +4700,7 @@ class _Sse:
         try:
             with self._events.request("GET", "", probe=True) as response:
                 lines, events = LineDecoder(MAX_MCP_MESSAGE), SSEDecoder(MAX_MCP_MESSAGE)
-                for data in self._events._reads(response):
+                for data in self._events.reads(response):
                     for line in lines.feed(data):
                         event = events.decode(line)
                         if event is None:
@@ -4715,7 +4724,7 @@ class _Sse:
         """The URL messages go to: on the host the stream came from, which
         alone was given the config's headers."""
         url = urllib.parse.urljoin(self.url, path)
-        if urlsplit(url)[:2] != urlsplit(self.url)[:2]:
+        if not may_carry_credentials(url, self.url):   # (the one rule for credentials)
             raise McpError("it named an endpoint on another host: %s" % shown_url_safely(url)[:200])
         self.client = Client(normalize_base_url(url), headers=self._headers, retries=0,
                              timeout=MCP_START_WAIT, proxies=self.proxies,
@@ -4728,9 +4737,9 @@ class _Sse:
             raise McpError("it named no endpoint to send to", code="timeout")
         if self.client is None:
             raise McpError("its event stream ended", code="stopped")
-        self.client.timeout = timeout or MCP_START_WAIT
         try:
-            self.client.request("POST", "", message, probe=True).close()
+            self.client.request("POST", "", message, probe=True,
+                                timeout=timeout or MCP_START_WAIT).close()
         except APITimeoutError:
             raise McpError("no answer", code="timeout") from None
         except ChatError as exc:
