@@ -451,7 +451,12 @@ def consume(reads):
     printer = chat.ReplyPrinter(io.StringIO(), io.StringIO(), n=2)
     try:
         for c in chat.iter_chunks(reads):
-            accumulator.add(c)
+            readable = c.get("choices") is None or type(c["choices"]) is list
+            try:
+                accumulator.add(c)
+            except chat.StreamError:   # one type policy (issue 25): a field of the wrong
+                assert not readable    # type is left out, never the end of the reply
+                raise
             printer.chunk(c)
         completion = accumulator.result()
         printer.finish(completion)
@@ -586,8 +591,7 @@ def test_accumulator_list_bound_is_exact_and_errors_say_what():
         return chunk(delta={"tool_calls": [{"index": i, "id": "c%d" % i, "type": "function",
                                             "function": {"name": "f", "arguments": ""}} for i in range(n)]})
     assert len(accumulate(calls(1024)).result()["choices"][0]["message"]["tool_calls"]) == 1024
-    with pytest.raises(chat.StreamError, match=r"^the server sent a chunk this client cannot "
-                                               r"read \(more than 1024 items in one list\): "):
+    with pytest.raises(chat.StreamError, match=r"^the server sent more than 1024 items in one list$"):
         accumulate(calls(1025))
     # Items of the wrong type are left out by the boundary, and said so.
     assert accumulate(chunk(delta={"tool_calls": [7]})).dropped == [".choices[].delta.tool_calls[] (int)"]
@@ -4141,11 +4145,18 @@ ANY = st.recursive(
     max_leaves=6)
 
 
+# Fields no table names, with the same names in every object of every chunk,
+# so that a vendor's field changes type from one chunk to the next (issue 25).
+SOME_TYPE = st.sampled_from(["text", 7, 2.5, True, [1, "a"], [{"index": 0}], {"k": "v"}]) | ANY
+UNNAMED = {"vendor_x": SOME_TYPE, "vendor_y": SOME_TYPE}
+
+
 def shaped(shape):
     """A strategy for values that mostly fit shape (chat's own table), and
-    sometimes are anything at all."""
+    sometimes are anything at all; objects may carry unnamed fields too."""
     if isinstance(shape, dict):
-        fitting = st.fixed_dictionaries({}, optional={k: shaped(v) for k, v in shape.items()})
+        fitting = st.fixed_dictionaries({}, optional=dict(
+            UNNAMED, **{k: shaped(v) for k, v in shape.items()}))
     elif isinstance(shape, list):
         fitting = st.lists(shaped(shape[0]), max_size=3)
     elif shape is str:
@@ -4158,6 +4169,19 @@ def shaped(shape):
 
 
 FUZZED_CHUNK = shaped(chat.CHUNK_SHAPE)
+
+
+def with_unnamed(**named):
+    """Objects with the named fields and, maybe, the unnamed ones."""
+    return st.fixed_dictionaries(named, optional=UNNAMED)
+
+
+# A chunk that is mostly unnamed fields where a reply is merged (the delta, an
+# object in it, a tool call, logprobs), so that one changes type between chunks.
+CHANGING_CHUNK = with_unnamed(choices=st.lists(with_unnamed(
+    index=st.integers(0, 1), delta=with_unnamed(audio=with_unnamed(), tool_calls=st.lists(
+        with_unnamed(index=st.integers(0, 1)), max_size=2)),
+    logprobs=with_unnamed()), min_size=1, max_size=1))
 ODD = [None, True, 0, -1, 2.5, "", "\ud83d", "\ude00x", "\x1b[2J", "sk-FUZZ-0123456789", [], {},
        [1, "a"], {"x": {"y": []}}, "text \u202e", 10**30]
 
@@ -4167,7 +4191,10 @@ def random_shaped(shape, rng, top=False):
     if not top and rng.random() < 0.15:
         return rng.choice(ODD)
     if isinstance(shape, dict):
-        return {k: random_shaped(v, rng) for k, v in shape.items() if rng.random() < 0.5}
+        value = {k: random_shaped(v, rng) for k, v in shape.items() if rng.random() < 0.5}
+        if rng.random() < 0.3:   # an unnamed field, of any type (issue 25)
+            value["vendor_x"] = rng.choice(ODD)
+        return value
     if isinstance(shape, list):
         return [random_shaped(shape[0], rng) for _ in range(rng.randrange(3))]
     if shape is int or shape == (int, float):
@@ -4192,7 +4219,12 @@ def run_reply_path(chunks, tmp):
                                 audio=chat.AudioFile(os.path.join(tmp, "a.wav"), "pcm16"))
     try:
         for c in chat.iter_chunks(reads):
-            accumulator.add(c)
+            readable = c.get("choices") is None or type(c["choices"]) is list
+            try:
+                accumulator.add(c)
+            except chat.StreamError:   # one type policy (issue 25): a field of the wrong
+                assert not readable    # type is left out, never the end of the reply
+                raise
             printer.chunk(c)
         completion = client.redactor.redact_all(accumulator.result())
         printer.finish(completion)
@@ -4211,7 +4243,7 @@ def run_reply_path(chunks, tmp):
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(FUZZED_CHUNK, max_size=5))
+@given(st.lists(FUZZED_CHUNK | CHANGING_CHUNK, max_size=5))
 def test_fuzzed_chunks_end_in_a_reply_or_our_error(tmp_path_factory, chunks):
     run_reply_path(chunks, str(tmp_path_factory.mktemp("fuzz")))
 
@@ -5206,3 +5238,111 @@ def test_an_http_mcp_call_is_bounded_progress_extends_it_and_it_is_cancelled(ser
         assert time.monotonic() - started > 1.6   # progress kept it going past 1 s
     finally:
         mcp.close()
+
+
+# ---------------------------------------------------------------------------
+# issue 25 (items 4, 5, 7, 8): one type policy, linear checks, mutation targets.
+# ---------------------------------------------------------------------------
+
+# One value of each JSON type, as a server may send it; "indexed" is a list
+# of objects that carry an index, merged by index rather than extended.
+OF_EACH_TYPE = {"str": "text", "int": 7, "float": 2.5, "bool": True, "list": [1, "a"],
+                "indexed": [{"index": 0, "v": "a"}], "dict": {"k": "v"}}
+# Where a reply is merged, each as (chunk with value under key "vendor_x",
+# the path the notice names).
+MERGED_AT = {
+    "delta": (lambda v: chunk(delta={"vendor_x": v}), ".choices[].delta"),
+    "an object in the delta": (lambda v: chunk(delta={"audio": {"vendor_x": v}}),
+                               ".choices[].delta.audio"),
+    "a tool call": (lambda v: chunk(delta={"tool_calls": [{"index": 0, "vendor_x": v}]}),
+                    ".choices[].delta.tool_calls[]"),
+    "logprobs": (lambda v: dict(chunk(), choices=[{"index": 0, "delta": {},
+                                                   "logprobs": {"vendor_x": v}}]),
+                 ".choices[].logprobs"),
+}
+
+
+def merged_vendor_x(acc, where):
+    choice = acc.result()["choices"][0]
+    if where == "logprobs":
+        return choice["logprobs"]["vendor_x"]
+    message = choice["message"]
+    return {"delta": message, "an object in the delta": message.get("audio"),
+            "a tool call": (message.get("tool_calls") or [{}])[0]}[where]["vendor_x"]
+
+
+@pytest.mark.parametrize("where", sorted(MERGED_AT))
+def test_an_unnamed_field_that_changes_type_keeps_its_first_type(where):
+    make, path = MERGED_AT[where]
+    for first, second in [(a, b) for a in OF_EACH_TYPE for b in OF_EACH_TYPE if a != b]:
+        kind = lambda name: {"int": "number", "float": "number", "indexed": "list"}.get(name, name)
+        acc = accumulate(make(OF_EACH_TYPE[first]), make(OF_EACH_TYPE[second]))
+        kept = merged_vendor_x(acc, where)
+        if (first, second) == ("indexed", "list"):   # merged by index: items not objects left out
+            assert acc.dropped == ["%s.vendor_x[] (int)" % path, "%s.vendor_x[] (str)" % path]
+            continue
+        if kind(first) == kind(second):   # the same JSON type: merged by the usual rule
+            assert acc.dropped == [], (first, second)
+            continue
+        name = type(OF_EACH_TYPE[second]).__name__   # what the server sent, in JSON's words
+        assert acc.dropped == ["%s.vendor_x (%s)" % (path, name)], (first, second)
+        expected = {"indexed": [{"v": "a"}]}.get(first, OF_EACH_TYPE[first])
+        assert kept == expected, (first, second)
+
+
+def test_an_unnamed_indexed_list_leaves_out_items_that_are_not_objects():
+    acc = accumulate(chunk(delta={"vendor_x": [{"index": 0, "v": "a"}]}),
+                     chunk(delta={"vendor_x": [7, {"index": True, "v": "b"}, {"index": 0, "v": "c"}]}))
+    # (an index left out: the item continues the last one)
+    assert acc.result()["choices"][0]["message"]["vendor_x"] == [{"v": "abc"}]
+    assert acc.dropped == [".choices[].delta.vendor_x[] (int)",
+                           ".choices[].delta.vendor_x[].index (bool)"]
+
+
+def test_a_vendor_field_sent_as_text_then_as_a_list_is_left_out_with_the_one_notice(server):
+    server.add(sse_reply(ROLE, chunk("Hi", delta={"vendor_x": "a"}),
+                         chunk(".", delta={"vendor_x": [1, 2]}), chunk(finish="stop")),
+               stream_reply("Still here."))
+    status, out, err = run_main(server, "-i", stdin="one\ntwo\n")
+    assert (status, out) == (0, "Hi.\nStill here.\n"), err
+    assert "Traceback" not in err and "_TextBuilder" not in err
+    assert err.count("the server sent fields of the wrong type, left out: "
+                     ".choices[].delta.vendor_x (list)") == 1
+
+
+class CountedKey(str):
+    """A key that counts how often it is hashed or compared."""
+    uses = 0
+
+    def __hash__(self):
+        CountedKey.uses += 1
+        return str.__hash__(self)
+
+    def __eq__(self, other):
+        CountedKey.uses += 1
+        return str.__eq__(self, other)
+
+
+def test_the_repeated_key_check_looks_at_each_key_a_few_times_not_at_every_other():
+    n = 4000
+    pairs = [(CountedKey("k%d" % i), i) for i in range(n)] + [(CountedKey("k7"), 0)]
+    CountedKey.uses = 0
+    with pytest.raises(ValueError, match=r'^the arguments give the key "k7" more than once$'):
+        chat._unique_keys(pairs)
+    assert CountedKey.uses < 5 * n   # counting each key against the others: n * n
+    assert chat._unique_keys([(CountedKey("a"), 1), (CountedKey("b"), 2)]) == {"a": 1, "b": 2}
+
+
+def test_a_calls_arguments_are_checked_once_for_showing_asking_and_running(server, tmp_path):
+    script = tmp_path / "echo.py"
+    script.write_text("import sys\nsys.stdout.write(sys.stdin.read())\n")
+    arguments = '{"city":  "Paris", "days": [1,  2]}'   # (not as json.dumps writes it)
+    server.add(sse_reply(chunk(delta=call_delta(name="f", arguments=arguments)),
+                         chunk(finish="tool_calls")), stream_reply("ok"))
+    chat._checked_arguments.cache_clear()
+    status, out, err = run_main(server, "--yes", "--tool-exec", "f=%s %s" % (sys.executable, script), "hi")
+    assert (status, out) == (0, "ok\n"), err
+    assert '  "city": "Paris",' in err   # shown, pretty-printed
+    assert server.requests[1]["body"]["messages"][-1]["content"] == '{"city": "Paris", "days": [1, 2]}'
+    checked = chat._checked_arguments.cache_info()
+    assert (checked.misses, checked.hits) == (1, 1)   # shown, then run: parsed once
