@@ -5346,3 +5346,73 @@ def test_a_calls_arguments_are_checked_once_for_showing_asking_and_running(serve
     assert server.requests[1]["body"]["messages"][-1]["content"] == '{"city": "Paris", "days": [1, 2]}'
     checked = chat._checked_arguments.cache_info()
     assert (checked.misses, checked.hits) == (1, 1)   # shown, then run: parsed once
+
+
+class QuickStatusLine(chat.StatusLine):
+    INTERVAL = 0.002   # redrawn often, so a test waits little for it
+
+
+def eventually(condition, what):
+    """Wait (10 s at most) for condition() to hold, for a thread to do its part."""
+    for _ in range(5000):
+        if condition():
+            return
+        time.sleep(0.002)
+    raise AssertionError("never happened: " + what)
+
+
+def test_the_status_line_draws_after_its_delay_counts_and_erases_without_a_trace():
+    clock, screen = [100.0], io.StringIO()
+    status = QuickStatusLine(screen, color=False, clock=lambda: clock[0])
+    status.wait("waiting for the model")
+    thread = status._thread
+    time.sleep(0.05)   # many rounds of its thread: still within DELAY, nothing drawn
+    assert screen.getvalue() == ""
+    clock[0] += 2.4
+    eventually(lambda: "... 2s" in screen.getvalue(), "drawn")
+    assert screen.getvalue().startswith("\rwaiting for the model... 2s\x1b[K")
+    status.wait("waiting for the model", progress="5 reasoning tokens")   # the same wait goes on
+    eventually(lambda: ", 5 reasoning" in screen.getvalue(), "progress drawn")
+    assert screen.getvalue().endswith("\rwaiting for the model... 2s, 5 reasoning tokens\x1b[K")
+    status.wait("retry 1 of 2", until=clock[0] + 3.2)   # another wait: counted from now
+    assert screen.getvalue().endswith("\r\x1b[K")   # the old one erased at once
+    clock[0] += 0.6
+    eventually(lambda: "retry 1 of 2 in 3s" in screen.getvalue(), "counted down")
+    clock[0] += 9
+    eventually(lambda: "retry 1 of 2 in 0s" in screen.getvalue(), "past its end: 0s")
+    status.clear()
+    assert screen.getvalue().endswith("in 0s\x1b[K\r\x1b[K")   # erased, the cursor at the start
+    thread.join(10)
+    assert not thread.is_alive() and status._thread is None   # nothing waits: the thread ended
+    drawn = len(screen.getvalue())
+    status.clear()   # nothing shown, nothing waits: nothing written
+    assert len(screen.getvalue()) == drawn
+
+
+def test_the_status_line_thread_ends_when_nothing_waits_and_comes_back_for_the_next_wait():
+    clock, screen = [0.0], io.StringIO()
+    status = QuickStatusLine(screen, color=True, clock=lambda: clock[0])
+    status.wait("connecting to example.com")
+    first = status._thread
+    status.clear()   # not drawn yet, but the wait is over
+    first.join(10)
+    assert not first.is_alive()
+    clock[0] += 5
+    time.sleep(0.05)
+    assert screen.getvalue() == ""   # a wait that ended is never drawn
+    status.wait("running \x1b[2Jtool " + "x" * 200)
+    assert status._thread is not first and status._thread.is_alive()
+    clock[0] += 1
+    eventually(lambda: "running" in screen.getvalue(), "the next wait drawn")
+    status.wait(None)
+    line = screen.getvalue().split("\r")[1]
+    assert line.startswith("\x1b[2mrunning ^[[2Jtool xxx") and line.endswith("\x1b[0m\x1b[K")
+    assert "\x1b[2J" not in line   # sanitized: the server may name the tool
+    assert len(line[len("\x1b[2m"):-len("\x1b[0m\x1b[K")]) == 79   # one column short of 80
+
+
+def test_fit_width_counts_wide_characters_as_two_columns():
+    assert chat._fit_width("ab\u4e2d\u6587x", 4) == "ab\u4e2d"
+    assert chat._fit_width("ab\u4e2d\u6587x", 5) == "ab\u4e2d"
+    assert chat._fit_width("ab\u4e2d\u6587x", 7) == "ab\u4e2d\u6587x"
+    assert chat._fit_width("abc", 3) == "abc" and chat._fit_width("abc", 2) == "ab"

@@ -24,8 +24,24 @@ from concurrent.futures import ThreadPoolExecutor
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGETS = [   # the pure core, as issue 10 names it; the accumulator is four pieces now
     "LineDecoder", "SSEDecoder", "iter_chunks", "parse_event", "ChatAccumulator",
-    "merge_delta", "_Indexed", "_finished", "_TextBuilder",
+    "merge_delta", "_first_value", "_Indexed", "_finished", "_TextBuilder",
     "retry_delay", "normalize_base_url", "fit_context",
+    # what hardens it (issue 25): the typed boundary and the argument check,
+    "conform", "_conform_object", "_conform_list", "conform_chunk", "_arguments",
+    "_history_content", "_content_parts", "completion_to_chunk", "mend_surrogates",
+    "_mend_all", "_is_number", "_is_whole", "_is_function_list", "check_params",
+    "_unique_keys", "_checked_arguments",
+    # the keep-alive pool,
+    "_connection_pool",
+    # the store of kept conversations,
+    "write_atomically", "save_conversation", "read_bounded", "private_folder",
+    "_signature", "_interrupts_deferred", "with_origin", "split_origin",
+    "ConversationLog", "Keeper",
+    # MCP,
+    "expand_variables", "mcp_specs", "_mcp_spec", "_Stdio", "_Http", "McpServer",
+    "_progress_text", "mcp_result", "mcp_tool_name", "McpTools",
+    # and the status line.
+    "StatusLine", "_fit_width",
 ]
 # The tests that exercise the pure core; the slow terminal and interpreter
 # tests are left out (they test the edges, not these functions).
