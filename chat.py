@@ -220,24 +220,22 @@ class LineDecoder:
             self._skip_lf = False
             if data[:1] == b"\n":
                 data = data[1:]
-        end = len(data) - 1                                # the last line ending:
-        if data[end:] not in (b"\n", b"\r"):               # usually the last byte
-            end = max(data.rfind(b"\n"), data.rfind(b"\r"))
-        if end < 0:                                        # no line ends here
-            if data:
-                self._pieces.append(data)
-                self._size += len(data)
-                self._check_size()
-            return []
-        complete = data if end + 1 == len(data) else data[:end + 1]
+        end = len(data)                                    # just past the last line ending:
+        if data[-1:] not in (b"\n", b"\r"):                # usually the last byte
+            end = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+            if end == 0:                                   # no line ends here
+                if data:
+                    self._keep(data)
+                return []
+        complete = data[:end]   # (data itself, when it ends with a line ending)
         if self._pieces:
             self._pieces.append(complete)
             complete = b"".join(self._pieces)
-        rest = data[end + 1:]
-        self._pieces, self._size = ([rest], len(rest)) if rest else ([], 0)
-        self._check_size()
-        # A CR as the very last byte: the LF of its CRLF may open the next read.
-        self._skip_lf = not rest and data[end] == 13
+            self._pieces, self._size = [], 0
+        if end < len(data):
+            self._keep(data[end:])
+        else:   # a CR as the very last byte: the LF of its CRLF may open the next read
+            self._skip_lf = data[-1] == 13
         try:
             # Decoding whole lines at once is safe: CR and LF never occur inside
             # a UTF-8 multi-byte character.
@@ -254,7 +252,10 @@ class LineDecoder:
                 lines[0] = lines[0][1:]
         return lines
 
-    def _check_size(self):
+    def _keep(self, data):
+        """Keep the bytes of an unfinished line, up to max_line of them."""
+        self._pieces.append(data)
+        self._size += len(data)
         if self._size > self.max_line:
             raise StreamError("the server sent a line longer than %d MiB; giving up"
                               % (self.max_line >> 20))

@@ -5361,37 +5361,67 @@ def eventually(condition, what):
     raise AssertionError("never happened: " + what)
 
 
+class Screen(io.StringIO):
+    """A terminal's stream: what reached the screen is what was flushed."""
+    shown = ""
+
+    def flush(self):
+        self.shown = self.getvalue()
+
+
 def test_the_status_line_draws_after_its_delay_counts_and_erases_without_a_trace():
-    clock, screen = [100.0], io.StringIO()
+    clock, screen = [100.0], Screen()
     status = QuickStatusLine(screen, color=False, clock=lambda: clock[0])
     status.wait("waiting for the model")
     thread = status._thread
+    assert thread.daemon   # a wait never keeps chat.py from ending
+    status.wait("connecting")   # a wait replaces the one before; one thread draws
+    assert status._thread is thread
     time.sleep(0.05)   # many rounds of its thread: still within DELAY, nothing drawn
     assert screen.getvalue() == ""
+    clock[0] += 0.5   # DELAY, exactly
+    eventually(lambda: screen.shown == "\rconnecting... 0s\x1b[K", "drawn, and flushed")
+    clock[0] += 1.9
+    status.wait("waiting for the model")
+    assert screen.shown.endswith("s\x1b[K\r\x1b[K")   # the old wait erased at once, flushed
     clock[0] += 2.4
-    eventually(lambda: "... 2s" in screen.getvalue(), "drawn")
-    assert screen.getvalue().startswith("\rwaiting for the model... 2s\x1b[K")
+    eventually(lambda: "model... 2s" in screen.shown, "drawn")
+    assert screen.shown.endswith("\rwaiting for the model... 2s\x1b[K")
     status.wait("waiting for the model", progress="5 reasoning tokens")   # the same wait goes on
-    eventually(lambda: ", 5 reasoning" in screen.getvalue(), "progress drawn")
-    assert screen.getvalue().endswith("\rwaiting for the model... 2s, 5 reasoning tokens\x1b[K")
+    eventually(lambda: ", 5 reasoning" in screen.shown, "progress drawn")
+    assert screen.shown.endswith("\rwaiting for the model... 2s, 5 reasoning tokens\x1b[K")
     status.wait("retry 1 of 2", until=clock[0] + 3.2)   # another wait: counted from now
-    assert screen.getvalue().endswith("\r\x1b[K")   # the old one erased at once
+    assert screen.shown.endswith("\r\x1b[K")   # the old one erased at once
     clock[0] += 0.6
-    eventually(lambda: "retry 1 of 2 in 3s" in screen.getvalue(), "counted down")
+    eventually(lambda: "in 3s" in screen.shown, "counted down")
+    assert screen.shown.endswith("\rretry 1 of 2 in 3s\x1b[K")
     clock[0] += 9
-    eventually(lambda: "retry 1 of 2 in 0s" in screen.getvalue(), "past its end: 0s")
+    eventually(lambda: "retry 1 of 2 in 0s" in screen.shown, "past its end: 0s")
     status.clear()
-    assert screen.getvalue().endswith("in 0s\x1b[K\r\x1b[K")   # erased, the cursor at the start
+    assert screen.shown.endswith("in 0s\x1b[K\r\x1b[K")   # erased, the cursor at the start
     thread.join(10)
     assert not thread.is_alive() and status._thread is None   # nothing waits: the thread ended
-    drawn = len(screen.getvalue())
+    screen.write("a reply, its line not ended")
     status.clear()   # nothing shown, nothing waits: nothing written
-    assert len(screen.getvalue()) == drawn
+    status.wait("running f")   # not drawn yet: nothing to erase
+    status.wait("running g")
+    assert screen.getvalue().endswith("a reply, its line not ended")
+
+
+def test_the_status_line_thread_sleeps_between_its_rounds():
+    class Slow(chat.StatusLine):
+        INTERVAL = 3600
+    clock, screen = [0.0], Screen()
+    status = Slow(screen, clock=lambda: clock[0])
+    status.wait("connecting")
+    clock[0] += 5
+    time.sleep(0.05)
+    assert screen.getvalue() == ""   # an hour before its first round
 
 
 def test_the_status_line_thread_ends_when_nothing_waits_and_comes_back_for_the_next_wait():
     clock, screen = [0.0], io.StringIO()
-    status = QuickStatusLine(screen, color=True, clock=lambda: clock[0])
+    status = QuickStatusLine(screen, clock=lambda: clock[0])   # in color, unless told not
     status.wait("connecting to example.com")
     first = status._thread
     status.clear()   # not drawn yet, but the wait is over
