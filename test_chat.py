@@ -5446,3 +5446,24 @@ def test_fit_width_counts_wide_characters_as_two_columns():
     assert chat._fit_width("ab\u4e2d\u6587x", 5) == "ab\u4e2d"
     assert chat._fit_width("ab\u4e2d\u6587x", 7) == "ab\u4e2d\u6587x"
     assert chat._fit_width("abc", 3) == "abc" and chat._fit_width("abc", 2) == "ab"
+
+
+@pytest.mark.parametrize("field", sorted(
+    key for key, (_, what, _) in chat.PARAM_RULES.items() if "number" in what))
+def test_true_is_not_a_number_where_a_number_is_expected(field):
+    number, true = ({"50256": 1}, {"50256": True}) if field == "logit_bias" else (1, True)
+    chat.check_params({field: number, "logprobs": True})   # a number of the right size: taken
+    with pytest.raises(chat.UsageError, match=r" must be .* not (true|{\"50256\": true})$"):
+        chat.check_params({field: true, "logprobs": True})
+
+
+def test_a_typed_boundary_takes_true_for_no_number(server):
+    acc = accumulate(dict(chunk("Hi."), created=True, choices=[
+        {"index": 0, "delta": {"content": "Hi."}, "logprobs": {"content": [
+            {"token": "Hi.", "logprob": True, "bytes": [72, True]}]}}]),
+        dict(chunk("!"), choices=[{"index": True, "delta": {"content": "!"}}]))
+    assert sorted(acc.dropped) == [".choices[].index (bool)", ".choices[].logprobs.content[].bytes[] (bool)",
+                                   ".choices[].logprobs.content[].logprob (bool)", ".created (bool)"]
+    completion = acc.result()
+    assert completion["created"] is None
+    assert completion["choices"][0]["logprobs"]["content"] == [{"token": "Hi.", "bytes": [72]}]
