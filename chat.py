@@ -887,7 +887,7 @@ class ChatAccumulator:
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():   # (conformed: the types are right)
-            index = choice.get("index", 0)
+            index = choice.get("index") or 0   # (null, as everywhere, is absent)
             c = self.choices.get(index)
             if c is None:
                 if not 0 <= index < self.n:
@@ -2164,7 +2164,7 @@ class Chat:
             chunk = completion_to_chunk(completion)
             accumulator.add(chunk)   # checks its shape before it is shown
             completion["choices"] = [c for c in completion["choices"]   # as asked for
-                                     if c.get("index", 0) in accumulator.choices]
+                                     if (c.get("index") or 0) in accumulator.choices]
             printer.chunk(chunk)
             return self.client.redactor.redact_all(completion)
         if self.max_context and "stream_options" not in payload:
@@ -2879,7 +2879,7 @@ class ReplyPrinter(Printer):
         if not self.show_text:
             return
         for choice in chunk.get("choices") or ():
-            index = choice.get("index", 0)
+            index = choice.get("index") or 0   # (null, as everywhere, is absent)
             if 0 <= index < self.n:
                 self._choice(index, choice)
 
@@ -2887,7 +2887,7 @@ class ReplyPrinter(Printer):
         """One choice's piece: written, held for its turn, or its reasoning shown."""
         delta = choice.get("delta") or {}
         text = delta.get("content")
-        if text is None and "audio" in delta:
+        if text is None and delta.get("audio"):
             text = delta["audio"].get("transcript")
         if self._current is None:
             self._switch_to(index)
@@ -2977,7 +2977,7 @@ class ReplyPrinter(Printer):
             self.end_line()
         for choice in completion.get("choices") or ():
             message = choice.get("message") or {}
-            label = "choice %d: " % (choice.get("index", 0) + 1) if self.n > 1 else ""
+            label = "choice %d: " % ((choice.get("index") or 0) + 1) if self.n > 1 else ""
             self._show_refusal(label, message.get("refusal"))
             self._show_cut_off(label, choice.get("finish_reason"))
             for call in tool_calls(message):
@@ -2985,7 +2985,7 @@ class ReplyPrinter(Printer):
             self._show_sources(label, message.get("annotations"))
             if self.logprobs and choice.get("logprobs"):
                 self._show_logprobs(label, choice["logprobs"].get("content") or [])
-            if self.audio and choice.get("index", 0) == 0:
+            if self.audio and not choice.get("index"):
                 self.audio.write(message.get("audio"), lambda text: _stderr_notice(self.err, text))
         if self.usage:
             self._show_usage(completion.get("usage"))

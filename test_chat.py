@@ -5467,3 +5467,17 @@ def test_a_typed_boundary_takes_true_for_no_number(server):
     completion = acc.result()
     assert completion["created"] is None
     assert completion["choices"][0]["logprobs"]["content"] == [{"token": "Hi.", "bytes": [72]}]
+
+
+def test_null_is_absent_wherever_a_server_sends_it(server):
+    # (found by the fuzzer once its chunks carried unnamed fields)
+    server.add(sse_reply(dict(chunk(), choices=[{"index": None, "delta": {"content": "Hi", "audio": None}}]),
+                         dict(chunk(), choices=[{"index": None, "delta": {"content": "."},
+                                                 "finish_reason": "stop"}])))
+    assert run_main(server, "hi")[:2] == (0, "Hi.\n")
+    body = completion("Whole.")
+    body["choices"][0]["index"] = None
+    server.add(Reply(json.dumps(body).encode()))
+    status, out, err = run_main(server, "--no-stream", "-n", "2", "--output", "json", "hi")
+    assert status == 0 and "Traceback" not in err, err
+    assert json.loads(out)["choices"][0]["message"]["content"] == "Whole."
