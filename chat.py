@@ -3740,8 +3740,8 @@ def _unique_keys(pairs):
         seen, repeated = set(), set()
         for key, _ in pairs:
             (repeated if key in seen else seen).add(key)
-        raise ValueError("the arguments give the key %s more than once"
-                         % ", ".join(json.dumps(key, ensure_ascii=False) for key in sorted(repeated)))
+        raise ValueError("the arguments give the key %s more than once" % ", ".join(
+            json.dumps(key, ensure_ascii=False) for key in sorted(repeated)))
     return value
 
 
