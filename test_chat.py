@@ -5481,3 +5481,13 @@ def test_null_is_absent_wherever_a_server_sends_it(server):
     status, out, err = run_main(server, "--no-stream", "-n", "2", "--output", "json", "hi")
     assert status == 0 and "Traceback" not in err, err
     assert json.loads(out)["choices"][0]["message"]["content"] == "Whole."
+
+
+def test_tool_arguments_of_no_json_type_are_left_out_and_an_object_keeps_its_letters():
+    acc = accumulate(chunk(delta=call_delta(name="f", arguments={"city": "Z\u00fcrich"})),
+                     chunk(delta={"tool_calls": [{"index": 1, "id": "c2", "type": "function",
+                                                  "function": {"name": "g", "arguments": 7}}]}))
+    calls = acc.result()["choices"][0]["message"]["tool_calls"]
+    assert calls[0]["function"]["arguments"] == '{"city": "Z\u00fcrich"}'   # as the model wrote it
+    assert calls[1]["function"]["arguments"] == ""
+    assert acc.dropped == [".choices[].delta.tool_calls[].function.arguments (int)"]
