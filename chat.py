@@ -662,14 +662,22 @@ def iter_chunks(reads):
     raise IncompleteStreamError("the server closed the stream before the reply was complete")
 
 
+_JSON = json.JSONDecoder()
+
+
 def parse_event(event):
     """Return the chunk dict an event carries; raise APIError if it carries an error."""
+    data = event.data
     try:
-        chunk = json.loads(event.data)   # (not parse_json(): the hot path; see except)
+        # The usual data, one JSON object and nothing around it, goes to
+        # raw_decode: json.loads' own wrapping costs as much as the parse.
+        # Anything else goes to json.loads, errors and all.
+        chunk, end = _JSON.raw_decode(data) if data[:1] == "{" else (None, -1)
+        if end != len(data):
+            chunk = json.loads(data)   # (not parse_json(): the hot path; see except)
     except (ValueError, RecursionError):   # RecursionError: nested 200,000 deep
         chunk = None
     if type(chunk) is dict and "error" not in chunk and event.event == "message":
-        data = event.data
         if "\\u" in data and _ESCAPED_SURROGATE.search(data):
             chunk = _mend_all(chunk)   # an emoji escaped, maybe cut in two
         return chunk   # the usual case, decided in one test

@@ -5491,3 +5491,19 @@ def test_tool_arguments_of_no_json_type_are_left_out_and_an_object_keeps_its_let
     assert calls[0]["function"]["arguments"] == '{"city": "Z\u00fcrich"}'   # as the model wrote it
     assert calls[1]["function"]["arguments"] == ""
     assert acc.dropped == [".choices[].delta.tool_calls[].function.arguments (int)"]
+
+
+@pytest.mark.parametrize("data", [
+    '{"a": 1}', ' {"a": 1}', '{"a": 1} ', '{"a": 1}\n', '{"a": 1} x', '{"a": 1}{"b": 2}', '{bad',
+    '{"a": 1', '[{"a": 1}]', '"text"', "\ufeff{}", '{"a": [' * 100000 + "]" * 100000 + "}", "{}"])
+def test_an_event_is_read_as_json_loads_reads_it(data):
+    event = chat.ServerSentEvent("message", data, "", None)
+    try:
+        expected = json.loads(data)
+    except (ValueError, RecursionError):
+        expected = None
+    if isinstance(expected, dict):
+        assert chat.parse_event(event) == expected
+    else:
+        with pytest.raises(chat.StreamError, match="not a JSON object"):
+            chat.parse_event(event)
