@@ -450,7 +450,9 @@ def user_content(text, parts=()):
 # A shape is a type, a tuple of types, an object (a dict: key -> shape), a
 # list of one shape ([shape]) or a function that converts a value (or
 # returns _WRONG).  A field the table names and the value does not fit is
-# left out, and said so; what the table does not name passes as it came.
+# left out, and said so; what the table does not name passes as it came,
+# and keeps the JSON type it first came with (merge_delta): a later value of
+# another type is left out the same way.  Null is absent, wherever it is.
 # Past conform(), nothing meets a type it did not expect.
 
 _WRONG = object()
