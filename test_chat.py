@@ -5507,3 +5507,39 @@ def test_an_event_is_read_as_json_loads_reads_it(data):
     else:
         with pytest.raises(chat.StreamError, match="not a JSON object"):
             chat.parse_event(event)
+
+
+@pytest.mark.parametrize("first", ["", 0, 0.0, False, {}])
+def test_a_field_first_sent_empty_or_zero_keeps_that_type(first):
+    for second in ("text", 7, True, [1], {"k": "v"}):
+        if type(second) is type(first) or {type(first), type(second)} <= {int, float}:
+            continue
+        acc = accumulate(chunk(delta={"vendor_x": first}), chunk(delta={"vendor_x": second}))
+        assert acc.result()["choices"][0]["message"]["vendor_x"] == first, second
+        assert acc.dropped == [".choices[].delta.vendor_x (%s)" % type(second).__name__]
+
+
+def test_tool_call_fragments_with_and_without_an_index_find_their_calls():
+    def call(**fields):
+        return chunk(delta={"tool_calls": [dict(fields, type="function")]})
+    acc = accumulate(call(id="a", function={"name": "f", "arguments": "{"}),   # no index: a new call
+                     call(index=1, id="b", function={"name": "g", "arguments": "{"}),
+                     call(id="c", function={"name": "h", "arguments": "{"}),   # a new id: a new call
+                     call(index=2, function={"arguments": "}"}))   # the call that came third
+    calls = acc.result()["choices"][0]["message"]["tool_calls"]
+    assert [(c["id"], c["function"]["arguments"]) for c in calls] == [
+        ("a", "{"), ("b", "{"), ("c", "{}")]
+
+
+@pytest.mark.parametrize("content,fits", [
+    ("text", True), ([{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {}}], True),
+    ([{"type": "image_url"}], True), ([], True), ([{"type": "text", "text": 5}], False),
+    (["hi"], False), ([{"text": "hi"}], False), ([{"type": 5}], False), ([{"type": "text"}], False),
+])
+def test_a_loaded_messages_content_is_text_or_parts_whose_text_is_text(content, fits):
+    data = {"messages": [{"role": "user", "content": content}]}
+    if fits:
+        assert chat.parse_conversation(data)[1] == data["messages"]
+    else:
+        with pytest.raises(chat.UsageError, match=r"^message 1 is not well formed: content \(list\)$"):
+            chat.parse_conversation(data)

@@ -186,6 +186,7 @@ def run_one(source, mutant, scratch_root):
             shutil.copy(os.path.join(HERE, name), folder)
         with open(os.path.join(folder, "chat.py"), "w") as f:
             f.write(source if mutant is None else mutate(source, mutant[1], mutant[2]))
+        os.chmod(os.path.join(folder, "chat.py"), 0o755)   # (a test holds it executable)
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         try:
             proc = subprocess.run(
