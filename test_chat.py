@@ -5543,3 +5543,10 @@ def test_a_loaded_messages_content_is_text_or_parts_whose_text_is_text(content, 
     else:
         with pytest.raises(chat.UsageError, match=r"^message 1 is not well formed: content \(list\)$"):
             chat.parse_conversation(data)
+
+
+def test_what_is_left_out_of_a_fields_first_value_is_named_by_its_path():
+    assert accumulate(chunk(delta={"vendor_x": [{"index": 0}, 7]})).dropped == [
+        ".choices[].delta.vendor_x[] (int)"]
+    assert accumulate(chunk(delta={"audio": {"vendor_y": [{"index": 0}, "x"]}})).dropped == [
+        ".choices[].delta.audio.vendor_y[] (str)"]
