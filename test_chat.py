@@ -5550,3 +5550,21 @@ def test_what_is_left_out_of_a_fields_first_value_is_named_by_its_path():
         ".choices[].delta.vendor_x[] (int)"]
     assert accumulate(chunk(delta={"audio": {"vendor_y": [{"index": 0}, "x"]}})).dropped == [
         ".choices[].delta.audio.vendor_y[] (str)"]
+
+
+@pytest.mark.parametrize("choice", [
+    {"index": 0, "delta": {"content": "Hi."}, "finish_reason": 7},
+    {"index": 0, "delta": {"content": "Hi."}, "logprobs": 5},
+    {"index": 0, "delta": {"content": "Hi."}, "logprobs": {"content": 5}},
+    {"index": "0", "delta": {"content": "Hi."}},
+    {"index": 0, "delta": "x"},   # (one character: as long as the usual delta)
+    {"index": 0, "delta": {"content": 5}},
+    7,
+])
+def test_a_chunk_is_whole_to_its_readers_once_added(choice):
+    c = dict(chunk(), choices=[choice])
+    acc = accumulate(c)
+    assert len(acc.dropped) == 1
+    again = []
+    chat.conform(json.loads(json.dumps(c)), chat.CHUNK_SHAPE, again)
+    assert again == []   # what the printer reads next has no type it does not expect
