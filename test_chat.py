@@ -5560,9 +5560,10 @@ def test_what_is_left_out_of_a_fields_first_value_is_named_by_its_path():
     {"index": 0, "delta": "x"},   # (one character: as long as the usual delta)
     {"index": 0, "delta": {"content": 5}},
     7,
+    "usage",
 ])
 def test_a_chunk_is_whole_to_its_readers_once_added(choice):
-    c = dict(chunk(), choices=[choice])
+    c = dict(chunk("Hi."), usage="lots") if choice == "usage" else dict(chunk(), choices=[choice])
     acc = accumulate(c)
     assert len(acc.dropped) == 1
     again = []
