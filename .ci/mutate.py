@@ -182,8 +182,9 @@ def selection(mutant):
 def run_one(source, mutant, scratch_root):
     folder = tempfile.mkdtemp(dir=scratch_root)
     try:
-        for name in ("test_chat.py", "README.md"):
+        for name in ("test_chat.py", "README.md", "Makefile"):   # (what the tests read)
             shutil.copy(os.path.join(HERE, name), folder)
+        shutil.copytree(os.path.join(HERE, ".ci"), os.path.join(folder, ".ci"))
         with open(os.path.join(folder, "chat.py"), "w") as f:
             f.write(source if mutant is None else mutate(source, mutant[1], mutant[2]))
         os.chmod(os.path.join(folder, "chat.py"), 0o755)   # (a test holds it executable)
