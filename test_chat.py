@@ -5569,3 +5569,14 @@ def test_a_chunk_is_whole_to_its_readers_once_added(choice):
     again = []
     chat.conform(json.loads(json.dumps(c)), chat.CHUNK_SHAPE, again)
     assert again == []   # what the printer reads next has no type it does not expect
+
+
+def test_tool_arguments_refused_say_why_in_words_and_kept_ones_keep_their_letters():
+    for text, words in (('{"a": 1, "b": 2, "a": 3, "b": 4}', 'the key "a", "b" more than once'),
+                        ('{"\u00fc": 1, "\u00fc": 2}', 'the key "\u00fc" more than once'),
+                        ("x" * 400, "not valid JSON: " + "x" * 300)):
+        with pytest.raises(ValueError) as refused:
+            chat.canonical_arguments(text)
+        assert str(refused.value) == "the arguments " + ("give " if "key" in words else "are ") + words
+    assert chat.canonical_arguments('{"city":  "Z\u00fcrich"}') == '{"city": "Z\u00fcrich"}'
+    assert chat.canonical_arguments("") == chat.canonical_arguments(None) == "{}"
