@@ -3,7 +3,8 @@
 # make check  byte-compile, and prove with vermin that chat.py runs on Python 3.6+
 # make e2e    the end-to-end tests against llama.cpp's server with a real model
 # make bench  measure chat.py against a minimal floor (not part of make test)
-# make mutate mutation-test the pure core (.ci/mutate.py; about half an hour)
+# make mutate mutation-test the pure core and what hardens it (.ci/mutate.py; hours
+#             in all: python3 .ci/mutate.py --targets NAME,... runs a part)
 # make run    start a chat
 # make install  chat.py as a command in $(PREFIX)/bin (default ~/.local), its
 #             bytecode compiled once so it starts fast

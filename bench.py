@@ -24,13 +24,19 @@ same run, so the ratios hold from machine to machine:
 4. memory: peak RSS for the 200,000-chunk reply, and after a piped
    conversation of 2,000 messages, beside the floor's; and for a 2-chunk
    reply, which shows the fixed cost (imports, compiling the script) apart
-   from what the reply itself costs.
+   from what the reply itself costs;
+5. growth: each parser of text a server sends (SSE decoding, the chunk
+   merge, markdown, code extraction, the tool arguments' check, the
+   sanitizer), CPU for an input of size n and of 4n, each shaped where a
+   quadratic cost would hide; linear is a growth of about 4x.
+   `python3 bench.py growth` runs only these.
 
 The server is a raw socket on 127.0.0.1 that writes pre-rendered bytes as
 fast as the socket takes them; it runs in this process, so only the client's
 CPU is counted.  Standard library only.
 """
 
+import importlib.util
 import json
 import os
 import pty
@@ -384,6 +390,133 @@ def first_token_latency(runs=11):
 
 
 # ---------------------------------------------------------------------------
+# Growth: each parser of server text at two sizes, in this process.
+# ---------------------------------------------------------------------------
+
+def load_chat():
+    """The chat.py under test, imported as a module."""
+    spec = importlib.util.spec_from_file_location("chat_under_bench", CHAT_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def sse_input(n, run):
+    """n events of two data lines and a comment, then one event whose data
+    line is n * 64 bytes, all cut into 1,000-byte reads at odd places."""
+    body = b"".join(b": keep-alive\ndata: {\"n\": %d,\ndata: \"x\": \"%s\"}\n\n"
+                    % (i, b"y" * (i % 50)) for i in range(n))
+    body += b"data: " + b"z" * (n * 64) + b"\r\n\r\n"
+    return [body[i:i + 1000] for i in range(0, len(body), 1000)]
+
+
+def sse_decode(chat, reads):
+    lines, events = chat.LineDecoder(), chat.SSEDecoder()
+    for data in reads:
+        for line in lines.feed(data):
+            events.decode(line)
+
+
+def merge_input(n, run):
+    """n chunks: content, reasoning, a tool call's arguments in fragments
+    without an index (found by the last call), a vendor's field."""
+    out = []
+    for i in range(n):
+        delta = [{"content": "w%d " % i}, {"reasoning_content": "r "},
+                 {"tool_calls": [{"function": {"arguments": '"k%d": 1, ' % i}}]},
+                 {"vendor_x": "v"}][i % 4]
+        if i == 0:
+            delta["tool_calls"] = [{"index": 0, "id": "c1", "type": "function",
+                                    "function": {"name": "f", "arguments": "{"}}]
+        out.append({"id": "c", "choices": [{"index": 0, "delta": delta}]})
+    return out
+
+
+def merge(chat, chunks):
+    accumulator = chat.ChatAccumulator()
+    for chunk in chunks:
+        accumulator.add(chunk)
+    accumulator.result()
+
+
+def markdown_input(n, run):
+    """n pieces of markdown whose markers never close: emphasis, code spans,
+    links, fences, headings, each piece a few characters."""
+    pieces = ["_", "*", "**", "`", "[", "](", "\n", "# ", "``", "```", "~", " x", "\\"]
+    return [pieces[(i * 7) % len(pieces)] for i in range(n)]
+
+
+def markdown(chat, pieces):
+    highlighter = chat.MarkdownHighlighter()
+    for piece in pieces:
+        highlighter.feed(piece)
+    highlighter.end()
+
+
+def code_input(n, run):
+    """n fence lines of backticks of varying length, few of them closed,
+    between lines of code."""
+    return "".join("`" * (3 + i % 7) + "py\nx = %d\n" % i for i in range(n))
+
+
+def argument_input(n, run):
+    """A tool call's arguments: an object of n keys, the last one repeated
+    (and a text not checked before: the result of a check is kept)."""
+    return '{"run": %d, %s}' % (run, ", ".join('"key%d": %d' % (i, i)
+                                               for i in list(range(n)) + [n - 1]))
+
+
+def check_arguments(chat, text):
+    try:
+        chat.canonical_arguments(text)
+    except ValueError:   # the repeated key: the whole text was looked at
+        pass
+
+
+def sanitizer_input(n, run):
+    """n pieces of text with escape sequences, controls and bidi overrides."""
+    return "".join("ok \x1b[31mred\x1b[0m \u202e%d\x07\x9b " % i for i in range(n))
+
+
+GROWTH = [   # (what, input(n, run), parse(chat, input), n)
+    ("SSE decoding (events, a long line)", sse_input, sse_decode, 20000),
+    ("chunk merge (content, reasoning, tool call fragments)", merge_input, merge, 20000),
+    ("markdown (markers that never close)", markdown_input, markdown, 40000),
+    ("code extraction, chat.code_blocks (unclosed fences)", code_input,
+     lambda chat, text: chat.code_blocks(text), 160000),
+    ("tool arguments' check (keys, one repeated)", argument_input, check_arguments, 20000),
+    ("sanitizer (escapes, controls, bidi)", sanitizer_input,
+     lambda chat, text: chat.sanitize(text), 40000),
+]
+
+
+def growth(chat, runs=RUNS):
+    """Rows of (what, CPU at n, CPU at 4n, their ratio) for each parser."""
+    rows = []
+    for what, make, parse, n in GROWTH:
+        times = []
+        for size in (n, 4 * n):
+            samples = []
+            for run in range(runs):
+                data = make(size, run)
+                started = time.process_time()
+                parse(chat, data)
+                samples.append(time.process_time() - started)
+            times.append(statistics.median(samples))
+        rows.append(("%s, n=%s and 4n, CPU" % (what, format(n, ",")), "%.3f s" % times[0],
+                     "%.3f s (4n)" % times[1], times[1] / times[0], "about 4x"))
+    return rows
+
+
+def print_table(rows):
+    print("| measure | chat.py | floor | ratio | target |")
+    print("| --- | ---: | ---: | ---: | --- |")
+    for name, ours, floor, ratio, target in rows:
+        print("| %s | %s | %s | %s | %s |" % (name, ours, floor,
+                                             "" if ratio is None else "%.2fx" % ratio, target))
+
+
+# ---------------------------------------------------------------------------
 # The benchmark.
 # ---------------------------------------------------------------------------
 
@@ -485,18 +618,18 @@ def main():
         ("peak RSS, %s-message conversation" % format(2 * TURNS, ","), "%.1f MiB" % talk_rss,
          "%.1f MiB" % floor_rss, talk_rss / floor_rss, ""),
     ]
+    rows += growth(load_chat())
     print("chat.py benchmark: Python %s, %d cores, median of %d runs"
           % (sys.version.split()[0], os.cpu_count(), RUNS))
     print()
-    print("| measure | chat.py | floor | ratio | target |")
-    print("| --- | ---: | ---: | ---: | --- |")
-    for name, ours, floor, ratio, target in rows:
-        print("| %s | %s | %s | %s | %s |" % (name, ours, floor,
-                                             "" if ratio is None else "%.2fx" % ratio, target))
+    print_table(rows)
 
 
 if __name__ == "__main__":
     try:
-        main()
+        if sys.argv[1:] == ["growth"]:
+            print_table(growth(load_chat()))
+        else:
+            main()
     finally:
         shutil.rmtree(SCRATCH, ignore_errors=True)

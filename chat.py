@@ -236,24 +236,22 @@ class LineDecoder:
             self._skip_lf = False
             if data[:1] == b"\n":
                 data = data[1:]
-        end = len(data) - 1                                # the last line ending:
-        if data[end:] not in (b"\n", b"\r"):               # usually the last byte
-            end = max(data.rfind(b"\n"), data.rfind(b"\r"))
-        if end < 0:                                        # no line ends here
-            if data:
-                self._pieces.append(data)
-                self._size += len(data)
-                self._check_size()
-            return []
-        complete = data if end + 1 == len(data) else data[:end + 1]
+        end = len(data)                                    # just past the last line ending:
+        if data[-1:] not in (b"\n", b"\r"):                # usually the last byte
+            end = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+            if end == 0:                                   # no line ends here
+                if data:
+                    self._keep(data)
+                return []
+        complete = data[:end]   # (data itself, when it ends with a line ending)
         if self._pieces:
             self._pieces.append(complete)
             complete = b"".join(self._pieces)
-        rest = data[end + 1:]
-        self._pieces, self._size = ([rest], len(rest)) if rest else ([], 0)
-        self._check_size()
-        # A CR as the very last byte: the LF of its CRLF may open the next read.
-        self._skip_lf = not rest and data[end] == 13
+            self._pieces, self._size = [], 0
+        if end < len(data):
+            self._keep(data[end:])
+        else:   # a CR as the very last byte: the LF of its CRLF may open the next read
+            self._skip_lf = data[-1] == 13
         try:
             # Decoding whole lines at once is safe: CR and LF never occur inside
             # a UTF-8 multi-byte character.
@@ -270,7 +268,10 @@ class LineDecoder:
                 lines[0] = lines[0][1:]
         return lines
 
-    def _check_size(self):
+    def _keep(self, data):
+        """Keep the bytes of an unfinished line, up to max_line of them."""
+        self._pieces.append(data)
+        self._size += len(data)
         if self._size > self.max_line:
             raise StreamError("the server sent a line longer than %d MiB; giving up"
                               % (self.max_line >> 20))
@@ -462,7 +463,9 @@ def user_content(text, parts=()):
 # A shape is a type, a tuple of types, an object (a dict: key -> shape), a
 # list of one shape ([shape]) or a function that converts a value (or
 # returns _WRONG).  A field the table names and the value does not fit is
-# left out, and said so; what the table does not name passes as it came.
+# left out, and said so; what the table does not name passes as it came,
+# and keeps the JSON type it first came with (merge_delta): a later value of
+# another type is left out the same way.  Null is absent, wherever it is.
 # Past conform(), nothing meets a type it did not expect.
 
 _WRONG = object()
@@ -678,14 +681,22 @@ def _early_end(first, last):
     return IncompleteStreamError("the server closed the stream before the reply was complete")
 
 
+_JSON = json.JSONDecoder()
+
+
 def parse_event(event):
     """Return the chunk dict an event carries; raise APIError if it carries an error."""
+    data = event.data
     try:
-        chunk = json.loads(event.data)   # (not parse_json(): the hot path; see except)
+        # The usual data, one JSON object and nothing around it, goes to
+        # raw_decode: json.loads' own wrapping costs as much as the parse.
+        # Anything else goes to json.loads, errors and all.
+        chunk, end = _JSON.raw_decode(data) if data[:1] == "{" else (None, -1)
+        if end != len(data):
+            chunk = json.loads(data)   # (not parse_json(): the hot path; see except)
     except (ValueError, RecursionError):   # RecursionError: nested 200,000 deep
         chunk = None
     if type(chunk) is dict and "error" not in chunk and event.event == "message":
-        data = event.data
         if "\\u" in data and _ESCAPED_SURROGATE.search(data):
             chunk = _mend_all(chunk)   # an emoji escaped, maybe cut in two
         return chunk   # the usual case, decided in one test
@@ -748,16 +759,8 @@ class _TextBuilder(list):
         return self.head
 
 
-def _expect(value, types, what):
-    # bool is an int to isinstance, never to the API
-    if not isinstance(value, types) or isinstance(value, bool):
-        raise TypeError("%s is %s" % (what, type(value).__name__))
-    return value
 # Strings that name a thing rather than carry its text: set, never joined.
 _LABELS = frozenset(("role", "id", "type", "format", "object", "model"))
-_SET_ONCE = _LABELS | {"name"}
-# Fields whose value must be text where it is not null.
-_TEXTS = frozenset(("content", "refusal", "reasoning_content", "reasoning"))
 
 
 class _Indexed(dict):
@@ -771,11 +774,18 @@ class _Indexed(dict):
         super().__init__()
         self.ids, self.last = {}, None
 
-    def merge(self, items):
+    def merge(self, items, dropped, path):
+        """Merge a list's items by index; an item that is not an object, or
+        an index that is not a whole number, is left out (see merge_delta)."""
         for item in items:
-            if not isinstance(item, dict):
-                raise TypeError("a list item is %s" % type(item).__name__)
-            index = _expect(item.get("index"), (int, type(None)), "index")
+            if type(item) is not dict:
+                dropped.append("%s[] (%s)" % (path, type(item).__name__))
+                continue
+            index = item.get("index")
+            if index is not None and type(index) is not int:   # (bool is not an index)
+                dropped.append("%s[].index (%s)" % (path, type(index).__name__))
+                item = {k: v for k, v in item.items() if k != "index"}
+                index = None
             if index is None:   # a new id is a new item; no id continues the last one
                 new_id = item.get("id")
                 index = self.ids.get(new_id) if new_id else self.last
@@ -784,53 +794,71 @@ class _Indexed(dict):
             into = self.get(index)
             if into is None:
                 if len(self) >= MAX_LIST_ITEMS:
-                    raise ValueError("more than %d items in one list" % MAX_LIST_ITEMS)
+                    raise StreamError("the server sent more than %d items in one list"
+                                      % MAX_LIST_ITEMS)
                 into = self[index] = {}
-            merge_delta(into, item, ())
-            if isinstance(item.get("id"), str):
+            merge_delta(into, item, dropped, path + "[]")
+            if type(item.get("id")) is str:
                 self.ids[item["id"]] = index
             if self.last is None or index > self.last:
                 self.last = index
 
 
-def merge_delta(into, delta, texts=_TEXTS):
+# The JSON type of a merged value: a field keeps the type it first came with.
+_JSON_TYPES = {str: "string", _TextBuilder: "string", dict: "object", list: "array",
+               _Indexed: "array", int: "number", float: "number", bool: "boolean"}
+
+
+def merge_delta(into, delta, dropped, path=""):
     """Merge one streamed delta dict into what arrived before it, by the API's
     shapes: strings are joined (labels such as id, type and role are set;
     a name repeated whole is kept once); objects are merged key by key by the
     same rule; lists of objects that carry an "index" are merged by index;
     other lists are extended; numbers are set; null never erases anything.
-    The keys in texts (at this level only) must hold strings."""
+    A field keeps the JSON type it first came with: a value of another type
+    is left out, its path (path.key) appended to dropped, as conform() does."""
     for key, value in delta.items():
-        if value is None:
-            continue
         old = into.get(key)
-        if type(value) is str:
-            if old is not None and key not in _SET_ONCE:
-                old.add(value)   # the usual case; an AttributeError if old was not text
-            elif key in _LABELS:   # set; but "" never erases a label (Qwen sends "id": "")
-                if value or old is None:
-                    into[key] = value
-            elif old is None:
-                into[key] = _TextBuilder(value)
-            elif str(old) != value:   # "name": OpenAI sends it once, some servers in
-                old.add(value)        # every piece; joined only if it differs
-        elif key in texts:
-            raise TypeError("%s is %s" % (key, type(value).__name__))
-        elif isinstance(value, dict):
-            if old is None:
-                old = into[key] = {}
-            merge_delta(_expect(old, dict, key), value, ())
-        elif isinstance(value, list):
-            if old is None or (type(old) is list and not old):   # decided by the items:
-                indexed = key == "tool_calls" or any(   # OpenRouter starts with []
-                    isinstance(item, dict) and "index" in item for item in value)
-                old = into[key] = _Indexed() if indexed else []
-            if isinstance(old, _Indexed):
-                old.merge(value)
-            else:
-                _expect(old, list, key).extend(value)
-        else:
+        if type(value) is str and type(old) is _TextBuilder and key != "name":
+            old.add(value)   # the usual case: the next piece of a text
+        elif value is None:
+            continue
+        elif old is None or type(old) is list and not old and type(value) is list:
+            # the first value (an empty list is decided by the items that follow
+            # it: OpenRouter starts tool_calls with [])
+            into[key] = _first_value(key, value, dropped, path + "." + key)
+        elif _JSON_TYPES.get(type(old)) != _JSON_TYPES.get(type(value)):
+            dropped.append("%s.%s (%s)" % (path, key, type(value).__name__))
+        elif type(value) is dict:
+            merge_delta(old, value, dropped, path + "." + key)
+        elif type(old) is _Indexed:
+            old.merge(value, dropped, path + "." + key)
+        elif type(value) is list:
+            old.extend(value)
+        elif type(old) is _TextBuilder:   # "name": OpenAI sends it once, some servers
+            if str(old) != value:         # in every piece; joined only if it differs
+                old.add(value)
+        elif value != "":   # a number, or a label; "" never erases one (Qwen sends "id": "")
             into[key] = value
+
+
+def _first_value(key, value, dropped, path):
+    """A field's first value as merge_delta keeps it: text to be joined, an
+    object merged, a list decided by its items (indexed or not)."""
+    if type(value) is str:
+        return value if key in _LABELS else _TextBuilder(value)
+    if type(value) is dict:
+        merged = {}
+        merge_delta(merged, value, dropped, path)
+        return merged
+    if type(value) is list and (key == "tool_calls" or any(
+            type(item) is dict and "index" in item for item in value)):
+        indexed = _Indexed()
+        indexed.merge(value, dropped, path)
+        return indexed
+    if type(value) is list:
+        return list(value)
+    return value
 
 
 def _finished(value):
@@ -868,7 +896,7 @@ class ChatAccumulator:
         self.choices = {}       # index -> the choice being built
         self.unrequested = None   # the first index past n the server sent
         self._id = ()           # the chunk id whose top-level fields were read
-        self.dropped = []       # fields of the wrong type left out (conform)
+        self.dropped = []       # fields of the wrong type left out (conform, merge_delta)
 
     def add(self, chunk):
         """Check one chunk's shape (conform_chunk: a field of the wrong type is
@@ -878,13 +906,6 @@ class ChatAccumulator:
         if conform_chunk(chunk, self.dropped) is _WRONG:
             raise StreamError("the server sent a chunk this client cannot read: %s"
                               % _one_line(repr(chunk))[:200])
-        try:
-            self._add(chunk)
-        except (AttributeError, TypeError, ValueError, RecursionError) as exc:
-            raise StreamError("the server sent a chunk this client cannot read (%s): %s"
-                              % (exc, _one_line(repr(chunk))[:200])) from None
-
-    def _add(self, chunk):
         if chunk.get("id") != self._id:   # top-level fields: read once per id
             self._id = chunk.get("id")
             for key in self.TOP_FIELDS:
@@ -893,7 +914,7 @@ class ChatAccumulator:
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():   # (conformed: the types are right)
-            index = choice.get("index", 0)
+            index = choice.get("index") or 0   # (null, as everywhere, is absent)
             c = self.choices.get(index)
             if c is None:
                 if not 0 <= index < self.n:
@@ -903,9 +924,9 @@ class ChatAccumulator:
                 c = self.choices[index] = {"message": {}, "logprobs": {}, "finish_reason": None}
             delta = choice.get("delta")
             if delta:
-                merge_delta(c["message"], delta)
+                merge_delta(c["message"], delta, self.dropped, ".choices[].delta")
             if choice.get("logprobs"):
-                merge_delta(c["logprobs"], choice["logprobs"], ())
+                merge_delta(c["logprobs"], choice["logprobs"], self.dropped, ".choices[].logprobs")
             if choice.get("finish_reason"):
                 c["finish_reason"] = choice["finish_reason"]
 
@@ -2139,7 +2160,7 @@ class Chat:
         chunk = completion_to_chunk(completion)
         accumulator.add(chunk)   # checks its shape before it is shown
         completion["choices"] = [c for c in completion["choices"]   # as asked for
-                                 if c.get("index", 0) in accumulator.choices]
+                                 if (c.get("index") or 0) in accumulator.choices]
         printer.chunk(chunk)
         return self.client.redactor.redact_all(completion)
 
@@ -2249,6 +2270,7 @@ import codecs
 import configparser
 import contextlib
 import difflib
+import functools
 import glob
 import hashlib
 import mimetypes
@@ -3090,7 +3112,7 @@ class ReplyPrinter(Printer):
         if not self.show_text:
             return
         for choice in chunk.get("choices") or ():
-            index = choice.get("index", 0)
+            index = choice.get("index") or 0   # (null, as everywhere, is absent)
             if 0 <= index < self.n:
                 self._choice(index, choice)
 
@@ -3098,7 +3120,7 @@ class ReplyPrinter(Printer):
         """One choice's piece: written, held for its turn, or its reasoning shown."""
         delta = choice.get("delta") or {}
         text = delta.get("content")
-        if text is None and "audio" in delta:
+        if text is None and delta.get("audio"):
             text = delta["audio"].get("transcript")
         if self._current is None:
             self._switch_to(index)
@@ -3198,7 +3220,7 @@ class ReplyPrinter(Printer):
             self.end_line()
         for choice in completion.get("choices") or ():
             message = choice.get("message") or {}
-            label = "choice %d: " % (choice.get("index", 0) + 1) if self.n > 1 else ""
+            label = "choice %d: " % ((choice.get("index") or 0) + 1) if self.n > 1 else ""
             self._show_refusal(label, message.get("refusal"))
             self._show_cut_off(label, choice.get("finish_reason"))
             for call in tool_calls(message):
@@ -3207,7 +3229,7 @@ class ReplyPrinter(Printer):
             self._show_sources(label, message.get("annotations"))
             if self.logprobs and choice.get("logprobs"):
                 self._show_logprobs(label, choice["logprobs"].get("content") or [])
-            if self.audio and choice.get("index", 0) == 0:
+            if self.audio and not choice.get("index"):
                 self.audio.write(message.get("audio"), lambda text: _stderr_notice(self.err, text))
         if self.usage:
             self._show_usage(completion.get("usage"))
@@ -4085,12 +4107,16 @@ def tool_names(params):
 
 
 def _unique_keys(pairs):
-    keys = [key for key, _ in pairs]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    if repeated:
-        raise ValueError("the arguments give the key %s more than once"
-                         % ", ".join(json.dumps(key, ensure_ascii=False) for key in repeated))
-    return dict(pairs)
+    """An object's pairs as a dict; ValueError naming each key given more than
+    once (in one pass: a server may send 40,000 keys)."""
+    value = dict(pairs)
+    if len(value) < len(pairs):
+        seen, repeated = set(), set()
+        for key, _ in pairs:
+            (repeated if key in seen else seen).add(key)
+        raise ValueError("the arguments give the key %s more than once" % ", ".join(
+            json.dumps(key, ensure_ascii=False) for key in sorted(repeated)))
+    return value
 
 
 def canonical_arguments(text):
@@ -4098,15 +4124,26 @@ def canonical_arguments(text):
     written anew, so the command runs on exactly what was shown.  ValueError
     (saying why) for text that is not JSON or that repeats a key, which
     parsers read differently (one keeps the first, another the last)."""
+    canonical, refused = _checked_arguments(text)
+    if refused:
+        raise ValueError(refused)
+    return canonical
+
+
+# A call's arguments are shown, asked about and run: checked once, the result
+# kept for the calls of a round or two.
+@functools.lru_cache(maxsize=32)
+def _checked_arguments(text):
+    """(canonical_arguments(text), None), or (None, why they are refused)."""
     try:
         value = json.loads(text or "{}", object_pairs_hook=_unique_keys)
     except RecursionError:
-        raise ValueError("the arguments are JSON nested too deeply") from None
+        return None, "the arguments are JSON nested too deeply"
     except ValueError as exc:
         if "more than once" in str(exc):
-            raise
-        raise ValueError("the arguments are not valid JSON: %s" % (text or "")[:300]) from None
-    return json.dumps(value, ensure_ascii=False)
+            return None, str(exc)
+        return None, "the arguments are not valid JSON: %s" % (text or "")[:300]
+    return json.dumps(value, ensure_ascii=False), None
 
 
 def indented_arguments(arguments):

@@ -514,7 +514,12 @@ def consume(reads):
     printer = chat.ReplyPrinter(io.StringIO(), io.StringIO(), n=2)
     try:
         for c in chat.iter_chunks(reads):
-            accumulator.add(c)
+            readable = c.get("choices") is None or type(c["choices"]) is list
+            try:
+                accumulator.add(c)
+            except chat.StreamError:   # one type policy (issue 25): a field of the wrong
+                assert not readable    # type is left out, never the end of the reply
+                raise
             printer.chunk(c)
         completion = accumulator.result()
         printer.finish(completion)
@@ -649,8 +654,7 @@ def test_accumulator_list_bound_is_exact_and_errors_say_what():
         return chunk(delta={"tool_calls": [{"index": i, "id": "c%d" % i, "type": "function",
                                             "function": {"name": "f", "arguments": ""}} for i in range(n)]})
     assert len(accumulate(calls(1024)).result()["choices"][0]["message"]["tool_calls"]) == 1024
-    with pytest.raises(chat.StreamError, match=r"^the server sent a chunk this client cannot "
-                                               r"read \(more than 1024 items in one list\): "):
+    with pytest.raises(chat.StreamError, match=r"^the server sent more than 1024 items in one list$"):
         accumulate(calls(1025))
     # Items of the wrong type are left out by the boundary, and said so.
     assert accumulate(chunk(delta={"tool_calls": [7]})).dropped == [".choices[].delta.tool_calls[] (int)"]
@@ -4259,11 +4263,18 @@ ANY = st.recursive(
     max_leaves=6)
 
 
+# Fields no table names, with the same names in every object of every chunk,
+# so that a vendor's field changes type from one chunk to the next (issue 25).
+SOME_TYPE = st.sampled_from(["text", 7, 2.5, True, [1, "a"], [{"index": 0}], {"k": "v"}]) | ANY
+UNNAMED = {"vendor_x": SOME_TYPE, "vendor_y": SOME_TYPE}
+
+
 def shaped(shape):
     """A strategy for values that mostly fit shape (chat's own table), and
-    sometimes are anything at all."""
+    sometimes are anything at all; objects may carry unnamed fields too."""
     if isinstance(shape, dict):
-        fitting = st.fixed_dictionaries({}, optional={k: shaped(v) for k, v in shape.items()})
+        fitting = st.fixed_dictionaries({}, optional=dict(
+            UNNAMED, **{k: shaped(v) for k, v in shape.items()}))
     elif isinstance(shape, list):
         fitting = st.lists(shaped(shape[0]), max_size=3)
     elif shape is str:
@@ -4276,6 +4287,19 @@ def shaped(shape):
 
 
 FUZZED_CHUNK = shaped(chat.CHUNK_SHAPE)
+
+
+def with_unnamed(**named):
+    """Objects with the named fields and, maybe, the unnamed ones."""
+    return st.fixed_dictionaries(named, optional=UNNAMED)
+
+
+# A chunk that is mostly unnamed fields where a reply is merged (the delta, an
+# object in it, a tool call, logprobs), so that one changes type between chunks.
+CHANGING_CHUNK = with_unnamed(choices=st.lists(with_unnamed(
+    index=st.integers(0, 1), delta=with_unnamed(audio=with_unnamed(), tool_calls=st.lists(
+        with_unnamed(index=st.integers(0, 1)), max_size=2)),
+    logprobs=with_unnamed()), min_size=1, max_size=1))
 ODD = [None, True, 0, -1, 2.5, "", "\ud83d", "\ude00x", "\x1b[2J", "sk-FUZZ-0123456789", [], {},
        [1, "a"], {"x": {"y": []}}, "text \u202e", 10**30]
 
@@ -4285,7 +4309,10 @@ def random_shaped(shape, rng, top=False):
     if not top and rng.random() < 0.15:
         return rng.choice(ODD)
     if isinstance(shape, dict):
-        return {k: random_shaped(v, rng) for k, v in shape.items() if rng.random() < 0.5}
+        value = {k: random_shaped(v, rng) for k, v in shape.items() if rng.random() < 0.5}
+        if rng.random() < 0.3:   # an unnamed field, of any type (issue 25)
+            value["vendor_x"] = rng.choice(ODD)
+        return value
     if isinstance(shape, list):
         return [random_shaped(shape[0], rng) for _ in range(rng.randrange(3))]
     if shape is int or shape == (int, float):
@@ -4310,7 +4337,12 @@ def run_reply_path(chunks, tmp):
                                 audio=chat.AudioFile(os.path.join(tmp, "a.wav"), "pcm16"))
     try:
         for c in chat.iter_chunks(reads):
-            accumulator.add(c)
+            readable = c.get("choices") is None or type(c["choices"]) is list
+            try:
+                accumulator.add(c)
+            except chat.StreamError:   # one type policy (issue 25): a field of the wrong
+                assert not readable    # type is left out, never the end of the reply
+                raise
             printer.chunk(c)
         completion = client.redactor.redact_all(accumulator.result())
         printer.finish(completion)
@@ -4329,7 +4361,7 @@ def run_reply_path(chunks, tmp):
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(FUZZED_CHUNK, max_size=5))
+@given(st.lists(FUZZED_CHUNK | CHANGING_CHUNK, max_size=5))
 def test_fuzzed_chunks_end_in_a_reply_or_our_error(tmp_path_factory, chunks):
     run_reply_path(chunks, str(tmp_path_factory.mktemp("fuzz")))
 
@@ -7275,3 +7307,344 @@ def test_a_loopback_mcp_server_is_never_reached_through_the_apis_proxy(server, t
     finally:
         proxy.close()
         mcp.close()
+
+
+# issue 25 (items 4, 5, 7, 8): one type policy, linear checks, mutation targets.
+# ---------------------------------------------------------------------------
+
+# One value of each JSON type, as a server may send it; "indexed" is a list
+# of objects that carry an index, merged by index rather than extended.
+OF_EACH_TYPE = {"str": "text", "int": 7, "float": 2.5, "bool": True, "list": [1, "a"],
+                "indexed": [{"index": 0, "v": "a"}], "dict": {"k": "v"}}
+# Where a reply is merged, each as (chunk with value under key "vendor_x",
+# the path the notice names).
+MERGED_AT = {
+    "delta": (lambda v: chunk(delta={"vendor_x": v}), ".choices[].delta"),
+    "an object in the delta": (lambda v: chunk(delta={"audio": {"vendor_x": v}}),
+                               ".choices[].delta.audio"),
+    "a tool call": (lambda v: chunk(delta={"tool_calls": [{"index": 0, "vendor_x": v}]}),
+                    ".choices[].delta.tool_calls[]"),
+    "logprobs": (lambda v: dict(chunk(), choices=[{"index": 0, "delta": {},
+                                                   "logprobs": {"vendor_x": v}}]),
+                 ".choices[].logprobs"),
+}
+
+
+def merged_vendor_x(acc, where):
+    choice = acc.result()["choices"][0]
+    if where == "logprobs":
+        return choice["logprobs"]["vendor_x"]
+    message = choice["message"]
+    return {"delta": message, "an object in the delta": message.get("audio"),
+            "a tool call": (message.get("tool_calls") or [{}])[0]}[where]["vendor_x"]
+
+
+@pytest.mark.parametrize("where", sorted(MERGED_AT))
+def test_an_unnamed_field_that_changes_type_keeps_its_first_type(where):
+    make, path = MERGED_AT[where]
+    for first, second in [(a, b) for a in OF_EACH_TYPE for b in OF_EACH_TYPE if a != b]:
+        kind = lambda name: {"int": "number", "float": "number", "indexed": "list"}.get(name, name)
+        acc = accumulate(make(OF_EACH_TYPE[first]), make(OF_EACH_TYPE[second]))
+        kept = merged_vendor_x(acc, where)
+        if (first, second) == ("indexed", "list"):   # merged by index: items not objects left out
+            assert acc.dropped == ["%s.vendor_x[] (int)" % path, "%s.vendor_x[] (str)" % path]
+            continue
+        if kind(first) == kind(second):   # the same JSON type: merged by the usual rule
+            assert acc.dropped == [], (first, second)
+            continue
+        name = type(OF_EACH_TYPE[second]).__name__   # what the server sent, in JSON's words
+        assert acc.dropped == ["%s.vendor_x (%s)" % (path, name)], (first, second)
+        expected = {"indexed": [{"v": "a"}]}.get(first, OF_EACH_TYPE[first])
+        assert kept == expected, (first, second)
+
+
+def test_an_unnamed_indexed_list_leaves_out_items_that_are_not_objects():
+    acc = accumulate(chunk(delta={"vendor_x": [{"index": 0, "v": "a"}]}),
+                     chunk(delta={"vendor_x": [7, {"index": True, "v": "b"}, {"index": 0, "v": "c"}]}))
+    # (an index left out: the item continues the last one)
+    assert acc.result()["choices"][0]["message"]["vendor_x"] == [{"v": "abc"}]
+    assert acc.dropped == [".choices[].delta.vendor_x[] (int)",
+                           ".choices[].delta.vendor_x[].index (bool)"]
+
+
+def test_a_vendor_field_sent_as_text_then_as_a_list_is_left_out_with_the_one_notice(server):
+    server.add(sse_reply(ROLE, chunk("Hi", delta={"vendor_x": "a"}),
+                         chunk(".", delta={"vendor_x": [1, 2]}), chunk(finish="stop")),
+               stream_reply("Still here."))
+    status, out, err = run_main(server, "-i", stdin="one\ntwo\n")
+    assert (status, out) == (0, "Hi.\nStill here.\n"), err
+    assert "Traceback" not in err and "_TextBuilder" not in err
+    assert err.count("the server sent fields of the wrong type, left out: "
+                     ".choices[].delta.vendor_x (list)") == 1
+
+
+class CountedKey(str):
+    """A key that counts how often it is hashed or compared."""
+    uses = 0
+
+    def __hash__(self):
+        CountedKey.uses += 1
+        return str.__hash__(self)
+
+    def __eq__(self, other):
+        CountedKey.uses += 1
+        return str.__eq__(self, other)
+
+
+def test_the_repeated_key_check_looks_at_each_key_a_few_times_not_at_every_other():
+    n = 4000
+    pairs = [(CountedKey("k%d" % i), i) for i in range(n)] + [(CountedKey("k7"), 0)]
+    CountedKey.uses = 0
+    with pytest.raises(ValueError, match=r'^the arguments give the key "k7" more than once$'):
+        chat._unique_keys(pairs)
+    assert CountedKey.uses < 5 * n   # counting each key against the others: n * n
+    assert chat._unique_keys([(CountedKey("a"), 1), (CountedKey("b"), 2)]) == {"a": 1, "b": 2}
+
+
+def test_a_calls_arguments_are_checked_once_for_showing_asking_and_running(server, tmp_path):
+    script = tmp_path / "echo.py"
+    script.write_text("import sys\nsys.stdout.write(sys.stdin.read())\n")
+    arguments = '{"city":  "Paris", "days": [1,  2]}'   # (not as json.dumps writes it)
+    server.add(sse_reply(chunk(delta=call_delta(name="f", arguments=arguments)),
+                         chunk(finish="tool_calls")), stream_reply("ok"))
+    chat._checked_arguments.cache_clear()
+    status, out, err = run_main(server, "--yes", "--tool-exec", "f=%s %s" % (sys.executable, script), "hi")
+    assert (status, out) == (0, "ok\n"), err
+    assert '  "city": "Paris",' in err   # shown, pretty-printed
+    assert server.requests[1]["body"]["messages"][-1]["content"] == '{"city": "Paris", "days": [1, 2]}'
+    checked = chat._checked_arguments.cache_info()
+    assert (checked.misses, checked.hits) == (1, 1)   # shown, then run: parsed once
+
+
+class QuickStatusLine(chat.StatusLine):
+    INTERVAL = 0.002   # redrawn often, so a test waits little for it
+
+
+def eventually(condition, what):
+    """Wait (10 s at most) for condition() to hold, for a thread to do its part."""
+    for _ in range(5000):
+        if condition():
+            return
+        time.sleep(0.002)
+    raise AssertionError("never happened: " + what)
+
+
+class Screen(io.StringIO):
+    """A terminal's stream: what reached the screen is what was flushed."""
+    shown = ""
+
+    def flush(self):
+        self.shown = self.getvalue()
+
+
+def test_the_status_line_draws_after_its_delay_counts_and_erases_without_a_trace():
+    clock, screen = [100.0], Screen()
+    status = QuickStatusLine(screen, color=False, clock=lambda: clock[0])
+    status.wait("waiting for the model")
+    thread = status._thread
+    assert thread.daemon   # a wait never keeps chat.py from ending
+    status.wait("connecting")   # a wait replaces the one before; one thread draws
+    assert status._thread is thread
+    time.sleep(0.05)   # many rounds of its thread: still within DELAY, nothing drawn
+    assert screen.getvalue() == ""
+    clock[0] += 0.5   # DELAY, exactly
+    eventually(lambda: screen.shown == "\rconnecting... 0s\x1b[K", "drawn, and flushed")
+    clock[0] += 1.9
+    status.wait("waiting for the model")
+    assert screen.shown.endswith("s\x1b[K\r\x1b[K")   # the old wait erased at once, flushed
+    clock[0] += 2.4
+    eventually(lambda: "model... 2s" in screen.shown, "drawn")
+    assert screen.shown.endswith("\rwaiting for the model... 2s\x1b[K")
+    status.wait("waiting for the model", progress="5 reasoning tokens")   # the same wait goes on
+    eventually(lambda: ", 5 reasoning" in screen.shown, "progress drawn")
+    assert screen.shown.endswith("\rwaiting for the model... 2s, 5 reasoning tokens\x1b[K")
+    status.wait("retry 1 of 2", until=clock[0] + 3.2)   # another wait: counted from now
+    assert screen.shown.endswith("\r\x1b[K")   # the old one erased at once
+    clock[0] += 0.6
+    eventually(lambda: "in 3s" in screen.shown, "counted down")
+    assert screen.shown.endswith("\rretry 1 of 2 in 3s\x1b[K")
+    clock[0] += 9
+    eventually(lambda: "retry 1 of 2 in 0s" in screen.shown, "past its end: 0s")
+    status.clear()
+    assert screen.shown.endswith("in 0s\x1b[K\r\x1b[K")   # erased, the cursor at the start
+    thread.join(10)
+    assert not thread.is_alive() and status._thread is None   # nothing waits: the thread ended
+    screen.write("a reply, its line not ended")
+    status.clear()   # nothing shown, nothing waits: nothing written
+    status.wait("running f")   # not drawn yet: nothing to erase
+    status.wait("running g")
+    assert screen.getvalue().endswith("a reply, its line not ended")
+
+
+def test_the_status_line_thread_sleeps_between_its_rounds():
+    class Slow(chat.StatusLine):
+        INTERVAL = 3600
+    clock, screen = [0.0], Screen()
+    status = Slow(screen, clock=lambda: clock[0])
+    status.wait("connecting")
+    clock[0] += 5
+    time.sleep(0.05)
+    assert screen.getvalue() == ""   # an hour before its first round
+
+
+def test_the_status_line_thread_ends_when_nothing_waits_and_comes_back_for_the_next_wait():
+    clock, screen = [0.0], io.StringIO()
+    status = QuickStatusLine(screen, clock=lambda: clock[0])   # in color, unless told not
+    status.wait("connecting to example.com")
+    first = status._thread
+    status.clear()   # not drawn yet, but the wait is over
+    first.join(10)
+    assert not first.is_alive()
+    clock[0] += 5
+    time.sleep(0.05)
+    assert screen.getvalue() == ""   # a wait that ended is never drawn
+    status.wait("running \x1b[2Jtool " + "x" * 200)
+    assert status._thread is not first and status._thread.is_alive()
+    clock[0] += 1
+    eventually(lambda: "running" in screen.getvalue(), "the next wait drawn")
+    status.wait(None)
+    line = screen.getvalue().split("\r")[1]
+    assert line.startswith("\x1b[2mrunning ^[[2Jtool xxx") and line.endswith("\x1b[0m\x1b[K")
+    assert "\x1b[2J" not in line   # sanitized: the server may name the tool
+    assert len(line[len("\x1b[2m"):-len("\x1b[0m\x1b[K")]) == 79   # one column short of 80
+
+
+def test_fit_width_counts_wide_characters_as_two_columns():
+    assert chat._fit_width("ab\u4e2d\u6587x", 4) == "ab\u4e2d"
+    assert chat._fit_width("ab\u4e2d\u6587x", 5) == "ab\u4e2d"
+    assert chat._fit_width("ab\u4e2d\u6587x", 7) == "ab\u4e2d\u6587x"
+    assert chat._fit_width("abc", 3) == "abc" and chat._fit_width("abc", 2) == "ab"
+
+
+@pytest.mark.parametrize("field", sorted(
+    key for key, (what, _) in chat.PARAM_RULES.items() if "number" in what))
+def test_true_is_not_a_number_where_a_number_is_expected(field):
+    number, true = ({"50256": 1}, {"50256": True}) if field == "logit_bias" else (1, True)
+    chat.check_params({field: number, "logprobs": True})   # a number of the right size: taken
+    with pytest.raises(chat.UsageError, match=r" must be .* not (true|{\"50256\": true})$"):
+        chat.check_params({field: true, "logprobs": True})
+
+
+def test_a_typed_boundary_takes_true_for_no_number(server):
+    acc = accumulate(dict(chunk("Hi."), created=True, choices=[
+        {"index": 0, "delta": {"content": "Hi."}, "logprobs": {"content": [
+            {"token": "Hi.", "logprob": True, "bytes": [72, True]}]}}]),
+        dict(chunk("!"), choices=[{"index": True, "delta": {"content": "!"}}]))
+    assert sorted(acc.dropped) == [".choices[].index (bool)", ".choices[].logprobs.content[].bytes[] (bool)",
+                                   ".choices[].logprobs.content[].logprob (bool)", ".created (bool)"]
+    completion = acc.result()
+    assert completion["created"] is None
+    assert completion["choices"][0]["logprobs"]["content"] == [{"token": "Hi.", "bytes": [72]}]
+
+
+def test_null_is_absent_wherever_a_server_sends_it(server):
+    # (found by the fuzzer once its chunks carried unnamed fields)
+    server.add(sse_reply(dict(chunk(), choices=[{"index": None, "delta": {"content": "Hi", "audio": None}}]),
+                         dict(chunk(), choices=[{"index": None, "delta": {"content": "."},
+                                                 "finish_reason": "stop"}])))
+    assert run_main(server, "hi")[:2] == (0, "Hi.\n")
+    body = completion("Whole.")
+    body["choices"][0]["index"] = None
+    server.add(Reply(json.dumps(body).encode()))
+    status, out, err = run_main(server, "--no-stream", "-n", "2", "--output", "json", "hi")
+    assert status == 0 and "Traceback" not in err, err
+    assert json.loads(out)["choices"][0]["message"]["content"] == "Whole."
+
+
+def test_tool_arguments_of_no_json_type_are_left_out_and_an_object_keeps_its_letters():
+    acc = accumulate(chunk(delta=call_delta(name="f", arguments={"city": "Z\u00fcrich"})),
+                     chunk(delta={"tool_calls": [{"index": 1, "id": "c2", "type": "function",
+                                                  "function": {"name": "g", "arguments": 7}}]}))
+    calls = acc.result()["choices"][0]["message"]["tool_calls"]
+    assert calls[0]["function"]["arguments"] == '{"city": "Z\u00fcrich"}'   # as the model wrote it
+    assert calls[1]["function"]["arguments"] == ""
+    assert acc.dropped == [".choices[].delta.tool_calls[].function.arguments (int)"]
+
+
+@pytest.mark.parametrize("data", [
+    '{"a": 1}', ' {"a": 1}', '{"a": 1} ', '{"a": 1}\n', '{"a": 1} x', '{"a": 1}{"b": 2}', '{bad',
+    '{"a": 1', '[{"a": 1}]', '"text"', "\ufeff{}", '{"a": [' * 100000 + "]" * 100000 + "}", "{}"])
+def test_an_event_is_read_as_json_loads_reads_it(data):
+    event = chat.ServerSentEvent("message", data, "", None)
+    try:
+        expected = json.loads(data)
+    except (ValueError, RecursionError):
+        expected = None
+    if isinstance(expected, dict):
+        assert chat.parse_event(event) == expected
+    else:
+        with pytest.raises(chat.StreamError, match="not a JSON object"):
+            chat.parse_event(event)
+
+
+@pytest.mark.parametrize("first", ["", 0, 0.0, False, {}])
+def test_a_field_first_sent_empty_or_zero_keeps_that_type(first):
+    for second in ("text", 7, True, [1], {"k": "v"}):
+        if type(second) is type(first) or {type(first), type(second)} <= {int, float}:
+            continue
+        acc = accumulate(chunk(delta={"vendor_x": first}), chunk(delta={"vendor_x": second}))
+        assert acc.result()["choices"][0]["message"]["vendor_x"] == first, second
+        assert acc.dropped == [".choices[].delta.vendor_x (%s)" % type(second).__name__]
+
+
+def test_tool_call_fragments_with_and_without_an_index_find_their_calls():
+    def call(**fields):
+        return chunk(delta={"tool_calls": [dict(fields, type="function")]})
+    acc = accumulate(call(id="a", function={"name": "f", "arguments": "{"}),   # no index: a new call
+                     call(index=1, id="b", function={"name": "g", "arguments": "{"}),
+                     call(id="c", function={"name": "h", "arguments": "{"}),   # a new id: a new call
+                     call(index=2, function={"arguments": "}"}))   # the call that came third
+    calls = acc.result()["choices"][0]["message"]["tool_calls"]
+    assert [(c["id"], c["function"]["arguments"]) for c in calls] == [
+        ("a", "{"), ("b", "{"), ("c", "{}")]
+
+
+@pytest.mark.parametrize("content,fits", [
+    ("text", True), ([{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {}}], True),
+    ([{"type": "image_url"}], True), ([], True), ([{"type": "text", "text": 5}], False),
+    (["hi"], False), ([{"text": "hi"}], False), ([{"type": 5}], False), ([{"type": "text"}], False),
+])
+def test_a_loaded_messages_content_is_text_or_parts_whose_text_is_text(content, fits):
+    data = {"messages": [{"role": "user", "content": content}]}
+    if fits:
+        assert chat.parse_conversation(data)[1] == data["messages"]
+    else:
+        with pytest.raises(chat.UsageError, match=r"^message 1 is not well formed: content \(list\)$"):
+            chat.parse_conversation(data)
+
+
+def test_what_is_left_out_of_a_fields_first_value_is_named_by_its_path():
+    assert accumulate(chunk(delta={"vendor_x": [{"index": 0}, 7]})).dropped == [
+        ".choices[].delta.vendor_x[] (int)"]
+    assert accumulate(chunk(delta={"audio": {"vendor_y": [{"index": 0}, "x"]}})).dropped == [
+        ".choices[].delta.audio.vendor_y[] (str)"]
+
+
+@pytest.mark.parametrize("choice", [
+    {"index": 0, "delta": {"content": "Hi."}, "finish_reason": 7},
+    {"index": 0, "delta": {"content": "Hi."}, "logprobs": 5},
+    {"index": 0, "delta": {"content": "Hi."}, "logprobs": {"content": 5}},
+    {"index": "0", "delta": {"content": "Hi."}},
+    {"index": 0, "delta": "x"},   # (one character: as long as the usual delta)
+    {"index": 0, "delta": {"content": 5}},
+    7,
+    "usage",
+])
+def test_a_chunk_is_whole_to_its_readers_once_added(choice):
+    c = dict(chunk("Hi."), usage="lots") if choice == "usage" else dict(chunk(), choices=[choice])
+    acc = accumulate(c)
+    assert len(acc.dropped) == 1
+    again = []
+    chat.conform(json.loads(json.dumps(c)), chat.CHUNK_SHAPE, again)
+    assert again == []   # what the printer reads next has no type it does not expect
+
+
+def test_tool_arguments_refused_say_why_in_words_and_kept_ones_keep_their_letters():
+    for text, words in (('{"a": 1, "b": 2, "a": 3, "b": 4}', 'the key "a", "b" more than once'),
+                        ('{"\u00fc": 1, "\u00fc": 2}', 'the key "\u00fc" more than once'),
+                        ("x" * 400, "not valid JSON: " + "x" * 300)):
+        with pytest.raises(ValueError) as refused:
+            chat.canonical_arguments(text)
+        assert str(refused.value) == "the arguments " + ("give " if "key" in words else "are ") + words
+    assert chat.canonical_arguments('{"city":  "Z\u00fcrich"}') == '{"city": "Z\u00fcrich"}'
+    assert chat.canonical_arguments("") == chat.canonical_arguments(None) == "{}"

@@ -1,8 +1,9 @@
-"""Mutation-test chat.py's pure core: make one small change at a time inside
-the functions named below, run the fast tests, and list the changes no test
-noticed.  Standard library only (Python 3.9+ for ast.unparse).
+"""Mutation-test chat.py's pure core and what hardens it: make one small
+change at a time inside the functions named below, run the tests that can
+notice it, and list the changes no test noticed.  Standard library only
+(Python 3.9+ for ast.unparse).
 
-    python3 .ci/mutate.py [--jobs N] [--only NAME] [--list]
+    python3 .ci/mutate.py [--jobs N] [--targets A,B] [--only TEXT] [--list]
 
 Each mutant is a copy of chat.py in a scratch folder with one change:
 a comparison or arithmetic operator swapped, `and`/`or` swapped, a `not`
@@ -22,15 +23,42 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TARGETS = [   # the pure core, as issue 10 names it; the accumulator is four pieces now
-    "LineDecoder", "SSEDecoder", "iter_chunks", "parse_event", "ChatAccumulator",
-    "merge_delta", "_Indexed", "_finished", "_TextBuilder",
-    "retry_delay", "normalize_base_url", "fit_context",
+# What is mutated, group by group, each with the tests that can notice its
+# mutants (a pytest -k expression; None: all the fast tests), so that a group
+# takes minutes, not hours.
+GROUPS = [
+    (None, [   # the pure core, as issue 10 names it; the accumulator is five pieces now
+        "LineDecoder", "SSEDecoder", "iter_chunks", "parse_event", "ChatAccumulator",
+        "merge_delta", "_first_value", "_Indexed", "_finished", "_TextBuilder",
+        "retry_delay", "normalize_base_url", "fit_context"]),
+    ("accumulator or wrong_type or unnamed or vendor_field or true_is_not or takes_true"
+     " or null_is_absent or mistral or content_part or surrogate or emoji or repeated_key"
+     " or checked_once or tool_arguments or param or typed or load or whole_answer"
+     " or no_json_type or read_as_json", [   # what hardens it (issue 25): the typed boundary
+        "conform", "_conform_object", "_conform_list", "conform_chunk", "_arguments",
+        "_history_content", "_content_parts", "completion_to_chunk", "mend_surrogates",
+        "_mend_all", "_is_number", "_is_whole", "_is_function_list", "check_params",
+        "_unique_keys", "_checked_arguments"]),   # and the argument check
+    ("connection or keep_alive or stale or idle or retried or interrupted or closed",
+     ["_connection_pool"]),   # the keep-alive pool
+    ("kept or conversation or save or load or store or list or show or continue or origin"
+     " or ctrl_c or carr or go_back or profile", [   # the store of kept conversations
+        "write_atomically", "save_conversation", "read_bounded", "private_folder",
+        "_signature", "_interrupts_deferred", "with_origin", "split_origin",
+        "ConversationLog", "Keeper"]),
+    ("mcp", [   # MCP
+        "expand_variables", "mcp_specs", "_mcp_spec", "_Stdio", "_Http", "McpServer",
+        "_progress_text", "mcp_result", "mcp_tool_name", "McpTools"]),
+    ("status or fit_width or narrow or retry_counts or running_tool or waiting",
+     ["StatusLine", "_fit_width"]),   # the status line
 ]
+TARGETS = [name for _, names in GROUPS for name in names]
+SELECT = {name: select for select, names in GROUPS for name in names}
 # The tests that exercise the pure core; the slow terminal and interpreter
 # tests are left out (they test the edges, not these functions).
 DESELECT = "not every_python and not e2e and not paste"
-TIMEOUT = 120
+TIMEOUT = 300               # seconds a mutant's tests may take (the whole fast suite
+                            # takes about 100 on a loaded 2-core machine)
 
 SWAPS = {
     ast.Eq: ast.NotEq, ast.NotEq: ast.Eq, ast.Lt: ast.LtE, ast.LtE: ast.Lt,
@@ -112,7 +140,8 @@ def enumerate_mutants(source):
                 continue
             for k, (description, _) in enumerate(mutations(node)):
                 result.append((description, (node.lineno, node.col_offset, type(node).__name__,
-                                             getattr(node, "end_col_offset", 0)), k))
+                                             getattr(node, "end_col_offset", 0)), k,
+                               top.name))
     return result
 
 
@@ -145,21 +174,31 @@ def mutate(source, where, k):
     raise LookupError(where)
 
 
+def selection(mutant):
+    """The pytest -k expression for a mutant (None: the unmutated run)."""
+    select = SELECT.get(mutant[3]) if mutant is not None else None
+    return DESELECT if select is None else "(%s) and (%s)" % (DESELECT, select)
+
+
 def run_one(source, mutant, scratch_root):
     folder = tempfile.mkdtemp(dir=scratch_root)
     try:
-        for name in ("test_chat.py", "README.md"):
+        for name in ("test_chat.py", "README.md", "Makefile"):   # (what the tests read)
             shutil.copy(os.path.join(HERE, name), folder)
+        shutil.copytree(os.path.join(HERE, ".ci"), os.path.join(folder, ".ci"))
         with open(os.path.join(folder, "chat.py"), "w") as f:
             f.write(source if mutant is None else mutate(source, mutant[1], mutant[2]))
+        os.chmod(os.path.join(folder, "chat.py"), 0o755)   # (a test holds it executable)
         env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
         try:
             proc = subprocess.run(
                 [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
-                 "-o", "markers=e2e: e2e", "-k", DESELECT, "test_chat.py"],
+                 "-o", "markers=e2e: e2e", "-k", selection(mutant), "test_chat.py"],
                 cwd=folder, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                timeout=TIMEOUT)
+                timeout=TIMEOUT if mutant is not None else 3 * TIMEOUT)
         except subprocess.TimeoutExpired:
+            if mutant is None:
+                print("the unmutated tests ran past %d s" % (3 * TIMEOUT))
             return "hung"
         if mutant is None and proc.returncode != 0:
             print(proc.stdout.decode("utf-8", "replace")[-3000:])
@@ -175,6 +214,8 @@ def main():
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument("--targets", help="comma-separated names to mutate instead of TARGETS")
     parser.add_argument("-k", dest="select", help="run only the tests pytest -k selects")
+    parser.add_argument("--all-tests", action="store_true",
+                        help="every mutant against all the fast tests, not its group's")
     parser.add_argument("--rerun", help="only the mutants listed as survived in this earlier output")
     args = parser.parse_args()
     global DESELECT
@@ -182,6 +223,8 @@ def main():
         TARGETS[:] = args.targets.split(",")
     if args.select:
         DESELECT = "(%s) and (%s)" % (DESELECT, args.select)
+    if args.all_tests:
+        SELECT.clear()
     source = open(os.path.join(HERE, "chat.py")).read()
     mutants = enumerate_mutants(source)
     if args.only:
