@@ -39,15 +39,17 @@ GROUPS = [
         "_history_content", "_content_parts", "completion_to_chunk", "mend_surrogates",
         "_mend_all", "_is_number", "_is_whole", "_is_function_list", "check_params",
         "_unique_keys", "_checked_arguments"]),   # and the argument check
-    ("connection or keep_alive or stale or idle or retried or interrupted or closed",
-     ["_connection_pool"]),   # the keep-alive pool
+    ("connection or keep_alive or stale or idle or retried or interrupted or closed"
+     " or interim or tunnel or proxy or credential or origin",
+     ["keep_alive", "may_carry_credentials", "url_origin"]),   # the pool, the credential rule
     ("kept or conversation or save or load or store or list or show or continue or origin"
      " or ctrl_c or carr or go_back or profile", [   # the store of kept conversations
         "write_atomically", "save_conversation", "read_bounded", "private_folder",
         "_signature", "_interrupts_deferred", "with_origin", "split_origin",
         "ConversationLog", "Keeper"]),
     ("mcp", [   # MCP
-        "expand_variables", "mcp_specs", "_mcp_spec", "_Stdio", "_Http", "McpServer",
+        "expand_variables", "mcp_specs", "_mcp_spec", "_Stdio", "_Http", "_Sse", "McpServer",
+        "jsonrpc_message", "_finite", "_open_log", "mcp_environment", "mcp_secrets",
         "_progress_text", "mcp_result", "mcp_tool_name", "McpTools"]),
     ("status or fit_width or narrow or retry_counts or running_tool or waiting",
      ["StatusLine", "_fit_width"]),   # the status line
