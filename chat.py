@@ -1563,7 +1563,7 @@ class Client:
         self.base_url = base_url
         self.shown_url = shown_url(base_url)   # the one to put in messages
         self.withheld = None
-        if key_for and not may_carry_credentials(base_url, key_for):
+        if api_key and key_for and not may_carry_credentials(base_url, key_for):
             self.withheld, api_key = origin_text(key_for), None
         self.api_key = None if basic else api_key
         self.proxies = proxies
@@ -2765,8 +2765,8 @@ _FIXES = {
     "timeout": " (--timeout sets the limit)",
     "no_key": ": set OPENAI_API_KEY, or pass --api-key or --api-key-file",
     "key": ": check OPENAI_API_KEY, --api-key or --api-key-file",
-    "withheld": ": give it a key with --api-key (or --api-key-file), or -p NAME for a "
-                "profile that has one",
+    "withheld": ": name it with --base-url to give it a key (--api-key, --api-key-file), "
+                "or -p NAME for a profile that has one",
     "base_url": " (--base-url sets it; chat.py --check looks for the API there)",
 }
 
@@ -6525,24 +6525,28 @@ def _credentials(args, environ, path, config, base_url, held):
     """(the API key, the origin it belongs to, the headers to send, the
     words for what stays behind or None).  Without a held conversation
     (-c, --resume) everything belongs to base_url, the endpoint this run
-    names.  Going back to a held one, what this run gives (flags, the
-    profile) goes with it, and the key and credential headers of the
-    environment and [default] stay with the endpoint those name."""
+    names.  Going back to a held one, a profile's key and headers go with
+    it (they belong to the profile's endpoint), and the rest (the flags',
+    the environment's, [default]'s) stay with the endpoint this run names:
+    a kept file's recorded origin never makes a credential travel."""
     base, profile, profile_name = config
     usual_url = normalize_base_url((environ.get("OPENAI_BASE_URL") or "").strip()
                                    or base.get("base_url", DEFAULT_BASE_URL)) if held else base_url
-    api_key, key_source, own = _api_key(args, environ, path, config)
-    key_origin = origin_text(base_url if own else usual_url)
+    api_key, key_source, profiles = _api_key(args, environ, path, config)
+    key_origin = origin_text(base_url if profiles else usual_url)
     sent = may_carry_credentials(base_url, key_origin)
     elsewhere = not may_carry_credentials(base_url, usual_url)
-    behind = [name for name, _ in base.get("headers", []) if elsewhere and is_secret_header(name)]
+    flags = [_parse_header(h, i + 1) for i, h in enumerate(args.header)]
+    behind = [(where, name) for where, pairs in (("%s [default]" % path, base.get("headers", [])),
+                                                 ("-H", flags))
+              for name, _ in pairs if elsewhere and is_secret_header(name)]
     withheld = (["the key of %s" % key_source] if api_key and not sent else []) + [
-        "the %s header of %s [default]" % (name, path) for name in behind]
+        "the %s header of %s" % (name, where) for where, name in behind]
     if not withheld or api_key and sent:   # (a key left behind goes nowhere: nothing to check)
         _check_key(api_key, key_source, base_url, args.allow_insecure_key)
-    headers = ([(n, v) for n, v in base.get("headers", []) if n not in behind]
-               + profile.get("headers", [])
-               + [_parse_header(h, i + 1) for i, h in enumerate(args.header)])
+    left = {name for _, name in behind}
+    headers = ([(n, v) for n, v in base.get("headers", []) if n not in left]
+               + profile.get("headers", []) + [(n, v) for n, v in flags if n not in left])
     return api_key, key_origin, headers, "%s (for %s)" % (
         " and ".join(withheld), urlsplit(usual_url).netloc.rpartition("@")[2]) if withheld else None
 
@@ -6564,19 +6568,18 @@ def _mcp_servers(args, environ, path, config, variables):
 
 
 def _api_key(args, environ, path, config):
-    """(the API key, where it came from, whether it is this run's own):
-    --api-key-file, --api-key, the chosen profile (this run's own: they
-    belong to the endpoint it uses), then OPENAI_API_KEY, the config's
-    [default] (theirs: they belong to the endpoint those name), in that
-    order; (None, "OPENAI_API_KEY", False) when none gives one.  config:
-    ([default], [profile], the profile's name)."""
+    """(the API key, where it came from, whether it is the profile's):
+    --api-key-file, --api-key, the chosen profile (its own: it belongs to
+    the profile's endpoint), then OPENAI_API_KEY, the config's [default],
+    in that order; (None, "OPENAI_API_KEY", False) when none gives one.
+    config: ([default], [profile], the profile's name)."""
     base, profile, profile_name = config
     if args.api_key is not None and args.api_key_file:
         raise UsageError("give --api-key or --api-key-file, not both")
     if args.api_key_file:
-        return _read_key_file(args.api_key_file), "--api-key-file", True
+        return _read_key_file(args.api_key_file), "--api-key-file", False
     if args.api_key:
-        return args.api_key, "--api-key", True
+        return args.api_key, "--api-key", False
     where = "%s [%s]" % (path, profile_name)
     key = config_key(profile, environ, where)
     if key:
@@ -7139,8 +7142,8 @@ def _moving(args, settings, environ):
         return "this conversation was held at %s; it goes on at %s" % (held, here)
     if settings.withheld:
         host = urlsplit(shown_url(settings.base_url)).netloc
-        return "this conversation goes on at %s, where it was held, without %s; give %s%s" % (
-            host, settings.withheld, host, _FIXES["withheld"][len(": give it"):])
+        return "this conversation goes on at %s, where it was held, without %s; %s" % (
+            host, settings.withheld, _FIXES["withheld"][2:].replace(" it ", " %s " % host, 1))
     return None
 
 

@@ -5507,17 +5507,25 @@ def test_c_goes_back_without_a_key_that_belongs_to_another_endpoint(server):
         assert (status, out) == (0, "two\n")
         assert "authorization" not in held.requests[1]["headers"] and server.requests == []
         assert err == ("chat.py: this conversation goes on at %s, where it was held, without "
-                       "the key of OPENAI_API_KEY (for %s); give %s a key with --api-key (or "
-                       "--api-key-file), or -p NAME for a profile that has one\n"
-                       % (host_of(held), host_of(server), host_of(held)))
+                       "the key of OPENAI_API_KEY (for %s); name %s with --base-url to give it "
+                       "a key (--api-key, --api-key-file), or -p NAME for a profile that has "
+                       "one\n" % (host_of(held), host_of(server), host_of(held)))
         status, out, err = run_main(None, "-c", "and again", env=env)
         assert status == 1 and "authorization" not in held.requests[2]["headers"]
-        assert ("the server wants a key and none was sent (the key given is for %s): give it a "
-                "key with --api-key (or --api-key-file), or -p NAME" % server.origin) in err
+        assert ("the server wants a key and none was sent (the key given is for %s): name it "
+                "with --base-url to give it a key (--api-key, --api-key-file), or -p NAME"
+                % server.origin) in err
         assert "sk-A-key" not in err
+        # A key given by flag belongs to the endpoint this run names, never to
+        # one only the kept file names; naming it with --base-url sends it.
+        held.add(stream_reply("four"))
         status, out, err = run_main(None, "-c", "--api-key", "sk-KB-0000003", "now", env=env)
-        assert (status, out, err) == (0, "three\n", "")   # a key given in this run goes
-        assert held.requests[3]["headers"]["authorization"] == "Bearer sk-KB-0000003"
+        assert (status, out) == (0, "three\n") and "authorization" not in held.requests[3]["headers"]
+        assert "without the key of --api-key (for %s)" % host_of(server) in err
+        status, out, err = run_main(None, "-c", "--base-url", held.url, "--api-key",
+                                    "sk-KB-0000003", "now", env=env)
+        assert (status, out, err) == (0, "four\n", "")   # a key given for this endpoint goes
+        assert held.requests[4]["headers"]["authorization"] == "Bearer sk-KB-0000003"
         assert server.requests == []
     finally:
         held.close()
@@ -5871,13 +5879,24 @@ def test_a_planted_files_recorded_origin_never_makes_the_key_travel(server):
         with open(os.path.join(kept_folder(), "20990101-000000-planted.json"), "w") as f:
             json.dump({"model": "m", "messages": [{"role": "user", "content": "hi"}],
                        "metadata": {"chat_py_base_url": elsewhere.url}}, f)
-        elsewhere.add(stream_reply("one"), stream_reply("two"))
+        elsewhere.add(*[stream_reply("one")] * 4)
         env = {"OPENAI_BASE_URL": server.url, "OPENAI_API_KEY": "sk-mine-000009"}
+        credential_for(server, value="sk-mine-000009")
         for args in (["-c", "more"], ["--resume", "planted", "more"]):
             status, out, err = run_main(None, *args, env=env)
             assert status == 0 and "goes on at %s, where it was held, without the key of " \
                 "OPENAI_API_KEY" % host_of(elsewhere) in err
-        assert [r["headers"].get("authorization") for r in elsewhere.requests] == [None, None]
+        # Nor does a key or a credential header given by flag: they are for
+        # the endpoint this run names, which the kept file does not.
+        flag_key = credential_for(server, value="sk-flag-00000011")
+        header = credential_for(server, value="tok-header-00012")
+        for args in (["-c", "--api-key", flag_key, "more"],
+                     ["-c", "-H", "X-Api-Key: " + header, "more"]):
+            status, out, err = run_main(None, *args, env={"OPENAI_BASE_URL": server.url})
+            assert status == 0 and "goes on at %s, where it was held, without the " \
+                % host_of(elsewhere) in err
+        assert [r["headers"].get("authorization") for r in elsewhere.requests] == [None] * 4
+        assert not any("x-api-key" in r["headers"] for r in elsewhere.requests)
         assert server.requests == []
     finally:
         elsewhere.close()
