@@ -6744,16 +6744,24 @@ def _arguments(argv):
     args, rest = parser.parse_known_args(argv)
     if not rest and args.prompt and _reads_the_log(args):   # `chat.py how do I rm -rf`
         parser.error("--list, --show, -r and --delete take no PROMPT" + _QUOTE_IT)
+    first = next((i for i, word in enumerate(argv) if args.prompt and word == args.prompt[0]),
+                 len(argv))
+    ended = "--" in argv[:first]   # (then every word after it is the prompt's)
+    after = argv[first:argv.index("--")] if "--" in argv[first:] else argv[first:]
+    flagged = not ended and any(word.startswith("-") and word != "-" for word in after)
+    named = [word.split("=")[0] for word in rest if word.startswith("-")]
+    if flagged and not named and (len(args.prompt) > 1 or rest):   # `what does tar -c do`
+        parser.error("a flag after the prompt's first word" + _QUOTE_IT)
     if not rest:
         return args
     flags = [f for action in parser._actions for f in action.option_strings]
-    unknown = next((word.split("=")[0] for word in rest if word.startswith("--")), None)
+    unknown = next((word for word in named if word.startswith("--")), None)
     hint = _did_you_mean(unknown, flags) if unknown else ""
-    first = next((i for i, word in enumerate(argv) if args.prompt and word == args.prompt[0]),
-                 len(argv))
-    if not hint and any(word.startswith("-") and word != "--" for word in argv[first:]):
-        hint = _QUOTE_IT   # (argv is not echoed: a key given with --api-key may be in it)
-    parser.error("unrecognized arguments: %s%s" % (" ".join(rest), hint))
+    # Only the flags are named: the words after one may be a key (--api-kye sk-...).
+    others = len(rest) - len(named)
+    parser.error("unrecognized arguments: %s%s%s" % (
+        " ".join(named), " and %d more word%s" % (others, "" if others == 1 else "s")
+        if others else "", hint or (_QUOTE_IT if flagged else "")))
 
 
 def _json_schema(path):
