@@ -3991,8 +3991,10 @@ class Tools:
                 arguments = canonical_arguments(arguments)
             except ValueError as exc:
                 return "error: the tool was not run: %s" % exc
-            if name in self.free_text:   # (arguments of any other shape go as they are)
-                arguments = free_text_input(arguments, arguments)
+        # Shown as JSON: free text as a JSON string, a command tool's as {"input": ...}.
+        shown = json.dumps(arguments or "", ensure_ascii=False) if custom else arguments
+        if name in self.free_text and not custom:   # (arguments of another shape go as they are)
+            arguments = free_text_input(arguments, arguments)
         unshown = (call.get("id"), name) in self._left   # the printer left it to the question
         self._left.discard((call.get("id"), name))
         runner = self._runner(name)
@@ -4001,12 +4003,12 @@ class Tools:
         what, run, key = runner
         if self.ask_first and key not in self.allowed:
             self.on_wait(None)   # nothing waits while the question is asked
-            shown = [self.redactor.redact(text) for text in (name, arguments or "", what)]
-            agreed = self.consent(*shown) if self.consent else None   # (the tty is a screen too)
+            asked = [self.redactor.redact(text) for text in (name, shown or "", what)]
+            agreed = self.consent(*asked) if self.consent else None   # (the tty is a screen too)
             if agreed is None:
                 said = ("%s was not run: there is no terminal to ask for consent on (chat.py "
                         "--yes would have run it)" % _shown_name(name))
-                self.notify(_with_arguments(said, arguments) if unshown else said)
+                self.notify(_with_arguments(said, shown) if unshown else said)
                 return "error: not run: running tools needs the user's consent (chat.py --yes)"
             if not agreed:
                 return "error: the user chose not to run this tool"
@@ -4014,7 +4016,7 @@ class Tools:
                 self.allowed.add(key)
         elif unshown:   # allowed for the session since the printer left it out
             self.notify(_with_arguments("the model calls %s (allowed for the session) with "
-                                        "these arguments" % _shown_name(name), arguments))
+                                        "these arguments" % _shown_name(name), shown))
         self.on_wait("running %s" % name)
         try:
             result = run(arguments or "")

@@ -6020,6 +6020,15 @@ def test_a_command_alone_is_offered_as_a_tool_with_one_free_text_input(server, t
     assert "tools" not in kept_bodies()[0]   # offered with each request, not kept as a field
 
 
+def test_a_command_tools_input_is_asked_about_as_json(server, tmp_path):
+    server.add(*calling("shout", json.dumps({"input": "hello world"})))
+    status, data = on_terminal(server, "--tool-exec", "shout=cat", "hi",
+                               keys=[(rb"\[y/N/a\] ", b"n\r")])
+    question = data[:data.index(b"[y/N/a] ")]
+    assert status == 0 and b'"input": "hello world"' in question
+    assert b"not valid JSON" not in question
+
+
 def test_a_command_tool_is_described_by_its_command_and_defined_once(server, tmp_path):
     server.add(stream_reply("ok"))
     run_main(server, "--tool-exec", "now=date -u", "hi")
