@@ -6490,7 +6490,7 @@ def _settings(args, environ):
     timeout = pick(args.timeout, "timeout", default=DEFAULT_TIMEOUT)
     retries = pick(args.retries, "retries", default=DEFAULT_RETRIES)
     _check_limits(timeout, retries, args.max_context)
-    variables = _key_variables(base, profile)
+    variables = _key_variables(base, profile, environ, api_key)
     mcp = [] if args.no_mcp else _mcp_servers(args, environ, path, (base, profile), variables)
     return Settings(
         base_url=base_url, api_key=api_key, key_origin=key_origin,
@@ -6553,10 +6553,13 @@ def _credentials(args, environ, path, config, base_url, held):
         " and ".join(withheld), urlsplit(usual_url).netloc.rpartition("@")[2]) if withheld else None
 
 
-def _key_variables(base, profile):
-    """The environment variables that hold chat.py's own key."""
-    return {"OPENAI_API_KEY"} | {section["api_key_env"] for section in (base, profile)
-                                 if "api_key_env" in section}
+def _key_variables(base, profile, environ, api_key):
+    """The environment variables that hold chat.py's own key: by name, and
+    any other whose value holds it (COPY=$OPENAI_API_KEY)."""
+    copies = {name for name, value in environ.items()
+              if api_key and len(api_key) >= MIN_SECRET and api_key in value}
+    return {"OPENAI_API_KEY"} | copies | {section["api_key_env"] for section in (base, profile)
+                                          if "api_key_env" in section}
 
 
 def _mcp_servers(args, environ, path, config, variables):

@@ -5648,19 +5648,22 @@ def test_chat_py_key_variables_never_expand_into_an_http_mcp_servers_url_or_head
         config = tmp_path / "mcp.json"
         config.write_text(json.dumps({"mcpServers": {"web": {
             "url": mcp.url + "?key=${OPENAI_API_KEY}&team=${TEAM}",
-            "headers": {"Authorization": "Bearer ${env:OPENAI_API_KEY}", "X-Team": "${TEAM}"}}}}))
+            "headers": {"Authorization": "Bearer ${env:OPENAI_API_KEY}", "X-Team": "${TEAM}",
+                        "X-Copy": "${COPY}"}}}}))
         server.add(stream_reply("fine"))
         key = "sk-environment-04"
         status, out, err = run_main(server, "--mcp", str(config), "hi",
-                                    env={"OPENAI_API_KEY": key, "TEAM": "blue"})
+                                    env={"OPENAI_API_KEY": key, "TEAM": "blue", "COPY": key})
         assert (status, out) == (0, "fine\n")
         assert len(mcp.requests) >= 3 and all(
             key not in json.dumps(r, default=repr) for r in mcp.requests)   # path, headers, body
         assert mcp.requests[0]["path"] == "/v1?key=&team=blue"
         assert mcp.requests[0]["headers"]["x-team"] == "blue"
         assert server.requests[0]["headers"]["authorization"] == "Bearer " + key
-        assert err == ("chat.py: MCP server web: ${OPENAI_API_KEY} is left empty: chat.py's key "
-                       "goes only to the API (a stdio server may be given it in its \"env\")\n")
+        assert err == "".join(
+            "chat.py: MCP server web: ${%s} is left empty: chat.py's key goes only to the API "
+            "(a stdio server may be given it in its \"env\")\n" % name
+            for name in ("OPENAI_API_KEY", "COPY"))
     finally:
         mcp.close()
 
