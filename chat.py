@@ -4463,7 +4463,7 @@ class _Stdio:
         return before + words if words else ""
 
     def _log(self):
-        log = None
+        log, kept = None, True
         try:
             while True:
                 line = self.proc.stderr.readline(MAX_MCP_LOG_LINE)
@@ -4471,14 +4471,19 @@ class _Stdio:
                     return
                 if line.strip():
                     self.last_words = line
-                if log is None or log.tell() + len(line) > MAX_MCP_LOG:
+                if kept and (log is None or log.tell() + len(line) > MAX_MCP_LOG):
                     if log is not None:
                         log.close()
-                    log = _open_log(self.log_path, len(line))
-                log.write(line)
-                log.flush()
+                    log = None
+                    try:
+                        log = _open_log(self.log_path, len(line))
+                    except OSError:   # no log: read on and drop, lest the server block
+                        kept = False
+                if log is not None:
+                    log.write(line)
+                    log.flush()
         except (OSError, ValueError):
-            return   # no log: the server goes on, its stderr read (and dropped) no more
+            return
         finally:
             if log is not None:
                 log.close()
@@ -7049,7 +7054,7 @@ def _mcp_tools(settings, args, environ, notify, on_wait):
     try:
         private_folder(folder)
     except OSError as exc:
-        raise OutputError("cannot make %s: %s" % (folder, exc.strerror)) from None
+        notify("MCP servers' stderr is not kept: cannot make %s (%s)" % (folder, exc.strerror))
     mcp = McpTools(specs, log_folder=folder, notify=notify, on_wait=on_wait,
                    proxies=lambda url: proxies_for(urlsplit(url).hostname, environ),
                    environ=mcp_environment(environ, settings.secrets),

@@ -6832,6 +6832,20 @@ def test_an_mcp_servers_log_is_rotated_and_private(server, tmp_path):
     assert "n" * 999 in open(log).read() and "old line" in open(log + ".1").read()
 
 
+def test_an_mcp_server_without_a_log_folder_goes_on_and_is_read(server, tmp_path):
+    # The state folder cannot be made: one notice, and a server that writes
+    # 1.5 MB to stderr is still read (and dropped), so it never blocks.
+    state = tmp_path / "a-file"
+    state.write_text("")
+    config, _ = scripted_mcp(tmp_path, {"tools": ["noisy"], "calls": {"noisy": [
+        ("stderr", "n" * 999 + "\n")] * 1500}})
+    server.add(*calling("s__noisy"))
+    status, out, err = run_main(server, "--mcp", config, "--yes", "--no-log", "hi",
+                                env={"XDG_STATE_HOME": str(state)})
+    assert (status, out) == (0, "The tool said: noisy: {}\n"), err
+    assert err.count("MCP servers' stderr is not kept: cannot make ") == 1
+
+
 JSONRPC_CASES = [
     ("an answer", {"jsonrpc": "2.0", "id": 1, "result": {"a": 1}},
      ("answer", {"jsonrpc": "2.0", "id": 1, "result": {"a": 1}}), []),
