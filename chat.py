@@ -2566,12 +2566,15 @@ class StatusLine:
     NAME... 3s, retry 2 of 3 in 4s), drawn once a wait passes DELAY seconds
     and redrawn in place every INTERVAL by a thread of its own.  clear()
     erases it without a trace (it never fills the width, so it never wraps)
-    and ends the wait: the streams chat.py writes through call it first."""
+    and ends the wait: the streams chat.py writes through call it first.
+    redactor: blanks the run's secrets out of what it shows (an MCP
+    server's progress may quote its token)."""
 
     DELAY, INTERVAL = 0.5, 0.25
 
-    def __init__(self, stream, *, color=True, clock=time.monotonic):
+    def __init__(self, stream, *, color=True, clock=time.monotonic, redactor=None):
         self._stream, self._color, self._clock = stream, color, clock
+        self._redactor = redactor or Redactor()
         self._lock = threading.Lock()
         self._what = self._since = self._until = self._progress = None
         self._drawn = False
@@ -2628,7 +2631,7 @@ class StatusLine:
             text = "%s... %ds" % (self._what, now - self._since)
         if self._progress:
             text += ", " + self._progress
-        text = _fit_width(sanitize(text), _columns(self._stream) - 1)
+        text = _fit_width(sanitize(self._redactor.redact(text)), _columns(self._stream) - 1)
         self._stream.write("\r%s\x1b[K" % ("\x1b[2m%s\x1b[0m" % text if self._color else text))
         self._stream.flush()
         self._drawn = True
@@ -7837,7 +7840,7 @@ class _Outputs:
         redactor = Redactor(settings.secrets)   # (only stdout streams through its feed)
         color = _color_wanted(settings, environ, self.stderr)
         if _status_wanted(settings, environ, self.stderr):
-            self.status = StatusLine(self.stderr, color=color)
+            self.status = StatusLine(self.stderr, color=color, redactor=redactor)
         self.err = _ErrorStream(self.stderr, color=color, redactor=redactor, status=self.status)
         same_screen = self.status if _is_terminal(self.raw) else None
         if redactor or same_screen:   # (only then: a wrapper costs a call per write)

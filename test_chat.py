@@ -7557,6 +7557,30 @@ def test_the_status_line_thread_ends_when_nothing_waits_and_comes_back_for_the_n
     assert len(line[len("\x1b[2m"):-len("\x1b[0m\x1b[K")]) == 79   # one column short of 80
 
 
+def test_the_status_line_blanks_the_runs_secrets():
+    clock, screen = [0.0], Screen()
+    status = QuickStatusLine(screen, color=False, clock=lambda: clock[0],
+                             redactor=chat.Redactor(["tok-SECRET-abcdefgh"]))
+    status.wait("running s__slow", progress="step 1 with tok-SECRET-abcdefgh")
+    clock[0] += 1
+    eventually(lambda: "step 1" in screen.shown, "drawn")
+    status.clear()
+    assert "tok-SECRET" not in screen.shown and "step 1 with ***" in screen.shown
+
+
+def test_an_mcp_servers_token_in_its_progress_is_blanked_on_the_status_line(server, tmp_path):
+    token = "tok-SECRET-abcdefgh"
+    config, _ = scripted_mcp(tmp_path, {"tools": ["slow"], "calls": {"slow": [
+        ("progress", {"progress": 1, "total": 2, "message": "using " + token}),
+        ("sleep", 1.5)]}})
+    entry = json.load(open(config))
+    entry["mcpServers"]["s"]["env"]["API_TOKEN"] = token   # (a secret of its config)
+    json.dump(entry, open(config, "w"))
+    server.add(*calling("s__slow"))
+    status, data = on_terminal(server, "--mcp", config, "--yes", "hi")
+    assert status == 0 and b"using ***" in data and token.encode() not in data
+
+
 def test_fit_width_counts_wide_characters_as_two_columns():
     assert chat._fit_width("ab\u4e2d\u6587x", 4) == "ab\u4e2d"
     assert chat._fit_width("ab\u4e2d\u6587x", 5) == "ab\u4e2d"
