@@ -3692,6 +3692,10 @@ class Keeper:
             try:
                 with _interrupts_deferred():
                     self._keep(chat)
+            except FileTooLarge:   # not even in a new file: said as a failure, never lost quietly
+                raise OutputError("this reply was shown but cannot be kept: with your last "
+                                  "message it is over %d MiB, more than chat.py reads back "
+                                  "(--save FILE keeps one this large)" % (MAX_BODY >> 20)) from None
             except ChatError as exc:
                 if not self._failed:   # once a run: each turn would say the same
                     self._failed = True
@@ -7680,7 +7684,8 @@ Conversations kept:
   conversation goes on in a new file that says where it forked from; a
   turn that would make the file larger than chat.py reads back (64 MiB) is
   refused before it is sent, and a reply that would is kept in a new file
-  that names the full one, from the last message on; a failed save leaves
+  that names the full one, from the last message on (one too large even
+  for that is an error, exit 1); a failed save leaves
   no empty file, and a folder that cannot be written is one notice a run;
   --delete refuses an empty ID; Ctrl-C during a save lets it finish.  Fields a
   loaded conversation sends (n, store, service_tier...) are named once.

@@ -6123,6 +6123,16 @@ def test_a_reply_too_large_for_its_file_goes_on_in_a_new_one(server, monkeypatch
     assert server.requests[-1]["body"]["messages"][0]["content"] == "second"
 
 
+def test_a_reply_that_cannot_be_kept_even_alone_is_a_failure_not_a_quiet_loss(
+        server, monkeypatch):
+    monkeypatch.setattr(chat, "MAX_BODY", 4 * 2**20)
+    server.add(stream_reply("b" * (2 * 2**20)))
+    status, out, err = run_main(server, "a" * (2 * 2**20))   # allowed: 2 MiB, with room for 1
+    assert status == 1 and out.startswith("bbb")   # shown, and said not kept
+    assert "this reply was shown but cannot be kept: with your last message it is over 4 MiB" in err
+    assert kept_files() == []
+
+
 def test_the_refusal_of_a_turn_too_large_fits_the_conversation_and_names_no_log(
         server, monkeypatch):
     monkeypatch.setattr(chat, "MAX_BODY", 2 * 2**20)
