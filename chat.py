@@ -949,14 +949,7 @@ class ChatAccumulator:
             message = {"role": "assistant", "content": None}
             message.update(_finished(c["message"]))
             for call in message.get("tool_calls") or ():
-                call.setdefault("id", None)
-                call.setdefault("type", "custom" if "custom" in call else "function")
-                if call["type"] == "custom":   # free text in (a custom tool's input)
-                    call.setdefault("custom", {}).setdefault("input", "")
-                    continue
-                function = call.setdefault("function", {})
-                function.setdefault("name", "")
-                function.setdefault("arguments", "")
+                _whole_call(call)
             choices.append({"index": index, "message": message,
                             "logprobs": _finished(c["logprobs"]) or None,
                             "finish_reason": c["finish_reason"]})
@@ -970,6 +963,20 @@ class ChatAccumulator:
         completion = _finished(completion)   # every string mended, the top fields too
         conform(completion, CHUNK_SHAPE, self.dropped)   # top fields: see conform_chunk
         return completion
+def _whole_call(call):
+    """Give a tool call the fields a sparse stream left out (an id, a type,
+    a name, arguments or a custom tool's input), so whoever reads it finds
+    them all."""
+    call.setdefault("id", None)
+    call.setdefault("type", "custom" if "custom" in call else "function")
+    if call["type"] == "custom":   # free text in (a custom tool's input)
+        call.setdefault("custom", {}).setdefault("input", "")
+        return
+    function = call.setdefault("function", {})
+    function.setdefault("name", "")
+    function.setdefault("arguments", "")
+
+
 REASONING_FIELDS = ("reasoning_content", "reasoning", "reasoning_details")
 
 
@@ -1605,17 +1612,13 @@ class Client:
         """
         headers = _with_headers(self.headers, headers)
         timeout = timeout or self.timeout
-        data = None
-        if payload is not None:
-            data = json.dumps(payload).encode("utf-8")
-            if payload.get("stream"):
-                headers.setdefault("Accept", "text/event-stream")
-        else:
+        data = None if payload is None else json.dumps(payload).encode("utf-8")
+        if payload is None:
             del headers["Content-Type"]
+        elif payload.get("stream"):
+            headers.setdefault("Accept", "text/event-stream")
+        data = self._uploading(data, headers)
         opener = self._opener()
-        if data is not None and len(data) > SHOWN_UPLOAD:   # say how much is sent
-            headers["Content-Length"] = str(len(data))
-            data = _Upload(data, self.on_wait)
         request = urllib.request.Request(endpoint_url(self.base_url, path), data=data,
                                          headers=headers, method=method)
         request.waiting = ("waiting for the model" if path == "/chat/completions" else
@@ -1642,6 +1645,14 @@ class Client:
                 raise error from cause
             attempt += 1
             self._back_off(attempt, retries, why, retry_headers)
+
+    def _uploading(self, data, headers):
+        """data as sent: a body larger than SHOWN_UPLOAD in a file that says
+        how much of it is sent (on_wait), of a length headers give."""
+        if data is None or len(data) <= SHOWN_UPLOAD:
+            return data
+        headers["Content-Length"] = str(len(data))
+        return _Upload(data, self.on_wait)
 
     def _back_off(self, attempt, retries, why, headers):
         """Wait before retry number attempt (of retries), saying so."""
@@ -2113,19 +2124,15 @@ class Chat:
             try:
                 completion = self._request(messages, printer, accumulator)
                 break
-            except APIError as exc:
+            except (ChatError, KeyboardInterrupt) as exc:
                 printer.end_line()
                 self._report(accumulator)
-                fixed = None if accumulator.text() else self._recover(exc, messages, tried)
+                fixed = (self._recover(exc, messages, tried)   # (not once text was shown)
+                         if isinstance(exc, APIError) and not accumulator.text() else None)
                 if fixed is None:
                     self._keep_shown(messages, accumulator)
                     raise
                 messages = fixed
-            except (ChatError, KeyboardInterrupt):
-                printer.end_line()
-                self._report(accumulator)
-                self._keep_shown(messages, accumulator)
-                raise
         printer.finish(completion)
         self._report(accumulator)   # (after the reply's last line is ended)
         self._record(messages, completion)
@@ -2225,7 +2232,11 @@ class Chat:
         if isinstance(audio, dict) and isinstance(audio.get("id"), str):
             self._audio[id(kept)] = (kept, audio["id"], audio.get("expires_at"))
         self.cut_short = choices[0].get("finish_reason") == "length"
-        usage = completion.get("usage") or {}
+        self._count(completion.get("usage") or {})
+
+    def _count(self, usage):
+        """What the server counted: into the session's totals, and as the
+        size of the conversation as it now stands."""
         for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
             if isinstance(usage.get(key), int):
                 self.totals[key] += usage[key]
