@@ -5606,11 +5606,12 @@ def test_a_stdio_mcp_server_starts_without_the_secrets_chat_py_knows(server, tmp
     server.add(*calling("hostile__echo"))
     env = {"OPENAI_API_KEY": "sk-environment-02", "HOLDS_IT": "sk-from-command-01",
            "https_proxy": "http://user:pw-proxy-03@127.0.0.1:9", "no_proxy": "example.com",
-           "PLAIN": "kept"}
+           "PLAIN": "kept", "IN_A_HEADER": "Authorization: Bearer sk-environment-02",
+           "http_proxy": "http://u:pw@127.0.0.1:9"}   # (a password too short to be a secret)
     status, out, err = run_main(None, "-p", "p", "--mcp", str(config), "--yes", "hi", env=env)
     assert status == 0, err
     got = json.load(open(str(seen)))
-    for name in ("OPENAI_API_KEY", "HOLDS_IT", "https_proxy"):
+    for name in ("OPENAI_API_KEY", "HOLDS_IT", "https_proxy", "IN_A_HEADER", "http_proxy"):
         assert name not in got, name
     assert got["PLAIN"] == "kept" and got["no_proxy"] == "example.com"
     assert got["GIVEN"] == "sk-environment-02"   # its config names the key on purpose
