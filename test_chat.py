@@ -7696,3 +7696,40 @@ def test_tool_arguments_refused_say_why_in_words_and_kept_ones_keep_their_letter
         assert str(refused.value) == "the arguments " + ("give " if "key" in words else "are ") + words
     assert chat.canonical_arguments('{"city":  "Z\u00fcrich"}') == '{"city": "Z\u00fcrich"}'
     assert chat.canonical_arguments("") == chat.canonical_arguments(None) == "{}"
+
+
+# ---------------------------------------------------------------------------
+# issue 27, review: what a hostile MCP server still broke (progress that
+# overflows, a server that stops reading, endless forms, deep tool schemas,
+# start-up banners, answers of the wrong type) and the bounds no test held.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_progress_that_overflows_as_a_share_is_no_crash(server, tmp_path, http_mcp, transport,
+                                                         no_thread_dies):
+    plan = {"calls": {"echo": [("progress", {"progress": 1e308, "total": 0.5}),
+                               ("progress", {"progress": 2**62, "total": 1e-300}),
+                               ("progress", {"progress": 1, "total": 4})]}}
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "hi")
+    assert (status, out) == (0, "The tool said: echo: {}\n"), err
+    assert "failed" not in err and "Traceback" not in err
+    assert chat._progress_text({"progress": 1e308, "total": 0.5}) == "1e+308 done"
+    assert chat._progress_text({"progress": 1, "total": 4}) == "25%"
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_a_message_chat_py_fails_on_fails_its_server_not_the_thread(
+        server, tmp_path, http_mcp, transport, no_thread_dies, monkeypatch):
+    def broken(params):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(chat, "_progress_text", broken)   # (any bug a message may find)
+    plan = {"calls": {"echo": [("progress", {"progress": 1, "total": 2}), ("sleep", 0.5)]}}
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "hi")
+    assert status == 0, err
+    assert err.count("MCP server s failed: chat.py could not handle a message it sent "
+                     "(RuntimeError: a bug)") == 1, err
+    assert "Traceback" not in err
