@@ -4185,6 +4185,8 @@ MAX_MCP_LOG_LINE = 2**16             # bytes of one stderr line read at once
 MCP_LISTEN_IDLE = 600.0              # seconds of silence before a listening stream is opened anew
 MAX_MCP_ROUNDS = 8                   # rounds of input a 2026-07-28 server may ask for in one call
 MAX_MCP_FIELDS = 32                  # fields of one form a server may ask the user to fill in
+MAX_MCP_QUEUED = 64                  # messages waiting for a stdio server to read its stdin
+MCP_WRITE_WAIT = 10.0                # seconds a request or answer waits for room among them
 _MCP_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -4400,7 +4402,11 @@ class _Stdio:
     """An MCP server run as a process (in environ, with its own env added):
     one JSON-RPC message a line on its stdin and stdout.  Its stderr is only
     logging: copied to log_path a line at a time (rotated, see _open_log),
-    its last line kept as last_words, the reason a failure gives."""
+    its last line kept as last_words, the reason a failure gives.  What
+    goes to its stdin is written by a thread of its own, MAX_MCP_QUEUED
+    messages at most waiting: a server that stops reading blocks that
+    thread alone, never a caller (nor a lock a caller needs), and fails
+    once a message finds no room within MCP_WRITE_WAIT."""
 
     def __init__(self, spec, log_path, on_message, on_broken, environ):
         try:
@@ -4413,20 +4419,58 @@ class _Stdio:
         except OSError as exc:
             raise McpError("cannot run %s: %s" % (spec.command, exc.strerror or exc)) from None
         self.log_path, self.last_words = log_path, b""
-        self._lock = threading.Lock()
+        self._out, self._queued = threading.Condition(), []   # what the writer writes next
+        self._closing = self._stuck = False
         self._on_message, self._on_broken = on_message, on_broken
         self._logging = threading.Thread(target=self._log, daemon=True)
         self._logging.start()
+        self._writing = threading.Thread(target=self._write, daemon=True)
+        self._writing.start()
         threading.Thread(target=self._read, daemon=True).start()
 
     def send(self, message, timeout=None, deadline=None):
-        data = json.dumps(message).encode("utf-8") + b"\n"   # (the answer comes on its own)
-        with self._lock:
-            try:
+        """Queue message for its stdin (the answer comes on its own): a
+        request or an answer waits for room at most timeout (or
+        MCP_WRITE_WAIT), a notification not at all (it is dropped)."""
+        data = json.dumps(message).encode("utf-8") + b"\n"
+        ends = time.monotonic() + ((timeout or MCP_WRITE_WAIT) if "id" in message else 0)
+        with self._out:
+            while len(self._queued) >= MAX_MCP_QUEUED and not self._stuck:
+                if time.monotonic() >= ends:
+                    if "id" not in message:
+                        return
+                    self._stuck = True
+                    break
+                self._out.wait(ends - time.monotonic())
+            if not self._stuck and self._writing.is_alive():
+                self._queued.append(data)
+                self._out.notify_all()
+                return
+        if self._stuck:
+            why = "it stopped reading what chat.py sends it (its stdin)"
+            self._on_broken(why)
+            raise McpError(why, code="stopped")
+        raise McpError(self._exited())
+
+    def _write(self):
+        try:
+            while True:
+                with self._out:
+                    while not self._queued and not self._closing:
+                        self._out.wait()
+                    if not self._queued:
+                        return
+                    data = self._queued.pop(0)
+                    self._out.notify_all()
                 self.proc.stdin.write(data)
                 self.proc.stdin.flush()
+        except (OSError, ValueError):
+            return
+        finally:
+            try:
+                self.proc.stdin.close()   # (here alone: a full pipe blocks only this thread)
             except (OSError, ValueError):
-                raise McpError(self._exited()) from None
+                pass
 
     def _read(self):
         try:
@@ -4489,11 +4533,11 @@ class _Stdio:
                 log.close()
 
     def close(self):
-        """Close its stdin, wait a moment, then SIGTERM, then SIGKILL."""
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
+        """Close its stdin once what is queued is written (in the writer's
+        thread), wait a moment, then SIGTERM, then SIGKILL; it is reaped."""
+        with self._out:
+            self._closing = True
+            self._out.notify_all()
         for stop in (None, self.proc.terminate, self.proc.kill):
             if stop is not None:
                 try:
@@ -4501,7 +4545,7 @@ class _Stdio:
                 except OSError:
                     pass
             try:
-                self.proc.wait(1.0)
+                self.proc.wait(None if stop == self.proc.kill else 1.0)   # (reaped)
                 return
             except subprocess.TimeoutExpired:
                 continue

@@ -6465,6 +6465,9 @@ def got_answer(id, got):
 
 def run_stdio(plan):
     log = open(os.environ["MCP_LOG"], "a")
+    if os.environ.get("MCP_PID"):
+        with open(os.environ["MCP_PID"], "w") as mine:
+            mine.write(str(os.getpid()))
     listening = plan.get("era") != "modern"   # (2026-07-28: only once asked to)
     got = None
     for line in sys.stdin:
@@ -7733,3 +7736,36 @@ def test_a_message_chat_py_fails_on_fails_its_server_not_the_thread(
     assert err.count("MCP server s failed: chat.py could not handle a message it sent "
                      "(RuntimeError: a bug)") == 1, err
     assert "Traceback" not in err
+
+
+def scripted_mcp_with_pid(tmp_path, plan):
+    """(a --mcp config for the scripted stdio server, the file it writes its pid to)."""
+    config, _ = scripted_mcp(tmp_path, plan)
+    pid = tmp_path / "pid"
+    data = json.loads(open(config).read())
+    data["mcpServers"]["s"]["env"]["MCP_PID"] = str(pid)
+    open(config, "w").write(json.dumps(data))
+    return config, pid
+
+
+def run_main_guarded(server, *args):
+    """run_main in a thread of its own: (status, out, err), or None if it hangs."""
+    ran = []
+    runner = threading.Thread(target=lambda: ran.append(run_main(server, *args)), daemon=True)
+    runner.start()
+    runner.join(120)   # (no timing assert: a guard against a hang that would stop the suite)
+    return ran[0] if ran else None
+
+
+def test_a_server_that_stops_reading_its_stdin_costs_one_tool_timeout(server, tmp_path):
+    pings = [("raw", json.dumps({"jsonrpc": "2.0", "id": "p%d" % n, "method": "ping"}))
+             for n in range(3000)]   # its answers overfill its stdin: it reads none of them
+    config, pid = scripted_mcp_with_pid(tmp_path, {"calls": {"echo": pings + [("sleep", 60)]}})
+    server.add(*calling("s__echo"))
+    ran = run_main_guarded(server, "--mcp", config, "--yes", "--tool-timeout", "2", "hi")
+    assert ran is not None, "chat.py hung on a server that stopped reading"
+    status, out, err = ran
+    assert status == 0 and tool_results(server) == [
+        "error: cancelled: no answer within 2s; the call was cancelled"], err
+    with pytest.raises(ChildProcessError):   # it was reaped
+        os.waitpid(int(pid.read_text()), os.WNOHANG)
