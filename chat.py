@@ -4187,6 +4187,9 @@ MAX_MCP_ROUNDS = 8                   # rounds of input a 2026-07-28 server may a
 MAX_MCP_FIELDS = 32                  # fields of one form a server may ask the user to fill in
 MAX_MCP_QUEUED = 64                  # messages waiting for a stdio server to read its stdin
 MCP_WRITE_WAIT = 10.0                # seconds a request or answer waits for room among them
+MAX_MCP_FORMS = 8                    # forms a server may ask the user in one call; the rest declined
+MAX_MCP_TOOL_DEPTH = 64              # levels of lists and objects in one tool's definition
+MAX_MCP_TOOL_SIZE = 2**17            # bytes of one tool's definition as JSON
 _MCP_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -4196,6 +4199,20 @@ class McpError(ChatError):
     def __init__(self, message, code=None):
         super().__init__(message)
         self.code = code
+
+
+def _nested_past(value, limit):
+    """Whether value nests lists and objects more than limit levels deep
+    (found without recursion: a server's JSON may nest 900 levels)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((inner, depth + 1) for inner in (
+                item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def _finite(value):
@@ -4872,6 +4889,7 @@ class McpServer:
         self._ids = iter(range(1, 1 << 62))
         self._misshapen = False     # a message of the wrong shape was said (once a start)
         self._asks = []             # elicitations heard by a reader thread, for the caller
+        self._forms = 0             # elicitations asked in this call (see MAX_MCP_FORMS)
 
     def start(self):
         """Start and handshake in a thread of its own; ready is set when done."""
@@ -4942,15 +4960,25 @@ class McpServer:
     def list_tools(self):
         """Ask for the server's tools, every page of them: at most
         MAX_MCP_TOOLS tools in MAX_MCP_PAGES pages within MCP_START_WAIT;
-        past a bound, the tools listed so far, and a notice."""
+        past a bound, the tools listed so far, and a notice.  A tool nested
+        past MAX_MCP_TOOL_DEPTH or larger than MAX_MCP_TOOL_SIZE is left out
+        (no request could carry it), all such said in one notice."""
         tools, cursor, ends = [], None, time.monotonic() + MCP_START_WAIT
+        left_out = []   # tools nested too deep or too large for a request to carry
         for _ in range(MAX_MCP_PAGES):
             result = self.request("tools/list", {"cursor": cursor} if cursor is not None else {},
                                   timeout=max(ends - time.monotonic(), 0.001))
             page = conform(result, TOOLS_PAGE_SHAPE, [])
             if not isinstance(page.get("tools"), list):
                 raise McpError("its tools/list answer has no list of tools")
-            tools += [t for t in page["tools"] if isinstance(t.get("name"), str) and t["name"]]
+            for tool in page["tools"]:
+                if not isinstance(tool.get("name"), str) or not tool["name"]:
+                    continue
+                if _nested_past(tool, MAX_MCP_TOOL_DEPTH) or len(json.dumps(
+                        tool, ensure_ascii=False)) > MAX_MCP_TOOL_SIZE:
+                    left_out.append(_one_line(tool["name"])[:80])
+                else:
+                    tools.append(tool)
             if len(tools) > MAX_MCP_TOOLS:
                 self.notify("MCP server %s offers more than %d tools; only the first %d are "
                             "offered" % (self.spec.name, MAX_MCP_TOOLS, MAX_MCP_TOOLS))
@@ -4963,6 +4991,12 @@ class McpServer:
             self.notify("MCP server %s lists its tools in more than %d pages; the tools of "
                         "the first %d are offered" % (self.spec.name, MAX_MCP_PAGES,
                                                       MAX_MCP_PAGES))
+        if left_out:
+            self.notify("MCP server %s: %d tool%s left out, nested more than %d levels "
+                        "deep or over %d KiB: %s" % (
+                            self.spec.name, len(left_out), " is" if len(left_out) == 1 else
+                            "s are", MAX_MCP_TOOL_DEPTH, MAX_MCP_TOOL_SIZE >> 10,
+                            ", ".join(left_out[:3])))
         if isinstance(self._transport, _Http) and self.version == MCP_MODERN:
             tools = self._headed(tools)
         self.tools, self.stale = tools, False
@@ -5015,9 +5049,9 @@ class McpServer:
                 raise
             while not slot[0].wait(0.1):
                 if self._asks and threading.current_thread() is threading.main_thread():
+                    asked = time.monotonic()
                     self._answer(self._asks.pop(0))
-                    slot[2] = time.monotonic()   # the user's time is not the server's
-                    continue
+                    slot[2] += time.monotonic() - asked   # the user's time is not its silence
                 if self.state in ("failed", "stopped"):
                     raise McpError("the MCP server %s failed: %s" % (
                         self.spec.name, self.error or "it stopped"), code="stopped")
@@ -5068,10 +5102,19 @@ class McpServer:
             return self._roots()
         if method == "elicitation/create":
             request = conform(params, ELICIT_SHAPE, [])
-            if self.elicit is None or request is _WRONG:
+            if not self._may_ask() or self.elicit is None or request is _WRONG:
                 return {"action": "decline"}
             return self.elicit(self.spec.name, request)
         return None
+
+    def _may_ask(self, more=False):
+        """Whether one form more may be asked in this call (MAX_MCP_FORMS at
+        most; more: the bound is passed already); said once when not."""
+        self._forms = max(self._forms, MAX_MCP_FORMS) + 1 if more else self._forms + 1
+        if self._forms == MAX_MCP_FORMS + 1:
+            self.notify("MCP server %s asked for more than %d forms in one call; the rest are "
+                        "declined unasked" % (self.spec.name, MAX_MCP_FORMS))
+        return self._forms <= MAX_MCP_FORMS
 
     def _listen(self):
         """Hear the server's list changes: over HTTP on a stream of their own
@@ -5145,7 +5188,11 @@ class McpServer:
                 slot[0].set()
         elif kind == "request" and method == "elicitation/create" and \
                 threading.current_thread() is not threading.main_thread():
-            self._asks.append(message)   # asked by the thread that waits for the answer
+            if len(self._asks) < MAX_MCP_FORMS:
+                self._asks.append(message)   # asked by the thread that waits for the answer
+            else:
+                self._may_ask(more=True)
+                self._answer(message, {"action": "decline"})
         elif kind == "request":
             self._answer(message)
         elif method == "notifications/tools/list_changed":
@@ -5156,11 +5203,13 @@ class McpServer:
             if on_progress is not None:
                 on_progress(sanitize(_progress_text(message["params"])))
 
-    def _answer(self, message):
-        """Answer a server's request: ping, and what _input offers; the rest refused."""
+    def _answer(self, message, result=None):
+        """Answer a server's request: ping, and what _input offers; the rest
+        refused (result: the answer already decided)."""
         answer = {"jsonrpc": "2.0", "id": message["id"]}
-        result = {} if message["method"] == "ping" else self._input(
-            message["method"], message.get("params") or {})
+        if result is None:
+            result = {} if message["method"] == "ping" else self._input(
+                message["method"], message.get("params") or {})
         if result is not None:
             answer["result"] = result
         else:
@@ -5217,7 +5266,7 @@ class McpServer:
         if self.state != "ready":
             raise McpError("the MCP server %s is %s%s" % (
                 self.spec.name, self.state, ": %s" % self.error if self.error else ""))
-        params = {"name": tool, "arguments": arguments}
+        params, self._forms = {"name": tool, "arguments": arguments}, 0
         for attempt in range(MAX_MCP_ROUNDS):
             try:
                 result = self.request("tools/call", params, timeout=timeout,

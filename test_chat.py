@@ -7760,7 +7760,7 @@ def run_main_guarded(server, *args):
 def test_a_server_that_stops_reading_its_stdin_costs_one_tool_timeout(server, tmp_path):
     pings = [("raw", json.dumps({"jsonrpc": "2.0", "id": "p%d" % n, "method": "ping"}))
              for n in range(3000)]   # its answers overfill its stdin: it reads none of them
-    config, pid = scripted_mcp_with_pid(tmp_path, {"calls": {"echo": pings + [("sleep", 60)]}})
+    config, pid = scripted_mcp_with_pid(tmp_path, {"calls": {"echo": pings + [("sleep", 600)]}})
     server.add(*calling("s__echo"))
     ran = run_main_guarded(server, "--mcp", config, "--yes", "--tool-timeout", "2", "hi")
     assert ran is not None, "chat.py hung on a server that stopped reading"
@@ -7769,3 +7769,78 @@ def test_a_server_that_stops_reading_its_stdin_costs_one_tool_timeout(server, tm
         "error: cancelled: no answer within 2s; the call was cancelled"], err
     with pytest.raises(ChildProcessError):   # it was reaped
         os.waitpid(int(pid.read_text()), os.WNOHANG)
+
+
+def form_asks(count, wait=True):
+    """Steps of the scripted server: count forms asked, each answered before
+    the next (wait) or all at once (then their answers read)."""
+    form = _scripted["ASKS"]["form"][1]
+    asks = [{"jsonrpc": "2.0", "id": "f%d" % n, "method": "elicitation/create", "params": form}
+            for n in range(count)]
+    if wait:
+        return [("ask", ask) for ask in asks]
+    return [("raw", json.dumps(ask)) for ask in asks[:-1]] + [("ask", asks[-1])]
+
+
+def test_a_server_that_asks_again_and_again_ends_at_the_tool_timeout(server, tmp_path):
+    config, log = scripted_mcp(tmp_path, {"calls": {"echo": form_asks(300)}})
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", config, "--yes", "--tool-timeout", "1", "hi")
+    assert status == 0 and tool_results(server) == [
+        "error: cancelled: no answer within 1s; the call was cancelled"], err
+
+
+def test_a_server_asks_at_most_8_forms_in_one_call(tmp_path):
+    config, log = scripted_mcp(tmp_path, {"calls": {"echo": form_asks(20)}})
+    asked, notices = [], []
+    tools = chat.McpTools(chat.mcp_specs(config, {}), log_folder=str(tmp_path),
+                          notify=notices.append,
+                          elicit=lambda server, request: asked.append(request) or {
+                              "action": "accept", "content": {"name": "me"}})
+    try:
+        tools.start()
+        tools.definitions()
+        text, parts = tools.call("s__echo", "{}", 30, lambda *a, **k: None)
+    finally:
+        tools.close()
+    assert text == "echo: {}" and len(asked) == chat.MAX_MCP_FORMS == 8
+    answers = [m["result"]["action"] for m in received(log) if str(m.get("id")).startswith("f")]
+    assert answers == ["accept"] * 8 + ["decline"] * 12
+    assert notices == ["MCP server s asked for more than 8 forms in one call; the rest are "
+                       "declined unasked"]
+
+
+def test_forms_asked_all_at_once_wait_for_no_one_past_the_bound(tmp_path):
+    config, log = scripted_mcp(tmp_path, {"calls": {"echo": form_asks(200, wait=False)}})
+    asked, notices = [], []
+    tools = chat.McpTools(chat.mcp_specs(config, {}), log_folder=str(tmp_path),
+                          notify=notices.append,
+                          elicit=lambda server, request: asked.append(request) or {
+                              "action": "decline"})
+    try:
+        tools.start()
+        tools.definitions()
+        text, parts = tools.call("s__echo", "{}", 5, lambda *a, **k: None)
+        server = tools.servers[0]
+        assert len(server._asks) <= chat.MAX_MCP_FORMS
+    finally:
+        tools.close()
+    assert text == "echo: {}" and len(asked) <= 8   # (200 asked one by one: 20 s)
+    assert notices == ["MCP server s asked for more than 8 forms in one call; the rest are "
+                       "declined unasked"]
+
+
+def test_a_tool_nested_too_deep_or_too_large_is_left_out_when_listed(server, tmp_path):
+    deep = json.loads('{"type": "object", "x": ' + "[" * 900 + "]" * 900 + "}")
+    big = {"type": "object", "description": "b" * (200 * 1024)}
+    config, _ = scripted_mcp(tmp_path, {"tools": ["echo", "deep", "big", "fine"],
+                                        "schemas": {"deep": deep, "big": big}})
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", config, "--yes", "hi")
+    assert (status, out) == (0, "The tool said: echo: {}\n"), err
+    offered = [t["function"]["name"] for t in server.requests[0]["body"]["tools"]]
+    assert offered == ["s__echo", "s__fine"]
+    assert err.count("MCP server s: 2 tools are left out, nested more than 64 levels deep or "
+                     "over 128 KiB: deep, big") == 1, err
+    shallow = json.loads("[" * 64 + "]" * 64)
+    assert not chat._nested_past(shallow, 64) and chat._nested_past([shallow], 64)
