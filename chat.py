@@ -4188,6 +4188,7 @@ MAX_MCP_FIELDS = 32                  # fields of one form a server may ask the u
 MAX_MCP_QUEUED = 64                  # messages waiting for a stdio server to read its stdin
 MCP_WRITE_WAIT = 10.0                # seconds a request or answer waits for room among them
 MAX_MCP_FORMS = 8                    # forms a server may ask the user in one call; the rest declined
+MAX_MCP_NOISE = 100                  # lines not JSON a stdio server may write on stdout (banners)
 MAX_MCP_TOOL_DEPTH = 64              # levels of lists and objects in one tool's definition
 MAX_MCP_TOOL_SIZE = 2**17            # bytes of one tool's definition as JSON
 _MCP_NAME = re.compile(r"[^A-Za-z0-9_-]")
@@ -4425,7 +4426,7 @@ class _Stdio:
     thread alone, never a caller (nor a lock a caller needs), and fails
     once a message finds no room within MCP_WRITE_WAIT."""
 
-    def __init__(self, spec, log_path, on_message, on_broken, environ):
+    def __init__(self, spec, log_path, on_message, on_broken, environ, on_noise=None):
         try:
             self.proc = subprocess.Popen(
                 [spec.command] + spec.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -4439,6 +4440,7 @@ class _Stdio:
         self._out, self._queued = threading.Condition(), []   # what the writer writes next
         self._closing = self._stuck = False
         self._on_message, self._on_broken = on_message, on_broken
+        self._on_noise = on_noise or (lambda text: None)
         self._logging = threading.Thread(target=self._log, daemon=True)
         self._logging.start()
         self._writing = threading.Thread(target=self._write, daemon=True)
@@ -4490,6 +4492,10 @@ class _Stdio:
                 pass
 
     def _read(self):
+        """Its stdout, a message a line; a line that is not JSON (a banner)
+        is skipped, the first said through on_noise, past MAX_MCP_NOISE of
+        them the server fails."""
+        noise = 0
         try:
             while True:
                 line = self.proc.stdout.readline(MAX_MCP_MESSAGE + 1)
@@ -4502,9 +4508,15 @@ class _Stdio:
                     try:
                         message = parse_json(line.decode("utf-8"))
                     except ValueError:
-                        return self._on_broken("it wrote something that is not JSON-RPC on "
-                                               "stdout: %s" % _one_line(line.decode(
-                                                   "utf-8", "replace"))[:80])
+                        noise += 1
+                        shown = _one_line(line.decode("utf-8", "replace"))[:80]
+                        if noise > MAX_MCP_NOISE:
+                            return self._on_broken("it wrote more than %d lines that are not "
+                                                   "JSON-RPC on stdout: %s" % (MAX_MCP_NOISE, shown))
+                        if noise == 1:
+                            self._on_noise("it wrote a line that is not JSON-RPC on stdout "
+                                           "(skipped, as the ones after it): %s" % shown)
+                        continue
                     self._on_message(message)
         except (OSError, ValueError):
             return self._on_broken("its stdout broke")
@@ -4925,7 +4937,9 @@ class McpServer:
                                    self.proxies and self.proxies(self.spec.url))
         else:
             log = os.path.join(self.log_folder, "mcp-%s.log" % _MCP_NAME.sub("_", self.spec.name))
-            self._transport = _Stdio(self.spec, log, on_message, on_broken, self.environ)
+            self._transport = _Stdio(self.spec, log, on_message, on_broken, self.environ,
+                                     lambda why: self.notify("MCP server %s: %s" % (
+                                         self.spec.name, why)))
         self._handshake()
         self.list_tools()
         self._listen()
