@@ -4692,15 +4692,17 @@ class _Http:
                 return
             if "event-stream" in kind:
                 return self._stream(response, deadline)
-            if "json" in kind:   # (an error answer is a message too: not read_json)
-                body = b"".join(self._reads(response, deadline))
-                if len(body) > MAX_MCP_MESSAGE:
-                    raise McpError("it sent a message over %d MiB" % (MAX_MCP_MESSAGE >> 20))
-                try:
-                    message = parse_json(body.decode("utf-8"))
-                except ValueError:
-                    return self._on_broken("it answered with JSON that is not JSON-RPC")
-                self._on_message(message)
+            if "json" not in kind:   # (not left to end in silence past the timeout)
+                raise McpError("it answered with %s, neither JSON nor an event stream" % (
+                    _one_line(kind.split(";")[0])[:60] or "no Content-Type"))
+            body = b"".join(self._reads(response, deadline))   # (an error answer is a
+            if len(body) > MAX_MCP_MESSAGE:                        # message too: not read_json)
+                raise McpError("it sent a message over %d MiB" % (MAX_MCP_MESSAGE >> 20))
+            try:
+                message = parse_json(body.decode("utf-8"))
+            except ValueError:
+                return self._on_broken("it answered with JSON that is not JSON-RPC")
+            self._on_message(message)
 
     def _headers(self, message):
         """The headers of the request that sends message: the session, the
@@ -4889,6 +4891,7 @@ class McpServer:
         self.environ = os.environ if environ is None else environ
         self.startup_timeout = spec.startup_timeout or startup_timeout
         self.state, self.error, self.version, self.tools = "starting", None, None, []
+        self.agreed = None          # the version the handshake settled on (version: the one tried)
         self.stale = False          # tools/list_changed came: list again before the next request
         self.started = self.failed_at = None   # time.monotonic() of the last start, death
         self.restarts = 0
@@ -4947,10 +4950,12 @@ class McpServer:
     def _handshake(self):
         """The current revision has no initialize: try server/discover first,
         and on any error or silence fall back to initialize."""
+        self.agreed = None
         self._set_version(MCP_MODERN)
         try:
             result = self.request("server/discover", {}, timeout=MCP_DISCOVER_WAIT)
             if MCP_MODERN in _texts(result.get("supportedVersions")):
+                self.agreed = MCP_MODERN
                 return
         except McpError as exc:
             if exc.code == "stopped":
@@ -4964,6 +4969,7 @@ class McpServer:
             raise McpError("it speaks MCP %s, which chat.py does not"
                            % _one_line(json.dumps(version))[:40])
         self._set_version(version)
+        self.agreed = version
         self.notify_server("notifications/initialized")
 
     def _set_version(self, version):
@@ -5636,7 +5642,7 @@ class McpTools:
     def describe_servers(self):
         """Lines for /mcp: each server's state, protocol, tool count, last error."""
         return ["  %-16s %-9s MCP %-10s %3d tools%s" % (
-            s.spec.name, s.state, s.version or "-", len(s.tools),
+            s.spec.name, s.state, s.agreed or "-", len(s.tools),
             "  last error: %s" % s.error if s.error else "") for s in self.servers]
 
     def close(self):

@@ -6606,9 +6606,10 @@ class ScriptedHttpMcp:
                 if steps and steps[0][0] == "listen":
                     return self.listen({"jsonrpc": "2.0", "method":
                                         "notifications/subscriptions/acknowledged", "params": {}})
-                if mcp.plan.get("json"):
+                if mcp.plan.get("json"):   # (plan "html": the method answered as text/html)
                     body = [json.dumps(v).encode() for k, v in steps if k == "send"][-1]
-                    return self.reply(200, body)
+                    return self.reply(200, body, "text/html; charset=utf-8" if mcp.plan.get(
+                        "html") == message.get("method") else "application/json")
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
@@ -7860,3 +7861,29 @@ def test_a_start_up_banner_on_stdout_is_skipped(server, tmp_path, lines, ready):
     else:
         assert "MCP server s failed: it wrote more than 100 lines that are not JSON-RPC on " \
                "stdout: Starting server v1.0" in err, err
+
+
+def test_an_http_answer_of_the_wrong_content_type_is_named(server, http_mcp):
+    mcp = http_mcp({"json": True, "html": "tools/call"})
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", "s=" + mcp.url, "--yes", "--tool-timeout", "3",
+                                "hi")
+    assert status == 0 and tool_results(server) == [
+        "error: it answered with text/html, neither JSON nor an event stream"], err
+
+
+def test_mcp_shows_a_servers_version_only_once_it_is_known(tmp_path):
+    tools = chat.McpTools(chat.mcp_specs("slow=%s -c 'import time; time.sleep(60)'"
+                                         % sys.executable, {}),
+                          log_folder=str(tmp_path), notify=lambda text: None)
+    try:
+        tools.start()
+        slow = tools.servers[0]
+        for _ in range(500):   # (until it is asked server/discover, which it never answers)
+            if slow.version is not None:
+                break
+            time.sleep(0.01)
+        assert slow.version == chat.MCP_MODERN and slow.state == "starting"
+        assert re.match(r"^  slow +starting +MCP - ", tools.describe_servers()[0])
+    finally:
+        tools.close()
