@@ -6384,7 +6384,9 @@ FORM = {"mode": "form", "message": "Who are you?", "requestedSchema": {
 ASKS = {"where": ("roots/list", None), "form": ("elicitation/create", FORM),
         "visit": ("elicitation/create", {"mode": "url", "message": "Sign in",
                                          "url": "https://example.com/login",
-                                         "elicitationId": "e1"})}
+                                         "elicitationId": "e1"}),
+        "nourl": ("elicitation/create", {"mode": "url", "message": "Sign in",
+                                         "elicitationId": "e2"})}
 
 def respond(message, plan):
     """What the server does for one message: a list of steps, each
@@ -6402,7 +6404,7 @@ def respond(message, plan):
     def error(code, text):
         return [("send", {"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": text}})]
 
-    if id is None:
+    if id is None or method in plan.get("mute", ()):   # (mute: methods never answered)
         return []
     if method == "server/discover":
         if not modern:
@@ -6423,7 +6425,7 @@ def respond(message, plan):
                           for n in names[start:start + size]]}
         if plan.get("endless_pages") or start + size < len(names):
             page["nextCursor"] = str(start + size)
-        return answer(page)
+        return plan.get("list_steps", []) + answer(page)
     if method == "subscriptions/listen":
         return [("listen", id)]
     if method == "tools/call" and params["name"] in ASKS:   # roots, a form, a URL
@@ -7097,6 +7099,7 @@ class ScriptedSseMcp:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
                 self.end_headers()
+                time.sleep(mcp.plan.get("endpoint_after", 0))   # (a server slow to name it)
                 self.wfile.write(b"event: endpoint\ndata: " + endpoint.encode() + b"\n\n")
                 self.wfile.flush()
                 while True:
@@ -7887,3 +7890,68 @@ def test_mcp_shows_a_servers_version_only_once_it_is_known(tmp_path):
         assert re.match(r"^  slow +starting +MCP - ", tools.describe_servers()[0])
     finally:
         tools.close()
+
+
+def test_listing_tools_ends_at_its_deadline(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(chat, "MCP_START_WAIT", 2.0)   # (30 s: a page every 0.3 s, for ever)
+    config, _ = scripted_mcp(tmp_path, {"endless_pages": True, "list_steps": [("sleep", 0.3)]})
+    server.add(stream_reply("No tools."))
+    status, out, err = run_main(server, "--mcp", config, "--mcp-startup-timeout", "20", "hi")
+    assert (status, out) == (0, "No tools.\n"), err
+    assert "MCP server s failed: no answer within" in err and "pages" not in err, err
+
+
+def test_number_fields_of_a_form_are_at_most_100_characters():
+    assert chat._field_value("integer", "1" * 99) == int("1" * 99)
+    assert chat._field_value("integer", "1" * 100) is None   # (int() of 5000 digits is slow)
+    assert chat._field_value("number", "1" * 100) is None
+    assert chat._field_value("string", "1" * 100) == "1" * 100
+
+
+def test_a_url_elicitation_without_a_url_is_declined_unasked(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, {"tools": ["nourl"]})
+    server.add(*calling("s__nourl"))
+    status, data = on_terminal(server, "--mcp", config, "hi", env={"TERM": "dumb"},
+                               keys=[(rb"\[y/N/a\] ", b"y\r")])
+    assert status == 0 and b"Traceback" not in data and b"visit" not in data
+    assert tool_results(server) == ['{"action": "decline"}']
+
+
+def test_a_stdio_line_over_the_message_bound_fails_the_server(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(chat, "MAX_MCP_MESSAGE", 2**20)   # (16 MiB, as 1)
+    note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "x" * 2**21}}
+    config, _ = scripted_mcp(tmp_path, {"calls": {"echo": [("send", note)]}})
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", config, "--yes", "hi")
+    assert status == 0 and tool_results(server) == [
+        "error: the MCP server s failed: it sent a message over 1 MiB"], err
+
+
+def test_an_http_json_answer_over_the_message_bound_is_refused(server, http_mcp, monkeypatch):
+    monkeypatch.setattr(chat, "MAX_MCP_MESSAGE", 2**20)   # (16 MiB, as 1)
+    mcp = http_mcp({"json": True})
+    server.add(*calling("s__echo", json.dumps({"w": "x" * (2**20 + 100)})))
+    status, out, err = run_main(server, "--mcp", "s=" + mcp.url, "--yes", "hi")
+    assert status == 0 and tool_results(server) == ["error: it sent a message over 1 MiB"], err
+
+
+def test_a_server_silent_to_server_discover_costs_the_discover_wait(server, tmp_path):
+    config, log = scripted_mcp(tmp_path, {"mute": ["server/discover"]})
+    server.add(*calling("s__echo"))   # (ready within 3 s + its start, not 30)
+    status, out, err = run_main(server, "--mcp", config, "--yes", "--mcp-startup-timeout", "12",
+                                "hi")
+    assert (status, out) == (0, "The tool said: echo: {}\n"), err
+    assert [m.get("method") for m in received(log)][:3] == [
+        "server/discover", "notifications/cancelled", "initialize"]   # (given up, then told)
+
+
+def test_a_message_waits_for_the_sse_endpoint_to_be_named(server, tmp_path):
+    mcp = ScriptedSseMcp({"endpoint_after": 1.0})
+    try:
+        config = tmp_path / "mcp.json"
+        config.write_text(json.dumps({"mcpServers": {"old": {"type": "sse", "url": mcp.url}}}))
+        server.add(*calling("old__echo"))
+        status, out, err = run_main(server, "--mcp", str(config), "--yes", "hi")
+    finally:
+        mcp.close()
+    assert (status, out) == (0, "The tool said: echo: {}\n"), err
