@@ -4187,7 +4187,7 @@ MAX_MCP_ROUNDS = 8                   # rounds of input a 2026-07-28 server may a
 MAX_MCP_FIELDS = 32                  # fields of one form a server may ask the user to fill in
 MAX_MCP_QUEUED = 64                  # messages waiting for a stdio server to read its stdin
 MCP_WRITE_WAIT = 10.0                # seconds a request or answer waits for room among them
-MAX_MCP_FORMS = 8                    # forms a server may ask the user in one call; the rest declined
+MAX_MCP_FORMS = 8                    # forms a server may ask in one call (the rest declined)
 MAX_MCP_NOISE = 100                  # lines not JSON a stdio server may write on stdout (banners)
 MAX_MCP_TOOL_DEPTH = 64              # levels of lists and objects in one tool's definition
 MAX_MCP_TOOL_SIZE = 2**17            # bytes of one tool's definition as JSON
@@ -4512,7 +4512,8 @@ class _Stdio:
                         shown = _one_line(line.decode("utf-8", "replace"))[:80]
                         if noise > MAX_MCP_NOISE:
                             return self._on_broken("it wrote more than %d lines that are not "
-                                                   "JSON-RPC on stdout: %s" % (MAX_MCP_NOISE, shown))
+                                                   "JSON-RPC on stdout: %s"
+                                                   % (MAX_MCP_NOISE, shown))
                         if noise == 1:
                             self._on_noise("it wrote a line that is not JSON-RPC on stdout "
                                            "(skipped, as the ones after it): %s" % shown)
