@@ -4203,6 +4203,12 @@ MAX_MCP_LOG_LINE = 2**16             # bytes of one stderr line read at once
 MCP_LISTEN_IDLE = 600.0              # seconds of silence before a listening stream is opened anew
 MAX_MCP_ROUNDS = 8                   # rounds of input a 2026-07-28 server may ask for in one call
 MAX_MCP_FIELDS = 32                  # fields of one form a server may ask the user to fill in
+MAX_MCP_QUEUED = 64                  # messages waiting for a stdio server to read its stdin
+MCP_WRITE_WAIT = 10.0                # seconds a request or answer waits for room among them
+MAX_MCP_FORMS = 8                    # forms a server may ask in one call (the rest declined)
+MAX_MCP_NOISE = 100                  # lines not JSON a stdio server may write on stdout (banners)
+MAX_MCP_TOOL_DEPTH = 64              # levels of lists and objects in one tool's definition
+MAX_MCP_TOOL_SIZE = 2**17            # bytes of one tool's definition as JSON
 _MCP_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -4212,6 +4218,20 @@ class McpError(ChatError):
     def __init__(self, message, code=None):
         super().__init__(message)
         self.code = code
+
+
+def _nested_past(value, limit):
+    """Whether value nests lists and objects more than limit levels deep
+    (found without recursion: a server's JSON may nest 900 levels)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((inner, depth + 1) for inner in (
+                item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def _finite(value):
@@ -4418,9 +4438,13 @@ class _Stdio:
     """An MCP server run as a process (in environ, with its own env added):
     one JSON-RPC message a line on its stdin and stdout.  Its stderr is only
     logging: copied to log_path a line at a time (rotated, see _open_log),
-    its last line kept as last_words, the reason a failure gives."""
+    its last line kept as last_words, the reason a failure gives.  What
+    goes to its stdin is written by a thread of its own, MAX_MCP_QUEUED
+    messages at most waiting: a server that stops reading blocks that
+    thread alone, never a caller (nor a lock a caller needs), and fails
+    once a message finds no room within MCP_WRITE_WAIT."""
 
-    def __init__(self, spec, log_path, on_message, on_broken, environ):
+    def __init__(self, spec, log_path, on_message, on_broken, environ, on_noise=None):
         try:
             self.proc = subprocess.Popen(
                 [spec.command] + spec.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -4431,22 +4455,65 @@ class _Stdio:
         except OSError as exc:
             raise McpError("cannot run %s: %s" % (spec.command, exc.strerror or exc)) from None
         self.log_path, self.last_words = log_path, b""
-        self._lock = threading.Lock()
+        self._out, self._queued = threading.Condition(), []   # what the writer writes next
+        self._closing = self._stuck = False
         self._on_message, self._on_broken = on_message, on_broken
+        self._on_noise = on_noise or (lambda text: None)
         self._logging = threading.Thread(target=self._log, daemon=True)
         self._logging.start()
+        self._writing = threading.Thread(target=self._write, daemon=True)
+        self._writing.start()
         threading.Thread(target=self._read, daemon=True).start()
 
     def send(self, message, timeout=None, deadline=None):
-        data = json.dumps(message).encode("utf-8") + b"\n"   # (the answer comes on its own)
-        with self._lock:
-            try:
+        """Queue message for its stdin (the answer comes on its own): a
+        request or an answer waits for room at most timeout (or
+        MCP_WRITE_WAIT), a notification not at all (it is dropped)."""
+        data = json.dumps(message).encode("utf-8") + b"\n"
+        ends = time.monotonic() + ((timeout or MCP_WRITE_WAIT) if "id" in message else 0)
+        with self._out:
+            while len(self._queued) >= MAX_MCP_QUEUED and not self._stuck:
+                if time.monotonic() >= ends:
+                    if "id" not in message:
+                        return
+                    self._stuck = True
+                    break
+                self._out.wait(ends - time.monotonic())
+            if not self._stuck and self._writing.is_alive():
+                self._queued.append(data)
+                self._out.notify_all()
+                return
+        if self._stuck:
+            why = "it stopped reading what chat.py sends it (its stdin)"
+            self._on_broken(why)
+            raise McpError(why, code="stopped")
+        raise McpError(self._exited())
+
+    def _write(self):
+        try:
+            while True:
+                with self._out:
+                    while not self._queued and not self._closing:
+                        self._out.wait()
+                    if not self._queued:
+                        return
+                    data = self._queued.pop(0)
+                    self._out.notify_all()
                 self.proc.stdin.write(data)
                 self.proc.stdin.flush()
+        except (OSError, ValueError):
+            return
+        finally:
+            try:
+                self.proc.stdin.close()   # (here alone: a full pipe blocks only this thread)
             except (OSError, ValueError):
-                raise McpError(self._exited()) from None
+                pass
 
     def _read(self):
+        """Its stdout, a message a line; a line that is not JSON (a banner)
+        is skipped, the first said through on_noise, past MAX_MCP_NOISE of
+        them the server fails."""
+        noise = 0
         try:
             while True:
                 line = self.proc.stdout.readline(MAX_MCP_MESSAGE + 1)
@@ -4459,9 +4526,16 @@ class _Stdio:
                     try:
                         message = parse_json(line.decode("utf-8"))
                     except ValueError:
-                        return self._on_broken("it wrote something that is not JSON-RPC on "
-                                               "stdout: %s" % _one_line(line.decode(
-                                                   "utf-8", "replace"))[:80])
+                        noise += 1
+                        shown = _one_line(line.decode("utf-8", "replace"))[:80]
+                        if noise > MAX_MCP_NOISE:
+                            return self._on_broken("it wrote more than %d lines that are not "
+                                                   "JSON-RPC on stdout: %s"
+                                                   % (MAX_MCP_NOISE, shown))
+                        if noise == 1:
+                            self._on_noise("it wrote a line that is not JSON-RPC on stdout "
+                                           "(skipped, as the ones after it): %s" % shown)
+                        continue
                     self._on_message(message)
         except (OSError, ValueError):
             return self._on_broken("its stdout broke")
@@ -4507,11 +4581,11 @@ class _Stdio:
                 log.close()
 
     def close(self):
-        """Close its stdin, wait a moment, then SIGTERM, then SIGKILL."""
-        try:
-            self.proc.stdin.close()
-        except OSError:
-            pass
+        """Close its stdin once what is queued is written (in the writer's
+        thread), wait a moment, then SIGTERM, then SIGKILL; it is reaped."""
+        with self._out:
+            self._closing = True
+            self._out.notify_all()
         for stop in (None, self.proc.terminate, self.proc.kill):
             if stop is not None:
                 try:
@@ -4519,7 +4593,7 @@ class _Stdio:
                 except OSError:
                     pass
             try:
-                self.proc.wait(1.0)
+                self.proc.wait(None if stop == self.proc.kill else 1.0)   # (reaped)
                 return
             except subprocess.TimeoutExpired:
                 continue
@@ -4637,15 +4711,17 @@ class _Http:
                 return
             if "event-stream" in kind:
                 return self._stream(response, deadline)
-            if "json" in kind:   # (an error answer is a message too: not read_json)
-                body = b"".join(self._reads(response, deadline))
-                if len(body) > MAX_MCP_MESSAGE:
-                    raise McpError("it sent a message over %d MiB" % (MAX_MCP_MESSAGE >> 20))
-                try:
-                    message = parse_json(body.decode("utf-8"))
-                except ValueError:
-                    return self._on_broken("it answered with JSON that is not JSON-RPC")
-                self._on_message(message)
+            if "json" not in kind:   # (not left to end in silence past the timeout)
+                raise McpError("it answered with %s, neither JSON nor an event stream" % (
+                    _one_line(kind.split(";")[0])[:60] or "no Content-Type"))
+            body = b"".join(self._reads(response, deadline))   # (an error answer is a
+            if len(body) > MAX_MCP_MESSAGE:                        # message too: not read_json)
+                raise McpError("it sent a message over %d MiB" % (MAX_MCP_MESSAGE >> 20))
+            try:
+                message = parse_json(body.decode("utf-8"))
+            except ValueError:
+                return self._on_broken("it answered with JSON that is not JSON-RPC")
+            self._on_message(message)
 
     def _headers(self, message):
         """The headers of the request that sends message: the session, the
@@ -4834,6 +4910,7 @@ class McpServer:
         self.environ = os.environ if environ is None else environ
         self.startup_timeout = spec.startup_timeout or startup_timeout
         self.state, self.error, self.version, self.tools = "starting", None, None, []
+        self.agreed = None          # the version the handshake settled on (version: the one tried)
         self.stale = False          # tools/list_changed came: list again before the next request
         self.started = self.failed_at = None   # time.monotonic() of the last start, death
         self.restarts = 0
@@ -4846,6 +4923,7 @@ class McpServer:
         self._ids = iter(range(1, 1 << 62))
         self._misshapen = False     # a message of the wrong shape was said (once a start)
         self._asks = []             # elicitations heard by a reader thread, for the caller
+        self._forms = 0             # elicitations asked in this call (see MAX_MCP_FORMS)
 
     def start(self):
         """Start and handshake in a thread of its own; ready is set when done."""
@@ -4881,7 +4959,9 @@ class McpServer:
                                    self.proxies and self.proxies(self.spec.url))
         else:
             log = os.path.join(self.log_folder, "mcp-%s.log" % _MCP_NAME.sub("_", self.spec.name))
-            self._transport = _Stdio(self.spec, log, on_message, on_broken, self.environ)
+            self._transport = _Stdio(self.spec, log, on_message, on_broken, self.environ,
+                                     lambda why: self.notify("MCP server %s: %s" % (
+                                         self.spec.name, why)))
         self._handshake()
         self.list_tools()
         self._listen()
@@ -4889,10 +4969,12 @@ class McpServer:
     def _handshake(self):
         """The current revision has no initialize: try server/discover first,
         and on any error or silence fall back to initialize."""
+        self.agreed = None
         self._set_version(MCP_MODERN)
         try:
             result = self.request("server/discover", {}, timeout=MCP_DISCOVER_WAIT)
             if MCP_MODERN in _texts(result.get("supportedVersions")):
+                self.agreed = MCP_MODERN
                 return
         except McpError as exc:
             if exc.code == "stopped":
@@ -4906,6 +4988,7 @@ class McpServer:
             raise McpError("it speaks MCP %s, which chat.py does not"
                            % _one_line(json.dumps(version))[:40])
         self._set_version(version)
+        self.agreed = version
         self.notify_server("notifications/initialized")
 
     def _set_version(self, version):
@@ -4916,15 +4999,25 @@ class McpServer:
     def list_tools(self):
         """Ask for the server's tools, every page of them: at most
         MAX_MCP_TOOLS tools in MAX_MCP_PAGES pages within MCP_START_WAIT;
-        past a bound, the tools listed so far, and a notice."""
+        past a bound, the tools listed so far, and a notice.  A tool nested
+        past MAX_MCP_TOOL_DEPTH or larger than MAX_MCP_TOOL_SIZE is left out
+        (no request could carry it), all such said in one notice."""
         tools, cursor, ends = [], None, time.monotonic() + MCP_START_WAIT
+        left_out = []   # tools nested too deep or too large for a request to carry
         for _ in range(MAX_MCP_PAGES):
             result = self.request("tools/list", {"cursor": cursor} if cursor is not None else {},
                                   timeout=max(ends - time.monotonic(), 0.001))
             page = conform(result, TOOLS_PAGE_SHAPE, [])
             if not isinstance(page.get("tools"), list):
                 raise McpError("its tools/list answer has no list of tools")
-            tools += [t for t in page["tools"] if isinstance(t.get("name"), str) and t["name"]]
+            for tool in page["tools"]:
+                if not isinstance(tool.get("name"), str) or not tool["name"]:
+                    continue
+                if _nested_past(tool, MAX_MCP_TOOL_DEPTH) or len(json.dumps(
+                        tool, ensure_ascii=False)) > MAX_MCP_TOOL_SIZE:
+                    left_out.append(_one_line(tool["name"])[:80])
+                else:
+                    tools.append(tool)
             if len(tools) > MAX_MCP_TOOLS:
                 self.notify("MCP server %s offers more than %d tools; only the first %d are "
                             "offered" % (self.spec.name, MAX_MCP_TOOLS, MAX_MCP_TOOLS))
@@ -4937,6 +5030,12 @@ class McpServer:
             self.notify("MCP server %s lists its tools in more than %d pages; the tools of "
                         "the first %d are offered" % (self.spec.name, MAX_MCP_PAGES,
                                                       MAX_MCP_PAGES))
+        if left_out:
+            self.notify("MCP server %s: %d tool%s left out, nested more than %d levels "
+                        "deep or over %d KiB: %s" % (
+                            self.spec.name, len(left_out), " is" if len(left_out) == 1 else
+                            "s are", MAX_MCP_TOOL_DEPTH, MAX_MCP_TOOL_SIZE >> 10,
+                            ", ".join(left_out[:3])))
         if isinstance(self._transport, _Http) and self.version == MCP_MODERN:
             tools = self._headed(tools)
         self.tools, self.stale = tools, False
@@ -4989,9 +5088,9 @@ class McpServer:
                 raise
             while not slot[0].wait(0.1):
                 if self._asks and threading.current_thread() is threading.main_thread():
+                    asked = time.monotonic()
                     self._answer(self._asks.pop(0))
-                    slot[2] = time.monotonic()   # the user's time is not the server's
-                    continue
+                    slot[2] += time.monotonic() - asked   # the user's time is not its silence
                 if self.state in ("failed", "stopped"):
                     raise McpError("the MCP server %s failed: %s" % (
                         self.spec.name, self.error or "it stopped"), code="stopped")
@@ -5042,10 +5141,19 @@ class McpServer:
             return self._roots()
         if method == "elicitation/create":
             request = conform(params, ELICIT_SHAPE, [])
-            if self.elicit is None or request is _WRONG:
+            if not self._may_ask() or self.elicit is None or request is _WRONG:
                 return {"action": "decline"}
             return self.elicit(self.spec.name, request)
         return None
+
+    def _may_ask(self, more=False):
+        """Whether one form more may be asked in this call (MAX_MCP_FORMS at
+        most; more: the bound is passed already); said once when not."""
+        self._forms = max(self._forms, MAX_MCP_FORMS) + 1 if more else self._forms + 1
+        if self._forms == MAX_MCP_FORMS + 1:
+            self.notify("MCP server %s asked for more than %d forms in one call; the rest are "
+                        "declined unasked" % (self.spec.name, MAX_MCP_FORMS))
+        return self._forms <= MAX_MCP_FORMS
 
     def _listen(self):
         """Hear the server's list changes: over HTTP on a stream of their own
@@ -5091,7 +5199,15 @@ class McpServer:
     def _dispatch(self, value):
         """A message from the server: an answer, a notification, or a request;
         one that is none of these (or a part of it that has the wrong type)
-        is left out, and said once."""
+        is left out, and said once.  No message ends the thread that reads:
+        one chat.py fails on fails its server, with a notice."""
+        try:
+            self._handle(value)
+        except Exception as exc:   # (a bug of chat.py's, found by a server's message)
+            self._fail("chat.py could not handle a message it sent (%s: %s)" % (
+                type(exc).__name__, _one_line(str(exc))[:200]))
+
+    def _handle(self, value):
         dropped = []
         found = jsonrpc_message(value, dropped)
         kind, message = found or (None, None)
@@ -5111,7 +5227,11 @@ class McpServer:
                 slot[0].set()
         elif kind == "request" and method == "elicitation/create" and \
                 threading.current_thread() is not threading.main_thread():
-            self._asks.append(message)   # asked by the thread that waits for the answer
+            if len(self._asks) < MAX_MCP_FORMS:
+                self._asks.append(message)   # asked by the thread that waits for the answer
+            else:
+                self._may_ask(more=True)
+                self._answer(message, {"action": "decline"})
         elif kind == "request":
             self._answer(message)
         elif method == "notifications/tools/list_changed":
@@ -5122,11 +5242,13 @@ class McpServer:
             if on_progress is not None:
                 on_progress(sanitize(_progress_text(message["params"])))
 
-    def _answer(self, message):
-        """Answer a server's request: ping, and what _input offers; the rest refused."""
+    def _answer(self, message, result=None):
+        """Answer a server's request: ping, and what _input offers; the rest
+        refused (result: the answer already decided)."""
         answer = {"jsonrpc": "2.0", "id": message["id"]}
-        result = {} if message["method"] == "ping" else self._input(
-            message["method"], message.get("params") or {})
+        if result is None:
+            result = {} if message["method"] == "ping" else self._input(
+                message["method"], message.get("params") or {})
         if result is not None:
             answer["result"] = result
         else:
@@ -5183,7 +5305,7 @@ class McpServer:
         if self.state != "ready":
             raise McpError("the MCP server %s is %s%s" % (
                 self.spec.name, self.state, ": %s" % self.error if self.error else ""))
-        params = {"name": tool, "arguments": arguments}
+        params, self._forms = {"name": tool, "arguments": arguments}, 0
         for attempt in range(MAX_MCP_ROUNDS):
             try:
                 result = self.request("tools/call", params, timeout=timeout,
@@ -5227,7 +5349,12 @@ def _progress_text(params):
         return _one_line(message)[:80]
     progress, total = params.get("progress"), params.get("total")
     if progress is not None and total:
-        return "%d%%" % (100 * progress / total)
+        try:
+            share = 100 * progress / total   # (finite numbers, yet 1e308 / 0.5 is inf)
+        except (OverflowError, ZeroDivisionError):
+            share = math.inf
+        if math.isfinite(share):
+            return "%d%%" % share
     return "%s done" % progress if progress is not None else ""
 
 
@@ -5534,7 +5661,7 @@ class McpTools:
     def describe_servers(self):
         """Lines for /mcp: each server's state, protocol, tool count, last error."""
         return ["  %-16s %-9s MCP %-10s %3d tools%s" % (
-            s.spec.name, s.state, s.version or "-", len(s.tools),
+            s.spec.name, s.state, s.agreed or "-", len(s.tools),
             "  last error: %s" % s.error if s.error else "") for s in self.servers]
 
     def close(self):

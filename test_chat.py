@@ -5236,8 +5236,8 @@ def test_an_mcp_tool_answers_through_chat_py(server, tmp_path):
     ("hostile__silent", "error: cancelled: no answer within 1s; the call was cancelled"),
     ("hostile__die", "error: the MCP server hostile failed: it exited (status 3): starting up: "
                      "this noise is only logging"),   # its last words on stderr
-    ("hostile__garbage", "error: the MCP server hostile failed: it wrote something that "
-                         "is not JSON-RPC on stdout: this is not JSON-RPC"),
+    ("hostile__garbage", "error: cancelled: no answer within 1s; the call was cancelled"),
+    # (a line not JSON is skipped, as a banner: see test_a_start_up_banner_on_stdout_is_skipped)
 ])
 def test_hostile_mcp_servers_end_in_one_notice(server, tmp_path, tool, result):
     config, log = hostile_mcp(tmp_path)
@@ -5246,7 +5246,7 @@ def test_hostile_mcp_servers_end_in_one_notice(server, tmp_path, tool, result):
     assert status == 0 and "Traceback" not in err
     sent = server.requests[1]["body"]["messages"]
     assert [m["content"] for m in sent if m["role"] == "tool"] == [result]
-    if tool == "hostile__silent":   # the server is told
+    if tool in ("hostile__silent", "hostile__garbage"):   # the server is told
         received = [json.loads(line) for line in log.read_text().splitlines()]
         assert received[-1]["method"] == "notifications/cancelled"
     else:
@@ -6395,7 +6395,9 @@ FORM = {"mode": "form", "message": "Who are you?", "requestedSchema": {
 ASKS = {"where": ("roots/list", None), "form": ("elicitation/create", FORM),
         "visit": ("elicitation/create", {"mode": "url", "message": "Sign in",
                                          "url": "https://example.com/login",
-                                         "elicitationId": "e1"})}
+                                         "elicitationId": "e1"}),
+        "nourl": ("elicitation/create", {"mode": "url", "message": "Sign in",
+                                         "elicitationId": "e2"})}
 
 def respond(message, plan):
     """What the server does for one message: a list of steps, each
@@ -6413,7 +6415,7 @@ def respond(message, plan):
     def error(code, text):
         return [("send", {"jsonrpc": "2.0", "id": id, "error": {"code": code, "message": text}})]
 
-    if id is None:
+    if id is None or method in plan.get("mute", ()):   # (mute: methods never answered)
         return []
     if method == "server/discover":
         if not modern:
@@ -6434,7 +6436,7 @@ def respond(message, plan):
                           for n in names[start:start + size]]}
         if plan.get("endless_pages") or start + size < len(names):
             page["nextCursor"] = str(start + size)
-        return answer(page)
+        return plan.get("list_steps", []) + answer(page)
     if method == "subscriptions/listen":
         return [("listen", id)]
     if method == "tools/call" and params["name"] in ASKS:   # roots, a form, a URL
@@ -6476,6 +6478,9 @@ def got_answer(id, got):
 
 def run_stdio(plan):
     log = open(os.environ["MCP_LOG"], "a")
+    if os.environ.get("MCP_PID"):
+        with open(os.environ["MCP_PID"], "w") as mine:
+            mine.write(str(os.getpid()))
     listening = plan.get("era") != "modern"   # (2026-07-28: only once asked to)
     got = None
     for line in sys.stdin:
@@ -6614,9 +6619,10 @@ class ScriptedHttpMcp:
                 if steps and steps[0][0] == "listen":
                     return self.listen({"jsonrpc": "2.0", "method":
                                         "notifications/subscriptions/acknowledged", "params": {}})
-                if mcp.plan.get("json"):
+                if mcp.plan.get("json"):   # (plan "html": the method answered as text/html)
                     body = [json.dumps(v).encode() for k, v in steps if k == "send"][-1]
-                    return self.reply(200, body)
+                    return self.reply(200, body, "text/html; charset=utf-8" if mcp.plan.get(
+                        "html") == message.get("method") else "application/json")
                 self.send_response(200)
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
@@ -7104,6 +7110,7 @@ class ScriptedSseMcp:
                 self.send_header("Content-Type", "text/event-stream")
                 self.send_header("Connection", "close")
                 self.end_headers()
+                time.sleep(mcp.plan.get("endpoint_after", 0))   # (a server slow to name it)
                 self.wfile.write(b"event: endpoint\ndata: " + endpoint.encode() + b"\n\n")
                 self.wfile.flush()
                 while True:
@@ -7731,3 +7738,255 @@ def test_tool_arguments_refused_say_why_in_words_and_kept_ones_keep_their_letter
         assert str(refused.value) == "the arguments " + ("give " if "key" in words else "are ") + words
     assert chat.canonical_arguments('{"city":  "Z\u00fcrich"}') == '{"city": "Z\u00fcrich"}'
     assert chat.canonical_arguments("") == chat.canonical_arguments(None) == "{}"
+
+
+# ---------------------------------------------------------------------------
+# issue 27, review: what a hostile MCP server still broke (progress that
+# overflows, a server that stops reading, endless forms, deep tool schemas,
+# start-up banners, answers of the wrong type) and the bounds no test held.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_progress_that_overflows_as_a_share_is_no_crash(server, tmp_path, http_mcp, transport,
+                                                         no_thread_dies):
+    plan = {"calls": {"echo": [("progress", {"progress": 1e308, "total": 0.5}),
+                               ("progress", {"progress": 2**62, "total": 1e-300}),
+                               ("progress", {"progress": 1, "total": 4})]}}
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "hi")
+    assert (status, out) == (0, "The tool said: echo: {}\n"), err
+    assert "failed" not in err and "Traceback" not in err
+    assert chat._progress_text({"progress": 1e308, "total": 0.5}) == "1e+308 done"
+    assert chat._progress_text({"progress": 1, "total": 4}) == "25%"
+
+
+@pytest.mark.parametrize("transport", ["stdio", "http"])
+def test_a_message_chat_py_fails_on_fails_its_server_not_the_thread(
+        server, tmp_path, http_mcp, transport, no_thread_dies, monkeypatch):
+    def broken(params):
+        raise RuntimeError("a bug")
+    monkeypatch.setattr(chat, "_progress_text", broken)   # (any bug a message may find)
+    plan = {"calls": {"echo": [("progress", {"progress": 1, "total": 2}), ("sleep", 0.5)]}}
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", served(transport, tmp_path, http_mcp, plan),
+                                "--yes", "hi")
+    assert status == 0, err
+    assert err.count("MCP server s failed: chat.py could not handle a message it sent "
+                     "(RuntimeError: a bug)") == 1, err
+    assert "Traceback" not in err
+
+
+def scripted_mcp_with_pid(tmp_path, plan):
+    """(a --mcp config for the scripted stdio server, the file it writes its pid to)."""
+    config, _ = scripted_mcp(tmp_path, plan)
+    pid = tmp_path / "pid"
+    data = json.loads(open(config).read())
+    data["mcpServers"]["s"]["env"]["MCP_PID"] = str(pid)
+    open(config, "w").write(json.dumps(data))
+    return config, pid
+
+
+def run_main_guarded(server, *args):
+    """run_main in a thread of its own: (status, out, err), or None if it hangs."""
+    ran = []
+    runner = threading.Thread(target=lambda: ran.append(run_main(server, *args)), daemon=True)
+    runner.start()
+    runner.join(120)   # (no timing assert: a guard against a hang that would stop the suite)
+    return ran[0] if ran else None
+
+
+def test_a_server_that_stops_reading_its_stdin_costs_one_tool_timeout(server, tmp_path):
+    pings = [("raw", json.dumps({"jsonrpc": "2.0", "id": "p%d" % n, "method": "ping"}))
+             for n in range(3000)]   # its answers overfill its stdin: it reads none of them
+    config, pid = scripted_mcp_with_pid(tmp_path, {"calls": {"echo": pings + [("sleep", 600)]}})
+    server.add(*calling("s__echo"))
+    ran = run_main_guarded(server, "--mcp", config, "--yes", "--tool-timeout", "2", "hi")
+    assert ran is not None, "chat.py hung on a server that stopped reading"
+    status, out, err = ran
+    assert status == 0 and tool_results(server) == [
+        "error: cancelled: no answer within 2s; the call was cancelled"], err
+    with pytest.raises(ChildProcessError):   # it was reaped
+        os.waitpid(int(pid.read_text()), os.WNOHANG)
+
+
+def form_asks(count, wait=True):
+    """Steps of the scripted server: count forms asked, each answered before
+    the next (wait) or all at once (then their answers read)."""
+    form = _scripted["ASKS"]["form"][1]
+    asks = [{"jsonrpc": "2.0", "id": "f%d" % n, "method": "elicitation/create", "params": form}
+            for n in range(count)]
+    if wait:
+        return [("ask", ask) for ask in asks]
+    return [("raw", json.dumps(ask)) for ask in asks[:-1]] + [("ask", asks[-1])]
+
+
+def test_a_server_that_asks_again_and_again_ends_at_the_tool_timeout(server, tmp_path):
+    config, log = scripted_mcp(tmp_path, {"calls": {"echo": form_asks(300)}})
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", config, "--yes", "--tool-timeout", "1", "hi")
+    assert status == 0 and tool_results(server) == [
+        "error: cancelled: no answer within 1s; the call was cancelled"], err
+
+
+def test_a_server_asks_at_most_8_forms_in_one_call(tmp_path):
+    config, log = scripted_mcp(tmp_path, {"calls": {"echo": form_asks(20)}})
+    asked, notices = [], []
+    tools = chat.McpTools(chat.mcp_specs(config, {}), log_folder=str(tmp_path),
+                          notify=notices.append,
+                          elicit=lambda server, request: asked.append(request) or {
+                              "action": "accept", "content": {"name": "me"}})
+    try:
+        tools.start()
+        tools.definitions()
+        result = tools.call("s__echo", "{}", 30, lambda *a, **k: None)
+    finally:
+        tools.close()
+    assert result == ("echo: {}", []) and len(asked) == chat.MAX_MCP_FORMS == 8
+    answers = [m["result"]["action"] for m in received(log) if str(m.get("id")).startswith("f")]
+    assert answers == ["accept"] * 8 + ["decline"] * 12
+    assert notices == ["MCP server s asked for more than 8 forms in one call; the rest are "
+                       "declined unasked"]
+
+
+def test_forms_asked_all_at_once_wait_for_no_one_past_the_bound(tmp_path):
+    config, log = scripted_mcp(tmp_path, {"calls": {"echo": form_asks(200, wait=False)}})
+    asked, notices = [], []
+    tools = chat.McpTools(chat.mcp_specs(config, {}), log_folder=str(tmp_path),
+                          notify=notices.append,
+                          elicit=lambda server, request: asked.append(request) or {
+                              "action": "decline"})
+    try:
+        tools.start()
+        tools.definitions()
+        result = tools.call("s__echo", "{}", 5, lambda *a, **k: None)
+        server = tools.servers[0]
+        assert len(server._asks) <= chat.MAX_MCP_FORMS
+    finally:
+        tools.close()
+    assert result == ("echo: {}", []) and len(asked) <= 8   # (200 asked one by one: 20 s)
+    assert notices == ["MCP server s asked for more than 8 forms in one call; the rest are "
+                       "declined unasked"]
+
+
+def test_a_tool_nested_too_deep_or_too_large_is_left_out_when_listed(server, tmp_path):
+    deep = json.loads('{"type": "object", "x": ' + "[" * 900 + "]" * 900 + "}")
+    big = {"type": "object", "description": "b" * (200 * 1024)}
+    config, _ = scripted_mcp(tmp_path, {"tools": ["echo", "deep", "big", "fine"],
+                                        "schemas": {"deep": deep, "big": big}})
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", config, "--yes", "hi")
+    assert (status, out) == (0, "The tool said: echo: {}\n"), err
+    offered = [t["function"]["name"] for t in server.requests[0]["body"]["tools"]]
+    assert offered == ["s__echo", "s__fine"]
+    assert err.count("MCP server s: 2 tools are left out, nested more than 64 levels deep or "
+                     "over 128 KiB: deep, big") == 1, err
+    shallow = json.loads("[" * 64 + "]" * 64)
+    assert not chat._nested_past(shallow, 64) and chat._nested_past([shallow], 64)
+
+
+@pytest.mark.parametrize("lines,ready", [(3, True), (101, False)])
+def test_a_start_up_banner_on_stdout_is_skipped(server, tmp_path, lines, ready):
+    banner = [("raw", "Starting server v1.0 \x1b[31mon stdio %d" % n) for n in range(lines)]
+    config, _ = scripted_mcp(tmp_path, {"initialize": banner})
+    server.add(*calling("s__echo") if ready else [stream_reply("No tools.")])
+    status, out, err = run_main(server, "--mcp", config, "--yes", "hi")
+    assert status == 0 and "\x1b" not in err, err
+    if ready:
+        assert out == "The tool said: echo: {}\n" and "failed" not in err
+        assert err.count("MCP server s: it wrote a line that is not JSON-RPC on stdout (skipped, "
+                         "as the ones after it): Starting server v1.0") == 1, err
+    else:
+        assert "MCP server s failed: it wrote more than 100 lines that are not JSON-RPC on " \
+               "stdout: Starting server v1.0" in err, err
+
+
+def test_an_http_answer_of_the_wrong_content_type_is_named(server, http_mcp):
+    mcp = http_mcp({"json": True, "html": "tools/call"})
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", "s=" + mcp.url, "--yes", "--tool-timeout", "3",
+                                "hi")
+    assert status == 0 and tool_results(server) == [
+        "error: it answered with text/html, neither JSON nor an event stream"], err
+
+
+def test_mcp_shows_a_servers_version_only_once_it_is_known(tmp_path):
+    tools = chat.McpTools(chat.mcp_specs("slow=%s -c 'import time; time.sleep(60)'"
+                                         % sys.executable, {}),
+                          log_folder=str(tmp_path), notify=lambda text: None)
+    try:
+        tools.start()
+        slow = tools.servers[0]
+        for _ in range(500):   # (until it is asked server/discover, which it never answers)
+            if slow.version is not None:
+                break
+            time.sleep(0.01)
+        assert slow.version == chat.MCP_MODERN and slow.state == "starting"
+        assert re.match(r"^  slow +starting +MCP - ", tools.describe_servers()[0])
+    finally:
+        tools.close()
+
+
+def test_listing_tools_ends_at_its_deadline(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(chat, "MCP_START_WAIT", 2.0)   # (30 s: a page every 0.3 s, for ever)
+    config, _ = scripted_mcp(tmp_path, {"endless_pages": True, "list_steps": [("sleep", 0.3)]})
+    server.add(stream_reply("No tools."))
+    status, out, err = run_main(server, "--mcp", config, "--mcp-startup-timeout", "20", "hi")
+    assert (status, out) == (0, "No tools.\n"), err
+    assert "MCP server s failed: no answer within" in err and "pages" not in err, err
+
+
+def test_number_fields_of_a_form_are_at_most_100_characters():
+    assert chat._field_value("integer", "1" * 99) == int("1" * 99)
+    assert chat._field_value("integer", "1" * 100) is None   # (int() of 5000 digits is slow)
+    assert chat._field_value("number", "1" * 100) is None
+    assert chat._field_value("string", "1" * 100) == "1" * 100
+
+
+def test_a_url_elicitation_without_a_url_is_declined_unasked(server, tmp_path):
+    config, _ = scripted_mcp(tmp_path, {"tools": ["nourl"]})
+    server.add(*calling("s__nourl"))
+    status, data = on_terminal(server, "--mcp", config, "hi", env={"TERM": "dumb"},
+                               keys=[(rb"\[y/N/a\] ", b"y\r")])
+    assert status == 0 and b"Traceback" not in data and b"visit" not in data
+    assert tool_results(server) == ['{"action": "decline"}']
+
+
+def test_a_stdio_line_over_the_message_bound_fails_the_server(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(chat, "MAX_MCP_MESSAGE", 2**20)   # (16 MiB, as 1)
+    note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {"data": "x" * 2**21}}
+    config, _ = scripted_mcp(tmp_path, {"calls": {"echo": [("send", note)]}})
+    server.add(*calling("s__echo"))
+    status, out, err = run_main(server, "--mcp", config, "--yes", "hi")
+    assert status == 0 and tool_results(server) == [
+        "error: the MCP server s failed: it sent a message over 1 MiB"], err
+
+
+def test_an_http_json_answer_over_the_message_bound_is_refused(server, http_mcp, monkeypatch):
+    monkeypatch.setattr(chat, "MAX_MCP_MESSAGE", 2**20)   # (16 MiB, as 1)
+    mcp = http_mcp({"json": True})
+    server.add(*calling("s__echo", json.dumps({"w": "x" * (2**20 + 100)})))
+    status, out, err = run_main(server, "--mcp", "s=" + mcp.url, "--yes", "hi")
+    assert status == 0 and tool_results(server) == ["error: it sent a message over 1 MiB"], err
+
+
+def test_a_server_silent_to_server_discover_costs_the_discover_wait(server, tmp_path):
+    config, log = scripted_mcp(tmp_path, {"mute": ["server/discover"]})
+    server.add(*calling("s__echo"))   # (ready within 3 s + its start, not 30)
+    status, out, err = run_main(server, "--mcp", config, "--yes", "--mcp-startup-timeout", "12",
+                                "hi")
+    assert (status, out) == (0, "The tool said: echo: {}\n"), err
+    assert [m.get("method") for m in received(log)][:3] == [
+        "server/discover", "notifications/cancelled", "initialize"]   # (given up, then told)
+
+
+def test_a_message_waits_for_the_sse_endpoint_to_be_named(server, tmp_path):
+    mcp = ScriptedSseMcp({"endpoint_after": 1.0})
+    try:
+        config = tmp_path / "mcp.json"
+        config.write_text(json.dumps({"mcpServers": {"old": {"type": "sse", "url": mcp.url}}}))
+        server.add(*calling("old__echo"))
+        status, out, err = run_main(server, "--mcp", str(config), "--yes", "hi")
+    finally:
+        mcp.close()
+    assert (status, out) == (0, "The tool said: echo: {}\n"), err
