@@ -5580,3 +5580,11 @@ def test_tool_arguments_refused_say_why_in_words_and_kept_ones_keep_their_letter
         assert str(refused.value) == "the arguments " + ("give " if "key" in words else "are ") + words
     assert chat.canonical_arguments('{"city":  "Z\u00fcrich"}') == '{"city": "Z\u00fcrich"}'
     assert chat.canonical_arguments("") == chat.canonical_arguments(None) == "{}"
+
+
+def test_top_logprobs_without_logprobs_is_refused_in_the_words_of_where_it_came_from():
+    for by_flag, words in ((True, "--top-logprobs needs --logprobs"),
+                           (False, '"top_logprobs" needs "logprobs": true')):
+        with pytest.raises(chat.UsageError) as refused:
+            chat.check_params({"top_logprobs": 2, "logprobs": False}, by_flag)
+        assert str(refused.value) == words
