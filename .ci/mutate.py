@@ -42,7 +42,7 @@ GROUPS = [
     ("connection or keep_alive or stale or idle or retried or interrupted or closed",
      ["_connection_pool"]),   # the keep-alive pool
     ("kept or conversation or save or load or store or list or show or continue or origin"
-     " or ctrl_c or carr or go_back or profile", [   # the store of kept conversations
+     " or ctrl_c or carr or go_back or profile or file or image or audio or huge", [   # the store of kept conversations
         "write_atomically", "save_conversation", "read_bounded", "private_folder",
         "_signature", "_interrupts_deferred", "with_origin", "split_origin",
         "ConversationLog", "Keeper"]),
