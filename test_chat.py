@@ -5592,12 +5592,12 @@ def test_top_logprobs_without_logprobs_is_refused_in_the_words_of_where_it_came_
 
 def test_a_saved_conversation_has_a_field_a_line_and_a_message_a_line(tmp_path):
     body = {"model": "m", "messages": [{"role": "user", "content": "a\u00e9"},
-                                       {"role": "assistant", "content": "b"}], "seed": 1}
+                                       {"role": "assistant", "content": "b"}], "user": "\u00e9"}
     path = str(tmp_path / "c.json")
     size = chat.save_conversation(path, body)
     text = open(path, encoding="utf-8").read()
     assert text == ('{\n  "model": "m",\n  "messages": [\n    {"role": "user", "content": "a\u00e9"},\n'
-                    '    {"role": "assistant", "content": "b"}\n  ],\n  "seed": 1\n}\n')
+                    '    {"role": "assistant", "content": "b"}\n  ],\n  "user": "\u00e9"\n}\n')
     assert size == len(text.encode("utf-8")) and json.loads(text) == body
     assert os.stat(path).st_mode & 0o777 == 0o600
     chat.save_conversation(path, {})
