@@ -5602,3 +5602,38 @@ def test_a_saved_conversation_has_a_field_a_line_and_a_message_a_line(tmp_path):
     assert os.stat(path).st_mode & 0o777 == 0o600
     chat.save_conversation(path, {})
     assert open(path).read() == "{}\n"
+
+
+def test_a_write_over_its_limit_leaves_the_file_as_it_was_and_says_so(tmp_path):
+    path = str(tmp_path / "kept.json")
+    assert chat.write_atomically(path, b"old") == 3
+    assert chat.write_atomically(path, [b"x" * 2**19, b"y" * 2**19], limit=2**20) == 2**20   # exactly
+    with pytest.raises(chat.OutputError) as refused:
+        chat.write_atomically(path, [b"x" * 2**19, b"y" * 2**19, b"z"], limit=2**20)
+    assert str(refused.value) == ("%s would be over 1 MiB, more than chat.py reads back; "
+                                  "it was left as it was" % path)
+    assert open(path, "rb").read() == b"x" * 2**19 + b"y" * 2**19 and os.listdir(str(tmp_path)) == [
+        "kept.json"]   # the old file whole, no temporary file left
+    missing = str(tmp_path / "no" / "such.json")
+    with pytest.raises(chat.OutputError) as refused:
+        chat.write_atomically(missing, b"x")
+    assert str(refused.value) == "cannot save to %s: No such file or directory" % missing
+
+
+def test_a_file_of_exactly_its_limit_is_read(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 1024)
+    assert chat.read_bounded(str(path), "the file", 1024) == b"x" * 1024
+    with pytest.raises(chat.UsageError, match=r"^the file .* is over 0 MiB, the limit$"):
+        chat.read_bounded(str(path), "the file", 1023)
+    with pytest.raises(chat.UsageError, match=r"^cannot read the file .*/none: No such file"):
+        chat.read_bounded(str(tmp_path / "none"), "the file", 1024)
+
+
+def test_the_origin_kept_in_metadata_leaves_the_users_own_metadata_alone():
+    body = {"model": "m", "metadata": {"user_tag": "x"}}
+    kept = chat.with_origin(body, {"chat_py_profile": "work", "chat_py_base_url": ""})
+    assert kept == {"model": "m", "metadata": {"user_tag": "x", "chat_py_profile": "work"}}
+    assert chat.split_origin(kept) == (body, {"chat_py_profile": "work"})
+    assert chat.split_origin({"model": "m", "metadata": {"chat_py_profile": "work"}}) == (
+        {"model": "m"}, {"chat_py_profile": "work"})
