@@ -5637,3 +5637,25 @@ def test_the_origin_kept_in_metadata_leaves_the_users_own_metadata_alone():
     assert chat.split_origin(kept) == (body, {"chat_py_profile": "work"})
     assert chat.split_origin({"model": "m", "metadata": {"chat_py_profile": "work"}}) == (
         {"model": "m"}, {"chat_py_profile": "work"})
+
+
+def test_a_files_signature_changes_with_the_file(tmp_path):
+    path = tmp_path / "kept.json"
+    assert chat._signature(str(path)) is None   # no file
+    path.write_text("one")
+    first = chat._signature(str(path))
+    path.write_text("two, longer")
+    assert first is not None and chat._signature(str(path)) not in (None, first)
+
+
+def test_interrupts_are_deferred_only_where_ctrl_c_has_its_usual_handler():
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach only the main thread")
+    own = lambda *args: None   # noqa: E731 (someone else's handler: left as it is)
+    before = signal.signal(signal.SIGINT, own)
+    try:
+        with chat._interrupts_deferred():
+            assert signal.getsignal(signal.SIGINT) is own
+        assert signal.getsignal(signal.SIGINT) is own
+    finally:
+        signal.signal(signal.SIGINT, before)
