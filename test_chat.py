@@ -5637,6 +5637,8 @@ def test_the_origin_kept_in_metadata_leaves_the_users_own_metadata_alone():
     assert chat.split_origin(kept) == (body, {"chat_py_profile": "work"})
     assert chat.split_origin({"model": "m", "metadata": {"chat_py_profile": "work"}}) == (
         {"model": "m"}, {"chat_py_profile": "work"})
+    every = dict.fromkeys(chat.ORIGIN, "v")
+    assert chat.split_origin({"model": "m", "metadata": every}) == ({"model": "m"}, every)
 
 
 def test_a_files_signature_changes_with_the_file(tmp_path):
