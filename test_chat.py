@@ -7990,3 +7990,84 @@ def test_a_message_waits_for_the_sse_endpoint_to_be_named(server, tmp_path):
     finally:
         mcp.close()
     assert (status, out) == (0, "The tool said: echo: {}\n"), err
+
+
+def test_top_logprobs_without_logprobs_is_refused_in_the_words_of_where_it_came_from():
+    for by_flag, words in ((True, "--top-logprobs needs --logprobs"),
+                           (False, '"top_logprobs" needs "logprobs": true')):
+        with pytest.raises(chat.UsageError) as refused:
+            chat.check_params({"top_logprobs": 2, "logprobs": False}, by_flag)
+        assert str(refused.value) == words
+
+
+def test_a_saved_conversation_has_a_field_a_line_and_a_message_a_line(tmp_path):
+    body = {"model": "m", "messages": [{"role": "user", "content": "a\u00e9"},
+                                       {"role": "assistant", "content": "b"}], "user": "\u00e9"}
+    path = str(tmp_path / "c.json")
+    size = chat.save_conversation(path, body)
+    text = open(path, encoding="utf-8").read()
+    assert text == ('{\n  "model": "m",\n  "messages": [\n    {"role": "user", "content": "a\u00e9"},\n'
+                    '    {"role": "assistant", "content": "b"}\n  ],\n  "user": "\u00e9"\n}\n')
+    assert size == len(text.encode("utf-8")) and json.loads(text) == body
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    chat.save_conversation(path, {})
+    assert open(path).read() == "{}\n"
+
+
+def test_a_write_over_its_limit_leaves_the_file_as_it_was_and_says_so(tmp_path):
+    path = str(tmp_path / "kept.json")
+    assert chat.write_atomically(path, b"old") == 3
+    assert chat.write_atomically(path, [b"x" * 2**19, b"y" * 2**19], limit=2**20) == 2**20   # exactly
+    with pytest.raises(chat.OutputError) as refused:
+        chat.write_atomically(path, [b"x" * 2**19, b"y" * 2**19, b"z"], limit=2**20)
+    assert str(refused.value) == ("%s would be over 1 MiB, more than chat.py reads back; "
+                                  "it was left as it was" % path)
+    assert open(path, "rb").read() == b"x" * 2**19 + b"y" * 2**19 and os.listdir(str(tmp_path)) == [
+        "kept.json"]   # the old file whole, no temporary file left
+    missing = str(tmp_path / "no" / "such.json")
+    with pytest.raises(chat.OutputError) as refused:
+        chat.write_atomically(missing, b"x")
+    assert str(refused.value) == "cannot save to %s: No such file or directory" % missing
+
+
+def test_a_file_of_exactly_its_limit_is_read(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"x" * 1024)
+    assert chat.read_bounded(str(path), "the file", 1024) == b"x" * 1024
+    with pytest.raises(chat.UsageError, match=r"^the file .* is over 0 MiB, the limit$"):
+        chat.read_bounded(str(path), "the file", 1023)
+    with pytest.raises(chat.UsageError, match=r"^cannot read the file .*/none: No such file"):
+        chat.read_bounded(str(tmp_path / "none"), "the file", 1024)
+
+
+def test_the_origin_kept_in_metadata_leaves_the_users_own_metadata_alone():
+    body = {"model": "m", "metadata": {"user_tag": "x"}}
+    kept = chat.with_origin(body, {"chat_py_profile": "work", "chat_py_base_url": ""})
+    assert kept == {"model": "m", "metadata": {"user_tag": "x", "chat_py_profile": "work"}}
+    assert chat.split_origin(kept) == (body, {"chat_py_profile": "work"})
+    assert chat.split_origin({"model": "m", "metadata": {"chat_py_profile": "work"}}) == (
+        {"model": "m"}, {"chat_py_profile": "work"})
+    every = dict.fromkeys(chat.ORIGIN, "v")
+    assert chat.split_origin({"model": "m", "metadata": every}) == ({"model": "m"}, every)
+
+
+def test_a_files_signature_changes_with_the_file(tmp_path):
+    path = tmp_path / "kept.json"
+    assert chat._signature(str(path)) is None   # no file
+    path.write_text("one")
+    first = chat._signature(str(path))
+    path.write_text("two, longer")
+    assert first is not None and chat._signature(str(path)) not in (None, first)
+
+
+def test_interrupts_are_deferred_only_where_ctrl_c_has_its_usual_handler():
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach only the main thread")
+    own = lambda *args: None   # noqa: E731 (someone else's handler: left as it is)
+    before = signal.signal(signal.SIGINT, own)
+    try:
+        with chat._interrupts_deferred():
+            assert signal.getsignal(signal.SIGINT) is own
+        assert signal.getsignal(signal.SIGINT) is own
+    finally:
+        signal.signal(signal.SIGINT, before)

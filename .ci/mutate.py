@@ -43,7 +43,7 @@ GROUPS = [
      " or interim or tunnel or proxy or credential or origin",
      ["keep_alive", "may_carry_credentials", "url_origin"]),   # the pool, the credential rule
     ("kept or conversation or save or load or store or list or show or continue or origin"
-     " or ctrl_c or carr or go_back or profile", [   # the store of kept conversations
+     " or ctrl_c or carr or go_back or profile or file or image or audio or huge", [   # the store of kept conversations
         "write_atomically", "save_conversation", "read_bounded", "private_folder",
         "_signature", "_interrupts_deferred", "with_origin", "split_origin",
         "ConversationLog", "Keeper"]),
