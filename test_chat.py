@@ -7993,10 +7993,10 @@ def test_a_message_waits_for_the_sse_endpoint_to_be_named(server, tmp_path):
 
 
 def test_top_logprobs_without_logprobs_is_refused_in_the_words_of_where_it_came_from():
-    for by_flag, words in ((True, "--top-logprobs needs --logprobs"),
-                           (False, '"top_logprobs" needs "logprobs": true')):
+    for names, words in ((chat.FLAG_NAMES, "--top-logprobs needs --logprobs"),
+                         (None, '"top_logprobs" needs "logprobs": true')):
         with pytest.raises(chat.UsageError) as refused:
-            chat.check_params({"top_logprobs": 2, "logprobs": False}, by_flag)
+            chat.check_params({"top_logprobs": 2, "logprobs": False}, names)
         assert str(refused.value) == words
 
 
