@@ -109,6 +109,7 @@ MAX_LINE_BYTES = 16 * 2**20     # one SSE line (or one event's data) longer than
 MAX_ERROR_BODY = 2**20          # bytes of an error response worth reading
 MAX_BODY = 64 * 2**20           # a whole answer (JSON or stream) or file larger than this is an error
 MAX_LIST_ITEMS = 1024           # tool calls (or other indexed items) in one reply
+MAX_NESTING = 64                # levels of lists and objects a streamed field may nest
 SHOWN_UPLOAD = 2**20            # a request body this large says how much of it is sent
 MAX_TIMEOUT = 86400             # seconds: the longest --timeout or --tool-timeout
 CHARS_PER_TOKEN = 4             # the estimate for text the server has not counted yet
@@ -809,6 +810,20 @@ _JSON_TYPES = {str: "string", _TextBuilder: "string", dict: "object", list: "arr
                _Indexed: "array", int: "number", float: "number", bool: "boolean"}
 
 
+def _nested_past(value, limit):
+    """Whether value nests lists and objects more than limit levels deep
+    (found without recursion: a server's JSON may nest 900 levels)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > limit:
+                return True
+            stack.extend((inner, depth + 1) for inner in (
+                item.values() if isinstance(item, dict) else item))
+    return False
+
+
 def merge_delta(into, delta, dropped, path=""):
     """Merge one streamed delta dict into what arrived before it, by the API's
     shapes: strings are joined (labels such as id, type and role are set;
@@ -826,7 +841,9 @@ def merge_delta(into, delta, dropped, path=""):
         elif old is None or type(old) is list and not old and type(value) is list:
             # the first value (an empty list is decided by the items that follow
             # it: OpenRouter starts tool_calls with [])
-            into[key] = _first_value(key, value, dropped, path + "." + key)
+            first = _first_value(key, value, dropped, path + "." + key)
+            if first is not _WRONG:
+                into[key] = first
         elif _JSON_TYPES.get(type(old)) != _JSON_TYPES.get(type(value)):
             dropped.append("%s.%s (%s)" % (path, key, type(value).__name__))
         elif type(value) is dict:
@@ -834,7 +851,10 @@ def merge_delta(into, delta, dropped, path=""):
         elif type(old) is _Indexed:
             old.merge(value, dropped, path + "." + key)
         elif type(value) is list:
-            old.extend(value)
+            if _nested_past(value, MAX_NESTING):
+                dropped.append("%s.%s (nested past %d levels)" % (path, key, MAX_NESTING))
+            else:
+                old.extend(value)
         elif type(old) is _TextBuilder:   # "name": OpenAI sends it once, some servers
             if str(old) != value:         # in every piece; joined only if it differs
                 old.add(value)
@@ -844,9 +864,14 @@ def merge_delta(into, delta, dropped, path=""):
 
 def _first_value(key, value, dropped, path):
     """A field's first value as merge_delta keeps it: text to be joined, an
-    object merged, a list decided by its items (indexed or not)."""
+    object merged, a list decided by its items (indexed or not); _WRONG
+    for one nested past MAX_NESTING levels, its path appended to dropped
+    (what a hostile server nests 900 deep would end in a RecursionError)."""
     if type(value) is str:
         return value if key in _LABELS else _TextBuilder(value)
+    if type(value) in (dict, list) and _nested_past(value, MAX_NESTING):
+        dropped.append("%s (nested past %d levels)" % (path, MAX_NESTING))
+        return _WRONG
     if type(value) is dict:
         merged = {}
         merge_delta(merged, value, dropped, path)
@@ -4218,20 +4243,6 @@ class McpError(ChatError):
     def __init__(self, message, code=None):
         super().__init__(message)
         self.code = code
-
-
-def _nested_past(value, limit):
-    """Whether value nests lists and objects more than limit levels deep
-    (found without recursion: a server's JSON may nest 900 levels)."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > limit:
-                return True
-            stack.extend((inner, depth + 1) for inner in (
-                item.values() if isinstance(item, dict) else item))
-    return False
 
 
 def _finite(value):

@@ -8071,3 +8071,16 @@ def test_interrupts_are_deferred_only_where_ctrl_c_has_its_usual_handler():
         assert signal.getsignal(signal.SIGINT) is own
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_a_field_nested_past_the_bound_is_left_out_not_a_recursion_error(server):
+    deep_object, deep_list = "x", "x"
+    for _ in range(600):   # parsed by json, but 600 levels of merging would recurse past
+        deep_object, deep_list = {"a": deep_object}, [deep_list]
+    server.add(sse_reply(chunk("Hi", delta={"vendor_x": deep_object}),
+                         chunk("!", delta={"vendor_y": [1]}),
+                         chunk(delta={"vendor_y": [deep_list]}), chunk(finish="stop")))
+    status, out, err = run_main(server, "-i", stdin="hi\n")
+    assert (status, out) == (0, "Hi!\n"), err
+    assert ".choices[].delta.vendor_x (nested past 64 levels)" in err
+    assert ".choices[].delta.vendor_y (nested past 64 levels)" in err
