@@ -4537,6 +4537,24 @@ def test_a_key_goes_only_to_the_origin_it_was_given_for():
         there.close()
 
 
+@pytest.mark.parametrize("url,given_for,may", [
+    ("https://api.example/v1", "https://API.example:443", True),   # the default port, any case
+    ("http://127.0.0.1/v1", "http://127.0.0.1:80/other", True),
+    ("https://api.example/v1", "http://api.example/v1", False),   # another scheme
+    ("https://api.example:8443/v1", "https://api.example/v1", False),   # another port
+    ("https://api.example.evil/v1", "https://api.example/v1", False),
+])
+def test_the_credential_rule_is_the_origin(url, given_for, may):
+    assert chat.may_carry_credentials(url, given_for) is may
+
+
+def test_keep_alive_can_be_made_before_any_request():
+    code = "import chat; chat.keep_alive().close(); print('ok')"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=HERE, capture_output=True,
+                          env=clean_env(), timeout=30)
+    assert (proc.returncode, proc.stdout) == (0, b"ok\n"), proc.stderr
+
+
 def test_the_tripwire_finds_a_credential_where_it_was_not_meant_to_go():
     key = credential_for("http://127.0.0.1:1")
     basic = "Basic " + base64.b64encode(("u:" + key).encode()).decode()
