@@ -4496,6 +4496,14 @@ def test_bytes_left_on_an_idle_connection_are_never_read_as_the_next_answer(serv
     assert server.connections == 2 and len(server.requests) == 2
 
 
+def test_a_kept_connection_waits_its_requests_timeout_not_the_end_of_the_last_answer(server):
+    # Reading the end of the first answer waits 0.25 s at most; the next
+    # request on that connection waits its own timeout again.
+    server.add(stream_reply("one"), held_back(stream_reply("two"), 0.6))
+    assert replies_of(kept_client(server), 2) == ["one", "two"]
+    assert server.connections == 1
+
+
 def test_interim_answers_are_skipped_and_the_connection_stays_in_step(server):
     first = server.add(stream_reply("one"))
     first.interim = (b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
