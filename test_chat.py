@@ -4504,6 +4504,16 @@ def test_a_kept_connection_waits_its_requests_timeout_not_the_end_of_the_last_an
     assert server.connections == 1
 
 
+def test_what_follows_done_is_read_only_so_far_before_the_connection_is_given_up(server):
+    # A megabyte after [DONE]: more than the 64 KiB read to reach the body's
+    # end, so that connection is closed rather than read on and used again.
+    first = stream_reply("one")
+    first.body = first.body + [b": after the end\n" * 4096] * 16
+    server.add(first, stream_reply("two"))
+    assert replies_of(kept_client(server), 2) == ["one", "two"]
+    assert server.connections == 2
+
+
 def test_interim_answers_are_skipped_and_the_connection_stays_in_step(server):
     first = server.add(stream_reply("one"))
     first.interim = (b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
