@@ -1425,8 +1425,9 @@ class ForwardProxy:
                 target = urllib.parse.urlsplit(relay_to or self.path)
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 upstream = http.client.HTTPConnection(target.hostname, target.port, timeout=10)
-                headers = {k: v for k, v in self.headers.items()
-                           if k.lower() not in ("proxy-connection", "connection")}
+                headers = {k: v for k, v in self.headers.items()   # (hop-by-hop ones stay)
+                           if k.lower() not in ("proxy-connection", "connection",
+                                                "proxy-authorization")}
                 upstream.request(self.command, urllib.parse.urlsplit(self.path).path, body, headers)
                 answer = upstream.getresponse()
                 data = answer.read()
@@ -4653,6 +4654,23 @@ def test_one_connect_tunnel_carries_several_turns(named_certificate):
     finally:
         proxy.close()
         server.close()
+
+
+def test_proxy_credentials_go_to_a_plain_http_proxy_with_each_request(server):
+    proxy = ForwardProxy(relay_to=server.url)
+    port = server.url.split(":")[2].split("/")[0]
+    try:
+        password = credential_for(proxy.url, kind="proxypass")
+        server.add(stream_reply("one"), stream_reply("two"))
+        proc = subprocess.run(
+            [sys.executable, CHAT_PY, "--base-url", "http://chatserver:%s/v1" % port, "-i"],
+            input=b"a\nb\n", capture_output=True, timeout=30,
+            env=clean_env(http_proxy=proxy.url.replace("//", "//proxyuser:%s@" % password)))
+        assert (proc.returncode, proc.stdout) == (0, b"one\ntwo\n"), proc.stderr
+        basic = "Basic " + base64.b64encode(b"proxyuser:" + password.encode()).decode()
+        assert [h.get("Proxy-Authorization") for h in proxy.headers] == [basic, basic]
+    finally:
+        proxy.close()
 
 
 def test_proxy_credentials_go_on_the_connect_alone(named_certificate):
