@@ -4515,6 +4515,16 @@ def test_what_follows_done_is_read_only_so_far_before_the_connection_is_given_up
     assert server.connections == 2
 
 
+def test_a_body_that_does_not_end_soon_after_done_gives_the_connection_up(server):
+    # The end of the chunked body is waited for 0.25 s, not the timeout: a
+    # server that holds it open a second has its connection closed instead.
+    first = stream_reply("one")
+    first.body = first.body + [1.0]
+    server.add(first, stream_reply("two"))
+    assert replies_of(kept_client(server), 2) == ["one", "two"]
+    assert server.connections == 2
+
+
 def test_interim_answers_are_skipped_and_the_connection_stays_in_step(server):
     first = server.add(stream_reply("one"))
     first.interim = (b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
