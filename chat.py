@@ -24,7 +24,7 @@ From Python (every option after the first arguments is keyword-only):
     # conversation.messages is the history; conversation.body() the request
     # body that --save writes.
 
-The reference client is the first third of this file, up to and including
+The reference client is the first part of this file, up to and including
 Chat; it uses nothing after it, so the file cut there still streams (and
 runs the example above).  The application (the keep-alive connection
 layer, terminal, files, tools, MCP, console, settings, main) follows.
