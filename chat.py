@@ -1374,6 +1374,13 @@ def origin_text(url):
     return "%s://%s%s" % (scheme, host, "" if default else ":%d" % port)
 
 
+def in_clear_text(url):
+    """True when a request to url crosses the network unencrypted: plain http
+    to a host that is not this machine (a credential must not go so)."""
+    parts = urlsplit(url)
+    return parts.scheme == "http" and not is_loopback_host(parts.hostname)
+
+
 def may_carry_credentials(url, given_for):
     """The one rule for every credential (a key, a token, a password, a
     proxy's): a request to url may carry one given for the URL given_for
@@ -4380,11 +4387,10 @@ def _mcp_spec(name, entry, environ, where, withheld=(), folder=None):
             entry.get("url"), str):
         url = normalize_base_url(expand_variables(entry["url"], environ, withheld, blanked))
         headers = pairs(entry.get("headers", {}), "headers", withheld)
-        parts = urlsplit(url)
-        if (parts.scheme == "http" and not is_loopback_host(parts.hostname)
-                and (parts.username or any(is_secret_header(h) for h in headers))):
+        if in_clear_text(url) and (urlsplit(url).username
+                                   or any(is_secret_header(h) for h in headers)):
             raise UsageError("%s: server %s: refusing to send credentials in clear text to %s "
-                             "over plain http; use https" % (where, name, parts.hostname))
+                             "over plain http; use https" % (where, name, urlsplit(url).hostname))
         return McpSpec(name, None, [], {}, url, headers, blanked=tuple(blanked),
                        sse=kind == "sse")
     raise UsageError("%s: server %s needs a \"command\" (stdio) or a \"url\" (streamable "
@@ -6762,7 +6768,7 @@ def _check_key(api_key, key_source, base_url, allow_insecure):
     """Refuse a key that is missing where one is needed, cannot be sent in a
     header, or would cross the network in clear text (a UsageError)."""
     parts = urlsplit(base_url)
-    scheme, host = parts.scheme, parts.hostname
+    host = parts.hostname
     in_url = parts.username is not None   # user:password@: sent as Basic instead of the key
     if not api_key and not in_url and not is_local_host(host):
         raise UsageError(
@@ -6771,8 +6777,7 @@ def _check_key(api_key, key_source, base_url, allow_insecure):
     if api_key and not all(" " < c < "\x7f" for c in api_key):
         raise UsageError("the API key has spaces or characters that cannot be sent "
                          "in a header (a stray quote?); check %s" % key_source)
-    if (api_key or in_url) and scheme == "http" and not is_loopback_host(host) \
-            and not allow_insecure:
+    if (api_key or in_url) and in_clear_text(base_url) and not allow_insecure:
         raise UsageError(
             "refusing to send %s in clear text to %s over plain http: use https, pass "
             "--allow-insecure-key on a network you trust%s" % (
