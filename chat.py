@@ -4731,9 +4731,11 @@ class _Http:
             if "json" not in kind:   # (not left to end in silence past the timeout)
                 raise McpError("it answered with %s, neither JSON nor an event stream" % (
                     _one_line(kind.split(";")[0])[:60] or "no Content-Type"))
-            body = b"".join(self._reads(response, deadline))   # (an error answer is a
-            if len(body) > MAX_MCP_MESSAGE:                        # message too: not read_json)
-                raise McpError("it sent a message over %d MiB" % (MAX_MCP_MESSAGE >> 20))
+            body = bytearray()   # (an error answer is a message too: not read_json)
+            for data in self._reads(response, deadline):
+                body += data
+                if len(body) > MAX_MCP_MESSAGE:   # checked as the bytes come
+                    raise McpError("it sent a message over %d MiB" % (MAX_MCP_MESSAGE >> 20))
             try:
                 message = parse_json(body.decode("utf-8"))
             except ValueError:
