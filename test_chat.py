@@ -4584,6 +4584,11 @@ def test_keep_alive_can_be_made_before_any_request():
     assert (proc.returncode, proc.stdout) == (0, b"ok\n"), proc.stderr
 
 
+def test_no_key_at_all_is_not_said_to_be_withheld():
+    client = chat.Client("http://127.0.0.1:1/v1", api_key=None, key_for="https://api.openai.com")
+    assert client.withheld is None and "Authorization" not in client.headers
+
+
 def test_the_tripwire_finds_a_credential_where_it_was_not_meant_to_go():
     key = credential_for("http://127.0.0.1:1")
     basic = "Basic " + base64.b64encode(("u:" + key).encode()).decode()
@@ -6352,6 +6357,13 @@ def test_flags_that_help(server, args, words):
     status, out, err = run_main(server, *args)
     assert (status, out, server.requests) == (2, "", []) and words in err, err
     assert err.count("\n") == 1 and "sk-" not in err
+
+
+def test_words_after_a_double_dash_are_the_prompt_flags_and_all(server):
+    server.add(stream_reply("ok"))
+    status, out, err = run_main(server, "--", "what", "does", "tar", "-c", "do")
+    assert (status, out) == (0, "ok\n"), err
+    assert server.requests[0]["body"]["messages"][-1]["content"] == "what does tar -c do"
 
 
 def test_the_prompt_hint_never_echoes_a_key(server):
